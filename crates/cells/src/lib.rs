@@ -1,0 +1,44 @@
+//! Recurrent cells for rnnlab: vanilla RNN, LSTM (with Greff et al. 2017 ablations and
+//! peepholes), GRU (both reset conventions), stacks, linear heads and seeded
+//! initialisation, on candle.
+//!
+//! Shapes follow PyTorch with `batch_first=True`: input `(batch, seq, features)`, output
+//! `(batch, seq, hidden)`. Parameter names and gate order follow `torch.nn.RNN/LSTM/GRU`
+//! (`weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}`; LSTM i, f, g, o;
+//! GRU r, z, n), so a PyTorch `state_dict` saved as safetensors loads unchanged.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use rnnlab_cells::{CellConfig, HeadKind, Init, LstmOptions, Model, ModelConfig};
+//!
+//! let config = ModelConfig {
+//!     cell: CellConfig::Lstm(LstmOptions::default()),
+//!     input_size: 2,
+//!     hidden: vec![16, 8],
+//!     output_size: 1,
+//!     head: HeadKind::LastStep,
+//! };
+//! let params = Init::default().params(&config, 7, DType::F32, &Device::Cpu)?;
+//! let model = Model::new(&config, &params)?;
+//! let xs = Tensor::zeros((4, 10, 2), DType::F32, &Device::Cpu)?;
+//! let (y, hs) = model.forward(&xs)?;
+//! assert_eq!(y.dims(), &[4, 1]);
+//! assert_eq!(hs.dims(), &[4, 10, 8]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+mod cell;
+mod gru;
+mod init;
+mod lstm;
+mod model;
+mod params;
+mod rnn;
+
+pub use cell::{Cell, CellConfig, Gate, GruReset, LstmOptions, Nonlinearity, State, peephole_name};
+pub use gru::Gru;
+pub use init::{Init, InitScheme};
+pub use lstm::{Lstm, PeepholeLstm};
+pub use model::{HEAD_BIAS, HEAD_WEIGHT, Head, HeadKind, Model, ModelConfig, Stack};
+pub use params::Params;
+pub use rnn::VanillaRnn;

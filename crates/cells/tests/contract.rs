@@ -1,0 +1,314 @@
+//! The contract every cell keeps: shapes, zero-length and length-1 sequences, batch 1,
+//! `sequence` = repeated `step`, and seeded determinism. Run over every cell and variant.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use rnnlab_cells::{
+    Cell, CellConfig, GruReset, HeadKind, Init, InitScheme, LstmOptions, Model, ModelConfig,
+    Nonlinearity, Params, PeepholeLstm, State,
+};
+
+const INPUT: usize = 3;
+const HIDDEN: usize = 5;
+
+fn every_cell() -> Vec<(&'static str, CellConfig)> {
+    let lstm = LstmOptions::default();
+    vec![
+        ("rnn tanh", CellConfig::Rnn(Nonlinearity::Tanh)),
+        ("rnn relu", CellConfig::Rnn(Nonlinearity::Relu)),
+        ("lstm", CellConfig::Lstm(lstm)),
+        ("peephole lstm", CellConfig::Lstm(LstmOptions::peephole())),
+        (
+            "lstm no input gate",
+            CellConfig::Lstm(LstmOptions {
+                input_gate: false,
+                ..lstm
+            }),
+        ),
+        (
+            "lstm no forget gate",
+            CellConfig::Lstm(LstmOptions {
+                forget_gate: false,
+                ..lstm
+            }),
+        ),
+        (
+            "lstm no output gate",
+            CellConfig::Lstm(LstmOptions {
+                output_gate: false,
+                ..lstm
+            }),
+        ),
+        (
+            "lstm coupled",
+            CellConfig::Lstm(LstmOptions {
+                coupled_input_forget: true,
+                ..lstm
+            }),
+        ),
+        (
+            "peephole lstm coupled",
+            CellConfig::Lstm(LstmOptions {
+                coupled_input_forget: true,
+                ..LstmOptions::peephole()
+            }),
+        ),
+        ("gru after", CellConfig::Gru(GruReset::After)),
+        ("gru before", CellConfig::Gru(GruReset::Before)),
+    ]
+}
+
+fn config(cell: CellConfig) -> ModelConfig {
+    ModelConfig {
+        cell,
+        input_size: INPUT,
+        hidden: vec![HIDDEN],
+        output_size: 2,
+        head: HeadKind::LastStep,
+    }
+}
+
+fn params(cell: CellConfig, scheme: InitScheme, seed: u64) -> Params {
+    let init = Init {
+        scheme,
+        forget_bias: 1.0,
+    };
+    init.params(&config(cell), seed, DType::F32, &Device::Cpu)
+        .unwrap()
+}
+
+fn build(cell: CellConfig, params: &Params) -> Box<dyn Cell> {
+    cell.build(params, 0, INPUT, HIDDEN).unwrap()
+}
+
+/// A deterministic, non-trivial input `(batch, seq, INPUT)`.
+fn input(batch: usize, seq_len: usize) -> Tensor {
+    let n = batch * seq_len * INPUT;
+    let values: Vec<f32> = (0..n).map(|k| ((k as f32) * 0.37).sin()).collect();
+    Tensor::from_vec(values, (batch, seq_len, INPUT), &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn shapes_and_states() {
+    for (name, cell) in every_cell() {
+        let layer = build(cell, &params(cell, InitScheme::Pytorch, 1));
+        assert_eq!(
+            (layer.input_size(), layer.hidden_size()),
+            (INPUT, HIDDEN),
+            "{name}"
+        );
+        let is_lstm = matches!(cell, CellConfig::Lstm(_));
+        assert_eq!(layer.has_cell_state(), is_lstm, "{name}");
+        let state = layer.zero_state(4).unwrap();
+        assert_eq!(state.h.dims(), &[4, HIDDEN], "{name}");
+        assert_eq!(
+            state.c.as_ref().map(|c| c.dims().to_vec()),
+            is_lstm.then(|| vec![4, HIDDEN])
+        );
+
+        let (out, last) = layer.sequence(&input(4, 6), &state).unwrap();
+        assert_eq!(out.dims(), &[4, 6, HIDDEN], "{name}");
+        assert_eq!(
+            max_abs_diff(&out.i((.., 5)).unwrap(), &last.h),
+            0.0,
+            "{name}: h_T is the last output"
+        );
+        let values: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{name}");
+        assert!(
+            values.iter().any(|v| v.abs() > 1e-3),
+            "{name}: output is all zero"
+        );
+    }
+}
+
+#[test]
+fn zero_length_sequence_returns_the_initial_state() {
+    for (name, cell) in every_cell() {
+        let layer = build(cell, &params(cell, InitScheme::Pytorch, 2));
+        let (_, initial) = layer
+            .sequence(&input(2, 3), &layer.zero_state(2).unwrap())
+            .unwrap();
+        let (out, last) = layer.sequence(&input(2, 0), &initial).unwrap();
+        assert_eq!(out.dims(), &[2, 0, HIDDEN], "{name}");
+        assert_eq!(max_abs_diff(&last.h, &initial.h), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn sequence_equals_repeated_steps_and_length_one_is_one_step() {
+    for (name, cell) in every_cell() {
+        let layer = build(cell, &params(cell, InitScheme::Pytorch, 3));
+        let xs = input(2, 7);
+        let (out, _) = layer.sequence(&xs, &layer.zero_state(2).unwrap()).unwrap();
+        let mut state: State = layer.zero_state(2).unwrap();
+        for t in 0..7 {
+            state = layer.step(&xs.i((.., t)).unwrap(), &state).unwrap();
+            let diff = max_abs_diff(&out.i((.., t)).unwrap(), &state.h);
+            assert!(diff <= 1e-6, "{name}: step {t} differs by {diff}");
+        }
+        let (one, _) = layer
+            .sequence(&xs.i((.., ..1)).unwrap(), &layer.zero_state(2).unwrap())
+            .unwrap();
+        assert_eq!(one.dims(), &[2, 1, HIDDEN]);
+        assert!(
+            max_abs_diff(&one.i((.., 0)).unwrap(), &out.i((.., 0)).unwrap()) <= 1e-6,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn batch_rows_are_independent() {
+    for (name, cell) in every_cell() {
+        let layer = build(cell, &params(cell, InitScheme::Pytorch, 4));
+        let xs = input(3, 5);
+        let (all, _) = layer.sequence(&xs, &layer.zero_state(3).unwrap()).unwrap();
+        for row in 0..3 {
+            let single = xs.i(row..row + 1).unwrap();
+            let (out, _) = layer
+                .sequence(&single, &layer.zero_state(1).unwrap())
+                .unwrap();
+            let diff = max_abs_diff(&out, &all.i(row..row + 1).unwrap());
+            assert!(diff <= 1e-6, "{name}: batch row {row} differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn seeded_and_deterministic_under_every_scheme() {
+    let schemes = [
+        InitScheme::Pytorch,
+        InitScheme::Keras,
+        InitScheme::Orthogonal,
+        InitScheme::Identity,
+    ];
+    for (name, cell) in every_cell() {
+        for scheme in schemes {
+            let run = |seed| {
+                let layer = build(cell, &params(cell, scheme, seed));
+                layer
+                    .sequence(&input(2, 9), &layer.zero_state(2).unwrap())
+                    .unwrap()
+                    .0
+            };
+            let (a, b) = (run(7), run(7));
+            assert_eq!(
+                max_abs_diff(&a, &b),
+                0.0,
+                "{name} {scheme:?}: same seed, other output"
+            );
+            if scheme != InitScheme::Identity {
+                assert!(
+                    max_abs_diff(&a, &run(8)) > 0.0,
+                    "{name} {scheme:?}: seed ignored"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_shapes_are_errors() {
+    let cell = CellConfig::Lstm(LstmOptions::default());
+    let layer = build(cell, &params(cell, InitScheme::Pytorch, 1));
+    let state = layer.zero_state(2).unwrap();
+    let wide = Tensor::zeros((2, 4, INPUT + 1), DType::F32, &Device::Cpu).unwrap();
+    let err = layer.sequence(&wide, &state).unwrap_err().to_string();
+    assert!(
+        err.contains("input has 4 features, the cell expects 3"),
+        "{err}"
+    );
+    let err = layer
+        .sequence(&input(3, 4), &state)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("h has shape [2, 5], expected [3, 5]"), "{err}");
+    let no_c = State {
+        h: state.h.clone(),
+        c: None,
+    };
+    assert!(layer.sequence(&input(2, 4), &no_c).is_err());
+    let contradictory = LstmOptions {
+        input_gate: false,
+        coupled_input_forget: true,
+        ..LstmOptions::default()
+    };
+    assert!(contradictory.validate().is_err());
+    let err = CellConfig::Rnn(Nonlinearity::Tanh)
+        .build(&Params::new(), 0, 3, 5)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("missing parameter `weight_ih_l0`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn peephole_lstm_is_the_lstm_with_peepholes() {
+    let cell = CellConfig::Lstm(LstmOptions::peephole());
+    let params = params(cell, InitScheme::Pytorch, 9);
+    assert!(params.contains("peephole_i_l0") && params.contains("peephole_o_l0"));
+    let named = PeepholeLstm::new(&params, 0, INPUT, HIDDEN).unwrap();
+    let generic = build(cell, &params);
+    let xs = input(2, 5);
+    let (a, _) = named.sequence(&xs, &named.zero_state(2).unwrap()).unwrap();
+    let (b, _) = generic
+        .sequence(&xs, &generic.zero_state(2).unwrap())
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn parameter_counts_follow_the_variant() {
+    // Plain LSTM: 4H(I + H + 2) = 20·10 = 200; peepholes add 3H; CIFG and each removed
+    // gate drop H(I + H + 2) = 50 (CIFG with peepholes keeps p_f, p_o); GRU 3H(I + H + 2) = 150; RNN H(I + H + 2) = 50.
+    // The head adds 2·5 + 2 = 12.
+    let expected = [50, 50, 200, 215, 150, 150, 150, 150, 160, 150, 150];
+    let counts: Vec<usize> = every_cell()
+        .into_iter()
+        .map(|(_, cell)| params(cell, InitScheme::Pytorch, 0).element_count() - 12)
+        .collect();
+    assert_eq!(counts, expected);
+}
+
+#[test]
+fn stacked_model_with_both_heads() {
+    for (name, cell) in every_cell() {
+        for head in [HeadKind::LastStep, HeadKind::EveryStep] {
+            let config = ModelConfig {
+                cell,
+                input_size: INPUT,
+                hidden: vec![8, 4],
+                output_size: 3,
+                head,
+            };
+            let params = Init::default()
+                .params(&config, 1, DType::F32, &Device::Cpu)
+                .unwrap();
+            let model = Model::new(&config, &params).unwrap();
+            assert_eq!(model.stack().layers().len(), 2);
+            let (y, hs) = model.forward(&input(2, 6)).unwrap();
+            assert_eq!(hs.dims(), &[2, 6, 4], "{name}");
+            let want: &[usize] = if head == HeadKind::LastStep {
+                &[2, 3]
+            } else {
+                &[2, 6, 3]
+            };
+            assert_eq!(y.dims(), want, "{name} {head:?}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Reproducible comparison studies of recurrent cells (RNN, LSTM, GRU, peephole LSTM and
+/// LSTM ablations) on synthetic long-dependency tasks.
+#[derive(Debug, Parser)]
+#[command(name = "rnnlab", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); `RUST_LOG` overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Look at and export the synthetic tasks' data.
+    Data {
+        /// What to do with the data.
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+/// `rnnlab data …`
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write samples to a Parquet file: one row per sample with `index`, `input`
+    /// (list of steps, each a list of features) and `target` (list); the task's
+    /// parameters go in the file's key-value metadata.
+    Export(ExportArgs),
+    /// Print one sample in a readable form.
+    Show(ShowArgs),
+}
+
+/// A task name as written on the command line and in configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskName {
+    /// The adding problem: sum the two marked values.
+    Adding,
+    /// The copy task: recall 10 symbols after a gap.
+    Copy,
+    /// Temporal order: classify the order of two markers.
+    #[value(name = "temporal_order")]
+    TemporalOrder,
+}
+
+impl TaskName {
+    /// The name as written in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adding => "adding",
+            Self::Copy => "copy",
+            Self::TemporalOrder => "temporal_order",
+        }
+    }
+}
+
+/// A data split as written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitName {
+    /// Training stream.
+    Train,
+    /// Validation stream.
+    Validation,
+    /// Test stream.
+    Test,
+}
+
+/// Which samples: the task, its parameters, the seed and the split.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// The task.
+    #[arg(long, value_enum)]
+    pub task: TaskName,
+    /// Sequence length T (the copy task's gap; its sequences have T + 20 steps).
+    #[arg(long)]
+    pub seq_len: usize,
+    /// Classes of the temporal-order task: 4 (XX, XY, YX, YY) or 2 (same/different).
+    #[arg(long, default_value_t = 4)]
+    pub classes: usize,
+    /// Data seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Which stream.
+    #[arg(long, value_enum, default_value_t = SplitName::Train)]
+    pub split: SplitName,
+}
+
+/// `rnnlab data export`
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The samples to write.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// How many samples.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+    /// Index of the first sample.
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// The Parquet file to write (written whole or not at all).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `rnnlab data show`
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The sample to show.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Index of the sample in its stream.
+    #[arg(long, default_value_t = 0)]
+    pub index: u64,
+}

@@ -1,0 +1,51 @@
+//! rnnlab's command-line runner: configuration, data export, (later) sweeps, training,
+//! storage, plots and reports. `main.rs` only parses and maps errors to exit codes.
+
+pub mod cli;
+pub mod data;
+
+use std::io::IsTerminal;
+
+use cli::{Cli, Command, DataCommand};
+
+/// A mistake in what the user asked for (an option, a path): exit code 2, like clap's
+/// own usage errors. Anything else that fails exits with 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The process exit code for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Logs to stderr through `tracing`: `RUST_LOG` wins, otherwise `-v` raises the level
+/// from warnings to info (`-v`) or debug (`-vv`).
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Data { command } => match command {
+            DataCommand::Export(args) => data::export(&args),
+            DataCommand::Show(args) => data::show(&args),
+        },
+    }
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Write the PyTorch reference fixtures that `crates/cells/tests/parity.rs` checks.
+
+Each case is one safetensors file in `crates/cells/tests/fixtures/`. Metadata (string map):
+`cell` (rnn | lstm | gru), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
+(after | before, GRU only) and `nonlinearity` (tanh | relu, RNN only). Tensors (f32):
+the `state_dict` of the torch module, `input` (B,T,I) batch-first, `h0` (L,B,H),
+`c0` (L,B,H) for LSTM, the expected `output` (B,T,H), `h_n`, `c_n` (LSTM), a random
+`grad_output` (B,T,H) and, for loss = sum(output * grad_output), `grad.input`,
+`grad.h0`, `grad.c0` (LSTM) and `grad.<param>` for every parameter.
+
+Everything is computed in float64 and stored as float32. The reset-before GRU
+(Cho et al. 2014), which torch lacks, is written here with torch autograd ops; the
+same code run with reset-after is checked against `torch.nn.GRU` first.
+
+Run:  python3 -m venv .venv && .venv/bin/pip install torch safetensors
+      .venv/bin/python scripts/torch_fixtures.py
+"""
+
+import argparse
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/cells/tests/fixtures"
+
+INPUT_SIZE = 5
+HIDDEN_SIZE = 7
+# (num_layers, batch, seq_len): 1 and 2 layers, B in {1, 3}, T in {1, 17}.
+SHAPES = [(1, 3, 17), (1, 1, 1), (2, 3, 17), (2, 1, 1), (2, 1, 17), (1, 3, 1)]
+# (file stem, cell, extra metadata)
+CELLS = [
+    ("rnn_tanh", "rnn", {"nonlinearity": "tanh"}),
+    ("rnn_relu", "rnn", {"nonlinearity": "relu"}),
+    ("lstm", "lstm", {}),
+    ("gru_after", "gru", {"gru_reset": "after"}),
+    ("gru_before", "gru", {"gru_reset": "before"}),
+]
+
+
+def manual_gru(module, x, h0, reset):
+    """Multi-layer GRU written with autograd ops; `reset` is 'after' or 'before'."""
+    layer_input = x
+    finals = []
+    for layer in range(module.num_layers):
+        w_ih = getattr(module, f"weight_ih_l{layer}")
+        w_hh = getattr(module, f"weight_hh_l{layer}")
+        b_ih = getattr(module, f"bias_ih_l{layer}")
+        b_hh = getattr(module, f"bias_hh_l{layer}")
+        w_hr, w_hz, w_hn = w_hh.chunk(3)
+        b_hr, b_hz, b_hn = b_hh.chunk(3)
+        h = h0[layer]
+        outputs = []
+        for t in range(layer_input.shape[1]):
+            gi_r, gi_z, gi_n = (layer_input[:, t] @ w_ih.T + b_ih).chunk(3, dim=1)
+            r = torch.sigmoid(gi_r + h @ w_hr.T + b_hr)
+            z = torch.sigmoid(gi_z + h @ w_hz.T + b_hz)
+            if reset == "after":
+                n = torch.tanh(gi_n + r * (h @ w_hn.T + b_hn))
+            else:
+                n = torch.tanh(gi_n + (r * h) @ w_hn.T + b_hn)
+            h = (1 - z) * n + z * h
+            outputs.append(h)
+        layer_input = torch.stack(outputs, dim=1)
+        finals.append(h)
+    return layer_input, torch.stack(finals)
+
+
+def make_case(cell, extra, num_layers, batch, seq_len, seed):
+    torch.manual_seed(seed)
+    kwargs = dict(
+        input_size=INPUT_SIZE,
+        hidden_size=HIDDEN_SIZE,
+        num_layers=num_layers,
+        batch_first=True,
+        dtype=torch.float64,
+    )
+    if cell == "rnn":
+        module = torch.nn.RNN(nonlinearity=extra["nonlinearity"], **kwargs)
+    elif cell == "lstm":
+        module = torch.nn.LSTM(**kwargs)
+    else:
+        module = torch.nn.GRU(**kwargs)
+    # Widen the default U(-1/sqrt(H), 1/sqrt(H)) so that gates leave their linear range.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(2.0)
+
+    x = torch.randn(batch, seq_len, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
+    h0 = (0.5 * torch.randn(num_layers, batch, HIDDEN_SIZE, dtype=torch.float64)).requires_grad_()
+    c0 = (0.5 * torch.randn(num_layers, batch, HIDDEN_SIZE, dtype=torch.float64)).requires_grad_()
+
+    tensors = {}
+    if cell == "lstm":
+        output, (h_n, c_n) = module(x, (h0, c0))
+        tensors["c0"] = c0
+        tensors["c_n"] = c_n
+    elif cell == "gru":
+        if extra["gru_reset"] == "after":
+            output, h_n = module(x, h0)
+            manual_out, manual_h = manual_gru(module, x, h0, "after")
+            assert torch.allclose(manual_out, output, atol=1e-12), "manual GRU != torch.nn.GRU"
+            assert torch.allclose(manual_h, h_n, atol=1e-12), "manual GRU != torch.nn.GRU"
+        else:
+            output, h_n = manual_gru(module, x, h0, "before")
+    else:
+        output, h_n = module(x, h0)
+
+    grad_output = torch.randn_like(output)
+    loss = (output * grad_output).sum()
+    params = dict(module.named_parameters())
+    wrt = [x, h0] + ([c0] if cell == "lstm" else []) + list(params.values())
+    grads = torch.autograd.grad(loss, wrt)
+    names = ["input", "h0"] + (["c0"] if cell == "lstm" else []) + list(params)
+
+    tensors.update(params)
+    tensors.update(input=x, h0=h0, output=output, h_n=h_n, grad_output=grad_output)
+    for name, grad in zip(names, grads):
+        tensors[f"grad.{name}"] = grad
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
+    metadata = {
+        "cell": cell,
+        "num_layers": str(num_layers),
+        "input_size": str(INPUT_SIZE),
+        "hidden_size": str(HIDDEN_SIZE),
+        **extra,
+    }
+    return tensors, metadata
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seed = 0
+    for stem, cell, extra in CELLS:
+        for num_layers, batch, seq_len in SHAPES:
+            seed += 1
+            tensors, metadata = make_case(cell, extra, num_layers, batch, seq_len, seed)
+            path = args.out / f"{stem}_l{num_layers}_b{batch}_t{seq_len}.safetensors"
+            save_file(tensors, str(path), metadata=metadata)
+            print(f"wrote {path.relative_to(args.out.parent.parent.parent.parent)}")
+    print(f"torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
