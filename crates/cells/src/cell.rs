@@ -37,30 +37,49 @@ pub trait Cell: Send + Sync {
     /// A whole sequence: input `(batch, seq, input)` and the initial state give the
     /// hidden states of every step `(batch, seq, hidden)` and the final state. A
     /// zero-length sequence gives a `(batch, 0, hidden)` output and the initial state.
+    ///
+    /// The default runs [`unroll`]; the built-in cells override it with fused kernels.
     fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
-        let (batch, seq_len, input) = xs.dims3()?;
-        if input != self.input_size() {
-            bail!(
-                "input has {input} features, the cell expects {}",
-                self.input_size()
-            );
-        }
-        check_state(self, state, batch)?;
-        if seq_len == 0 {
-            let output = Tensor::zeros((batch, 0, self.hidden_size()), xs.dtype(), xs.device())?;
-            return Ok((output, state.clone()));
-        }
-        let mut state = state.clone();
-        let mut hs = Vec::with_capacity(seq_len);
-        for t in 0..seq_len {
-            // Slicing per step keeps the backward linear in the input's width; the fused
-            // kernels avoid the per-step zero padding of `narrow`'s backward altogether.
-            let x = xs.narrow(1, t, 1)?.squeeze(1)?;
-            state = self.step(&x, &state)?;
-            hs.push(state.h.clone());
-        }
-        Ok((Tensor::stack(&hs, 1)?, state))
+        unroll(self, xs, state)
     }
+}
+
+/// The step-by-step composition of [`Cell::step`] over a sequence: the reference the
+/// fused kernels are tested against, and the path for devices and dtypes they lack.
+pub fn unroll<C: Cell + ?Sized>(cell: &C, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+    let (batch, seq_len) = check_sequence(cell, xs, state)?;
+    if seq_len == 0 {
+        let output = Tensor::zeros((batch, 0, cell.hidden_size()), xs.dtype(), xs.device())?;
+        return Ok((output, state.clone()));
+    }
+    let mut state = state.clone();
+    let mut hs = Vec::with_capacity(seq_len);
+    for t in 0..seq_len {
+        // Each per-step slice costs a zero-padded gradient of the whole input in the
+        // backward (quadratic in T): fine for a reference, which is why it is not the
+        // hot path.
+        let x = xs.narrow(1, t, 1)?.squeeze(1)?;
+        state = cell.step(&x, &state)?;
+        hs.push(state.h.clone());
+    }
+    Ok((Tensor::stack(&hs, 1)?, state))
+}
+
+/// Checks `xs (batch, seq, input)` and `state` against `cell`; returns `(batch, seq)`.
+pub(crate) fn check_sequence<C: Cell + ?Sized>(
+    cell: &C,
+    xs: &Tensor,
+    state: &State,
+) -> Result<(usize, usize)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    if input != cell.input_size() {
+        bail!(
+            "input has {input} features, the cell expects {}",
+            cell.input_size()
+        );
+    }
+    check_state(cell, state, batch)?;
+    Ok((batch, seq_len))
 }
 
 /// Checks that `state` fits `cell` and a batch of `batch` sequences.

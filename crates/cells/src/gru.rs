@@ -4,7 +4,10 @@ use candle_core::{Result, Tensor};
 use candle_nn::ops::sigmoid;
 
 use crate::Params;
-use crate::cell::{Cell, GruReset, LayerNames, State, affine, block, check_state};
+use crate::cell::{
+    Cell, GruReset, LayerNames, State, affine, block, check_sequence, check_state, unroll,
+};
+use crate::fused;
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
 ///
@@ -76,6 +79,20 @@ impl Cell for Gru {
             self.weight_hh.device(),
         )?;
         Ok(State { h, c: None })
+    }
+
+    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+        if !fused::supported(xs) {
+            return unroll(self, xs, state);
+        }
+        check_sequence(self, xs, state)?;
+        let weights = [
+            &self.weight_ih,
+            &self.weight_hh,
+            &self.bias_ih,
+            &self.bias_hh,
+        ];
+        fused::gru_sequence(xs, state, weights, self.reset)
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

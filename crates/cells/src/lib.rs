@@ -28,6 +28,7 @@
 //! ```
 
 mod cell;
+mod fused;
 mod gru;
 mod init;
 mod lstm;
@@ -35,7 +36,9 @@ mod model;
 mod params;
 mod rnn;
 
-pub use cell::{Cell, CellConfig, Gate, GruReset, LstmOptions, Nonlinearity, State, peephole_name};
+pub use cell::{
+    Cell, CellConfig, Gate, GruReset, LstmOptions, Nonlinearity, State, peephole_name, unroll,
+};
 pub use gru::Gru;
 pub use init::{Init, InitScheme};
 pub use lstm::{Lstm, PeepholeLstm};

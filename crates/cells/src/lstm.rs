@@ -5,8 +5,10 @@ use candle_nn::ops::sigmoid;
 
 use crate::Params;
 use crate::cell::{
-    Cell, Gate, LayerNames, LstmOptions, State, affine, block, check_state, peephole_name,
+    Cell, Gate, LayerNames, LstmOptions, State, affine, block, check_sequence, check_state,
+    peephole_name, unroll,
 };
+use crate::fused::{self, LstmWeights};
 
 /// LSTM layer, `torch.nn.LSTM` when [`LstmOptions::default`] (gate order i, f, g, o):
 ///
@@ -104,6 +106,21 @@ impl Cell for Lstm {
             h: zeros.clone(),
             c: Some(zeros),
         })
+    }
+
+    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+        if !fused::supported(xs) {
+            return unroll(self, xs, state);
+        }
+        check_sequence(self, xs, state)?;
+        let weights = LstmWeights {
+            weight_ih: &self.weight_ih,
+            weight_hh: &self.weight_hh,
+            bias_ih: &self.bias_ih,
+            bias_hh: &self.bias_hh,
+            peephole: &self.peephole,
+        };
+        fused::lstm_sequence(xs, state, &weights, self.options)
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

@@ -3,7 +3,8 @@
 use candle_core::{Result, Tensor};
 
 use crate::Params;
-use crate::cell::{Cell, LayerNames, Nonlinearity, State, affine};
+use crate::cell::{Cell, LayerNames, Nonlinearity, State, affine, check_sequence, unroll};
+use crate::fused;
 
 /// Vanilla RNN layer, `torch.nn.RNN`:
 ///
@@ -62,6 +63,20 @@ impl Cell for VanillaRnn {
             self.weight_hh.device(),
         )?;
         Ok(State { h, c: None })
+    }
+
+    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+        if !fused::supported(xs) {
+            return unroll(self, xs, state);
+        }
+        check_sequence(self, xs, state)?;
+        let weights = [
+            &self.weight_ih,
+            &self.weight_hh,
+            &self.bias_ih,
+            &self.bias_hh,
+        ];
+        fused::rnn_sequence(xs, state, weights, self.nonlinearity)
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

@@ -1,0 +1,554 @@
+//! The fused LSTM (every [`LstmOptions`] variant).
+
+use candle_core::{Result, Shape, Tensor, bail};
+
+use super::{
+    FusedOp, Kernel, Real, Saved, add_column_sums, input_grads, input_projection, matmul, pack,
+    previous_states,
+};
+use crate::cell::{Gate, LstmOptions, State};
+
+/// Parameters of one LSTM layer, as the cell holds them.
+pub(crate) struct LstmWeights<'a> {
+    pub weight_ih: &'a Tensor,
+    pub weight_hh: &'a Tensor,
+    pub bias_ih: &'a Tensor,
+    pub bias_hh: &'a Tensor,
+    /// Peephole vectors indexed by [`Gate`].
+    pub peephole: &'a [Option<Tensor>; 4],
+}
+
+/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
+pub(crate) fn lstm_sequence(
+    xs: &Tensor,
+    state: &State,
+    weights: &LstmWeights<'_>,
+    options: LstmOptions,
+) -> Result<(Tensor, State)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    let hidden = weights.weight_hh.dim(1)?;
+    let c0 = state.c.as_ref().expect("checked: LSTM state has c");
+    let mut packed = vec![
+        weights.weight_ih,
+        weights.weight_hh,
+        weights.bias_ih,
+        weights.bias_hh,
+    ];
+    packed.extend(weights.peephole.iter().flatten());
+    let params = pack(&packed)?;
+    let state0 = Tensor::cat(&[&state.h, c0], 1)?;
+    let op = LstmOp {
+        dims: Dims {
+            batch,
+            seq_len,
+            input,
+            hidden,
+        },
+        options,
+        saved: Saved::default(),
+    };
+    // Output (B, T + 1, H): the hidden states of every step, then the final cell state.
+    let out = xs
+        .contiguous()?
+        .apply_op3(&state0.contiguous()?, &params, FusedOp(op))?;
+    let hs = out.narrow(1, 0, seq_len)?;
+    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
+    let c = out.narrow(1, seq_len, 1)?.squeeze(1)?;
+    Ok((hs, State { h, c: Some(c) }))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq_len: usize,
+    input: usize,
+    hidden: usize,
+}
+
+struct LstmOp {
+    dims: Dims,
+    options: LstmOptions,
+    saved: Saved,
+}
+
+/// Where each gate's `H` columns sit in a row of `G·H` gate values.
+#[derive(Clone, Copy)]
+struct Layout4 {
+    /// Column block of each gate (indexed by [`Gate`]), `None` when ablated.
+    block: [Option<usize>; 4],
+    count: usize,
+}
+
+impl Layout4 {
+    fn new(options: &LstmOptions) -> Self {
+        let mut block = [None; 4];
+        let rows = options.gate_rows();
+        for (index, gate) in rows.iter().enumerate() {
+            block[*gate as usize] = Some(index);
+        }
+        Self {
+            block,
+            count: rows.len(),
+        }
+    }
+}
+
+/// Splits a row of `G·H` gate values into per-gate slices (indexed by [`Gate`]).
+fn split_gates<T>(row: &mut [T], hidden: usize, layout: Layout4) -> [Option<&mut [T]>; 4] {
+    let mut slots: [Option<&mut [T]>; 4] = [None, None, None, None];
+    let mut chunks = row.chunks_exact_mut(hidden);
+    for gate in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output] {
+        if layout.block[gate as usize].is_some() {
+            slots[gate as usize] = chunks.next();
+        }
+    }
+    slots
+}
+
+/// [`split_gates`] for reading.
+fn split_gates_ref<T>(row: &[T], hidden: usize, layout: Layout4) -> [Option<&[T]>; 4] {
+    let mut slots: [Option<&[T]>; 4] = [None, None, None, None];
+    let mut chunks = row.chunks_exact(hidden);
+    for gate in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output] {
+        if layout.block[gate as usize].is_some() {
+            slots[gate as usize] = chunks.next();
+        }
+    }
+    slots
+}
+
+/// Offsets of the parts of the flat parameter vector.
+struct ParamOffsets {
+    weight_ih: usize,
+    weight_hh: usize,
+    bias_ih: usize,
+    bias_hh: usize,
+    /// Start of each present peephole vector, indexed by [`Gate`].
+    peephole: [Option<usize>; 4],
+    total: usize,
+}
+
+impl ParamOffsets {
+    fn new(dims: Dims, options: &LstmOptions) -> Self {
+        let gh = options.gate_rows().len() * dims.hidden;
+        let weight_hh = gh * dims.input;
+        let bias_ih = weight_hh + gh * dims.hidden;
+        let bias_hh = bias_ih + gh;
+        let mut next = bias_hh + gh;
+        let mut peephole = [None; 4];
+        for gate in options.peephole_gates() {
+            peephole[gate as usize] = Some(next);
+            next += dims.hidden;
+        }
+        Self {
+            weight_ih: 0,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            peephole,
+            total: next,
+        }
+    }
+}
+
+/// What the forward keeps for the backward: activated gates `(B, T, G·H)`, cell states
+/// and their tanh `(B, T, H)`.
+struct LstmSaved<T> {
+    gates: Vec<T>,
+    cells: Vec<T>,
+    tanh_cells: Vec<T>,
+}
+
+impl Kernel for LstmOp {
+    const NAME: &'static str = "fused-lstm";
+
+    fn out_shape(&self) -> Shape {
+        let Dims {
+            batch,
+            seq_len,
+            hidden,
+            ..
+        } = self.dims;
+        Shape::from((batch, seq_len + 1, hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], state0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Dims {
+            batch,
+            seq_len,
+            input,
+            hidden,
+        } = self.dims;
+        let layout = Layout4::new(&self.options);
+        let gh = layout.count * hidden;
+        let offsets = ParamOffsets::new(self.dims, &self.options);
+        if params.len() != offsets.total || x.len() != batch * seq_len * input {
+            bail!("fused LSTM: inputs do not match the layer's sizes");
+        }
+        let weight_ih = &params[offsets.weight_ih..offsets.weight_hh];
+        let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
+        let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
+
+        // Input projection of every step, with both biases folded in.
+        let bias: Vec<T> = params[offsets.bias_ih..offsets.bias_hh]
+            .iter()
+            .zip(&params[offsets.bias_hh..offsets.bias_hh + gh])
+            .map(|(&a, &b)| a + b)
+            .collect();
+        let mut gates = input_projection(x, weight_ih, &bias, batch * seq_len, input);
+        let out_rs = (seq_len + 1) * hidden;
+        let mut out = vec![T::ZERO; batch * out_rs];
+        let mut cells = vec![T::ZERO; batch * seq_len * hidden];
+        let mut tanh_cells = vec![T::ZERO; batch * seq_len * hidden];
+        for t in 0..seq_len {
+            // gates[:, t] += h_{t−1} · W_hhᵀ
+            let (h_prev, h_rs) = if t == 0 {
+                (state0, 2 * hidden)
+            } else {
+                (&out[(t - 1) * hidden..], out_rs)
+            };
+            matmul(
+                (batch, gh, hidden),
+                &mut gates[t * gh..],
+                seq_len * gh,
+                (h_prev, h_rs, 1),
+                (weight_hh, 1, hidden),
+                true,
+            );
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let (before, rest) = cells.split_at_mut(cell);
+                let c_prev = if t == 0 {
+                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                } else {
+                    &before[cell - hidden..]
+                };
+                let [i, f, g, o] = split_gates(&mut gates[row..row + gh], hidden, layout);
+                let c = &mut rest[..hidden];
+                let tc = &mut tanh_cells[cell..cell + hidden];
+                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                step_forward(
+                    StepForward {
+                        i,
+                        f,
+                        g,
+                        o,
+                        c_prev,
+                        c,
+                        tc,
+                        h,
+                        peephole,
+                    },
+                    self.options,
+                );
+            }
+        }
+        for b in 0..batch {
+            let last = (b * seq_len + seq_len - 1) * hidden;
+            out[b * out_rs + seq_len * hidden..(b + 1) * out_rs]
+                .copy_from_slice(&cells[last..last + hidden]);
+        }
+        *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved {
+            gates,
+            cells,
+            tanh_cells,
+        }));
+        Ok(out)
+    }
+
+    /// Backward through time; `grad_out` is `(B, T + 1, H)`: hidden states, then the
+    /// final cell state. The state gradient is `[∂h0 | ∂c0]`.
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        state0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Dims {
+            batch,
+            seq_len,
+            input,
+            hidden,
+        } = self.dims;
+        let layout = Layout4::new(&self.options);
+        let gh = layout.count * hidden;
+        let offsets = ParamOffsets::new(self.dims, &self.options);
+        let weight_ih = &params[offsets.weight_ih..offsets.weight_hh];
+        let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
+        let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
+        let guard = self.saved.lock().expect("saved activations");
+        let Some(saved) = guard
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<LstmSaved<T>>())
+        else {
+            bail!("fused LSTM backward without its forward's activations");
+        };
+        let out_rs = (seq_len + 1) * hidden;
+
+        let mut d_gates = vec![T::ZERO; batch * seq_len * gh];
+        let mut d_params = vec![T::ZERO; offsets.total];
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut d_c = vec![T::ZERO; batch * hidden];
+        for b in 0..batch {
+            let at = b * out_rs + seq_len * hidden;
+            d_c[b * hidden..(b + 1) * hidden].copy_from_slice(&grad_out[at..at + hidden]);
+        }
+        let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
+        let mut d_h = vec![T::ZERO; hidden];
+        for t in (0..seq_len).rev() {
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let c_prev = if t == 0 {
+                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                } else {
+                    &saved.cells[cell - hidden..cell]
+                };
+                let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
+                d_h.iter_mut()
+                    .zip(g_out.iter().zip(rec))
+                    .for_each(|(d, (&a, &r))| *d = a + r);
+                let [i, f, g, o] = split_gates_ref(&saved.gates[row..row + gh], hidden, layout);
+                let [di, df, dg, d_o] = split_gates(&mut d_gates[row..row + gh], hidden, layout);
+                step_backward(
+                    StepBackward {
+                        i,
+                        f,
+                        g: g.expect("g always has rows"),
+                        o,
+                        c_prev,
+                        c: &saved.cells[cell..cell + hidden],
+                        tc: &saved.tanh_cells[cell..cell + hidden],
+                        d_h: &d_h,
+                        d_c: &mut d_c[b * hidden..(b + 1) * hidden],
+                        di,
+                        df,
+                        dg: dg.expect("g always has rows"),
+                        d_o,
+                        peephole,
+                        d_peep: &mut d_peep,
+                    },
+                    self.options,
+                );
+            }
+            // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
+            matmul(
+                (batch, hidden, gh),
+                &mut d_h_rec,
+                hidden,
+                (&d_gates[t * gh..], seq_len * gh, 1),
+                (weight_hh, hidden, 1),
+                false,
+            );
+        }
+
+        // Weight gradients over all B·T rows at once.
+        let rows = batch * seq_len;
+        let d_x = input_grads(
+            &d_gates,
+            x,
+            weight_ih,
+            &mut d_params[offsets.weight_ih..offsets.weight_hh],
+            (rows, gh, input),
+        );
+        let h_prev = previous_states((state0, 2 * hidden), (out, out_rs), batch, seq_len, hidden);
+        matmul(
+            (gh, hidden, rows),
+            &mut d_params[offsets.weight_hh..offsets.bias_ih],
+            hidden,
+            (&d_gates, 1, gh),
+            (&h_prev, hidden, 1),
+            false,
+        );
+        add_column_sums(
+            &mut d_params[offsets.bias_ih..offsets.bias_hh],
+            &d_gates,
+            gh,
+        );
+        let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
+        tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+        for gate in [Gate::Input, Gate::Forget, Gate::Output] {
+            if let Some(o) = offsets.peephole[gate as usize] {
+                d_params[o..o + hidden].copy_from_slice(&d_peep[gate as usize]);
+            }
+        }
+        let mut d_state0 = vec![T::ZERO; batch * 2 * hidden];
+        for b in 0..batch {
+            let at = b * 2 * hidden;
+            d_state0[at..at + hidden].copy_from_slice(&d_h_rec[b * hidden..(b + 1) * hidden]);
+            d_state0[at + hidden..at + 2 * hidden]
+                .copy_from_slice(&d_c[b * hidden..(b + 1) * hidden]);
+        }
+        Ok((d_x, d_state0, d_params))
+    }
+}
+
+struct StepForward<'a, T> {
+    i: Option<&'a mut [T]>,
+    f: Option<&'a mut [T]>,
+    g: Option<&'a mut [T]>,
+    o: Option<&'a mut [T]>,
+    c_prev: &'a [T],
+    c: &'a mut [T],
+    tc: &'a mut [T],
+    h: &'a mut [T],
+    peephole: [Option<&'a [T]>; 4],
+}
+
+/// One batch row of one step: pre-activations in `i, f, g, o` become activations.
+fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
+    let StepForward {
+        mut i,
+        mut f,
+        g,
+        o,
+        c_prev,
+        c,
+        tc,
+        h,
+        peephole,
+    } = s;
+    let activate = |gate: &mut [T], peep: Option<&[T]>, state: &[T]| match peep {
+        Some(p) => gate
+            .iter_mut()
+            .zip(p.iter().zip(state))
+            .for_each(|(v, (&p, &s))| *v = (*v + p * s).sigmoid_()),
+        None => gate.iter_mut().for_each(|v| *v = v.sigmoid_()),
+    };
+    let g = g.expect("g always has rows");
+    g.iter_mut().for_each(|v| *v = v.tanh_());
+    if let Some(f) = f.as_deref_mut() {
+        activate(f, peephole[Gate::Forget as usize], c_prev);
+    }
+    if let Some(i) = i.as_deref_mut() {
+        activate(i, peephole[Gate::Input as usize], c_prev);
+    }
+    // c = f ⊙ c_prev + i ⊙ g, with a removed gate standing for 1 and i = 1 − f coupled.
+    match (i.as_deref(), f.as_deref()) {
+        (Some(i), Some(f)) => {
+            for j in 0..c.len() {
+                c[j] = f[j] * c_prev[j] + i[j] * g[j];
+            }
+        }
+        (None, Some(f)) if options.coupled_input_forget => {
+            for j in 0..c.len() {
+                c[j] = f[j] * c_prev[j] + (T::ONE - f[j]) * g[j];
+            }
+        }
+        (None, Some(f)) => {
+            for j in 0..c.len() {
+                c[j] = f[j] * c_prev[j] + g[j];
+            }
+        }
+        (Some(i), None) => {
+            for j in 0..c.len() {
+                c[j] = c_prev[j] + i[j] * g[j];
+            }
+        }
+        (None, None) => {
+            for j in 0..c.len() {
+                c[j] = c_prev[j] + g[j];
+            }
+        }
+    }
+    tc.iter_mut()
+        .zip(c.iter())
+        .for_each(|(t, &c)| *t = c.tanh_());
+    match o {
+        Some(o) => {
+            activate(o, peephole[Gate::Output as usize], c);
+            h.iter_mut()
+                .zip(o.iter().zip(tc.iter()))
+                .for_each(|(h, (&o, &t))| *h = o * t);
+        }
+        None => h.copy_from_slice(tc),
+    }
+}
+
+struct StepBackward<'a, T> {
+    i: Option<&'a [T]>,
+    f: Option<&'a [T]>,
+    g: &'a [T],
+    o: Option<&'a [T]>,
+    c_prev: &'a [T],
+    c: &'a [T],
+    tc: &'a [T],
+    d_h: &'a [T],
+    /// In: ∂L/∂c_t from later steps; out: ∂L/∂c_{t−1}.
+    d_c: &'a mut [T],
+    di: Option<&'a mut [T]>,
+    df: Option<&'a mut [T]>,
+    dg: &'a mut [T],
+    d_o: Option<&'a mut [T]>,
+    peephole: [Option<&'a [T]>; 4],
+    d_peep: &'a mut [Vec<T>; 4],
+}
+
+/// One batch row of one step backwards: gradients of the pre-activations, of the
+/// previous cell state and of the peepholes.
+fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
+    let StepBackward {
+        i,
+        f,
+        g,
+        o,
+        c_prev,
+        c,
+        tc,
+        d_h,
+        d_c,
+        mut di,
+        mut df,
+        dg,
+        mut d_o,
+        peephole,
+        d_peep,
+    } = s;
+    let p = |gate: Gate| peephole[gate as usize];
+    for j in 0..d_h.len() {
+        let o_j = o.map_or(T::ONE, |o| o[j]);
+        let mut dc = d_c[j] + d_h[j] * o_j * (T::ONE - tc[j] * tc[j]);
+        if let Some(d_o) = d_o.as_deref_mut() {
+            let d_pre = d_h[j] * tc[j] * o_j * (T::ONE - o_j);
+            d_o[j] = d_pre;
+            if let Some(p_o) = p(Gate::Output) {
+                dc += d_pre * p_o[j];
+                d_peep[Gate::Output as usize][j] += d_pre * c[j];
+            }
+        }
+        let i_j = match (i, f) {
+            (Some(i), _) => i[j],
+            (None, Some(f)) if options.coupled_input_forget => T::ONE - f[j],
+            _ => T::ONE,
+        };
+        let d_i = dc * g[j];
+        dg[j] = dc * i_j * (T::ONE - g[j] * g[j]);
+        let mut dc_prev = dc;
+        if let (Some(f), Some(df)) = (f, df.as_deref_mut()) {
+            let mut d_f = dc * c_prev[j];
+            if options.coupled_input_forget {
+                d_f -= d_i;
+            }
+            let d_pre = d_f * f[j] * (T::ONE - f[j]);
+            df[j] = d_pre;
+            dc_prev = dc * f[j];
+            if let Some(p_f) = p(Gate::Forget) {
+                dc_prev += d_pre * p_f[j];
+                d_peep[Gate::Forget as usize][j] += d_pre * c_prev[j];
+            }
+        }
+        if let (Some(i), Some(di)) = (i, di.as_deref_mut()) {
+            let d_pre = d_i * i[j] * (T::ONE - i[j]);
+            di[j] = d_pre;
+            if let Some(p_i) = p(Gate::Input) {
+                dc_prev += d_pre * p_i[j];
+                d_peep[Gate::Input as usize][j] += d_pre * c_prev[j];
+            }
+        }
+        d_c[j] = dc_prev;
+    }
+}

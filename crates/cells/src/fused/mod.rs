@@ -1,0 +1,429 @@
+//! Fused whole-sequence kernels: one candle graph node per layer and sequence.
+//!
+//! Each cell's forward over all time steps and its backward through time are one
+//! [`candle_core::CustomOp3`] of `(input, initial state, flat parameters)`:
+//! - the input projection of every step is one GEMM, `(B·T, I)·W_ihᵀ`;
+//! - each step is one recurrent GEMM over the concatenated gates and one fused
+//!   pointwise pass, whose activations are saved once for the backward;
+//! - the backward runs the steps in reverse (one GEMM per step for `∂L/∂h_{t−1}`) and
+//!   then forms the weight gradients with one GEMM each over all `B·T` rows.
+//!
+//! GEMMs go through the `gemm` crate (the one candle uses); `tanh` and the sigmoid in
+//! f32 are Eigen's rational approximation (a few ulp, branch-free, so the loops
+//! vectorise); f64 uses the exact functions, for finite-difference tests.
+
+mod gru;
+mod lstm;
+mod rnn;
+
+use std::any::Any;
+use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
+pub(crate) use gru::gru_sequence;
+pub(crate) use lstm::{LstmWeights, lstm_sequence};
+pub(crate) use rnn::rnn_sequence;
+
+/// The float types the kernels run in.
+pub(crate) trait Real:
+    WithDType
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + PartialOrd
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn tanh_(self) -> Self;
+    fn sigmoid_(self) -> Self;
+    fn max_(self, other: Self) -> Self;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        fast_tanh(self)
+    }
+
+    #[inline(always)]
+    fn sigmoid_(self) -> Self {
+        0.5 + 0.5 * fast_tanh(0.5 * self)
+    }
+
+    #[inline(always)]
+    fn max_(self, other: Self) -> Self {
+        if self > other { self } else { other }
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+
+    fn tanh_(self) -> Self {
+        self.tanh()
+    }
+
+    fn sigmoid_(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+
+    fn max_(self, other: Self) -> Self {
+        if self > other { self } else { other }
+    }
+}
+
+/// `tanh` in f32 as Eigen's `generic_fast_tanh_float`: a 13/6-degree rational function
+/// on [−9, 9] (outside, tanh is ±1 in f32), accurate to a few ulp and free of branches.
+#[inline(always)]
+pub(crate) fn fast_tanh(x: f32) -> f32 {
+    // Eigen's coefficients as published (more digits than f32 holds).
+    #[allow(clippy::excessive_precision)]
+    const ALPHA: [f32; 7] = [
+        4.89352455891786e-03,
+        6.37261928875436e-04,
+        1.48572235717979e-05,
+        5.12229709037114e-08,
+        -8.60467152213735e-11,
+        2.00018790482477e-13,
+        -2.76076847742355e-16,
+    ];
+    #[allow(clippy::excessive_precision)]
+    const BETA: [f32; 4] = [
+        4.89352518554385e-03,
+        2.26843463243900e-03,
+        1.18534705686654e-04,
+        1.19825839466702e-06,
+    ];
+    let x = x.clamp(-9.0, 9.0);
+    let x2 = x * x;
+    let mut p = ALPHA[6];
+    for &a in ALPHA[..6].iter().rev() {
+        p = p * x2 + a;
+    }
+    let mut q = BETA[3];
+    for &b in BETA[..3].iter().rev() {
+        q = q * x2 + b;
+    }
+    x * p / q
+}
+
+/// `dst (m×n, row stride dst_rs) (+)= a (m×k) · b (k×n)`, where element `(r, c)` of `a`
+/// is `a[r·a_rs + c·a_cs]` and likewise for `b`; `accumulate` adds to `dst` instead of
+/// overwriting it. The strides let one call read a transpose or every `T`-th row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (b, b_rs, b_cs): (&[T], usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too short");
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|r| dst[r * dst_rs..r * dst_rs + n].fill(T::ZERO));
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+        "matmul: lhs too short"
+    );
+    assert!(
+        (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+        "matmul: rhs too short"
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let stride = |s: usize| s as isize;
+    // SAFETY: the asserts above keep every element the strides reach inside the slices;
+    // `dst` is borrowed mutably, so it cannot alias `a` or `b`.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            stride(dst_rs),
+            accumulate,
+            a.as_ptr(),
+            stride(a_cs),
+            stride(a_rs),
+            b.as_ptr(),
+            stride(b_cs),
+            stride(b_rs),
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Column sums of a `(rows, cols)` row-major matrix, added to `out`.
+pub(crate) fn add_column_sums<T: Real>(out: &mut [T], matrix: &[T], cols: usize) {
+    for row in matrix.chunks_exact(cols) {
+        out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+    }
+}
+
+/// The contiguous slice a CPU storage holds for `layout`.
+pub(crate) fn slice<'a, T: Real>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let data = T::cpu_storage_as_slice(storage)?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("fused kernels need contiguous inputs"),
+    }
+}
+
+/// The CPU data of a (contiguous) tensor, copied.
+pub(crate) fn to_vec<T: Real>(tensor: &Tensor) -> Result<Vec<T>> {
+    tensor.flatten_all()?.to_vec1::<T>()
+}
+
+/// A fused layer: forward over the whole sequence and backward through time, generic
+/// over the float type. Arguments are the input `(B, T, I)`, the initial state and the
+/// flat parameters, all contiguous.
+pub(crate) trait Kernel: Send + Sync + 'static {
+    /// The op's name in candle's graph.
+    const NAME: &'static str;
+
+    /// Shape of the op's output.
+    fn out_shape(&self) -> Shape;
+
+    /// The output; saves what the backward needs in the kernel.
+    fn forward<T: Real>(&self, x: &[T], state0: &[T], params: &[T]) -> Result<Vec<T>>;
+
+    /// Gradients of the input, the initial state and the parameters, given the forward's
+    /// output and its gradient.
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        state0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)>;
+}
+
+/// Any [`Kernel`] as a candle op.
+pub(crate) struct FusedOp<K>(pub K);
+
+impl<K: Kernel> CustomOp3 for FusedOp<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let storage = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.0.forward::<f32>(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+            )?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.0.forward::<f64>(
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+            )?),
+            _ => bail!("{} runs in f32 or f64", K::NAME),
+        };
+        Ok((storage, self.0.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        state0: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        fn run<T: Real, K: Kernel>(
+            kernel: &K,
+            [x, state0, params, res, grad_res]: [&Tensor; 5],
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let (dx, ds, dp) = kernel.backward::<T>(
+                &to_vec(x)?,
+                &to_vec(state0)?,
+                &to_vec(params)?,
+                &to_vec(res)?,
+                &to_vec(grad_res)?,
+            )?;
+            Ok((
+                Some(tensor(dx, x.dims())?),
+                Some(tensor(ds, state0.dims())?),
+                Some(tensor(dp, params.dims())?),
+            ))
+        }
+        let args = [x, state0, params, res, grad_res];
+        match x.dtype() {
+            DType::F32 => run::<f32, K>(&self.0, args),
+            DType::F64 => run::<f64, K>(&self.0, args),
+            other => bail!("{} runs in f32 or f64, not {other:?}", K::NAME),
+        }
+    }
+}
+
+/// `(B·T, G·H)` pre-activations `X · W_ihᵀ + bias` of every step at once.
+pub(crate) fn input_projection<T: Real>(
+    x: &[T],
+    weight_ih: &[T],
+    bias: &[T],
+    rows: usize,
+    input: usize,
+) -> Vec<T> {
+    let cols = bias.len();
+    let mut pre = vec![T::ZERO; rows * cols];
+    matmul(
+        (rows, cols, input),
+        &mut pre,
+        cols,
+        (x, input, 1),
+        (weight_ih, 1, input),
+        false,
+    );
+    for row in pre.chunks_exact_mut(cols) {
+        row.iter_mut().zip(bias).for_each(|(p, &b)| *p += b);
+    }
+    pre
+}
+
+/// `(B·T, H)` matrix of `h_{t−1}`: `h0` row `b` (stride `h0_rs`) at `t = 0`, else the
+/// output at `t − 1` (output rows of batch `b` start at `b·out_rs`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn previous_states<T: Real>(
+    (h0, h0_rs): (&[T], usize),
+    (out, out_rs): (&[T], usize),
+    batch: usize,
+    seq_len: usize,
+    hidden: usize,
+) -> Vec<T> {
+    let mut prev = vec![T::ZERO; batch * seq_len * hidden];
+    for (b, rows) in prev.chunks_exact_mut(seq_len * hidden).enumerate() {
+        rows[..hidden].copy_from_slice(&h0[b * h0_rs..b * h0_rs + hidden]);
+        rows[hidden..].copy_from_slice(&out[b * out_rs..b * out_rs + (seq_len - 1) * hidden]);
+    }
+    prev
+}
+
+/// Given `d_pre (B·T, G·H)`, the gradient of the input projection's output: writes
+/// `∂L/∂W_ih = d_preᵀ · X` into `d_weight_ih` and returns `∂L/∂X = d_pre · W_ih`.
+pub(crate) fn input_grads<T: Real>(
+    d_pre: &[T],
+    x: &[T],
+    weight_ih: &[T],
+    d_weight_ih: &mut [T],
+    (rows, cols, input): (usize, usize, usize),
+) -> Vec<T> {
+    matmul(
+        (cols, input, rows),
+        d_weight_ih,
+        input,
+        (d_pre, 1, cols),
+        (x, input, 1),
+        false,
+    );
+    let mut d_x = vec![T::ZERO; rows * input];
+    matmul(
+        (rows, input, cols),
+        &mut d_x,
+        input,
+        (d_pre, cols, 1),
+        (weight_ih, input, 1),
+        false,
+    );
+    d_x
+}
+
+/// Activations saved by a forward pass for its backward, whatever the dtype.
+pub(crate) type Saved = Mutex<Option<Box<dyn Any + Send>>>;
+
+/// Whether the fused kernels serve this input: CPU, f32 or f64, at least one step.
+pub(crate) fn supported(xs: &Tensor) -> bool {
+    xs.device().is_cpu()
+        && matches!(xs.dtype(), DType::F32 | DType::F64)
+        && xs.dim(1).is_ok_and(|t| t > 0)
+}
+
+/// Flattens and joins parameter tensors into one `(N,)` tensor (its backward splits
+/// the gradient back).
+pub(crate) fn pack(tensors: &[&Tensor]) -> Result<Tensor> {
+    let flat = tensors
+        .iter()
+        .map(|t| t.flatten_all())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&flat, 0)
+}
+
+/// A gradient buffer as a tensor of `dims` on the CPU.
+pub(crate) fn tensor<T: Real>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_tanh_is_within_a_few_ulp() {
+        let mut worst = 0f64;
+        for k in -200_000..=200_000 {
+            let x = k as f32 * 1e-4; // [−20, 20]
+            let err = (f64::from(fast_tanh(x)) - f64::from(x).tanh()).abs();
+            worst = worst.max(err);
+        }
+        assert!(worst < 5e-7, "max |fast_tanh − tanh| = {worst}");
+        assert_eq!(fast_tanh(0.0), 0.0);
+        assert_eq!(fast_tanh(30.0), 1.0);
+        assert_eq!(fast_tanh(-30.0), -1.0);
+    }
+
+    #[test]
+    fn matmul_with_strides_matches_the_definition() {
+        // a = [[1, 2, 3], [4, 5, 6]] read transposed from its column-major copy.
+        let a_col_major = [1.0f64, 4.0, 2.0, 5.0, 3.0, 6.0];
+        let b = [1.0f64, 0.0, 2.0, 1.0, 0.0, 3.0]; // [[1, 0], [2, 1], [0, 3]]
+        let mut dst = [10.0f64; 4];
+        matmul(
+            (2, 2, 3),
+            &mut dst,
+            2,
+            (&a_col_major, 1, 2),
+            (&b, 2, 1),
+            true,
+        );
+        // a·b = [[5, 11], [14, 23]], plus the 10s already there.
+        assert_eq!(dst, [15.0, 21.0, 24.0, 33.0]);
+        matmul((2, 2, 0), &mut dst, 2, (&[], 0, 0), (&[], 0, 0), false);
+        assert_eq!(dst, [0.0; 4]);
+    }
+}

@@ -1,0 +1,167 @@
+//! The fused vanilla RNN.
+
+use candle_core::{Result, Shape, Tensor, bail};
+
+use super::{
+    FusedOp, Kernel, Real, add_column_sums, input_grads, input_projection, matmul, pack,
+    previous_states,
+};
+use crate::cell::{Nonlinearity, State};
+
+/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
+/// `weights` are `weight_ih, weight_hh, bias_ih, bias_hh`.
+pub(crate) fn rnn_sequence(
+    xs: &Tensor,
+    state: &State,
+    weights: [&Tensor; 4],
+    nonlinearity: Nonlinearity,
+) -> Result<(Tensor, State)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    let hidden = weights[1].dim(1)?;
+    let op = RnnOp {
+        batch,
+        seq_len,
+        input,
+        hidden,
+        nonlinearity,
+    };
+    let out = xs
+        .contiguous()?
+        .apply_op3(&state.h.contiguous()?, &pack(&weights)?, FusedOp(op))?;
+    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
+    Ok((out, State { h, c: None }))
+}
+
+struct RnnOp {
+    batch: usize,
+    seq_len: usize,
+    input: usize,
+    hidden: usize,
+    nonlinearity: Nonlinearity,
+}
+
+impl RnnOp {
+    /// Flat parameter offsets: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, end.
+    fn offsets(&self) -> [usize; 5] {
+        let w_hh = self.hidden * self.input;
+        let b_ih = w_hh + self.hidden * self.hidden;
+        [0, w_hh, b_ih, b_ih + self.hidden, b_ih + 2 * self.hidden]
+    }
+}
+
+impl Kernel for RnnOp {
+    const NAME: &'static str = "fused-rnn";
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.seq_len, self.hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            nonlinearity,
+        } = *self;
+        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        if params.len() != end || x.len() != batch * seq_len * input {
+            bail!("fused RNN: inputs do not match the layer's sizes");
+        }
+        let bias: Vec<T> = params[o_bih..o_bhh]
+            .iter()
+            .zip(&params[o_bhh..end])
+            .map(|(&a, &b)| a + b)
+            .collect();
+        // The pre-activations become the outputs in place: (B, T, H) is the same layout.
+        let mut out = input_projection(x, &params[o_wih..o_whh], &bias, batch * seq_len, input);
+        let out_rs = seq_len * hidden;
+        let mut h_prev = h0.to_vec();
+        for t in 0..seq_len {
+            matmul(
+                (batch, hidden, hidden),
+                &mut out[t * hidden..],
+                out_rs,
+                (&h_prev, hidden, 1),
+                (&params[o_whh..o_bih], 1, hidden),
+                true,
+            );
+            for b in 0..batch {
+                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                match nonlinearity {
+                    Nonlinearity::Tanh => h.iter_mut().for_each(|v| *v = v.tanh_()),
+                    Nonlinearity::Relu => h.iter_mut().for_each(|v| *v = v.max_(T::ZERO)),
+                }
+                h_prev[b * hidden..(b + 1) * hidden].copy_from_slice(h);
+            }
+        }
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        h0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            nonlinearity,
+        } = *self;
+        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        let out_rs = seq_len * hidden;
+        let rows = batch * seq_len;
+        let mut d_pre = vec![T::ZERO; rows * hidden];
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        for t in (0..seq_len).rev() {
+            for b in 0..batch {
+                let at = b * out_rs + t * hidden;
+                let (h, g) = (&out[at..at + hidden], &grad_out[at..at + hidden]);
+                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
+                let d = &mut d_pre[at..at + hidden];
+                for j in 0..hidden {
+                    let slope = match nonlinearity {
+                        Nonlinearity::Tanh => T::ONE - h[j] * h[j],
+                        Nonlinearity::Relu if h[j] > T::ZERO => T::ONE,
+                        Nonlinearity::Relu => T::ZERO,
+                    };
+                    d[j] = (g[j] + rec[j]) * slope;
+                }
+            }
+            matmul(
+                (batch, hidden, hidden),
+                &mut d_h_rec,
+                hidden,
+                (&d_pre[t * hidden..], out_rs, 1),
+                (&params[o_whh..o_bih], hidden, 1),
+                false,
+            );
+        }
+        let mut d_params = vec![T::ZERO; end];
+        let d_x = input_grads(
+            &d_pre,
+            x,
+            &params[o_wih..o_whh],
+            &mut d_params[o_wih..o_whh],
+            (rows, hidden, input),
+        );
+        let h_prev = previous_states((h0, hidden), (out, out_rs), batch, seq_len, hidden);
+        matmul(
+            (hidden, hidden, rows),
+            &mut d_params[o_whh..o_bih],
+            hidden,
+            (&d_pre, 1, hidden),
+            (&h_prev, hidden, 1),
+            false,
+        );
+        add_column_sums(&mut d_params[o_bih..o_bhh], &d_pre, hidden);
+        let (head, tail) = d_params.split_at_mut(o_bhh);
+        tail.copy_from_slice(&head[o_bih..]);
+        Ok((d_x, d_h_rec, d_params))
+    }
+}
