@@ -1,7 +1,8 @@
 //! The [`Cell`] trait shared by every recurrent cell, and the cell configuration.
 
-use candle_core::{D, Result, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor, bail};
 
+use crate::fused::FlowSink;
 use crate::{Gru, Lstm, Params, VanillaRnn};
 
 /// The recurrent state carried between time steps: hidden state `h` `(batch, hidden)`
@@ -37,20 +38,85 @@ pub trait Cell: Send + Sync {
     /// A whole sequence: input `(batch, seq, input)` and the initial state give the
     /// hidden states of every step `(batch, seq, hidden)` and the final state. A
     /// zero-length sequence gives a `(batch, 0, hidden)` output and the initial state.
+    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+        let (hs, last, _) = self.sequence_traced(xs, state)?;
+        Ok((hs, last))
+    }
+
+    /// [`Cell::sequence`], and the layer's [`GradFlow`], filled in by the backward pass.
     ///
     /// The default runs [`unroll`]; the built-in cells override it with fused kernels.
-    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
         unroll(self, xs, state)
+    }
+}
+
+/// The gradient flow of one layer over one sequence,
+/// `g_t = (1/B) Σ_b ‖∂L/∂h_{b,t}‖₂` for every step `t`: the total derivative of the loss
+/// with respect to the layer's hidden state at step `t` — through the outputs of later
+/// steps and the recurrence, as backpropagation through time computes it — as a
+/// Euclidean norm over the hidden units, averaged over the batch. Plotted against `t`
+/// it is the vanishing/exploding-gradient picture.
+pub struct GradFlow(FlowSink);
+
+impl GradFlow {
+    /// `g_t` for every step, once `loss.backward()` has run; `None` before.
+    pub fn norms(&self) -> Option<Vec<f64>> {
+        self.0.lock().expect("gradient-flow sink").clone()
+    }
+
+    pub(crate) fn recorded(sink: FlowSink) -> Self {
+        Self(sink)
+    }
+}
+
+/// Identity on `h_t` whose backward records `g_t` (candle keeps no gradients of
+/// intermediate tensors, so the unrolled graph measures its gradient flow this way).
+struct FlowProbe {
+    sink: FlowSink,
+    step: usize,
+    seq_len: usize,
+}
+
+impl CustomOp1 for FlowProbe {
+    fn name(&self) -> &'static str {
+        "gradient-flow-probe"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let copy = match storage {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(crate::fused::slice::<f32>(storage, layout)?.to_vec())
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(crate::fused::slice::<f64>(storage, layout)?.to_vec())
+            }
+            _ => bail!("the gradient-flow probe runs in f32 or f64"),
+        };
+        Ok((copy, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let per_row = grad_res.to_dtype(DType::F64)?.sqr()?.sum(1)?.sqrt()?;
+        let norm = per_row.mean_all()?.to_scalar::<f64>()?;
+        let mut sink = self.sink.lock().expect("gradient-flow sink");
+        sink.get_or_insert_with(|| vec![0.0; self.seq_len])[self.step] = norm;
+        Ok(Some(grad_res.clone()))
     }
 }
 
 /// The step-by-step composition of [`Cell::step`] over a sequence: the reference the
 /// fused kernels are tested against, and the path for devices and dtypes they lack.
-pub fn unroll<C: Cell + ?Sized>(cell: &C, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+pub fn unroll<C: Cell + ?Sized>(
+    cell: &C,
+    xs: &Tensor,
+    state: &State,
+) -> Result<(Tensor, State, GradFlow)> {
     let (batch, seq_len) = check_sequence(cell, xs, state)?;
+    let sink = FlowSink::default();
     if seq_len == 0 {
         let output = Tensor::zeros((batch, 0, cell.hidden_size()), xs.dtype(), xs.device())?;
-        return Ok((output, state.clone()));
+        return Ok((output, state.clone(), GradFlow(sink)));
     }
     let mut state = state.clone();
     let mut hs = Vec::with_capacity(seq_len);
@@ -60,9 +126,17 @@ pub fn unroll<C: Cell + ?Sized>(cell: &C, xs: &Tensor, state: &State) -> Result<
         // hot path.
         let x = xs.narrow(1, t, 1)?.squeeze(1)?;
         state = cell.step(&x, &state)?;
+        if xs.device().is_cpu() {
+            let probe = FlowProbe {
+                sink: sink.clone(),
+                step: t,
+                seq_len,
+            };
+            state.h = state.h.contiguous()?.apply_op1(probe)?;
+        }
         hs.push(state.h.clone());
     }
-    Ok((Tensor::stack(&hs, 1)?, state))
+    Ok((Tensor::stack(&hs, 1)?, state, GradFlow(sink)))
 }
 
 /// Checks `xs (batch, seq, input)` and `state` against `cell`; returns `(batch, seq)`.

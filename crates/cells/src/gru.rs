@@ -5,9 +5,9 @@ use candle_nn::ops::sigmoid;
 
 use crate::Params;
 use crate::cell::{
-    Cell, GruReset, LayerNames, State, affine, block, check_sequence, check_state, unroll,
+    Cell, GradFlow, GruReset, LayerNames, State, affine, block, check_sequence, check_state, unroll,
 };
-use crate::fused;
+use crate::fused::{self, FlowSink};
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
 ///
@@ -81,7 +81,7 @@ impl Cell for Gru {
         Ok(State { h, c: None })
     }
 
-    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
         if !fused::supported(xs) {
             return unroll(self, xs, state);
         }
@@ -92,7 +92,9 @@ impl Cell for Gru {
             &self.bias_ih,
             &self.bias_hh,
         ];
-        fused::gru_sequence(xs, state, weights, self.reset)
+        let sink = FlowSink::default();
+        let (hs, last) = fused::gru_sequence(xs, state, weights, self.reset, &sink)?;
+        Ok((hs, last, GradFlow::recorded(sink)))
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

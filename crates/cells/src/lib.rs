@@ -37,7 +37,8 @@ mod params;
 mod rnn;
 
 pub use cell::{
-    Cell, CellConfig, Gate, GruReset, LstmOptions, Nonlinearity, State, peephole_name, unroll,
+    Cell, CellConfig, Gate, GradFlow, GruReset, LstmOptions, Nonlinearity, State, peephole_name,
+    unroll,
 };
 pub use gru::Gru;
 pub use init::{Init, InitScheme};

@@ -5,10 +5,10 @@ use candle_nn::ops::sigmoid;
 
 use crate::Params;
 use crate::cell::{
-    Cell, Gate, LayerNames, LstmOptions, State, affine, block, check_sequence, check_state,
-    peephole_name, unroll,
+    Cell, Gate, GradFlow, LayerNames, LstmOptions, State, affine, block, check_sequence,
+    check_state, peephole_name, unroll,
 };
-use crate::fused::{self, LstmWeights};
+use crate::fused::{self, FlowSink, LstmWeights};
 
 /// LSTM layer, `torch.nn.LSTM` when [`LstmOptions::default`] (gate order i, f, g, o):
 ///
@@ -108,7 +108,7 @@ impl Cell for Lstm {
         })
     }
 
-    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
         if !fused::supported(xs) {
             return unroll(self, xs, state);
         }
@@ -120,7 +120,9 @@ impl Cell for Lstm {
             bias_hh: &self.bias_hh,
             peephole: &self.peephole,
         };
-        fused::lstm_sequence(xs, state, &weights, self.options)
+        let sink = FlowSink::default();
+        let (hs, last) = fused::lstm_sequence(xs, state, &weights, self.options, &sink)?;
+        Ok((hs, last, GradFlow::recorded(sink)))
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {
@@ -211,8 +213,8 @@ impl Cell for PeepholeLstm {
         self.0.step(x, state)
     }
 
-    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
-        self.0.sequence(xs, state)
+    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
+        self.0.sequence_traced(xs, state)
     }
 }
 

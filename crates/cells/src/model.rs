@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor, bail};
 
 use crate::Params;
-use crate::cell::{Cell, CellConfig, State};
+use crate::cell::{Cell, CellConfig, GradFlow, State};
 
 /// Name of the head's weight `(output, H_last)`.
 pub const HEAD_WEIGHT: &str = "head.weight";
@@ -90,6 +90,16 @@ impl Stack {
     /// (one per layer); returns the top layer's hidden states `(batch, seq, H_last)` and
     /// every layer's final state.
     pub fn forward(&self, xs: &Tensor, states: &[State]) -> Result<(Tensor, Vec<State>)> {
+        let (hs, finals, _) = self.forward_traced(xs, states)?;
+        Ok((hs, finals))
+    }
+
+    /// [`Stack::forward`], and every layer's [`GradFlow`] (bottom first).
+    pub fn forward_traced(
+        &self,
+        xs: &Tensor,
+        states: &[State],
+    ) -> Result<(Tensor, Vec<State>, Vec<GradFlow>)> {
         if states.len() != self.layers.len() {
             bail!(
                 "{} initial states for {} layers",
@@ -99,12 +109,14 @@ impl Stack {
         }
         let mut hs = xs.clone();
         let mut finals = Vec::with_capacity(states.len());
+        let mut flows = Vec::with_capacity(states.len());
         for (layer, state) in self.layers.iter().zip(states) {
-            let (out, last) = layer.sequence(&hs, state)?;
+            let (out, last, flow) = layer.sequence_traced(&hs, state)?;
             hs = out;
             finals.push(last);
+            flows.push(flow);
         }
-        Ok((hs, finals))
+        Ok((hs, finals, flows))
     }
 }
 
@@ -175,8 +187,14 @@ impl Model {
     /// Runs `(batch, seq, input)` from the zero state; returns the head's output and the
     /// top layer's hidden states `(batch, seq, H_last)`.
     pub fn forward(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (y, hs, _) = self.forward_traced(xs)?;
+        Ok((y, hs))
+    }
+
+    /// [`Model::forward`], and every layer's [`GradFlow`] (bottom first).
+    pub fn forward_traced(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Vec<GradFlow>)> {
         let states = self.stack.zero_state(xs.dim(0)?)?;
-        let (hs, _) = self.stack.forward(xs, &states)?;
-        Ok((self.head.forward(&hs)?, hs))
+        let (hs, _, flows) = self.stack.forward_traced(xs, &states)?;
+        Ok((self.head.forward(&hs)?, hs, flows))
     }
 }

@@ -3,8 +3,10 @@
 use candle_core::{Result, Tensor};
 
 use crate::Params;
-use crate::cell::{Cell, LayerNames, Nonlinearity, State, affine, check_sequence, unroll};
-use crate::fused;
+use crate::cell::{
+    Cell, GradFlow, LayerNames, Nonlinearity, State, affine, check_sequence, unroll,
+};
+use crate::fused::{self, FlowSink};
 
 /// Vanilla RNN layer, `torch.nn.RNN`:
 ///
@@ -65,7 +67,7 @@ impl Cell for VanillaRnn {
         Ok(State { h, c: None })
     }
 
-    fn sequence(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State)> {
+    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
         if !fused::supported(xs) {
             return unroll(self, xs, state);
         }
@@ -76,7 +78,9 @@ impl Cell for VanillaRnn {
             &self.bias_ih,
             &self.bias_hh,
         ];
-        fused::rnn_sequence(xs, state, weights, self.nonlinearity)
+        let sink = FlowSink::default();
+        let (hs, last) = fused::rnn_sequence(xs, state, weights, self.nonlinearity, &sink)?;
+        Ok((hs, last, GradFlow::recorded(sink)))
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

@@ -141,7 +141,8 @@ fn compare(cell: CellConfig, dims: (usize, usize, usize, usize), dtype: DType, t
         layer.sequence(x, state).unwrap()
     });
     let oracle = measure(cell, dims, dtype, |layer, x, state| {
-        unroll(layer, x, state).unwrap()
+        let (hs, last, _) = unroll(layer, x, state).unwrap();
+        (hs, last)
     });
     assert_eq!(fused.len(), oracle.len());
     for ((name, got), (_, want)) in fused.iter().zip(&oracle) {
@@ -188,5 +189,50 @@ fn long_sequences_stay_finite_and_linear() {
                 "{cell:?}: {name} not finite"
             );
         }
+    }
+}
+
+#[test]
+fn gradient_flow_of_the_fused_kernels_equals_the_unrolled_graphs() {
+    for cell in every_cell() {
+        let config = ModelConfig {
+            cell,
+            input_size: 3,
+            hidden: vec![6],
+            output_size: 1,
+            head: HeadKind::LastStep,
+        };
+        let params = Init::default()
+            .params(&config, 9, DType::F64, &Device::Cpu)
+            .unwrap();
+        let layer = cell.build(&params, 0, 3, 6).unwrap();
+        let x = wave(&[4, 12, 3], 1.0, DType::F64);
+        let norms = |traced: (Tensor, State, rnnlab_cells::GradFlow)| {
+            let (hs, _, flow) = traced;
+            // A loss on the last step only: g_t comes entirely through the recurrence.
+            let last = hs.narrow(1, 11, 1).unwrap();
+            (&last * wave(last.dims(), 7.0, DType::F64))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            flow.norms().expect("filled by the backward")
+        };
+        let fused = norms(
+            layer
+                .sequence_traced(&x, &layer.zero_state(4).unwrap())
+                .unwrap(),
+        );
+        let oracle = norms(unroll(layer.as_ref(), &x, &layer.zero_state(4).unwrap()).unwrap());
+        assert_eq!(fused.len(), 12);
+        for (t, (f, o)) in fused.iter().zip(&oracle).enumerate() {
+            assert!(
+                (f - o).abs() <= 1e-10 * (1.0 + o.abs()),
+                "{cell:?} t={t}: {f} vs {o}"
+            );
+        }
+        // The last step's gradient is the loss weights' norm: nothing vanishes there.
+        assert!(fused[11] > 0.1, "{cell:?}: {fused:?}");
     }
 }

@@ -27,6 +27,90 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Time one training step (forward, last-step head, MSE, backward, Adam) on the
+    /// adding-task shape, for rnnlab's fused cells and candle-nn's built-in ones.
+    Bench(BenchArgs),
+}
+
+/// `rnnlab bench`
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Cells to time.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchCell::Lstm, BenchCell::Gru, BenchCell::Rnn])]
+    pub cells: Vec<BenchCell>,
+    /// Hidden sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256, 512])]
+    pub hidden: Vec<usize>,
+    /// Sequence lengths.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
+    pub seq_len: Vec<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Threads (a rayon pool of this size runs every step).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Implementations to time.
+    #[arg(long = "impl", value_enum, value_delimiter = ',', default_values_t = [BenchImpl::Rnnlab, BenchImpl::CandleNn])]
+    pub implementations: Vec<BenchImpl>,
+    /// Untimed steps before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Stop timing a shape after this many seconds (at least one step is timed).
+    #[arg(long, default_value_t = 30.0)]
+    pub max_seconds: f64,
+    /// CSV file to write (columns impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Internal: measure the single shape given and print its CSV row (each shape runs
+    /// in a process of its own so that its peak memory is its own).
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// A cell kind the benchmark times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchCell {
+    /// LSTM.
+    Lstm,
+    /// GRU (reset after, as PyTorch).
+    Gru,
+    /// Vanilla tanh RNN.
+    Rnn,
+}
+
+impl BenchCell {
+    /// The name in the CSV.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lstm => "lstm",
+            Self::Gru => "gru",
+            Self::Rnn => "rnn",
+        }
+    }
+}
+
+/// An implementation the benchmark times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchImpl {
+    /// rnnlab's fused cells.
+    Rnnlab,
+    /// candle-nn's built-in `lstm`/`gru` (step by step).
+    #[value(name = "candle-nn")]
+    CandleNn,
+}
+
+impl BenchImpl {
+    /// The name in the CSV.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rnnlab => "rnnlab",
+            Self::CandleNn => "candle-nn",
+        }
+    }
 }
 
 /// `rnnlab data …`

@@ -1,6 +1,7 @@
 //! rnnlab's command-line runner: configuration, data export, (later) sweeps, training,
 //! storage, plots and reports. `main.rs` only parses and maps errors to exit codes.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 
@@ -47,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             DataCommand::Export(args) => data::export(&args),
             DataCommand::Show(args) => data::show(&args),
         },
+        Command::Bench(args) => bench::run(&args),
     }
 }

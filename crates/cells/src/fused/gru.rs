@@ -3,8 +3,8 @@
 use candle_core::{Result, Shape, Tensor, bail};
 
 use super::{
-    FusedOp, Kernel, Real, Saved, add_column_sums, input_grads, input_projection, matmul, pack,
-    previous_states,
+    FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, input_grads,
+    input_projection, matmul, pack, previous_states,
 };
 use crate::cell::{GruReset, State};
 
@@ -15,6 +15,7 @@ pub(crate) fn gru_sequence(
     state: &State,
     weights: [&Tensor; 4],
     reset: GruReset,
+    flow: &FlowSink,
 ) -> Result<(Tensor, State)> {
     let (batch, seq_len, input) = xs.dims3()?;
     let hidden = weights[1].dim(1)?;
@@ -25,6 +26,7 @@ pub(crate) fn gru_sequence(
         hidden,
         reset,
         saved: Saved::default(),
+        flow: flow.clone(),
     };
     let out = xs
         .contiguous()?
@@ -40,6 +42,7 @@ struct GruOp {
     hidden: usize,
     reset: GruReset,
     saved: Saved,
+    flow: FlowSink,
 }
 
 /// Activated gates `[r, z, n]` `(B, T, 3H)` and, per step, `W_hn h + b_hn` (reset after)
@@ -216,6 +219,7 @@ impl Kernel for GruOp {
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
         let mut d_h_direct = vec![T::ZERO; batch * hidden];
         let mut d_rh = vec![T::ZERO; batch * hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
         for t in (0..seq_len).rev() {
             let (h_prev, h_rs) = if t == 0 {
                 (h0, hidden)
@@ -232,8 +236,10 @@ impl Kernel for GruOp {
                 let d_pre_row = &mut d_pre[row..row + gh];
                 let d_rec_row = &mut d_rec[row..row + gh];
                 let direct = &mut d_h_direct[b * hidden..(b + 1) * hidden];
+                let mut squared = 0.0;
                 for j in 0..hidden {
                     let d_h = g_out[j] + d_h_rec[b * hidden + j];
+                    squared += d_h.to_f64() * d_h.to_f64();
                     let d_n = d_h * (T::ONE - z[j]) * (T::ONE - n[j] * n[j]);
                     let d_z = d_h * (h_prev[j] - n[j]) * z[j] * (T::ONE - z[j]);
                     direct[j] = d_h * z[j];
@@ -250,6 +256,7 @@ impl Kernel for GruOp {
                         d_rec_row[2 * hidden + j] = d_n;
                     }
                 }
+                flow.add(t, squared);
             }
             if reset == GruReset::Before {
                 // ∂L/∂(r ⊙ h) = d_n · W_hn, then r's gradient and r's share of ∂L/∂h.
@@ -292,6 +299,7 @@ impl Kernel for GruOp {
             );
         }
 
+        flow.finish(&self.flow);
         let mut d_params = vec![T::ZERO; end];
         let d_x = input_grads(
             &d_pre,

@@ -3,8 +3,8 @@
 use candle_core::{Result, Shape, Tensor, bail};
 
 use super::{
-    FusedOp, Kernel, Real, Saved, add_column_sums, input_grads, input_projection, matmul, pack,
-    previous_states,
+    FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, input_grads,
+    input_projection, matmul, pack, previous_states, squared_sum,
 };
 use crate::cell::{Gate, LstmOptions, State};
 
@@ -24,6 +24,7 @@ pub(crate) fn lstm_sequence(
     state: &State,
     weights: &LstmWeights<'_>,
     options: LstmOptions,
+    flow: &FlowSink,
 ) -> Result<(Tensor, State)> {
     let (batch, seq_len, input) = xs.dims3()?;
     let hidden = weights.weight_hh.dim(1)?;
@@ -46,6 +47,7 @@ pub(crate) fn lstm_sequence(
         },
         options,
         saved: Saved::default(),
+        flow: flow.clone(),
     };
     // Output (B, T + 1, H): the hidden states of every step, then the final cell state.
     let out = xs
@@ -69,6 +71,7 @@ struct LstmOp {
     dims: Dims,
     options: LstmOptions,
     saved: Saved,
+    flow: FlowSink,
 }
 
 /// Where each gate's `H` columns sit in a row of `G·H` gate values.
@@ -298,6 +301,7 @@ impl Kernel for LstmOp {
         }
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_h = vec![T::ZERO; hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
@@ -312,6 +316,7 @@ impl Kernel for LstmOp {
                 d_h.iter_mut()
                     .zip(g_out.iter().zip(rec))
                     .for_each(|(d, (&a, &r))| *d = a + r);
+                flow.add(t, squared_sum(&d_h));
                 let [i, f, g, o] = split_gates_ref(&saved.gates[row..row + gh], hidden, layout);
                 let [di, df, dg, d_o] = split_gates(&mut d_gates[row..row + gh], hidden, layout);
                 step_backward(
@@ -345,6 +350,8 @@ impl Kernel for LstmOp {
                 false,
             );
         }
+
+        flow.finish(&self.flow);
 
         // Weight gradients over all B·T rows at once.
         let rows = batch * seq_len;

@@ -18,7 +18,7 @@ mod rnn;
 
 use std::any::Any;
 use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 pub(crate) use gru::gru_sequence;
@@ -145,7 +145,9 @@ pub(crate) fn matmul<T: Real>(
         (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
         "matmul: rhs too short"
     );
-    let threads = candle_core::utils::get_num_threads();
+    // The current rayon pool decides: the global one, or one a caller installed (e.g.
+    // `rnnlab bench --threads N`, or one thread per run in a sweep).
+    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -362,6 +364,42 @@ pub(crate) fn input_grads<T: Real>(
         false,
     );
     d_x
+}
+
+/// Where a backward pass leaves `‖∂L/∂h_t‖` per step (see [`crate::GradFlow`]).
+pub(crate) type FlowSink = Arc<Mutex<Option<Vec<f64>>>>;
+
+/// Accumulates `‖∂L/∂h_{b,t}‖` over the batch rows of one step; [`Self::finish`] gives
+/// the batch average per step, in step order.
+pub(crate) struct FlowNorms {
+    per_step: Vec<f64>,
+    batch: usize,
+}
+
+impl FlowNorms {
+    pub(crate) fn new(batch: usize, seq_len: usize) -> Self {
+        Self {
+            per_step: vec![0.0; seq_len],
+            batch,
+        }
+    }
+
+    /// Adds one batch row's `∂L/∂h_t` (given as its squared sum).
+    pub(crate) fn add(&mut self, t: usize, squared_sum: f64) {
+        self.per_step[t] += squared_sum.sqrt();
+    }
+
+    /// Stores the batch-averaged norms in `sink`.
+    pub(crate) fn finish(self, sink: &FlowSink) {
+        let batch = self.batch as f64;
+        let norms = self.per_step.into_iter().map(|n| n / batch).collect();
+        *sink.lock().expect("gradient-flow sink") = Some(norms);
+    }
+}
+
+/// `Σ v²` in f64.
+pub(crate) fn squared_sum<T: Real>(values: &[T]) -> f64 {
+    values.iter().map(|v| v.to_f64() * v.to_f64()).sum()
 }
 
 /// Activations saved by a forward pass for its backward, whatever the dtype.

@@ -3,8 +3,8 @@
 use candle_core::{Result, Shape, Tensor, bail};
 
 use super::{
-    FusedOp, Kernel, Real, add_column_sums, input_grads, input_projection, matmul, pack,
-    previous_states,
+    FlowNorms, FlowSink, FusedOp, Kernel, Real, add_column_sums, input_grads, input_projection,
+    matmul, pack, previous_states,
 };
 use crate::cell::{Nonlinearity, State};
 
@@ -15,6 +15,7 @@ pub(crate) fn rnn_sequence(
     state: &State,
     weights: [&Tensor; 4],
     nonlinearity: Nonlinearity,
+    flow: &FlowSink,
 ) -> Result<(Tensor, State)> {
     let (batch, seq_len, input) = xs.dims3()?;
     let hidden = weights[1].dim(1)?;
@@ -24,6 +25,7 @@ pub(crate) fn rnn_sequence(
         input,
         hidden,
         nonlinearity,
+        flow: flow.clone(),
     };
     let out = xs
         .contiguous()?
@@ -38,6 +40,7 @@ struct RnnOp {
     input: usize,
     hidden: usize,
     nonlinearity: Nonlinearity,
+    flow: FlowSink,
 }
 
 impl RnnOp {
@@ -63,6 +66,7 @@ impl Kernel for RnnOp {
             input,
             hidden,
             nonlinearity,
+            ..
         } = *self;
         let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
         if params.len() != end || x.len() != batch * seq_len * input {
@@ -112,26 +116,32 @@ impl Kernel for RnnOp {
             input,
             hidden,
             nonlinearity,
+            ..
         } = *self;
         let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
         let out_rs = seq_len * hidden;
         let rows = batch * seq_len;
         let mut d_pre = vec![T::ZERO; rows * hidden];
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let at = b * out_rs + t * hidden;
                 let (h, g) = (&out[at..at + hidden], &grad_out[at..at + hidden]);
                 let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
                 let d = &mut d_pre[at..at + hidden];
+                let mut squared = 0.0;
                 for j in 0..hidden {
+                    let d_h = g[j] + rec[j];
+                    squared += d_h.to_f64() * d_h.to_f64();
                     let slope = match nonlinearity {
                         Nonlinearity::Tanh => T::ONE - h[j] * h[j],
                         Nonlinearity::Relu if h[j] > T::ZERO => T::ONE,
                         Nonlinearity::Relu => T::ZERO,
                     };
-                    d[j] = (g[j] + rec[j]) * slope;
+                    d[j] = d_h * slope;
                 }
+                flow.add(t, squared);
             }
             matmul(
                 (batch, hidden, hidden),
@@ -142,6 +152,7 @@ impl Kernel for RnnOp {
                 false,
             );
         }
+        flow.finish(&self.flow);
         let mut d_params = vec![T::ZERO; end];
         let d_x = input_grads(
             &d_pre,

@@ -1,0 +1,316 @@
+//! `rnnlab bench`: time one training step of rnnlab's cells (and candle-nn's built-in
+//! LSTM/GRU) on the adding-task shape.
+//!
+//! One step = forward over a `(batch, seq_len, 2)` adding batch, a linear head on the
+//! last step, MSE, backward, and an Adam update (candle-nn's `AdamW` with weight decay
+//! 0). The batch is generated once, outside the timing. Each shape is warmed up, then
+//! timed over repeated steps; the median is reported. Peak RSS is the process's
+//! high-water mark of a process that runs only that shape.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, RNN, VarBuilder, VarMap};
+use rnnlab_cells::{
+    CellConfig, GruReset, HeadKind, Init, LstmOptions, Model, ModelConfig, Nonlinearity,
+};
+use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
+
+use crate::UsageError;
+use crate::cli::{BenchArgs, BenchCell, BenchImpl};
+
+/// One measured shape: a CSV row.
+#[derive(Debug, Clone)]
+struct Measurement {
+    /// `rnnlab` or `candle-nn`.
+    implementation: BenchImpl,
+    /// The cell.
+    cell: BenchCell,
+    /// Hidden units.
+    hidden: usize,
+    /// Sequence length.
+    seq_len: usize,
+    /// Batch size.
+    batch: usize,
+    /// Threads of the pool the step ran in.
+    threads: usize,
+    /// Median wall time of one training step.
+    ms_per_step: f64,
+    /// Peak resident memory while the shape ran, MiB (`None` where unreadable).
+    peak_rss_mb: Option<f64>,
+}
+
+/// The CSV header shared with `scripts/bench_torch.py`.
+const CSV_HEADER: &str =
+    "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb";
+
+impl Measurement {
+    fn csv(&self) -> String {
+        let rate = (self.batch * self.seq_len) as f64 / (self.ms_per_step / 1e3);
+        let rss = self
+            .peak_rss_mb
+            .map_or(String::new(), |mb| format!("{mb:.1}"));
+        format!(
+            "{},{},{},{},{},{},{:.3},{rate:.0},{rss}",
+            self.implementation.as_str(),
+            self.cell.as_str(),
+            self.hidden,
+            self.seq_len,
+            self.batch,
+            self.threads,
+            self.ms_per_step
+        )
+    }
+}
+
+/// Runs the benchmark grid, prints a table and writes the CSV.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.threads == 0 || args.batch == 0 || args.repeats == 0 {
+        return Err(UsageError(
+            "invalid --threads/--batch/--repeats: each must be at least 1".into(),
+        )
+        .into());
+    }
+    if let Some(zero) = args.hidden.iter().chain(&args.seq_len).find(|&&v| v == 0) {
+        return Err(UsageError(format!(
+            "invalid --hidden/--seq-len: {zero} is not allowed, sizes start at 1"
+        ))
+        .into());
+    }
+    if args.child {
+        let [implementation, cell, hidden, seq_len] = [
+            args.implementations.len(),
+            args.cells.len(),
+            args.hidden.len(),
+            args.seq_len.len(),
+        ];
+        if [implementation, cell, hidden, seq_len] != [1; 4] {
+            bail!("--child measures exactly one shape");
+        }
+        let shape = Shape {
+            implementation: args.implementations[0],
+            cell: args.cells[0],
+            hidden: args.hidden[0],
+            seq_len: args.seq_len[0],
+            batch: args.batch,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(args.threads)
+            .build()
+            .context("starting the benchmark's thread pool")?;
+        let budget = Duration::from_secs_f64(args.max_seconds);
+        let (ms_per_step, peak_rss_mb) =
+            pool.install(|| measure(shape, args.warmup, args.repeats, budget))?;
+        let row = Measurement {
+            implementation: shape.implementation,
+            cell: shape.cell,
+            hidden: shape.hidden,
+            seq_len: shape.seq_len,
+            batch: shape.batch,
+            threads: args.threads,
+            ms_per_step,
+            peak_rss_mb,
+        };
+        println!("{}", row.csv());
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding the rnnlab executable")?;
+    let mut rows = Vec::new();
+    println!("{CSV_HEADER}");
+    for &implementation in &args.implementations {
+        for &cell in &args.cells {
+            if implementation == BenchImpl::CandleNn && cell == BenchCell::Rnn {
+                continue; // candle-nn has no vanilla RNN
+            }
+            for &seq_len in &args.seq_len {
+                for &hidden in &args.hidden {
+                    let output = std::process::Command::new(&exe)
+                        .args([
+                            "bench",
+                            "--child",
+                            "--impl",
+                            implementation.as_str(),
+                            "--cells",
+                            cell.as_str(),
+                        ])
+                        .args([
+                            "--hidden",
+                            &hidden.to_string(),
+                            "--seq-len",
+                            &seq_len.to_string(),
+                        ])
+                        .args([
+                            "--batch",
+                            &args.batch.to_string(),
+                            "--threads",
+                            &args.threads.to_string(),
+                        ])
+                        .args([
+                            "--warmup",
+                            &args.warmup.to_string(),
+                            "--repeats",
+                            &args.repeats.to_string(),
+                        ])
+                        .args(["--max-seconds", &args.max_seconds.to_string()])
+                        .output()
+                        .context("running a benchmark shape")?;
+                    if !output.status.success() {
+                        bail!(
+                            "benchmark of {} {} H={hidden} T={seq_len} failed: {}",
+                            implementation.as_str(),
+                            cell.as_str(),
+                            String::from_utf8_lossy(&output.stderr).trim()
+                        );
+                    }
+                    let row =
+                        String::from_utf8(output.stdout).context("reading a benchmark row")?;
+                    let row = row.trim().to_owned();
+                    println!("{row}");
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    if let Some(out) = &args.out {
+        write_csv(out, &rows)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn write_csv(path: &Path, rows: &[String]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    writeln!(text, "{CSV_HEADER}")?;
+    rows.iter().try_for_each(|row| writeln!(text, "{row}"))?;
+    let temp = path.with_extension("csv.tmp");
+    std::fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, path)
+        .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    implementation: BenchImpl,
+    cell: BenchCell,
+    hidden: usize,
+    seq_len: usize,
+    batch: usize,
+}
+
+/// A training step, ready to be called repeatedly.
+type Step = Box<dyn FnMut() -> candle_core::Result<()>>;
+
+/// A candle-nn recurrent layer's forward to its last hidden state.
+type Layer = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
+/// Median ms per step and the peak RSS for one shape.
+fn measure(
+    shape: Shape,
+    warmup: usize,
+    repeats: usize,
+    budget: Duration,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let mut step = build(shape).with_context(|| format!("building {shape:?}"))?;
+    let started = Instant::now();
+    for _ in 0..warmup {
+        step()?;
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    let mut times = Vec::with_capacity(repeats);
+    let timing = Instant::now();
+    while times.len() < repeats {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        // Slow shapes (candle-nn on long sequences) stop at the budget, with at least one
+        // timed step.
+        if timing.elapsed() > budget {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], peak_rss_mb()))
+}
+
+fn build(shape: Shape) -> anyhow::Result<Step> {
+    let Shape {
+        implementation,
+        cell,
+        hidden,
+        seq_len,
+        batch,
+    } = shape;
+    let task = Task::new(TaskConfig::Adding { seq_len })
+        .map_err(|e| UsageError(format!("invalid --seq-len: {e}")))?;
+    let data = task.batch(0, Split::Train, 0, batch);
+    let Targets::Values(targets) = &data.targets else {
+        bail!("adding targets are values")
+    };
+    let xs = Tensor::from_vec(data.inputs.clone(), (batch, seq_len, 2), &Device::Cpu)?;
+    let ys = Tensor::from_vec(targets.clone(), (batch, 1), &Device::Cpu)?;
+    let adam = ParamsAdamW {
+        lr: 1e-3,
+        weight_decay: 0.0,
+        ..ParamsAdamW::default()
+    };
+    match implementation {
+        BenchImpl::Rnnlab => {
+            let cell = match cell {
+                BenchCell::Lstm => CellConfig::Lstm(LstmOptions::default()),
+                BenchCell::Gru => CellConfig::Gru(GruReset::After),
+                BenchCell::Rnn => CellConfig::Rnn(Nonlinearity::Tanh),
+            };
+            let config = ModelConfig {
+                cell,
+                input_size: 2,
+                hidden: vec![hidden],
+                output_size: 1,
+                head: HeadKind::LastStep,
+            };
+            let params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
+            let model = Model::new(&config, &params)?;
+            let mut optimizer = AdamW::new(params.iter().map(|(_, v)| v.clone()).collect(), adam)?;
+            Ok(Box::new(move || {
+                let (y, _) = model.forward(&xs)?;
+                optimizer.backward_step(&candle_nn::loss::mse(&y, &ys)?)
+            }))
+        }
+        BenchImpl::CandleNn => {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let head = candle_nn::linear(hidden, 1, vb.pp("head"))?;
+            let layer: Box<Layer> = match cell {
+                BenchCell::Lstm => {
+                    let lstm = candle_nn::lstm(2, hidden, Default::default(), vb.pp("rnn"))?;
+                    Box::new(move |xs| Ok(lstm.seq(xs)?.pop().expect("T ≥ 1").h))
+                }
+                BenchCell::Gru => {
+                    let gru = candle_nn::gru(2, hidden, Default::default(), vb.pp("rnn"))?;
+                    Box::new(move |xs| Ok(gru.seq(xs)?.pop().expect("T ≥ 1").h))
+                }
+                BenchCell::Rnn => bail!("candle-nn has no vanilla RNN"),
+            };
+            let mut optimizer = AdamW::new(varmap.all_vars(), adam)?;
+            Ok(Box::new(move || {
+                let y = candle_core::Module::forward(&head, &layer(&xs)?)?;
+                optimizer.backward_step(&candle_nn::loss::mse(&y, &ys)?)
+            }))
+        }
+    }
+}
+
+/// `VmHWM` of this process in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
