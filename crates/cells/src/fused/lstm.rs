@@ -1,10 +1,11 @@
 //! The fused LSTM (every [`LstmOptions`] variant).
 
 use candle_core::{Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::{
-    FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, input_grads,
-    input_projection, matmul, pack, previous_states, squared_sum,
+    FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
+    input_projection, matmul, matmul_serial, pack, previous_states, squared_sum, transpose,
 };
 use crate::cell::{Gate, LstmOptions, State};
 
@@ -162,6 +163,187 @@ struct LstmSaved<T> {
     tanh_cells: Vec<T>,
 }
 
+/// One batch chunk's buffers for the forward recurrence.
+struct ForwardChunk<'a, T> {
+    gates: &'a mut [T],
+    out: &'a mut [T],
+    cells: &'a mut [T],
+    tanh_cells: &'a mut [T],
+    state0: &'a [T],
+}
+
+/// One batch chunk's buffers for the backward recurrence.
+struct BackwardChunk<'a, T> {
+    d_gates: &'a mut [T],
+    d_state0: &'a mut [T],
+    grad_out: &'a [T],
+    gates: &'a [T],
+    cells: &'a [T],
+    tanh_cells: &'a [T],
+    state0: &'a [T],
+}
+
+impl LstmOp {
+    /// The time loop for the batch rows of `chunk`: recurrent GEMM and pointwise pass
+    /// per step, then the final cell state after the hidden states.
+    fn forward_chunk<T: Real>(
+        &self,
+        chunk: ForwardChunk<'_, T>,
+        weight_hh_t: &[T],
+        peephole: [Option<&[T]>; 4],
+    ) {
+        let ForwardChunk {
+            gates,
+            out,
+            cells,
+            tanh_cells,
+            state0,
+        } = chunk;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let layout = Layout4::new(&self.options);
+        let gh = layout.count * hidden;
+        let batch = state0.len() / (2 * hidden);
+        let out_rs = (seq_len + 1) * hidden;
+        for t in 0..seq_len {
+            // gates[:, t] += h_{t−1} · W_hhᵀ
+            let (h_prev, h_rs) = if t == 0 {
+                (state0, 2 * hidden)
+            } else {
+                (&out[(t - 1) * hidden..], out_rs)
+            };
+            matmul_serial(
+                (batch, gh, hidden),
+                &mut gates[t * gh..],
+                seq_len * gh,
+                (h_prev, h_rs, 1),
+                (weight_hh_t, gh, 1),
+                true,
+            );
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let (before, rest) = cells.split_at_mut(cell);
+                let c_prev = if t == 0 {
+                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                } else {
+                    &before[cell - hidden..]
+                };
+                let [i, f, g, o] = split_gates(&mut gates[row..row + gh], hidden, layout);
+                let c = &mut rest[..hidden];
+                let tc = &mut tanh_cells[cell..cell + hidden];
+                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                let step = StepForward {
+                    i,
+                    f,
+                    g,
+                    o,
+                    c_prev,
+                    c,
+                    tc,
+                    h,
+                    peephole,
+                };
+                step_forward(step, self.options);
+            }
+        }
+        for b in 0..batch {
+            let last = (b * seq_len + seq_len - 1) * hidden;
+            out[b * out_rs + seq_len * hidden..(b + 1) * out_rs]
+                .copy_from_slice(&cells[last..last + hidden]);
+        }
+    }
+
+    /// The reverse time loop for the batch rows of `chunk`: fills the chunk's gate
+    /// gradients and `[∂h0 | ∂c0]`, and returns its peephole gradients and gradient flow.
+    fn backward_chunk<T: Real>(
+        &self,
+        chunk: BackwardChunk<'_, T>,
+        weight_hh: &[T],
+        peephole: [Option<&[T]>; 4],
+    ) -> ([Vec<T>; 4], FlowNorms) {
+        let BackwardChunk {
+            d_gates,
+            d_state0,
+            grad_out,
+            gates,
+            cells,
+            tanh_cells,
+            state0,
+        } = chunk;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let layout = Layout4::new(&self.options);
+        let gh = layout.count * hidden;
+        let batch = state0.len() / (2 * hidden);
+        let out_rs = (seq_len + 1) * hidden;
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut d_c = vec![T::ZERO; batch * hidden];
+        for b in 0..batch {
+            let at = b * out_rs + seq_len * hidden;
+            d_c[b * hidden..(b + 1) * hidden].copy_from_slice(&grad_out[at..at + hidden]);
+        }
+        let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
+        let mut d_h = vec![T::ZERO; hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
+        for t in (0..seq_len).rev() {
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let c_prev = if t == 0 {
+                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                } else {
+                    &cells[cell - hidden..cell]
+                };
+                let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
+                d_h.iter_mut()
+                    .zip(g_out.iter().zip(rec))
+                    .for_each(|(d, (&a, &r))| *d = a + r);
+                flow.add(t, squared_sum(&d_h));
+                let [i, f, g, o] = split_gates_ref(&gates[row..row + gh], hidden, layout);
+                let [di, df, dg, d_o] = split_gates(&mut d_gates[row..row + gh], hidden, layout);
+                let step = StepBackward {
+                    i,
+                    f,
+                    g: g.expect("g always has rows"),
+                    o,
+                    c_prev,
+                    c: &cells[cell..cell + hidden],
+                    tc: &tanh_cells[cell..cell + hidden],
+                    d_h: &d_h,
+                    d_c: &mut d_c[b * hidden..(b + 1) * hidden],
+                    di,
+                    df,
+                    dg: dg.expect("g always has rows"),
+                    d_o,
+                    peephole,
+                    d_peep: &mut d_peep,
+                };
+                step_backward(step, self.options);
+            }
+            // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
+            matmul_serial(
+                (batch, hidden, gh),
+                &mut d_h_rec,
+                hidden,
+                (&d_gates[t * gh..], seq_len * gh, 1),
+                (weight_hh, hidden, 1),
+                false,
+            );
+        }
+        for b in 0..batch {
+            let at = b * 2 * hidden;
+            d_state0[at..at + hidden].copy_from_slice(&d_h_rec[b * hidden..(b + 1) * hidden]);
+            d_state0[at + hidden..at + 2 * hidden]
+                .copy_from_slice(&d_c[b * hidden..(b + 1) * hidden]);
+        }
+        (d_peep, flow)
+    }
+}
+
 impl Kernel for LstmOp {
     const NAME: &'static str = "fused-lstm";
 
@@ -199,59 +381,28 @@ impl Kernel for LstmOp {
             .map(|(&a, &b)| a + b)
             .collect();
         let mut gates = input_projection(x, weight_ih, &bias, batch * seq_len, input);
+        let weight_hh_t = transpose(weight_hh, gh, hidden);
         let out_rs = (seq_len + 1) * hidden;
         let mut out = vec![T::ZERO; batch * out_rs];
         let mut cells = vec![T::ZERO; batch * seq_len * hidden];
         let mut tanh_cells = vec![T::ZERO; batch * seq_len * hidden];
-        for t in 0..seq_len {
-            // gates[:, t] += h_{t−1} · W_hhᵀ
-            let (h_prev, h_rs) = if t == 0 {
-                (state0, 2 * hidden)
-            } else {
-                (&out[(t - 1) * hidden..], out_rs)
-            };
-            matmul(
-                (batch, gh, hidden),
-                &mut gates[t * gh..],
-                seq_len * gh,
-                (h_prev, h_rs, 1),
-                (weight_hh, 1, hidden),
-                true,
-            );
-            for b in 0..batch {
-                let row = (b * seq_len + t) * gh;
-                let cell = (b * seq_len + t) * hidden;
-                let (before, rest) = cells.split_at_mut(cell);
-                let c_prev = if t == 0 {
-                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
-                } else {
-                    &before[cell - hidden..]
+        let rows = chunk_rows(batch);
+        gates
+            .par_chunks_mut(rows * seq_len * gh)
+            .zip(out.par_chunks_mut(rows * out_rs))
+            .zip(cells.par_chunks_mut(rows * seq_len * hidden))
+            .zip(tanh_cells.par_chunks_mut(rows * seq_len * hidden))
+            .zip(state0.par_chunks(rows * 2 * hidden))
+            .for_each(|((((gates, out), cells), tanh_cells), state0)| {
+                let chunk = ForwardChunk {
+                    gates,
+                    out,
+                    cells,
+                    tanh_cells,
+                    state0,
                 };
-                let [i, f, g, o] = split_gates(&mut gates[row..row + gh], hidden, layout);
-                let c = &mut rest[..hidden];
-                let tc = &mut tanh_cells[cell..cell + hidden];
-                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
-                step_forward(
-                    StepForward {
-                        i,
-                        f,
-                        g,
-                        o,
-                        c_prev,
-                        c,
-                        tc,
-                        h,
-                        peephole,
-                    },
-                    self.options,
-                );
-            }
-        }
-        for b in 0..batch {
-            let last = (b * seq_len + seq_len - 1) * hidden;
-            out[b * out_rs + seq_len * hidden..(b + 1) * out_rs]
-                .copy_from_slice(&cells[last..last + hidden]);
-        }
+                self.forward_chunk(chunk, &weight_hh_t, peephole);
+            });
         *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved {
             gates,
             cells,
@@ -293,64 +444,39 @@ impl Kernel for LstmOp {
 
         let mut d_gates = vec![T::ZERO; batch * seq_len * gh];
         let mut d_params = vec![T::ZERO; offsets.total];
-        let mut d_h_rec = vec![T::ZERO; batch * hidden];
-        let mut d_c = vec![T::ZERO; batch * hidden];
-        for b in 0..batch {
-            let at = b * out_rs + seq_len * hidden;
-            d_c[b * hidden..(b + 1) * hidden].copy_from_slice(&grad_out[at..at + hidden]);
-        }
+        let mut d_state0 = vec![T::ZERO; batch * 2 * hidden];
+        let chunk = chunk_rows(batch);
+        let chunks: Vec<([Vec<T>; 4], FlowNorms)> = d_gates
+            .par_chunks_mut(chunk * seq_len * gh)
+            .zip(d_state0.par_chunks_mut(chunk * 2 * hidden))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .zip(saved.gates.par_chunks(chunk * seq_len * gh))
+            .zip(saved.cells.par_chunks(chunk * seq_len * hidden))
+            .zip(saved.tanh_cells.par_chunks(chunk * seq_len * hidden))
+            .zip(state0.par_chunks(chunk * 2 * hidden))
+            .map(
+                |((((((d_gates, d_state0), grad_out), gates), cells), tanh_cells), state0)| {
+                    let chunk = BackwardChunk {
+                        d_gates,
+                        d_state0,
+                        grad_out,
+                        gates,
+                        cells,
+                        tanh_cells,
+                        state0,
+                    };
+                    self.backward_chunk(chunk, weight_hh, peephole)
+                },
+            )
+            .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
-        let mut d_h = vec![T::ZERO; hidden];
         let mut flow = FlowNorms::new(batch, seq_len);
-        for t in (0..seq_len).rev() {
-            for b in 0..batch {
-                let row = (b * seq_len + t) * gh;
-                let cell = (b * seq_len + t) * hidden;
-                let c_prev = if t == 0 {
-                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
-                } else {
-                    &saved.cells[cell - hidden..cell]
-                };
-                let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
-                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
-                d_h.iter_mut()
-                    .zip(g_out.iter().zip(rec))
-                    .for_each(|(d, (&a, &r))| *d = a + r);
-                flow.add(t, squared_sum(&d_h));
-                let [i, f, g, o] = split_gates_ref(&saved.gates[row..row + gh], hidden, layout);
-                let [di, df, dg, d_o] = split_gates(&mut d_gates[row..row + gh], hidden, layout);
-                step_backward(
-                    StepBackward {
-                        i,
-                        f,
-                        g: g.expect("g always has rows"),
-                        o,
-                        c_prev,
-                        c: &saved.cells[cell..cell + hidden],
-                        tc: &saved.tanh_cells[cell..cell + hidden],
-                        d_h: &d_h,
-                        d_c: &mut d_c[b * hidden..(b + 1) * hidden],
-                        di,
-                        df,
-                        dg: dg.expect("g always has rows"),
-                        d_o,
-                        peephole,
-                        d_peep: &mut d_peep,
-                    },
-                    self.options,
-                );
+        for (peep, norms) in &chunks {
+            for (total, part) in d_peep.iter_mut().zip(peep) {
+                total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
             }
-            // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
-            matmul(
-                (batch, hidden, gh),
-                &mut d_h_rec,
-                hidden,
-                (&d_gates[t * gh..], seq_len * gh, 1),
-                (weight_hh, hidden, 1),
-                false,
-            );
+            flow.merge(norms);
         }
-
         flow.finish(&self.flow);
 
         // Weight gradients over all B·T rows at once.
@@ -382,13 +508,6 @@ impl Kernel for LstmOp {
             if let Some(o) = offsets.peephole[gate as usize] {
                 d_params[o..o + hidden].copy_from_slice(&d_peep[gate as usize]);
             }
-        }
-        let mut d_state0 = vec![T::ZERO; batch * 2 * hidden];
-        for b in 0..batch {
-            let at = b * 2 * hidden;
-            d_state0[at..at + hidden].copy_from_slice(&d_h_rec[b * hidden..(b + 1) * hidden]);
-            d_state0[at + hidden..at + 2 * hidden]
-                .copy_from_slice(&d_c[b * hidden..(b + 1) * hidden]);
         }
         Ok((d_x, d_state0, d_params))
     }
@@ -515,6 +634,45 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         peephole,
         d_peep,
     } = s;
+    // The plain LSTM (the common case) gets a branch-free loop that vectorises.
+    if let (
+        Some(i),
+        Some(f),
+        Some(o),
+        Some(di),
+        Some(df),
+        Some(d_o),
+        false,
+        [None, None, None, None],
+    ) = (
+        i,
+        f,
+        o,
+        di.as_deref_mut(),
+        df.as_deref_mut(),
+        d_o.as_deref_mut(),
+        options.coupled_input_forget,
+        peephole,
+    ) {
+        let n = d_h.len();
+        let (i, f, g, o, c_prev, tc) = (&i[..n], &f[..n], &g[..n], &o[..n], &c_prev[..n], &tc[..n]);
+        let (d_c, di, df, dg, d_o) = (
+            &mut d_c[..n],
+            &mut di[..n],
+            &mut df[..n],
+            &mut dg[..n],
+            &mut d_o[..n],
+        );
+        for j in 0..n {
+            let dc = d_c[j] + d_h[j] * o[j] * (T::ONE - tc[j] * tc[j]);
+            d_o[j] = d_h[j] * tc[j] * o[j] * (T::ONE - o[j]);
+            di[j] = dc * g[j] * i[j] * (T::ONE - i[j]);
+            dg[j] = dc * i[j] * (T::ONE - g[j] * g[j]);
+            df[j] = dc * c_prev[j] * f[j] * (T::ONE - f[j]);
+            d_c[j] = dc * f[j];
+        }
+        return;
+    }
     let p = |gate: Gate| peephole[gate as usize];
     for j in 0..d_h.len() {
         let o_j = o.map_or(T::ONE, |o| o[j]);

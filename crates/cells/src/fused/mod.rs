@@ -118,14 +118,41 @@ pub(crate) fn fast_tanh(x: f32) -> f32 {
 /// `dst (m×n, row stride dst_rs) (+)= a (m×k) · b (k×n)`, where element `(r, c)` of `a`
 /// is `a[r·a_rs + c·a_cs]` and likewise for `b`; `accumulate` adds to `dst` instead of
 /// overwriting it. The strides let one call read a transpose or every `T`-th row.
-#[allow(clippy::too_many_arguments)]
+///
+/// Uses the threads of the current rayon pool; [`matmul_serial`] uses one.
 pub(crate) fn matmul<T: Real>(
+    dims: (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    accumulate: bool,
+) {
+    let threads = rayon::current_num_threads();
+    gemm_checked(dims, dst, dst_rs, a, b, accumulate, threads);
+}
+
+/// [`matmul`] on the calling thread only: for the per-step GEMMs of one batch chunk,
+/// which already runs in parallel with the other chunks.
+pub(crate) fn matmul_serial<T: Real>(
+    dims: (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    a: (&[T], usize, usize),
+    b: (&[T], usize, usize),
+    accumulate: bool,
+) {
+    gemm_checked(dims, dst, dst_rs, a, b, accumulate, 1);
+}
+
+fn gemm_checked<T: Real>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     dst_rs: usize,
     (a, a_rs, a_cs): (&[T], usize, usize),
     (b, b_rs, b_cs): (&[T], usize, usize),
     accumulate: bool,
+    threads: usize,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -145,9 +172,6 @@ pub(crate) fn matmul<T: Real>(
         (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
         "matmul: rhs too short"
     );
-    // The current rayon pool decides: the global one, or one a caller installed (e.g.
-    // `rnnlab bench --threads N`, or one thread per run in a sweep).
-    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -180,6 +204,26 @@ pub(crate) fn matmul<T: Real>(
             parallelism,
         );
     }
+}
+
+/// Rows of the batch each parallel chunk of the recurrence takes: the recurrence of
+/// one sequence never reads another's, so batch chunks run their time loops
+/// independently, one per thread.
+pub(crate) fn chunk_rows(batch: usize) -> usize {
+    batch.div_ceil(rayon::current_num_threads()).max(1)
+}
+
+/// The `(cols, rows)` transpose of a `(rows, cols)` row-major matrix. Recurrent weights
+/// are transposed once per sequence so that each step's GEMM reads them in the layout
+/// the `gemm` kernels take without repacking.
+pub(crate) fn transpose<T: Real>(matrix: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; rows * cols];
+    for (r, row) in matrix.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// Column sums of a `(rows, cols)` row-major matrix, added to `out`.
@@ -387,6 +431,14 @@ impl FlowNorms {
     /// Adds one batch row's `∂L/∂h_t` (given as its squared sum).
     pub(crate) fn add(&mut self, t: usize, squared_sum: f64) {
         self.per_step[t] += squared_sum.sqrt();
+    }
+
+    /// Adds another batch chunk's sums.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        self.per_step
+            .iter_mut()
+            .zip(&other.per_step)
+            .for_each(|(a, b)| *a += b);
     }
 
     /// Stores the batch-averaged norms in `sink`.

@@ -1,10 +1,11 @@
 //! The fused vanilla RNN.
 
 use candle_core::{Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::{
-    FlowNorms, FlowSink, FusedOp, Kernel, Real, add_column_sums, input_grads, input_projection,
-    matmul, pack, previous_states,
+    FlowNorms, FlowSink, FusedOp, Kernel, Real, add_column_sums, chunk_rows, input_grads,
+    input_projection, matmul, matmul_serial, pack, previous_states, transpose,
 };
 use crate::cell::{Nonlinearity, State};
 
@@ -52,42 +53,25 @@ impl RnnOp {
     }
 }
 
-impl Kernel for RnnOp {
-    const NAME: &'static str = "fused-rnn";
-
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.batch, self.seq_len, self.hidden))
-    }
-
-    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+impl RnnOp {
+    /// The time loop for the batch rows of one chunk (`out` holds their pre-activations).
+    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], weight_hh_t: &[T]) {
         let Self {
-            batch,
             seq_len,
-            input,
             hidden,
             nonlinearity,
             ..
         } = *self;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
-        if params.len() != end || x.len() != batch * seq_len * input {
-            bail!("fused RNN: inputs do not match the layer's sizes");
-        }
-        let bias: Vec<T> = params[o_bih..o_bhh]
-            .iter()
-            .zip(&params[o_bhh..end])
-            .map(|(&a, &b)| a + b)
-            .collect();
-        // The pre-activations become the outputs in place: (B, T, H) is the same layout.
-        let mut out = input_projection(x, &params[o_wih..o_whh], &bias, batch * seq_len, input);
+        let batch = h0.len() / hidden;
         let out_rs = seq_len * hidden;
         let mut h_prev = h0.to_vec();
         for t in 0..seq_len {
-            matmul(
+            matmul_serial(
                 (batch, hidden, hidden),
                 &mut out[t * hidden..],
                 out_rs,
                 (&h_prev, hidden, 1),
-                (&params[o_whh..o_bih], 1, hidden),
+                (weight_hh_t, hidden, 1),
                 true,
             );
             for b in 0..batch {
@@ -99,29 +83,23 @@ impl Kernel for RnnOp {
                 h_prev[b * hidden..(b + 1) * hidden].copy_from_slice(h);
             }
         }
-        Ok(out)
     }
 
-    fn backward<T: Real>(
+    /// The reverse time loop for the batch rows of one chunk: fills `[d_pre, d_h0]`.
+    fn backward_chunk<T: Real>(
         &self,
-        x: &[T],
-        h0: &[T],
-        params: &[T],
-        out: &[T],
-        grad_out: &[T],
-    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        [d_pre, d_h0]: [&mut [T]; 2],
+        [out, grad_out]: [&[T]; 2],
+        weight_hh: &[T],
+    ) -> FlowNorms {
         let Self {
-            batch,
             seq_len,
-            input,
             hidden,
             nonlinearity,
             ..
         } = *self;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        let batch = d_h0.len() / hidden;
         let out_rs = seq_len * hidden;
-        let rows = batch * seq_len;
-        let mut d_pre = vec![T::ZERO; rows * hidden];
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
         let mut flow = FlowNorms::new(batch, seq_len);
         for t in (0..seq_len).rev() {
@@ -143,15 +121,87 @@ impl Kernel for RnnOp {
                 }
                 flow.add(t, squared);
             }
-            matmul(
+            matmul_serial(
                 (batch, hidden, hidden),
                 &mut d_h_rec,
                 hidden,
                 (&d_pre[t * hidden..], out_rs, 1),
-                (&params[o_whh..o_bih], hidden, 1),
+                (weight_hh, hidden, 1),
                 false,
             );
         }
+        d_h0.copy_from_slice(&d_h_rec);
+        flow
+    }
+}
+
+impl Kernel for RnnOp {
+    const NAME: &'static str = "fused-rnn";
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.seq_len, self.hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            ..
+        } = *self;
+        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        if params.len() != end || x.len() != batch * seq_len * input {
+            bail!("fused RNN: inputs do not match the layer's sizes");
+        }
+        let bias: Vec<T> = params[o_bih..o_bhh]
+            .iter()
+            .zip(&params[o_bhh..end])
+            .map(|(&a, &b)| a + b)
+            .collect();
+        // The pre-activations become the outputs in place: (B, T, H) is the same layout.
+        let mut out = input_projection(x, &params[o_wih..o_whh], &bias, batch * seq_len, input);
+        let out_rs = seq_len * hidden;
+        let weight_hh_t = transpose(&params[o_whh..o_bih], hidden, hidden);
+        let rows = chunk_rows(batch);
+        out.par_chunks_mut(rows * out_rs)
+            .zip(h0.par_chunks(rows * hidden))
+            .for_each(|(out, h0)| self.forward_chunk(out, h0, &weight_hh_t));
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        h0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            ..
+        } = *self;
+        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        let out_rs = seq_len * hidden;
+        let rows = batch * seq_len;
+        let mut d_pre = vec![T::ZERO; rows * hidden];
+        let mut d_h0 = vec![T::ZERO; batch * hidden];
+        let chunk = chunk_rows(batch);
+        let flows: Vec<FlowNorms> = d_pre
+            .par_chunks_mut(chunk * out_rs)
+            .zip(d_h0.par_chunks_mut(chunk * hidden))
+            .zip(out.par_chunks(chunk * out_rs))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .map(|(((d_pre, d_h0), out), grad_out)| {
+                self.backward_chunk([d_pre, d_h0], [out, grad_out], &params[o_whh..o_bih])
+            })
+            .collect();
+        let mut flow = FlowNorms::new(batch, seq_len);
+        flows.iter().for_each(|part| flow.merge(part));
         flow.finish(&self.flow);
         let mut d_params = vec![T::ZERO; end];
         let d_x = input_grads(
@@ -173,6 +223,6 @@ impl Kernel for RnnOp {
         add_column_sums(&mut d_params[o_bih..o_bhh], &d_pre, hidden);
         let (head, tail) = d_params.split_at_mut(o_bhh);
         tail.copy_from_slice(&head[o_bih..]);
-        Ok((d_x, d_h_rec, d_params))
+        Ok((d_x, d_h0, d_params))
     }
 }
