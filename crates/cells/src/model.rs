@@ -143,6 +143,11 @@ impl Head {
         })
     }
 
+    /// `W h + b` for `(batch, H)` hidden states.
+    pub fn apply(&self, h: &Tensor) -> Result<Tensor> {
+        h.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+
     /// `(batch, seq, H)` hidden states to `(batch, output)` or `(batch, seq, output)`.
     pub fn forward(&self, hs: &Tensor) -> Result<Tensor> {
         let (batch, seq_len, hidden) = hs.dims3()?;
@@ -151,8 +156,7 @@ impl Head {
                 if seq_len == 0 {
                     bail!("a last-step head needs a sequence of at least one step");
                 }
-                let last = hs.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
-                last.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+                self.apply(&hs.narrow(1, seq_len - 1, 1)?.squeeze(1)?)
             }
             HeadKind::EveryStep => {
                 let flat = hs.reshape((batch * seq_len, hidden))?;
@@ -194,7 +198,13 @@ impl Model {
     /// [`Model::forward`], and every layer's [`GradFlow`] (bottom first).
     pub fn forward_traced(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Vec<GradFlow>)> {
         let states = self.stack.zero_state(xs.dim(0)?)?;
-        let (hs, _, flows) = self.stack.forward_traced(xs, &states)?;
-        Ok((self.head.forward(&hs)?, hs, flows))
+        let (hs, finals, flows) = self.stack.forward_traced(xs, &states)?;
+        let y = match (self.head.kind, finals.last()) {
+            // The top layer's final h is the last step's output; reading it there rather
+            // than slicing `hs` saves the backward one zero-padded copy of `hs`.
+            (HeadKind::LastStep, Some(last)) if hs.dim(1)? > 0 => self.head.apply(&last.h)?,
+            _ => self.head.forward(&hs)?,
+        };
+        Ok((y, hs, flows))
     }
 }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, previous_states, squared_sum, transpose,
+    input_projection, matmul, matmul_serial, pack, squared_sum, transpose,
 };
 use crate::cell::{Gate, LstmOptions, State};
 
@@ -109,18 +109,6 @@ fn split_gates<T>(row: &mut [T], hidden: usize, layout: Layout4) -> [Option<&mut
     slots
 }
 
-/// [`split_gates`] for reading.
-fn split_gates_ref<T>(row: &[T], hidden: usize, layout: Layout4) -> [Option<&[T]>; 4] {
-    let mut slots: [Option<&[T]>; 4] = [None, None, None, None];
-    let mut chunks = row.chunks_exact(hidden);
-    for gate in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output] {
-        if layout.block[gate as usize].is_some() {
-            slots[gate as usize] = chunks.next();
-        }
-    }
-    slots
-}
-
 /// Offsets of the parts of the flat parameter vector.
 struct ParamOffsets {
     weight_ih: usize,
@@ -155,12 +143,11 @@ impl ParamOffsets {
     }
 }
 
-/// What the forward keeps for the backward: activated gates `(B, T, G·H)`, cell states
-/// and their tanh `(B, T, H)`.
+/// What the forward keeps for the backward: activated gates `(B, T, G·H)` and cell
+/// states `(B, T, H)` (their tanh is recomputed, bit for bit, rather than stored).
 struct LstmSaved<T> {
     gates: Vec<T>,
     cells: Vec<T>,
-    tanh_cells: Vec<T>,
 }
 
 /// One batch chunk's buffers for the forward recurrence.
@@ -168,18 +155,16 @@ struct ForwardChunk<'a, T> {
     gates: &'a mut [T],
     out: &'a mut [T],
     cells: &'a mut [T],
-    tanh_cells: &'a mut [T],
     state0: &'a [T],
 }
 
 /// One batch chunk's buffers for the backward recurrence.
 struct BackwardChunk<'a, T> {
-    d_gates: &'a mut [T],
+    /// In: activated gates; out: gradients of the gate pre-activations.
+    gates: &'a mut [T],
     d_state0: &'a mut [T],
     grad_out: &'a [T],
-    gates: &'a [T],
     cells: &'a [T],
-    tanh_cells: &'a [T],
     state0: &'a [T],
 }
 
@@ -196,7 +181,6 @@ impl LstmOp {
             gates,
             out,
             cells,
-            tanh_cells,
             state0,
         } = chunk;
         let Dims {
@@ -206,6 +190,7 @@ impl LstmOp {
         let gh = layout.count * hidden;
         let batch = state0.len() / (2 * hidden);
         let out_rs = (seq_len + 1) * hidden;
+        let mut tanh_cell = vec![T::ZERO; hidden];
         for t in 0..seq_len {
             // gates[:, t] += h_{t−1} · W_hhᵀ
             let (h_prev, h_rs) = if t == 0 {
@@ -232,7 +217,7 @@ impl LstmOp {
                 };
                 let [i, f, g, o] = split_gates(&mut gates[row..row + gh], hidden, layout);
                 let c = &mut rest[..hidden];
-                let tc = &mut tanh_cells[cell..cell + hidden];
+                let tc = &mut tanh_cell[..];
                 let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
                 let step = StepForward {
                     i,
@@ -264,12 +249,10 @@ impl LstmOp {
         peephole: [Option<&[T]>; 4],
     ) -> ([Vec<T>; 4], FlowNorms) {
         let BackwardChunk {
-            d_gates,
+            gates,
             d_state0,
             grad_out,
-            gates,
             cells,
-            tanh_cells,
             state0,
         } = chunk;
         let Dims {
@@ -287,6 +270,7 @@ impl LstmOp {
         }
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_h = vec![T::ZERO; hidden];
+        let mut tanh_cell = vec![T::ZERO; hidden];
         let mut flow = FlowNorms::new(batch, seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
@@ -303,22 +287,18 @@ impl LstmOp {
                     .zip(g_out.iter().zip(rec))
                     .for_each(|(d, (&a, &r))| *d = a + r);
                 flow.add(t, squared_sum(&d_h));
-                let [i, f, g, o] = split_gates_ref(&gates[row..row + gh], hidden, layout);
-                let [di, df, dg, d_o] = split_gates(&mut d_gates[row..row + gh], hidden, layout);
+                let c = &cells[cell..cell + hidden];
+                tanh_cell
+                    .iter_mut()
+                    .zip(c)
+                    .for_each(|(tc, &c)| *tc = c.tanh_());
                 let step = StepBackward {
-                    i,
-                    f,
-                    g: g.expect("g always has rows"),
-                    o,
+                    gates: split_gates(&mut gates[row..row + gh], hidden, layout),
                     c_prev,
-                    c: &cells[cell..cell + hidden],
-                    tc: &tanh_cells[cell..cell + hidden],
+                    c,
+                    tc: &tanh_cell,
                     d_h: &d_h,
                     d_c: &mut d_c[b * hidden..(b + 1) * hidden],
-                    di,
-                    df,
-                    dg: dg.expect("g always has rows"),
-                    d_o,
                     peephole,
                     d_peep: &mut d_peep,
                 };
@@ -329,7 +309,7 @@ impl LstmOp {
                 (batch, hidden, gh),
                 &mut d_h_rec,
                 hidden,
-                (&d_gates[t * gh..], seq_len * gh, 1),
+                (&gates[t * gh..], seq_len * gh, 1),
                 (weight_hh, hidden, 1),
                 false,
             );
@@ -385,29 +365,22 @@ impl Kernel for LstmOp {
         let out_rs = (seq_len + 1) * hidden;
         let mut out = vec![T::ZERO; batch * out_rs];
         let mut cells = vec![T::ZERO; batch * seq_len * hidden];
-        let mut tanh_cells = vec![T::ZERO; batch * seq_len * hidden];
         let rows = chunk_rows(batch);
         gates
             .par_chunks_mut(rows * seq_len * gh)
             .zip(out.par_chunks_mut(rows * out_rs))
             .zip(cells.par_chunks_mut(rows * seq_len * hidden))
-            .zip(tanh_cells.par_chunks_mut(rows * seq_len * hidden))
             .zip(state0.par_chunks(rows * 2 * hidden))
-            .for_each(|((((gates, out), cells), tanh_cells), state0)| {
+            .for_each(|(((gates, out), cells), state0)| {
                 let chunk = ForwardChunk {
                     gates,
                     out,
                     cells,
-                    tanh_cells,
                     state0,
                 };
                 self.forward_chunk(chunk, &weight_hh_t, peephole);
             });
-        *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved {
-            gates,
-            cells,
-            tanh_cells,
-        }));
+        *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved { gates, cells }));
         Ok(out)
     }
 
@@ -433,16 +406,19 @@ impl Kernel for LstmOp {
         let weight_ih = &params[offsets.weight_ih..offsets.weight_hh];
         let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
         let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
-        let guard = self.saved.lock().expect("saved activations");
-        let Some(saved) = guard
-            .as_ref()
-            .and_then(|s| s.downcast_ref::<LstmSaved<T>>())
-        else {
-            bail!("fused LSTM backward without its forward's activations");
+        // The activations are taken, not borrowed: the gate gradients overwrite them.
+        let saved = self.saved.lock().expect("saved activations").take();
+        let Some(Ok(saved)) = saved.map(|s| s.downcast::<LstmSaved<T>>()) else {
+            bail!(
+                "fused LSTM backward without its forward's activations (run backward once per forward)"
+            );
         };
+        let LstmSaved {
+            gates: mut d_gates,
+            cells,
+        } = *saved;
         let out_rs = (seq_len + 1) * hidden;
 
-        let mut d_gates = vec![T::ZERO; batch * seq_len * gh];
         let mut d_params = vec![T::ZERO; offsets.total];
         let mut d_state0 = vec![T::ZERO; batch * 2 * hidden];
         let chunk = chunk_rows(batch);
@@ -450,24 +426,18 @@ impl Kernel for LstmOp {
             .par_chunks_mut(chunk * seq_len * gh)
             .zip(d_state0.par_chunks_mut(chunk * 2 * hidden))
             .zip(grad_out.par_chunks(chunk * out_rs))
-            .zip(saved.gates.par_chunks(chunk * seq_len * gh))
-            .zip(saved.cells.par_chunks(chunk * seq_len * hidden))
-            .zip(saved.tanh_cells.par_chunks(chunk * seq_len * hidden))
+            .zip(cells.par_chunks(chunk * seq_len * hidden))
             .zip(state0.par_chunks(chunk * 2 * hidden))
-            .map(
-                |((((((d_gates, d_state0), grad_out), gates), cells), tanh_cells), state0)| {
-                    let chunk = BackwardChunk {
-                        d_gates,
-                        d_state0,
-                        grad_out,
-                        gates,
-                        cells,
-                        tanh_cells,
-                        state0,
-                    };
-                    self.backward_chunk(chunk, weight_hh, peephole)
-                },
-            )
+            .map(|((((gates, d_state0), grad_out), cells), state0)| {
+                let chunk = BackwardChunk {
+                    gates,
+                    d_state0,
+                    grad_out,
+                    cells,
+                    state0,
+                };
+                self.backward_chunk(chunk, weight_hh, peephole)
+            })
             .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut flow = FlowNorms::new(batch, seq_len);
@@ -488,15 +458,30 @@ impl Kernel for LstmOp {
             &mut d_params[offsets.weight_ih..offsets.weight_hh],
             (rows, gh, input),
         );
-        let h_prev = previous_states((state0, 2 * hidden), (out, out_rs), batch, seq_len, hidden);
+        // ∂L/∂W_hh = Σ_t d_gates[t]ᵀ h_{t−1}, without a copy of the shifted hidden states:
+        // h0 against step 0, then per sequence its outputs 0..T−1 against steps 1..T.
+        let d_weight_hh = &mut d_params[offsets.weight_hh..offsets.bias_ih];
+        let (h0, g0) = ((state0, 2 * hidden, 1), (&d_gates[..], 1, seq_len * gh));
         matmul(
-            (gh, hidden, rows),
-            &mut d_params[offsets.weight_hh..offsets.bias_ih],
+            (gh, hidden, batch),
+            d_weight_hh,
             hidden,
-            (&d_gates, 1, gh),
-            (&h_prev, hidden, 1),
+            (g0.0, g0.1, g0.2),
+            (h0.0, h0.1, h0.2),
             false,
         );
+        for b in 0..batch {
+            let steps = &d_gates[(b * seq_len + 1) * gh..(b + 1) * seq_len * gh];
+            let outs = &out[b * out_rs..];
+            matmul(
+                (gh, hidden, seq_len - 1),
+                d_weight_hh,
+                hidden,
+                (steps, 1, gh),
+                (outs, hidden, 1),
+                true,
+            );
+        }
         add_column_sums(
             &mut d_params[offsets.bias_ih..offsets.bias_hh],
             &d_gates,
@@ -596,119 +581,97 @@ fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
 }
 
 struct StepBackward<'a, T> {
-    i: Option<&'a [T]>,
-    f: Option<&'a [T]>,
-    g: &'a [T],
-    o: Option<&'a [T]>,
+    /// In: the activated gates `i, f, g, o` of the step (indexed by [`Gate`]); out: the
+    /// gradients of their pre-activations. Reusing the buffer saves `B·T·G·H` floats.
+    gates: [Option<&'a mut [T]>; 4],
     c_prev: &'a [T],
     c: &'a [T],
     tc: &'a [T],
     d_h: &'a [T],
     /// In: ∂L/∂c_t from later steps; out: ∂L/∂c_{t−1}.
     d_c: &'a mut [T],
-    di: Option<&'a mut [T]>,
-    df: Option<&'a mut [T]>,
-    dg: &'a mut [T],
-    d_o: Option<&'a mut [T]>,
     peephole: [Option<&'a [T]>; 4],
     d_peep: &'a mut [Vec<T>; 4],
 }
 
-/// One batch row of one step backwards: gradients of the pre-activations, of the
-/// previous cell state and of the peepholes.
+/// One batch row of one step backwards: gradients of the pre-activations (in place of
+/// the activations), of the previous cell state and of the peepholes.
 fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
     let StepBackward {
-        i,
-        f,
-        g,
-        o,
+        gates,
         c_prev,
         c,
         tc,
         d_h,
         d_c,
-        mut di,
-        mut df,
-        dg,
-        mut d_o,
         peephole,
         d_peep,
     } = s;
+    let [mut i, mut f, g, mut o] = gates;
+    let g = g.expect("g always has rows");
+    let n = d_h.len();
     // The plain LSTM (the common case) gets a branch-free loop that vectorises.
-    if let (
-        Some(i),
-        Some(f),
-        Some(o),
-        Some(di),
-        Some(df),
-        Some(d_o),
-        false,
-        [None, None, None, None],
-    ) = (
-        i,
-        f,
-        o,
-        di.as_deref_mut(),
-        df.as_deref_mut(),
-        d_o.as_deref_mut(),
+    if let (Some(i), Some(f), Some(o), false, [None, None, None, None]) = (
+        i.as_deref_mut(),
+        f.as_deref_mut(),
+        o.as_deref_mut(),
         options.coupled_input_forget,
         peephole,
     ) {
-        let n = d_h.len();
-        let (i, f, g, o, c_prev, tc) = (&i[..n], &f[..n], &g[..n], &o[..n], &c_prev[..n], &tc[..n]);
-        let (d_c, di, df, dg, d_o) = (
-            &mut d_c[..n],
-            &mut di[..n],
-            &mut df[..n],
-            &mut dg[..n],
-            &mut d_o[..n],
-        );
+        let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
+        let (c_prev, tc, d_c) = (&c_prev[..n], &tc[..n], &mut d_c[..n]);
         for j in 0..n {
-            let dc = d_c[j] + d_h[j] * o[j] * (T::ONE - tc[j] * tc[j]);
-            d_o[j] = d_h[j] * tc[j] * o[j] * (T::ONE - o[j]);
-            di[j] = dc * g[j] * i[j] * (T::ONE - i[j]);
-            dg[j] = dc * i[j] * (T::ONE - g[j] * g[j]);
-            df[j] = dc * c_prev[j] * f[j] * (T::ONE - f[j]);
-            d_c[j] = dc * f[j];
+            let (iv, fv, gv, ov) = (i[j], f[j], g[j], o[j]);
+            let dc = d_c[j] + d_h[j] * ov * (T::ONE - tc[j] * tc[j]);
+            o[j] = d_h[j] * tc[j] * ov * (T::ONE - ov);
+            i[j] = dc * gv * iv * (T::ONE - iv);
+            g[j] = dc * iv * (T::ONE - gv * gv);
+            f[j] = dc * c_prev[j] * fv * (T::ONE - fv);
+            d_c[j] = dc * fv;
         }
         return;
     }
     let p = |gate: Gate| peephole[gate as usize];
-    for j in 0..d_h.len() {
-        let o_j = o.map_or(T::ONE, |o| o[j]);
-        let mut dc = d_c[j] + d_h[j] * o_j * (T::ONE - tc[j] * tc[j]);
-        if let Some(d_o) = d_o.as_deref_mut() {
+    for j in 0..n {
+        let (i_j, f_j, o_j, g_j) = (
+            i.as_deref().map(|v| v[j]),
+            f.as_deref().map(|v| v[j]),
+            o.as_deref().map(|v| v[j]),
+            g[j],
+        );
+        let mut dc = d_c[j] + d_h[j] * o_j.unwrap_or(T::ONE) * (T::ONE - tc[j] * tc[j]);
+        if let (Some(o_j), Some(o)) = (o_j, o.as_deref_mut()) {
             let d_pre = d_h[j] * tc[j] * o_j * (T::ONE - o_j);
-            d_o[j] = d_pre;
+            o[j] = d_pre;
             if let Some(p_o) = p(Gate::Output) {
                 dc += d_pre * p_o[j];
                 d_peep[Gate::Output as usize][j] += d_pre * c[j];
             }
         }
-        let i_j = match (i, f) {
-            (Some(i), _) => i[j],
-            (None, Some(f)) if options.coupled_input_forget => T::ONE - f[j],
+        let input = match (i_j, f_j) {
+            (Some(i), _) => i,
+            (None, Some(f)) if options.coupled_input_forget => T::ONE - f,
             _ => T::ONE,
         };
-        let d_i = dc * g[j];
-        dg[j] = dc * i_j * (T::ONE - g[j] * g[j]);
+        let d_i = dc * g_j;
+        g[j] = dc * input * (T::ONE - g_j * g_j);
         let mut dc_prev = dc;
-        if let (Some(f), Some(df)) = (f, df.as_deref_mut()) {
+        if let (Some(f_j), Some(f)) = (f_j, f.as_deref_mut()) {
             let mut d_f = dc * c_prev[j];
             if options.coupled_input_forget {
                 d_f -= d_i;
             }
-            let d_pre = d_f * f[j] * (T::ONE - f[j]);
-            df[j] = d_pre;
-            dc_prev = dc * f[j];
+            let d_pre = d_f * f_j * (T::ONE - f_j);
+            f[j] = d_pre;
+            dc_prev = dc * f_j;
             if let Some(p_f) = p(Gate::Forget) {
                 dc_prev += d_pre * p_f[j];
                 d_peep[Gate::Forget as usize][j] += d_pre * c_prev[j];
             }
         }
-        if let (Some(i), Some(di)) = (i, di.as_deref_mut()) {
-            let d_pre = d_i * i[j] * (T::ONE - i[j]);
-            di[j] = d_pre;
+        if let (Some(i_j), Some(i)) = (i_j, i.as_deref_mut()) {
+            let d_pre = d_i * i_j * (T::ONE - i_j);
+            i[j] = d_pre;
             if let Some(p_i) = p(Gate::Input) {
                 dc_prev += d_pre * p_i[j];
                 d_peep[Gate::Input as usize][j] += d_pre * c_prev[j];

@@ -20,7 +20,9 @@ use std::any::Any;
 use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, bail};
+use candle_core::{
+    CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
+};
 pub(crate) use gru::gru_sequence;
 pub(crate) use lstm::{LstmWeights, lstm_sequence};
 pub(crate) use rnn::rnn_sequence;
@@ -242,11 +244,6 @@ pub(crate) fn slice<'a, T: Real>(storage: &'a CpuStorage, layout: &Layout) -> Re
     }
 }
 
-/// The CPU data of a (contiguous) tensor, copied.
-pub(crate) fn to_vec<T: Real>(tensor: &Tensor) -> Result<Vec<T>> {
-    tensor.flatten_all()?.to_vec1::<T>()
-}
-
 /// A fused layer: forward over the whole sequence and backward through time, generic
 /// over the float type. Arguments are the input `(B, T, I)`, the initial state and the
 /// flat parameters, all contiguous.
@@ -317,13 +314,18 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
             kernel: &K,
             [x, state0, params, res, grad_res]: [&Tensor; 5],
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            let (dx, ds, dp) = kernel.backward::<T>(
-                &to_vec(x)?,
-                &to_vec(state0)?,
-                &to_vec(params)?,
-                &to_vec(res)?,
-                &to_vec(grad_res)?,
-            )?;
+            // Read the tensors in place (no copies of the large output and its gradient).
+            let grad_res = grad_res.contiguous()?;
+            let guards = [x, state0, params, res, &grad_res].map(Tensor::storage_and_layout);
+            let mut slices = Vec::with_capacity(5);
+            for (storage, layout) in &guards {
+                match &**storage {
+                    Storage::Cpu(cpu) => slices.push(slice::<T>(cpu, layout)?),
+                    _ => bail!("{} runs on the CPU", K::NAME),
+                }
+            }
+            let (dx, ds, dp) =
+                kernel.backward::<T>(slices[0], slices[1], slices[2], slices[3], slices[4])?;
             Ok((
                 Some(tensor(dx, x.dims())?),
                 Some(tensor(ds, state0.dims())?),
