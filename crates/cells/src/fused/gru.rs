@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, previous_states, transpose,
+    input_projection, matmul, matmul_serial, pack, previous_states, transpose, wide,
 };
 use crate::cell::{GruReset, State};
 
@@ -64,6 +64,7 @@ fn offsets(input: usize, hidden: usize) -> [usize; 5] {
 impl GruOp {
     /// The time loop for the batch rows of one chunk: `[gates, out, extra]` as in the
     /// forward, `h0` the chunk's initial states.
+    #[inline(always)]
     fn forward_chunk<T: Real>(
         &self,
         [gates, out, extra]: [&mut [T]; 3],
@@ -167,6 +168,7 @@ impl GruOp {
 
     /// The reverse time loop for the batch rows of one chunk: fills `[d_pre, d_rec,
     /// d_h0]` from `[grad_out, out, gates, extra, h0]` and returns the gradient flow.
+    #[inline(always)]
     fn backward_chunk<T: Real>(
         &self,
         [d_pre, d_rec, d_h0]: [&mut [T]; 3],
@@ -318,7 +320,7 @@ impl Kernel for GruOp {
             .zip(extra.par_chunks_mut(rows * seq_len * hidden))
             .zip(h0.par_chunks(rows * hidden))
             .for_each(|(((gates, out), extra), h0)| {
-                self.forward_chunk([gates, out, extra], h0, &weight_hh_t, bias_hh);
+                wide(|| self.forward_chunk([gates, out, extra], h0, &weight_hh_t, bias_hh));
             });
         *self.saved.lock().expect("saved activations") = Some(Box::new(GruSaved { gates, extra }));
         Ok(out)
@@ -367,7 +369,9 @@ impl Kernel for GruOp {
             .map(
                 |(((((((d_pre, d_rec), d_h0), grad_out), out), gates), extra), h0)| {
                     let grads = [d_pre, d_rec, d_h0];
-                    self.backward_chunk(grads, [grad_out, out, gates, extra, h0], weight_hh)
+                    wide(|| {
+                        self.backward_chunk(grads, [grad_out, out, gates, extra, h0], weight_hh)
+                    })
                 },
             )
             .collect();
@@ -382,7 +386,8 @@ impl Kernel for GruOp {
             &mut d_params[o_wih..o_whh],
             (rows, gh, input),
         );
-        let h_prev = previous_states((h0, hidden), (out, out_rs), batch, seq_len, hidden);
+        let mut h_prev = vec![T::ZERO; rows * hidden];
+        previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
         let d_weight_hh = &mut d_params[o_whh..o_bih];
         match reset {
             GruReset::After => {

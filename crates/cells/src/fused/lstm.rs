@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, squared_sum, transpose,
+    input_projection, matmul, matmul_serial, pack, previous_states, squared_sum, transpose, wide,
 };
 use crate::cell::{Gate, LstmOptions, State};
 
@@ -98,6 +98,7 @@ impl Layout4 {
 }
 
 /// Splits a row of `G·H` gate values into per-gate slices (indexed by [`Gate`]).
+#[inline(always)]
 fn split_gates<T>(row: &mut [T], hidden: usize, layout: Layout4) -> [Option<&mut [T]>; 4] {
     let mut slots: [Option<&mut [T]>; 4] = [None, None, None, None];
     let mut chunks = row.chunks_exact_mut(hidden);
@@ -171,6 +172,7 @@ struct BackwardChunk<'a, T> {
 impl LstmOp {
     /// The time loop for the batch rows of `chunk`: recurrent GEMM and pointwise pass
     /// per step, then the final cell state after the hidden states.
+    #[inline(always)]
     fn forward_chunk<T: Real>(
         &self,
         chunk: ForwardChunk<'_, T>,
@@ -242,6 +244,7 @@ impl LstmOp {
 
     /// The reverse time loop for the batch rows of `chunk`: fills the chunk's gate
     /// gradients and `[∂h0 | ∂c0]`, and returns its peephole gradients and gradient flow.
+    #[inline(always)]
     fn backward_chunk<T: Real>(
         &self,
         chunk: BackwardChunk<'_, T>,
@@ -378,7 +381,7 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                self.forward_chunk(chunk, &weight_hh_t, peephole);
+                wide(|| self.forward_chunk(chunk, &weight_hh_t, peephole));
             });
         *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved { gates, cells }));
         Ok(out)
@@ -436,7 +439,7 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                self.backward_chunk(chunk, weight_hh, peephole)
+                wide(|| self.backward_chunk(chunk, weight_hh, peephole))
             })
             .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
@@ -458,30 +461,24 @@ impl Kernel for LstmOp {
             &mut d_params[offsets.weight_ih..offsets.weight_hh],
             (rows, gh, input),
         );
-        // ∂L/∂W_hh = Σ_t d_gates[t]ᵀ h_{t−1}, without a copy of the shifted hidden states:
-        // h0 against step 0, then per sequence its outputs 0..T−1 against steps 1..T.
-        let d_weight_hh = &mut d_params[offsets.weight_hh..offsets.bias_ih];
-        let (h0, g0) = ((state0, 2 * hidden, 1), (&d_gates[..], 1, seq_len * gh));
-        matmul(
-            (gh, hidden, batch),
-            d_weight_hh,
+        // ∂L/∂W_hh = d_gatesᵀ · h_{t−1} over all rows; the cell states are no longer
+        // needed, so their buffer holds the shifted hidden states.
+        let mut h_prev = cells;
+        previous_states(
+            &mut h_prev,
+            (state0, 2 * hidden),
+            (out, out_rs),
+            seq_len,
             hidden,
-            (g0.0, g0.1, g0.2),
-            (h0.0, h0.1, h0.2),
+        );
+        matmul(
+            (gh, hidden, rows),
+            &mut d_params[offsets.weight_hh..offsets.bias_ih],
+            hidden,
+            (&d_gates, 1, gh),
+            (&h_prev, hidden, 1),
             false,
         );
-        for b in 0..batch {
-            let steps = &d_gates[(b * seq_len + 1) * gh..(b + 1) * seq_len * gh];
-            let outs = &out[b * out_rs..];
-            matmul(
-                (gh, hidden, seq_len - 1),
-                d_weight_hh,
-                hidden,
-                (steps, 1, gh),
-                (outs, hidden, 1),
-                true,
-            );
-        }
         add_column_sums(
             &mut d_params[offsets.bias_ih..offsets.bias_hh],
             &d_gates,
@@ -511,6 +508,7 @@ struct StepForward<'a, T> {
 }
 
 /// One batch row of one step: pre-activations in `i, f, g, o` become activations.
+#[inline(always)]
 fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
     let StepForward {
         mut i,
@@ -596,6 +594,7 @@ struct StepBackward<'a, T> {
 
 /// One batch row of one step backwards: gradients of the pre-activations (in place of
 /// the activations), of the previous cell state and of the peepholes.
+#[inline(always)]
 fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
     let StepBackward {
         gates,

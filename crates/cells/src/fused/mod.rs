@@ -208,6 +208,25 @@ fn gemm_checked<T: Real>(
     }
 }
 
+/// Runs `f` inside a function compiled for AVX2 and FMA when the CPU has them, so that
+/// the pointwise loops of the time loop run eight lanes wide instead of SSE2's four. The
+/// results are the same bit for bit: the loops are elementwise and Rust never contracts
+/// a multiply and an add into an FMA by itself.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features `avx2` is compiled for.
+        #[allow(unsafe_code)]
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
 /// Rows of the batch each parallel chunk of the recurrence takes: the recurrence of
 /// one sequence never reads another's, so batch chunks run their time loops
 /// independently, one per thread.
@@ -365,22 +384,19 @@ pub(crate) fn input_projection<T: Real>(
     pre
 }
 
-/// `(B·T, H)` matrix of `h_{t−1}`: `h0` row `b` (stride `h0_rs`) at `t = 0`, else the
-/// output at `t − 1` (output rows of batch `b` start at `b·out_rs`).
-#[allow(clippy::too_many_arguments)]
+/// Fills `prev`, a `(B·T, H)` matrix, with `h_{t−1}`: `h0` row `b` (stride `h0_rs`) at
+/// `t = 0`, else the output at `t − 1` (output rows of batch `b` start at `b·out_rs`).
 pub(crate) fn previous_states<T: Real>(
+    prev: &mut [T],
     (h0, h0_rs): (&[T], usize),
     (out, out_rs): (&[T], usize),
-    batch: usize,
     seq_len: usize,
     hidden: usize,
-) -> Vec<T> {
-    let mut prev = vec![T::ZERO; batch * seq_len * hidden];
+) {
     for (b, rows) in prev.chunks_exact_mut(seq_len * hidden).enumerate() {
         rows[..hidden].copy_from_slice(&h0[b * h0_rs..b * h0_rs + hidden]);
         rows[hidden..].copy_from_slice(&out[b * out_rs..b * out_rs + (seq_len - 1) * hidden]);
     }
-    prev
 }
 
 /// Given `d_pre (B·T, G·H)`, the gradient of the input projection's output: writes

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, previous_states, transpose,
+    input_projection, matmul, matmul_serial, pack, previous_states, transpose, wide,
 };
 use crate::cell::{Nonlinearity, State};
 
@@ -55,6 +55,7 @@ impl RnnOp {
 
 impl RnnOp {
     /// The time loop for the batch rows of one chunk (`out` holds their pre-activations).
+    #[inline(always)]
     fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], weight_hh_t: &[T]) {
         let Self {
             seq_len,
@@ -86,6 +87,7 @@ impl RnnOp {
     }
 
     /// The reverse time loop for the batch rows of one chunk: fills `[d_pre, d_h0]`.
+    #[inline(always)]
     fn backward_chunk<T: Real>(
         &self,
         [d_pre, d_h0]: [&mut [T]; 2],
@@ -166,7 +168,7 @@ impl Kernel for RnnOp {
         let rows = chunk_rows(batch);
         out.par_chunks_mut(rows * out_rs)
             .zip(h0.par_chunks(rows * hidden))
-            .for_each(|(out, h0)| self.forward_chunk(out, h0, &weight_hh_t));
+            .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, &weight_hh_t)));
         Ok(out)
     }
 
@@ -197,7 +199,7 @@ impl Kernel for RnnOp {
             .zip(out.par_chunks(chunk * out_rs))
             .zip(grad_out.par_chunks(chunk * out_rs))
             .map(|(((d_pre, d_h0), out), grad_out)| {
-                self.backward_chunk([d_pre, d_h0], [out, grad_out], &params[o_whh..o_bih])
+                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], &params[o_whh..o_bih]))
             })
             .collect();
         let mut flow = FlowNorms::new(batch, seq_len);
@@ -211,7 +213,8 @@ impl Kernel for RnnOp {
             &mut d_params[o_wih..o_whh],
             (rows, hidden, input),
         );
-        let h_prev = previous_states((h0, hidden), (out, out_rs), batch, seq_len, hidden);
+        let mut h_prev = vec![T::ZERO; rows * hidden];
+        previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
         matmul(
             (hidden, hidden, rows),
             &mut d_params[o_whh..o_bih],
