@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, previous_states, transpose, wide,
+    input_projection, matmul, matmul_serial, pack, param_offsets, previous_states, transpose, wide,
 };
 use crate::cell::{GruReset, State};
 
@@ -51,14 +51,6 @@ struct GruOp {
 struct GruSaved<T> {
     gates: Vec<T>,
     extra: Vec<T>,
-}
-
-/// Flat parameter offsets: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, end.
-fn offsets(input: usize, hidden: usize) -> [usize; 5] {
-    let gh = 3 * hidden;
-    let w_hh = gh * input;
-    let b_ih = w_hh + gh * hidden;
-    [0, w_hh, b_ih, b_ih + gh, b_ih + 2 * gh]
 }
 
 impl GruOp {
@@ -289,7 +281,7 @@ impl Kernel for GruOp {
             ..
         } = *self;
         let gh = 3 * hidden;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = offsets(input, hidden);
+        let [o_wih, o_whh, o_bih, o_bhh, end] = param_offsets(3 * hidden, input, hidden);
         if params.len() != end || x.len() != batch * seq_len * input {
             bail!("fused GRU: inputs do not match the layer's sizes");
         }
@@ -343,7 +335,7 @@ impl Kernel for GruOp {
             ..
         } = *self;
         let gh = 3 * hidden;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = offsets(input, hidden);
+        let [o_wih, o_whh, o_bih, o_bhh, end] = param_offsets(3 * hidden, input, hidden);
         let (weight_ih, weight_hh) = (&params[o_wih..o_whh], &params[o_whh..o_bih]);
         let guard = self.saved.lock().expect("saved activations");
         let Some(saved) = guard.as_ref().and_then(|s| s.downcast_ref::<GruSaved<T>>()) else {

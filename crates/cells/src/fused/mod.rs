@@ -384,6 +384,14 @@ pub(crate) fn input_projection<T: Real>(
     pre
 }
 
+/// Offsets in the flat parameter vector `[weight_ih | weight_hh | bias_ih | bias_hh]` of a
+/// layer with `rows` gate rows: the start of each part, then the end.
+pub(crate) fn param_offsets(rows: usize, input: usize, hidden: usize) -> [usize; 5] {
+    let weight_hh = rows * input;
+    let bias_ih = weight_hh + rows * hidden;
+    [0, weight_hh, bias_ih, bias_ih + rows, bias_ih + 2 * rows]
+}
+
 /// Fills `prev`, a `(B·T, H)` matrix, with `h_{t−1}`: `h0` row `b` (stride `h0_rs`) at
 /// `t = 0`, else the output at `t − 1` (output rows of batch `b` start at `b·out_rs`).
 pub(crate) fn previous_states<T: Real>(

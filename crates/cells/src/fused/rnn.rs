@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::{
     FlowNorms, FlowSink, FusedOp, Kernel, Real, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, matmul_serial, pack, previous_states, transpose, wide,
+    input_projection, matmul, matmul_serial, pack, param_offsets, previous_states, transpose, wide,
 };
 use crate::cell::{Nonlinearity, State};
 
@@ -42,15 +42,6 @@ struct RnnOp {
     hidden: usize,
     nonlinearity: Nonlinearity,
     flow: FlowSink,
-}
-
-impl RnnOp {
-    /// Flat parameter offsets: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, end.
-    fn offsets(&self) -> [usize; 5] {
-        let w_hh = self.hidden * self.input;
-        let b_ih = w_hh + self.hidden * self.hidden;
-        [0, w_hh, b_ih, b_ih + self.hidden, b_ih + 2 * self.hidden]
-    }
 }
 
 impl RnnOp {
@@ -152,7 +143,7 @@ impl Kernel for RnnOp {
             hidden,
             ..
         } = *self;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        let [o_wih, o_whh, o_bih, o_bhh, end] = param_offsets(hidden, input, hidden);
         if params.len() != end || x.len() != batch * seq_len * input {
             bail!("fused RNN: inputs do not match the layer's sizes");
         }
@@ -187,7 +178,7 @@ impl Kernel for RnnOp {
             hidden,
             ..
         } = *self;
-        let [o_wih, o_whh, o_bih, o_bhh, end] = self.offsets();
+        let [o_wih, o_whh, o_bih, o_bhh, end] = param_offsets(hidden, input, hidden);
         let out_rs = seq_len * hidden;
         let rows = batch * seq_len;
         let mut d_pre = vec![T::ZERO; rows * hidden];
