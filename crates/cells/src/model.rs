@@ -36,6 +36,22 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The number of trainable scalars (what [`crate::Init::params`] draws), without
+    /// drawing them.
+    pub fn parameter_count(&self) -> usize {
+        let mut input = self.input_size;
+        let mut count = 0;
+        for &hidden in &self.hidden {
+            let rows = self.cell.gate_count() * hidden;
+            count += rows * (input + hidden + 2);
+            if let CellConfig::Lstm(options) = self.cell {
+                count += options.peephole_gates().len() * hidden;
+            }
+            input = hidden;
+        }
+        count + self.output_size * (input + 1)
+    }
+
     /// Rejects empty stacks, zero sizes and contradictory LSTM options.
     pub fn validate(&self) -> Result<()> {
         if self.input_size == 0 || self.output_size == 0 {

@@ -299,6 +299,7 @@ fn stacked_model_with_both_heads() {
             let params = Init::default()
                 .params(&config, 1, DType::F32, &Device::Cpu)
                 .unwrap();
+            assert_eq!(config.parameter_count(), params.element_count(), "{name}");
             let model = Model::new(&config, &params).unwrap();
             assert_eq!(model.stack().layers().len(), 2);
             let (y, hs) = model.forward(&input(2, 6)).unwrap();

@@ -27,9 +27,21 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Validate an experiment file and print its grid of runs (nothing is trained).
+    Plan(PlanArgs),
     /// Time one training step (forward, last-step head, MSE, backward, Adam) on the
     /// adding-task shape, for rnnlab's fused cells and candle-nn's built-in ones.
     Bench(BenchArgs),
+}
+
+/// `rnnlab plan`
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// The experiment YAML file.
+    pub file: PathBuf,
+    /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 /// `rnnlab bench`

@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod plan;
 
 use std::io::IsTerminal;
 
@@ -48,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             DataCommand::Export(args) => data::export(&args),
             DataCommand::Show(args) => data::show(&args),
         },
+        Command::Plan(args) => plan::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,0 +1,839 @@
+//! Experiment files: YAML → raw structs (`deny_unknown_fields`) → validated run configs.
+//!
+//! ```yaml
+//! name: lstm-vs-gru                # [a-z0-9_-]+, the results folder's name
+//! description: Does GRU match LSTM on the adding task as sequences grow?
+//! seeds: [0, 1, 2]                 # default [0]; every grid point runs once per seed
+//! base:
+//!   task:  { kind: adding, seq_len: 100 }
+//!   model: { cell: lstm, hidden: 128 }
+//!   train: { steps: 3000, clip: { norm: 1.0 } }
+//! sweep:                           # product over any dotted key of `base`
+//!   model.cell: [rnn, lstm, gru, peephole_lstm]
+//!   task.seq_len: [50, 100, 200, 400]
+//! variants:                        # optional: explicit points instead of (or times) the product
+//!   - { model.cell: lstm, model.hidden: 64 }
+//!   - { model.cell: gru, model.hidden: 74 }
+//! ```
+//!
+//! Every field and its default is on the raw structs below ([`RawRun`] and the structs it
+//! holds). A run's identity is a hash of its resolved config (defaults filled in) and
+//! seed, so the same run always maps to the same folder.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rnnlab_cells::{
+    CellConfig, GruReset, HeadKind, InitScheme, LstmOptions, ModelConfig, Nonlinearity,
+};
+use rnnlab_tasks::{Task, TaskConfig, TaskKind};
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+/// A configuration mistake: which file, where, which key, what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The experiment file.
+    pub file: PathBuf,
+    /// What is wrong, naming the key and the allowed values.
+    pub message: String,
+}
+
+/// The whole experiment file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: String,
+    description: String,
+    #[serde(default = "default_seeds")]
+    seeds: Vec<u64>,
+    base: RawRun,
+    #[serde(default)]
+    sweep: Mapping,
+    #[serde(default)]
+    variants: Vec<Mapping>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One run's configuration as written (and, with defaults filled in, as saved).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    /// The task.
+    pub task: RawTask,
+    /// The network.
+    pub model: RawModel,
+    /// The optimisation.
+    pub train: RawTrain,
+}
+
+/// `task:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTask {
+    /// `adding`, `copy` or `temporal_order`.
+    pub kind: TaskName,
+    /// Sequence length T (the copy task's gap).
+    pub seq_len: usize,
+    /// Temporal order only: 4 (default) or 2 classes.
+    #[serde(default)]
+    pub classes: Option<usize>,
+}
+
+/// Task names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskName {
+    /// The adding problem.
+    Adding,
+    /// The copy task.
+    Copy,
+    /// Temporal order.
+    TemporalOrder,
+}
+
+/// `model:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The cell of every layer.
+    pub cell: CellName,
+    /// Hidden units: one number (every layer) or one per layer (`[128, 64]`).
+    pub hidden: Hidden,
+    /// Number of layers (default 1, or the length of a `hidden` list).
+    #[serde(default)]
+    pub layers: Option<usize>,
+    /// Initialisation scheme (default `pytorch`).
+    #[serde(default)]
+    pub init: InitName,
+    /// Added once to the forget gate's bias (LSTM family; default 0).
+    #[serde(default)]
+    pub forget_bias: f64,
+    /// GRU only: where the reset gate acts (default `after`, as PyTorch).
+    #[serde(default)]
+    pub gru_reset: ResetName,
+    /// LSTM only: the Greff et al. 2017 variants (all off by default).
+    #[serde(default)]
+    pub ablation: RawAblation,
+}
+
+/// Cell names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellName {
+    /// Vanilla tanh RNN.
+    Rnn,
+    /// Vanilla ReLU RNN (IRNN with `init: identity`).
+    RnnRelu,
+    /// LSTM.
+    Lstm,
+    /// LSTM with peepholes.
+    PeepholeLstm,
+    /// GRU.
+    Gru,
+}
+
+/// `hidden: 128` or `hidden: [128, 64]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Hidden {
+    /// The same width for every layer.
+    Each(usize),
+    /// One width per layer, bottom first.
+    PerLayer(Vec<usize>),
+}
+
+/// Initialisation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitName {
+    /// PyTorch's defaults.
+    #[default]
+    Pytorch,
+    /// Keras's defaults.
+    Keras,
+    /// Orthogonal recurrent blocks.
+    Orthogonal,
+    /// Identity recurrent blocks (IRNN).
+    Identity,
+}
+
+/// GRU reset conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetName {
+    /// PyTorch, cuDNN, Keras 3.
+    #[default]
+    After,
+    /// Cho et al. 2014.
+    Before,
+}
+
+/// `model.ablation:`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAblation {
+    /// Input gate fixed at 1.
+    pub no_input_gate: bool,
+    /// Forget gate fixed at 1 (the 1997 LSTM).
+    pub no_forget_gate: bool,
+    /// Output gate fixed at 1.
+    pub no_output_gate: bool,
+    /// Input gate = 1 − forget gate.
+    pub coupled_gates: bool,
+    /// Peephole connections.
+    pub peepholes: bool,
+}
+
+/// `train:`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrain {
+    /// `adam` (default), `rmsprop` or `sgd`.
+    #[serde(default)]
+    pub optimizer: OptimizerName,
+    /// Learning rate (default 1e-3).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// SGD momentum (default 0.9; ignored by the others).
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Sequences per step (default 32).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Optimiser steps over an endless training stream; or give `epochs` and `samples`.
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Passes over a fixed training set of `samples` sequences.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Size of the fixed training set (with `epochs`).
+    #[serde(default)]
+    pub samples: Option<usize>,
+    /// Gradient clipping: `{ norm: x }` (global norm), `{ value: x }`, or absent.
+    #[serde(default)]
+    pub clip: RawClip,
+    /// Evaluate on the validation stream every this many steps (default 100).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// Validation sequences per evaluation (default 1000).
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_eval_every() -> usize {
+    100
+}
+fn default_eval_samples() -> usize {
+    1000
+}
+
+/// Optimiser names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerName {
+    /// Adam (the article's).
+    #[default]
+    Adam,
+    /// RMSprop (the long-sequence papers').
+    Rmsprop,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// `train.clip:`
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClip {
+    /// Rescale the gradient to this global L2 norm when above it (Pascanu et al. 2013).
+    pub norm: Option<f64>,
+    /// Clamp every gradient element to ±value.
+    pub value: Option<f64>,
+}
+
+/// A validated run: what the trainer needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The task.
+    pub task: Task,
+    /// The network's shape.
+    pub model: ModelConfig,
+    /// Initialisation.
+    pub init: rnnlab_cells::Init,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// Seed of the weights and the data.
+    pub seed: u64,
+}
+
+/// Validated `train:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// The optimiser and its learning rate.
+    pub optimizer: Optimizer,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Steps over an endless stream, or epochs over a fixed set.
+    pub budget: Budget,
+    /// Gradient clipping.
+    pub clip: Clip,
+    /// Steps between evaluations.
+    pub eval_every: usize,
+    /// Validation sequences per evaluation.
+    pub eval_samples: usize,
+}
+
+/// An optimiser with its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Optimizer {
+    /// Adam (β = 0.9, 0.999; ε = 1e-8; no weight decay).
+    Adam {
+        /// Learning rate.
+        lr: f64,
+    },
+    /// RMSprop.
+    Rmsprop {
+        /// Learning rate.
+        lr: f64,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        momentum: f64,
+    },
+}
+
+/// How long a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Optimiser steps over an endless training stream.
+    Steps(usize),
+    /// Passes over a fixed set of `samples` training sequences.
+    Epochs {
+        /// Passes.
+        epochs: usize,
+        /// Training sequences.
+        samples: usize,
+    },
+}
+
+/// Gradient clipping.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clip {
+    /// None.
+    None,
+    /// By global L2 norm.
+    Norm(f64),
+    /// By value.
+    Value(f64),
+}
+
+impl TrainConfig {
+    /// Optimiser steps the run takes.
+    pub fn total_steps(&self) -> usize {
+        match self.budget {
+            Budget::Steps(steps) => steps,
+            Budget::Epochs { epochs, samples } => epochs * samples.div_ceil(self.batch_size),
+        }
+    }
+}
+
+/// Why a raw run does not validate (the key and what is allowed).
+#[derive(Debug, PartialEq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn positive(key: &str, value: f64) -> Result<f64, Invalid> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(Invalid(format!(
+            "`{key}` is {value}: allowed a finite number > 0"
+        )))
+    }
+}
+
+fn at_least_one(key: &str, value: usize) -> Result<usize, Invalid> {
+    if value >= 1 {
+        Ok(value)
+    } else {
+        Err(Invalid(format!("`{key}` is 0: allowed 1 or more")))
+    }
+}
+
+impl RawRun {
+    /// Validates into what the trainer needs.
+    pub fn validate(&self, seed: u64) -> Result<RunConfig, Invalid> {
+        let task = self.task.validate()?;
+        let (model, init) = self.model.validate(&task)?;
+        let train = self.train.validate()?;
+        Ok(RunConfig {
+            task,
+            model,
+            init,
+            train,
+            seed,
+        })
+    }
+}
+
+impl RawTask {
+    fn validate(&self) -> Result<Task, Invalid> {
+        let config = match (self.kind, self.classes) {
+            (TaskName::Adding, None) => TaskConfig::Adding {
+                seq_len: self.seq_len,
+            },
+            (TaskName::Copy, None) => TaskConfig::Copy {
+                seq_len: self.seq_len,
+            },
+            (TaskName::TemporalOrder, classes) => TaskConfig::TemporalOrder {
+                seq_len: self.seq_len,
+                classes: classes.unwrap_or(4),
+            },
+            (_, Some(_)) => {
+                return Err(Invalid(
+                    "`task.classes` is only allowed with `kind: temporal_order`".into(),
+                ));
+            }
+        };
+        Task::new(config).map_err(|err| Invalid(format!("`task`: {err}")))
+    }
+}
+
+impl RawModel {
+    fn validate(&self, task: &Task) -> Result<(ModelConfig, rnnlab_cells::Init), Invalid> {
+        let hidden = match (&self.hidden, self.layers) {
+            (Hidden::Each(width), layers) => {
+                vec![*width; at_least_one("model.layers", layers.unwrap_or(1))?]
+            }
+            (Hidden::PerLayer(widths), Some(layers)) if layers != widths.len() => {
+                return Err(Invalid(format!(
+                    "`model.layers` is {layers} but `model.hidden` lists {} widths: give one or make them agree",
+                    widths.len()
+                )));
+            }
+            (Hidden::PerLayer(widths), _) => widths.clone(),
+        };
+        if hidden.is_empty() || hidden.contains(&0) {
+            return Err(Invalid(
+                "`model.hidden`: every layer needs at least 1 unit".into(),
+            ));
+        }
+        let ablation = self.ablation;
+        let lstm = |peepholes: bool| LstmOptions {
+            input_gate: !ablation.no_input_gate,
+            forget_gate: !ablation.no_forget_gate,
+            output_gate: !ablation.no_output_gate,
+            coupled_input_forget: ablation.coupled_gates,
+            peepholes: peepholes || ablation.peepholes,
+        };
+        let is_lstm = matches!(self.cell, CellName::Lstm | CellName::PeepholeLstm);
+        if !is_lstm && ablation != RawAblation::default() {
+            return Err(Invalid(
+                "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`".into(),
+            ));
+        }
+        let cell = match self.cell {
+            CellName::Rnn => CellConfig::Rnn(Nonlinearity::Tanh),
+            CellName::RnnRelu => CellConfig::Rnn(Nonlinearity::Relu),
+            CellName::Lstm => CellConfig::Lstm(lstm(false)),
+            CellName::PeepholeLstm => CellConfig::Lstm(lstm(true)),
+            CellName::Gru => CellConfig::Gru(match self.gru_reset {
+                ResetName::After => GruReset::After,
+                ResetName::Before => GruReset::Before,
+            }),
+        };
+        if let CellConfig::Lstm(options) = cell {
+            options
+                .validate()
+                .map_err(|err| Invalid(format!("`model.ablation`: {err}")))?;
+        }
+        if !self.forget_bias.is_finite() {
+            return Err(Invalid(
+                "`model.forget_bias` must be a finite number".into(),
+            ));
+        }
+        let head = match task.kind() {
+            TaskKind::PerStepClassification => HeadKind::EveryStep,
+            _ => HeadKind::LastStep,
+        };
+        let model = ModelConfig {
+            cell,
+            input_size: task.input_size(),
+            hidden,
+            output_size: task.output_size(),
+            head,
+        };
+        let scheme = match self.init {
+            InitName::Pytorch => InitScheme::Pytorch,
+            InitName::Keras => InitScheme::Keras,
+            InitName::Orthogonal => InitScheme::Orthogonal,
+            InitName::Identity => InitScheme::Identity,
+        };
+        Ok((
+            model,
+            rnnlab_cells::Init {
+                scheme,
+                forget_bias: self.forget_bias,
+            },
+        ))
+    }
+}
+
+impl RawTrain {
+    fn validate(&self) -> Result<TrainConfig, Invalid> {
+        let lr = positive("train.lr", self.lr)?;
+        let optimizer = match self.optimizer {
+            OptimizerName::Adam => Optimizer::Adam { lr },
+            OptimizerName::Rmsprop => Optimizer::Rmsprop { lr },
+            OptimizerName::Sgd => {
+                if !(0.0..1.0).contains(&self.momentum) {
+                    return Err(Invalid(format!(
+                        "`train.momentum` is {}: allowed 0 <= momentum < 1",
+                        self.momentum
+                    )));
+                }
+                Optimizer::Sgd {
+                    lr,
+                    momentum: self.momentum,
+                }
+            }
+        };
+        let budget = match (self.steps, self.epochs, self.samples) {
+            (Some(steps), None, None) => Budget::Steps(at_least_one("train.steps", steps)?),
+            (None, Some(epochs), Some(samples)) => Budget::Epochs {
+                epochs: at_least_one("train.epochs", epochs)?,
+                samples: at_least_one("train.samples", samples)?,
+            },
+            _ => {
+                return Err(Invalid(
+                    "`train`: give either `steps`, or both `epochs` and `samples`".into(),
+                ));
+            }
+        };
+        let clip = match (self.clip.norm, self.clip.value) {
+            (None, None) => Clip::None,
+            (Some(norm), None) => Clip::Norm(positive("train.clip.norm", norm)?),
+            (None, Some(value)) => Clip::Value(positive("train.clip.value", value)?),
+            (Some(_), Some(_)) => {
+                return Err(Invalid(
+                    "`train.clip`: give `norm` or `value`, not both".into(),
+                ));
+            }
+        };
+        Ok(TrainConfig {
+            optimizer,
+            batch_size: at_least_one("train.batch_size", self.batch_size)?,
+            budget,
+            clip,
+            eval_every: at_least_one("train.eval_every", self.eval_every)?,
+            eval_samples: at_least_one("train.eval_samples", self.eval_samples)?,
+        })
+    }
+}
+
+/// One point of the grid.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// Short hash of the resolved config and the seed: the run's folder name.
+    pub id: String,
+    /// The swept keys and their values at this point, in file order.
+    pub swept: Vec<(String, Value)>,
+    /// The resolved config (defaults filled in), as saved beside the results.
+    pub resolved: RawRun,
+    /// The validated config.
+    pub config: RunConfig,
+}
+
+/// A parsed, validated experiment.
+#[derive(Debug)]
+pub struct Experiment {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its name (the results folder).
+    pub name: String,
+    /// The question it answers.
+    pub description: String,
+    /// Every run of the grid (points × seeds).
+    pub runs: Vec<PlannedRun>,
+}
+
+impl Experiment {
+    /// Reads and validates `file`; `overrides` are `key=value` settings applied to `base`
+    /// first (the value is YAML: `train.lr=3e-4`, `model.hidden=[64,32]`).
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(file).map_err(|err| error(format!("cannot read: {err}")))?;
+        let raw: RawExperiment =
+            serde_yaml::from_str(&text).map_err(|err| error(err.to_string()))?;
+        let name_ok = !raw.name.is_empty()
+            && raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(error(format!(
+                "`name` is {:?}: allowed letters a-z, digits, '-' and '_'",
+                raw.name
+            )));
+        }
+        if raw.seeds.is_empty() {
+            return Err(error("`seeds` is empty: list at least one seed".into()));
+        }
+        let mut base = serde_yaml::to_value(&raw.base).map_err(|err| error(err.to_string()))?;
+        for setting in overrides {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| error(format!("--set {setting:?}: expected key=value")))?;
+            let value: Value =
+                serde_yaml::from_str(value).map_err(|err| error(format!("--set {key}: {err}")))?;
+            set_dotted(&mut base, key)
+                .map(|slot| *slot = value)
+                .map_err(|m| error(format!("--set: {m}")))?;
+        }
+
+        let sweep: Vec<(String, Vec<Value>)> = raw
+            .sweep
+            .iter()
+            .map(|(key, values)| {
+                let key = key
+                    .as_str()
+                    .ok_or_else(|| error("`sweep` keys must be dotted names".into()))?;
+                match values {
+                    Value::Sequence(values) if !values.is_empty() => {
+                        Ok((key.to_owned(), values.clone()))
+                    }
+                    _ => Err(error(format!(
+                        "`sweep.{key}` must be a non-empty list of values"
+                    ))),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let variants: Vec<Vec<(String, Value)>> = raw
+            .variants
+            .iter()
+            .map(|variant| {
+                variant
+                    .iter()
+                    .map(|(key, value)| match key.as_str() {
+                        Some(key) => Ok((key.to_owned(), value.clone())),
+                        None => Err(error("`variants` keys must be dotted names".into())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        for (key, values) in &sweep {
+            points = points
+                .into_iter()
+                .flat_map(|point| {
+                    values.iter().map(move |value| {
+                        let mut point = point.clone();
+                        point.push((key.clone(), value.clone()));
+                        point
+                    })
+                })
+                .collect();
+        }
+        if !variants.is_empty() {
+            points = points
+                .into_iter()
+                .flat_map(|point| {
+                    variants
+                        .iter()
+                        .map(move |variant| [point.clone(), variant.clone()].concat())
+                })
+                .collect();
+        }
+
+        let mut runs = Vec::with_capacity(points.len() * raw.seeds.len());
+        for point in &points {
+            let mut value = base.clone();
+            for (key, setting) in point {
+                let line = line_of(&text, key);
+                let slot = set_dotted(&mut value, key).map_err(|m| error(format!("{line}{m}")))?;
+                *slot = setting.clone();
+            }
+            let described = describe(point);
+            let resolved: RawRun = serde_yaml::from_value(value)
+                .map_err(|err| error(format!("at the grid point {described}: {err}")))?;
+            for &seed in &raw.seeds {
+                let config = resolved.validate(seed).map_err(|err| {
+                    error(format!("at the grid point {described}, seed {seed}: {err}"))
+                })?;
+                let id = run_id(&resolved, seed);
+                runs.push(PlannedRun {
+                    id,
+                    swept: point.clone(),
+                    resolved: resolved.clone(),
+                    config,
+                });
+            }
+        }
+        let mut ids: Vec<&str> = runs.iter().map(|run| run.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(error(format!(
+                "two grid points resolve to the same run {}: remove the duplicate",
+                pair[0]
+            )));
+        }
+        Ok(Self {
+            file: file.to_owned(),
+            name: raw.name,
+            description: raw.description,
+            runs,
+        })
+    }
+}
+
+/// `key = value, …` for messages.
+fn describe(point: &[(String, Value)]) -> String {
+    if point.is_empty() {
+        return "(base)".into();
+    }
+    let parts: Vec<String> = point
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", scalar(v)))
+        .collect();
+    parts.join(", ")
+}
+
+/// A value as one line of YAML.
+pub fn scalar(value: &Value) -> String {
+    serde_yaml::to_string(value).map_or_else(|_| "?".into(), |s| s.trim().replace('\n', " "))
+}
+
+/// `line N: ` where `key:` first appears in the file, for messages about swept keys.
+fn line_of(text: &str, key: &str) -> String {
+    let needle = format!("{key}:");
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches('{')
+                .trim()
+                .starts_with(&needle)
+        })
+        .map_or(String::new(), |n| format!("line {}: ", n + 1))
+}
+
+/// The slot of a dotted key (`model.hidden`) in a resolved run, which must exist.
+fn set_dotted<'a>(value: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
+    let allowed = || {
+        leaf_keys(
+            &serde_yaml::to_value(example_run()).expect("serialisable"),
+            "",
+        )
+        .join(", ")
+    };
+    let mut slot = value;
+    for part in key.split('.') {
+        let Value::Mapping(map) = slot else {
+            return Err(format!(
+                "unknown key `{key}`: allowed keys are {}",
+                allowed()
+            ));
+        };
+        slot = match map.get_mut(part) {
+            Some(next) => next,
+            None => {
+                return Err(format!(
+                    "unknown key `{key}`: allowed keys are {}",
+                    allowed()
+                ));
+            }
+        };
+    }
+    Ok(slot)
+}
+
+/// Every dotted leaf key of a value.
+fn leaf_keys(value: &Value, prefix: &str) -> Vec<String> {
+    match value {
+        Value::Mapping(map) => map
+            .iter()
+            .flat_map(|(k, v)| {
+                let key = k.as_str().unwrap_or_default();
+                let full = if prefix.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let inner = leaf_keys(v, &full);
+                if inner.is_empty() { vec![full] } else { inner }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A run with every field present, to list the keys a sweep may name.
+fn example_run() -> RawRun {
+    serde_yaml::from_str(
+        "{task: {kind: adding, seq_len: 2}, model: {cell: lstm, hidden: 1}, train: {steps: 1}}",
+    )
+    .expect("a valid run")
+}
+
+/// 12 hex digits of FNV-1a over the resolved config's YAML and the seed, passed through
+/// splitmix64's finaliser so that neighbouring configs get unlike ids.
+fn run_id(resolved: &RawRun, seed: u64) -> String {
+    let text = format!(
+        "{}seed: {seed}\n",
+        serde_yaml::to_string(resolved).expect("serialisable")
+    );
+    let mut z = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:012x}", (z ^ (z >> 31)) >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_pinned() {
+        // The id names the run's folder on disk: a change here orphans existing results.
+        let run = example_run();
+        assert_eq!(run_id(&run, 0), "71d3570f36a4");
+        assert_eq!(run_id(&run, 1), "6c1c8f0214fb");
+    }
+
+    #[test]
+    fn allowed_keys_are_listed() {
+        let mut value = serde_yaml::to_value(example_run()).unwrap();
+        let err = set_dotted(&mut value, "model.celll").unwrap_err();
+        assert!(err.contains("unknown key `model.celll`"), "{err}");
+        assert!(err.contains("model.cell, model.hidden"), "{err}");
+        assert!(err.contains("train.clip.norm"), "{err}");
+    }
+}

@@ -1,0 +1,43 @@
+//! `rnnlab plan`: the grid of an experiment, without training.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use crate::UsageError;
+use crate::cli::PlanArgs;
+use crate::config::{Experiment, scalar};
+
+/// Validates the experiment and prints one line per run.
+pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
+    let experiment =
+        Experiment::load(&args.file, &args.overrides).map_err(|err| UsageError(err.to_string()))?;
+    let mut out = String::new();
+    writeln!(out, "{}: {}", experiment.name, experiment.description)?;
+    writeln!(out, "{} runs", experiment.runs.len())?;
+    writeln!(
+        out,
+        "{:<12}  {:>5}  {:>9}  {:>7}  swept",
+        "run", "seed", "params", "steps"
+    )?;
+    for run in &experiment.runs {
+        let swept: Vec<String> = run
+            .swept
+            .iter()
+            .map(|(key, value)| format!("{key}={}", scalar(value)))
+            .collect();
+        writeln!(
+            out,
+            "{:<12}  {:>5}  {:>9}  {:>7}  {}",
+            run.id,
+            run.config.seed,
+            run.config.model.parameter_count(),
+            run.config.train.total_steps(),
+            swept.join(" ")
+        )?;
+    }
+    // A closed pipe (`rnnlab plan … | head`) is not an error.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
