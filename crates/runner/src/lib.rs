@@ -5,6 +5,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod loss;
+pub mod optim;
 pub mod plan;
 
 use std::io::IsTerminal;
