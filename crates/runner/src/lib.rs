@@ -8,6 +8,7 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod plan;
+pub mod train;
 
 use std::io::IsTerminal;
 

@@ -356,11 +356,22 @@ impl Task {
 
     /// Samples `first .. first + batch_size` of `split` for `seed`, laid out as a batch.
     pub fn batch(&self, seed: u64, split: Split, first: u64, batch_size: usize) -> Batch {
+        self.batch_of(seed, split, first..first + batch_size as u64)
+    }
+
+    /// The samples at `indices` (any order, e.g. a shuffled epoch) laid out as a batch.
+    pub fn batch_of(
+        &self,
+        seed: u64,
+        split: Split,
+        indices: impl IntoIterator<Item = u64>,
+    ) -> Batch {
         let (seq_len, input_size) = (self.input_len(), self.input_size());
-        let mut inputs = Vec::with_capacity(batch_size * seq_len * input_size);
+        let mut inputs = Vec::new();
         let mut values = Vec::new();
         let mut classes = Vec::new();
-        for index in first..first + batch_size as u64 {
+        let mut batch_size = 0;
+        for index in indices {
             let sample = self.sample(seed, split, index);
             inputs.extend_from_slice(&sample.input);
             match sample.target {
@@ -368,6 +379,7 @@ impl Task {
                 Target::Steps(steps) => classes.extend(steps),
                 Target::Class(class) => classes.push(class),
             }
+            batch_size += 1;
         }
         let targets = match self.kind() {
             TaskKind::Regression => Targets::Values(values),
