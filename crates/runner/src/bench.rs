@@ -237,7 +237,7 @@ fn measure(
         }
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], peak_rss_mb()))
+    Ok((times[times.len() / 2], crate::peak_rss_mb()))
 }
 
 fn build(shape: Shape) -> anyhow::Result<Step> {
@@ -305,12 +305,4 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
             }))
         }
     }
-}
-
-/// `VmHWM` of this process in MiB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }

@@ -29,6 +29,10 @@ pub enum Command {
     },
     /// Validate an experiment file and print its grid of runs (nothing is trained).
     Plan(PlanArgs),
+    /// Train every run of an experiment that is not complete yet.
+    Run(RunArgs),
+    /// Count an experiment's runs by status (done, diverged, pending).
+    Status(StatusArgs),
     /// Time one training step (forward, last-step head, MSE, backward, Adam) on the
     /// adding-task shape, for rnnlab's fused cells and candle-nn's built-in ones.
     Bench(BenchArgs),
@@ -42,6 +46,29 @@ pub struct PlanArgs {
     /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+/// `rnnlab run`
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The experiment YAML file.
+    pub file: PathBuf,
+    /// Where results go (`<out>/<experiment name>/`).
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Retrain runs that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// `rnnlab status`
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// An experiment's results folder (`results/<experiment name>`).
+    pub dir: PathBuf,
 }
 
 /// `rnnlab bench`

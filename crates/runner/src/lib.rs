@@ -8,6 +8,8 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod plan;
+pub mod run;
+pub mod store;
 pub mod train;
 
 use std::io::IsTerminal;
@@ -20,7 +22,7 @@ use cli::{Cli, Command, DataCommand};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The process exit code for an error returned by [`run`].
+/// The process exit code for an error returned by [`run()`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<UsageError>().is_some() {
         2
@@ -54,6 +56,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             DataCommand::Show(args) => data::show(&args),
         },
         Command::Plan(args) => plan::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => run::status(&args),
         Command::Bench(args) => bench::run(&args),
     }
+}
+
+/// `VmHWM` (peak resident memory) of this process in MiB, where Linux reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

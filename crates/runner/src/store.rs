@@ -1,0 +1,262 @@
+//! The results layout: one folder per run, every file written whole or not at all.
+//!
+//! ```text
+//! <out>/<experiment>/plan.yaml                 the grid: run ids and swept values
+//! <out>/<experiment>/runs/<id>/config.yaml     resolved config, seed, swept values
+//! <out>/<experiment>/runs/<id>/metrics.parquet step, split, metric, value (long form)
+//! <out>/<experiment>/runs/<id>/gradflow.parquet step, t, norm (first layer)
+//! <out>/<experiment>/runs/<id>/weights.safetensors  PyTorch names
+//! <out>/<experiment>/runs/<id>/summary.yaml    written last: the run is complete
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use polars::prelude::{DataFrame, NamedFrom, ParquetWriter, Series};
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+use crate::config::{PlannedRun, RawRun};
+use crate::train::{Outcome, Status};
+
+/// `config.yaml` of a run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// The run id (the folder's name).
+    pub id: String,
+    /// Seed of weights and data.
+    pub seed: u64,
+    /// The swept keys and their values at this grid point.
+    pub swept: Mapping,
+    /// The resolved configuration, defaults filled in.
+    pub run: RawRun,
+}
+
+/// `summary.yaml` of a run; its presence marks the run complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// `done` or `diverged`.
+    pub status: String,
+    /// The step whose loss was not finite, for a diverged run.
+    pub diverged_at: Option<usize>,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Validation loss at the last evaluation.
+    pub final_loss: f64,
+    /// The task metric's name.
+    pub metric: String,
+    /// The task metric at the last evaluation.
+    pub final_metric: f64,
+    /// Best validation loss over the evaluations.
+    pub best_loss: f64,
+    /// First evaluated step that met the task's "solved" criterion.
+    pub steps_to_solve: Option<usize>,
+    /// Wall time of the whole run, seconds.
+    pub wall_s: f64,
+    /// Training sequences per second.
+    pub samples_per_s: f64,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Peak resident memory of the process so far, MiB (Linux).
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// The folder of experiment `name` under `out`.
+pub fn experiment_dir(out: &Path, name: &str) -> PathBuf {
+    out.join(name)
+}
+
+/// The folder of run `id`.
+pub fn run_dir(experiment_dir: &Path, id: &str) -> PathBuf {
+    experiment_dir.join("runs").join(id)
+}
+
+/// The summary of a completed run, or `None` if it has not completed.
+pub fn read_summary(run_dir: &Path) -> anyhow::Result<Option<Summary>> {
+    let path = run_dir.join("summary.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let name = path.file_name().context("a file name")?.to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = write(&temp).and_then(|()| {
+        std::fs::rename(&temp, path)
+            .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_atomic(path, |temp| {
+        std::fs::write(temp, text).with_context(|| format!("writing {}", temp.display()))
+    })
+}
+
+fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
+    write_atomic(path, |temp| {
+        let file =
+            std::fs::File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
+        ParquetWriter::new(file)
+            .finish(&mut frame)
+            .with_context(|| format!("writing {}", temp.display()))?;
+        Ok(())
+    })
+}
+
+/// `plan.yaml`: the run ids of the grid with their swept values and seeds.
+pub fn write_plan(experiment_dir: &Path, runs: &[PlannedRun]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(experiment_dir)
+        .with_context(|| format!("creating {}", experiment_dir.display()))?;
+    let entries: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            let mut entry = Mapping::new();
+            entry.insert("id".into(), run.id.clone().into());
+            entry.insert("seed".into(), run.config.seed.into());
+            entry.insert("swept".into(), Value::Mapping(swept(run)));
+            Value::Mapping(entry)
+        })
+        .collect();
+    write_text(
+        &experiment_dir.join("plan.yaml"),
+        &serde_yaml::to_string(&entries)?,
+    )
+}
+
+/// The run ids listed in `plan.yaml`.
+pub fn read_plan(experiment_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let path = experiment_dir.join("plan.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let entries: Vec<Mapping> =
+        serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .context("a plan entry without an id")
+        })
+        .collect()
+}
+
+fn swept(run: &PlannedRun) -> Mapping {
+    run.swept
+        .iter()
+        .map(|(k, v)| (Value::from(k.clone()), v.clone()))
+        .collect()
+}
+
+/// Writes every file of a finished run, the summary last.
+pub fn write_run(
+    dir: &Path,
+    run: &PlannedRun,
+    outcome: &Outcome,
+    wall_s: f64,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let saved = SavedConfig {
+        id: run.id.clone(),
+        seed: run.config.seed,
+        swept: swept(run),
+        run: run.resolved.clone(),
+    };
+    write_text(&dir.join("config.yaml"), &serde_yaml::to_string(&saved)?)?;
+
+    let metrics = &outcome.metrics;
+    let frame = DataFrame::new(
+        metrics.len(),
+        vec![
+            Series::new(
+                "step".into(),
+                metrics.iter().map(|m| m.step as u64).collect::<Vec<_>>(),
+            )
+            .into(),
+            Series::new(
+                "split".into(),
+                metrics.iter().map(|m| m.split).collect::<Vec<_>>(),
+            )
+            .into(),
+            Series::new(
+                "metric".into(),
+                metrics.iter().map(|m| m.metric).collect::<Vec<_>>(),
+            )
+            .into(),
+            Series::new(
+                "value".into(),
+                metrics.iter().map(|m| m.value).collect::<Vec<_>>(),
+            )
+            .into(),
+        ],
+    )?;
+    write_parquet(&dir.join("metrics.parquet"), frame)?;
+
+    let rows: Vec<(u64, u64, f64)> = outcome
+        .gradflow
+        .iter()
+        .flat_map(|row| {
+            row.norms
+                .iter()
+                .enumerate()
+                .map(move |(t, &n)| (row.step as u64, t as u64, n))
+        })
+        .collect();
+    let frame = DataFrame::new(
+        rows.len(),
+        vec![
+            Series::new("step".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()).into(),
+            Series::new("t".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>()).into(),
+            Series::new("norm".into(), rows.iter().map(|r| r.2).collect::<Vec<_>>()).into(),
+        ],
+    )?;
+    write_parquet(&dir.join("gradflow.parquet"), frame)?;
+
+    let weights = dir.join("weights.safetensors");
+    write_atomic(&weights, |temp| {
+        candle_core::safetensors::save(&outcome.params.to_tensors(), temp)
+            .with_context(|| format!("writing {}", temp.display()))
+    })?;
+
+    let validation_losses = metrics
+        .iter()
+        .filter(|m| m.split == "validation" && m.metric == "loss");
+    let summary = Summary {
+        status: match outcome.status {
+            Status::Done => "done".into(),
+            Status::Diverged { .. } => "diverged".into(),
+        },
+        diverged_at: match outcome.status {
+            Status::Diverged { step } => Some(step),
+            Status::Done => None,
+        },
+        steps: outcome.steps,
+        final_loss: outcome.last.loss,
+        metric: run.config.task.metric_name().into(),
+        final_metric: outcome.last.metric,
+        best_loss: validation_losses
+            .map(|m| m.value)
+            .fold(f64::INFINITY, f64::min),
+        steps_to_solve: outcome.steps_to_solve,
+        wall_s,
+        samples_per_s: outcome.samples_per_s,
+        parameters: run.config.model.parameter_count(),
+        peak_rss_mb: crate::peak_rss_mb(),
+    };
+    write_text(&dir.join("summary.yaml"), &serde_yaml::to_string(&summary)?)
+}

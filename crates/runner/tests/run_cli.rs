@@ -1,0 +1,146 @@
+//! `rnnlab run` and `rnnlab status` on a tiny sweep: every run's folder and files, the
+//! Parquet schemas, skipping complete runs, and bit-identical reruns with `--force`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use polars::prelude::{DataFrame, DataType, ParquetReader, SerReader};
+
+fn rnnlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+const TINY: &str = "name: tiny
+description: two cells, two seeds, a few steps
+seeds: [0, 1]
+base:
+  task: { kind: adding, seq_len: 6 }
+  model: { cell: lstm, hidden: 4 }
+  train: { steps: 12, batch_size: 8, eval_every: 5, eval_samples: 64, clip: { norm: 1.0 } }
+sweep:
+  model.cell: [lstm, gru]
+";
+
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rnnlab-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.yaml");
+    std::fs::write(&file, TINY).unwrap();
+    (file, dir.join("results"))
+}
+
+fn read(path: &Path) -> DataFrame {
+    ParquetReader::new(File::open(path).unwrap())
+        .finish()
+        .unwrap()
+}
+
+fn run_dirs(results: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(results.join("tiny/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
+    let (file, results) = setup("sweep");
+    let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
+    let first = ok(&rnnlab(&["run", file, "--out", out]));
+    assert!(
+        first.contains("4 runs trained, 0 already complete"),
+        "{first}"
+    );
+    let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
+    assert_eq!(status.trim(), "done 4, diverged 0, pending 0");
+
+    let dirs = run_dirs(&results);
+    assert_eq!(dirs.len(), 4);
+    for dir in &dirs {
+        for file in [
+            "config.yaml",
+            "metrics.parquet",
+            "gradflow.parquet",
+            "weights.safetensors",
+            "summary.yaml",
+        ] {
+            assert!(dir.join(file).is_file(), "{} lacks {file}", dir.display());
+        }
+        let metrics = read(&dir.join("metrics.parquet"));
+        let types: Vec<DataType> = metrics.dtypes();
+        assert_eq!(
+            types,
+            [
+                DataType::UInt64,
+                DataType::String,
+                DataType::String,
+                DataType::Float64
+            ]
+        );
+        // 12 train losses and grad norms, validation loss and metric at steps 0, 5, 10, 12.
+        assert_eq!(metrics.height(), 12 * 2 + 4 * 2);
+        let flow = read(&dir.join("gradflow.parquet"));
+        // Steps 1, 3, 6, 12 of a 12-step run, 6 time steps each.
+        assert_eq!(flow.height(), 4 * 6);
+        let weights = candle_core::safetensors::load(
+            dir.join("weights.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        for name in [
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+            "head.weight",
+            "head.bias",
+        ] {
+            assert!(weights.contains_key(name), "{name}");
+        }
+    }
+
+    let again = ok(&rnnlab(&["run", file, "--out", out]));
+    assert!(
+        again.contains("0 runs trained, 4 already complete"),
+        "{again}"
+    );
+
+    let before: Vec<DataFrame> = dirs
+        .iter()
+        .map(|d| read(&d.join("metrics.parquet")))
+        .collect();
+    let forced = ok(&rnnlab(&["run", file, "--out", out, "--force"]));
+    assert!(forced.contains("4 runs trained"), "{forced}");
+    for (dir, before) in dirs.iter().zip(&before) {
+        assert!(
+            before.equals(&read(&dir.join("metrics.parquet"))),
+            "{} changed on rerun",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn status_of_a_folder_that_is_no_experiment_is_a_usage_error() {
+    let (_, results) = setup("status");
+    std::fs::create_dir_all(&results).unwrap();
+    let output = rnnlab(&["status", results.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not an experiment's results folder"));
+}
