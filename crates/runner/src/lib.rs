@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod data;
 pub mod loss;

@@ -6,8 +6,11 @@ use anyhow::Context;
 
 use crate::UsageError;
 use crate::cli::{RunArgs, StatusArgs};
+use crate::compact::compact;
 use crate::config::{Experiment, scalar};
-use crate::store::{experiment_dir, read_plan, read_summary, run_dir, write_plan, write_run};
+use crate::store::{
+    experiment_dir, read_plan, read_summary, run_dir, write_manifest, write_plan, write_run,
+};
 use crate::train::train;
 
 /// Trains the runs of the experiment that have no summary yet (all of them with
@@ -18,6 +21,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let dir = experiment_dir(&args.out, &experiment.name);
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
+    write_manifest(&dir, &args.file)
+        .with_context(|| format!("writing the manifest of {}", experiment.name))?;
     let total = experiment.runs.len();
     let started = Instant::now();
     let (mut trained, mut skipped) = (0, 0);
@@ -54,6 +59,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             wall_s
         );
     }
+    compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
     println!(
         "{}: {trained} runs trained, {skipped} already complete, in {:.1} s; results in {}",
         experiment.name,

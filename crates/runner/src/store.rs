@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! <out>/<experiment>/plan.yaml                 the grid: run ids and swept values
+//! <out>/<experiment>/manifest.yaml             version, git commit, CPU, threads, start
+//! <out>/<experiment>/{runs,metrics,gradflow}.parquet  compacted from the runs
 //! <out>/<experiment>/runs/<id>/config.yaml     resolved config, seed, swept values
 //! <out>/<experiment>/runs/<id>/metrics.parquet step, split, metric, value (long form)
 //! <out>/<experiment>/runs/<id>/gradflow.parquet step, t, norm (first layer)
@@ -134,6 +136,42 @@ pub fn write_plan(experiment_dir: &Path, runs: &[PlannedRun]) -> anyhow::Result<
     write_text(
         &experiment_dir.join("plan.yaml"),
         &serde_yaml::to_string(&entries)?,
+    )
+}
+
+/// `manifest.yaml`: what ran the experiment (rnnlab version, git commit of the working
+/// directory if any, CPU, threads, start time), rewritten at every `rnnlab run`.
+pub fn write_manifest(experiment_dir: &Path, file: &Path) -> anyhow::Result<()> {
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_owned())
+        });
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut manifest = Mapping::new();
+    manifest.insert("rnnlab".into(), env!("CARGO_PKG_VERSION").into());
+    manifest.insert("experiment_file".into(), file.display().to_string().into());
+    manifest.insert("git_commit".into(), git.map_or(Value::Null, Value::from));
+    manifest.insert("cpu".into(), cpu.map_or(Value::Null, Value::from));
+    manifest.insert(
+        "threads".into(),
+        (rayon::current_num_threads() as u64).into(),
+    );
+    manifest.insert("started_unix_s".into(), started.into());
+    write_text(
+        &experiment_dir.join("manifest.yaml"),
+        &serde_yaml::to_string(&manifest)?,
     )
 }
 

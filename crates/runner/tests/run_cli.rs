@@ -115,6 +115,22 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
         }
     }
 
+    let runs = read(&results.join("tiny/runs.parquet"));
+    assert_eq!(runs.height(), 4);
+    for column in [
+        "run",
+        "seed",
+        "model.cell",
+        "status",
+        "final_loss",
+        "final_metric",
+        "steps_to_solve",
+    ] {
+        assert!(runs.column(column).is_ok(), "runs.parquet lacks {column}");
+    }
+    assert_eq!(read(&results.join("tiny/metrics.parquet")).height(), 4 * 32);
+    assert!(results.join("tiny/manifest.yaml").is_file());
+
     let again = ok(&rnnlab(&["run", file, "--out", out]));
     assert!(
         again.contains("0 runs trained, 4 already complete"),

@@ -1,0 +1,131 @@
+//! Experiment-level tables compacted from the run folders: `runs.parquet` (one row per
+//! complete run: id, seed, one column per swept key, the summary), and `metrics.parquet`
+//! and `gradflow.parquet` (every run's rows with a `run` column).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::Context;
+use polars::prelude::{
+    Column, DataFrame, IntoColumn, NamedFrom, ParquetReader, ParquetWriter, SerReader, Series,
+};
+
+use crate::config::scalar;
+use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir, write_atomic};
+
+/// Rewrites the three experiment-level tables from the complete runs of `experiment_dir`.
+/// Returns the number of runs they hold.
+pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
+    let mut complete: Vec<(String, SavedConfig, Summary)> = Vec::new();
+    for id in read_plan(experiment_dir)? {
+        let dir = run_dir(experiment_dir, &id);
+        if let Some(summary) = read_summary(&dir)? {
+            let path = dir.join("config.yaml");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config: SavedConfig = serde_yaml::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            complete.push((id, config, summary));
+        }
+    }
+    let keys: BTreeSet<String> = complete
+        .iter()
+        .flat_map(|(_, config, _)| {
+            config
+                .swept
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+        })
+        .collect();
+
+    let height = complete.len();
+    let text = |f: &dyn Fn(&(String, SavedConfig, Summary)) -> String| {
+        complete.iter().map(f).collect::<Vec<_>>()
+    };
+    let float = |f: &dyn Fn(&Summary) -> f64| complete.iter().map(|r| f(&r.2)).collect::<Vec<_>>();
+    let mut columns: Vec<Column> = vec![
+        Series::new("run".into(), text(&|r| r.0.clone())).into_column(),
+        Series::new(
+            "seed".into(),
+            complete.iter().map(|r| r.1.seed).collect::<Vec<_>>(),
+        )
+        .into_column(),
+    ];
+    for key in &keys {
+        let values = text(&|r| r.1.swept.get(key.as_str()).map(scalar).unwrap_or_default());
+        columns.push(Series::new(key.as_str().into(), values).into_column());
+    }
+    columns.extend([
+        Series::new("status".into(), text(&|r| r.2.status.clone())).into_column(),
+        Series::new("metric".into(), text(&|r| r.2.metric.clone())).into_column(),
+        Series::new("final_loss".into(), float(&|s| s.final_loss)).into_column(),
+        Series::new("final_metric".into(), float(&|s| s.final_metric)).into_column(),
+        Series::new("best_loss".into(), float(&|s| s.best_loss)).into_column(),
+        Series::new(
+            "steps_to_solve".into(),
+            complete
+                .iter()
+                .map(|r| r.2.steps_to_solve.map(|s| s as u64))
+                .collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "steps".into(),
+            complete
+                .iter()
+                .map(|r| r.2.steps as u64)
+                .collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new("wall_s".into(), float(&|s| s.wall_s)).into_column(),
+        Series::new("samples_per_s".into(), float(&|s| s.samples_per_s)).into_column(),
+        Series::new(
+            "parameters".into(),
+            complete
+                .iter()
+                .map(|r| r.2.parameters as u64)
+                .collect::<Vec<_>>(),
+        )
+        .into_column(),
+    ]);
+    write(
+        &experiment_dir.join("runs.parquet"),
+        DataFrame::new(height, columns)?,
+    )?;
+
+    for table in ["metrics.parquet", "gradflow.parquet"] {
+        let mut stacked: Option<DataFrame> = None;
+        for (id, _, _) in &complete {
+            let path = run_dir(experiment_dir, id).join(table);
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let mut frame = ParquetReader::new(file)
+                .finish()
+                .with_context(|| format!("reading {}", path.display()))?;
+            let run = Series::new("run".into(), vec![id.as_str(); frame.height()]);
+            frame.insert_column(0, run.into_column())?;
+            stacked = Some(match stacked {
+                Some(mut all) => {
+                    all.vstack_mut(&frame)?;
+                    all
+                }
+                None => frame,
+            });
+        }
+        if let Some(mut frame) = stacked {
+            frame.rechunk_mut();
+            write(&experiment_dir.join(table), frame)?;
+        }
+    }
+    Ok(height)
+}
+
+fn write(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
+    write_atomic(path, |temp| {
+        let file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
+        ParquetWriter::new(file)
+            .finish(&mut frame)
+            .with_context(|| format!("writing {}", temp.display()))?;
+        Ok(())
+    })
+}
