@@ -160,3 +160,27 @@ fn status_of_a_folder_that_is_no_experiment_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not an experiment's results folder"));
 }
+
+#[test]
+fn the_numbers_do_not_depend_on_the_thread_count() {
+    let (file, results) = setup("threads");
+    let metrics = |threads: &str| {
+        let out = results.join(threads);
+        let output = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+            .args([
+                "run",
+                file.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        ok(&output);
+        read(&out.join("tiny/metrics.parquet"))
+    };
+    assert!(
+        metrics("1").equals(&metrics("3")),
+        "1 and 3 threads gave different numbers"
+    );
+}

@@ -227,11 +227,13 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Rows of the batch each parallel chunk of the recurrence takes: the recurrence of
-/// one sequence never reads another's, so batch chunks run their time loops
-/// independently, one per thread.
+/// Rows of the batch each chunk of the recurrence takes. The recurrence of one sequence
+/// never reads another's, so batch chunks run their time loops independently, in
+/// parallel. The chunk size is fixed, not derived from the thread count, so that every
+/// GEMM has the same shape (and the results the same bits) whatever the threads.
 pub(crate) fn chunk_rows(batch: usize) -> usize {
-    batch.div_ceil(rayon::current_num_threads()).max(1)
+    const ROWS: usize = 16;
+    batch.clamp(1, ROWS)
 }
 
 /// The `(cols, rows)` transpose of a `(rows, cols)` row-major matrix. Recurrent weights
