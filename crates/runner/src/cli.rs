@@ -59,6 +59,13 @@ pub struct RunArgs {
     /// Retrain runs that are already complete.
     #[arg(long)]
     pub force: bool,
+    /// Runs trained at once; the cores are split between them.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Take only runs k with k mod N = I − 1 (`--shard I/N`), so N machines can share
+    /// one sweep and merge by copying folders.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,

@@ -1,5 +1,15 @@
 //! `rnnlab run` and `rnnlab status`: train every run of a grid that is not complete.
+//!
+//! A run is complete when its `summary.yaml` exists (written last). A run being trained
+//! is claimed by `runs/<id>/.lock`, created atomically and holding the trainer's process
+//! id; a lock whose process is gone is taken over. So an interrupted sweep, even one
+//! killed with `kill -9`, resumes where it stopped, and several `rnnlab run` processes on
+//! one experiment share the work without doing a run twice.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -7,66 +17,183 @@ use anyhow::Context;
 use crate::UsageError;
 use crate::cli::{RunArgs, StatusArgs};
 use crate::compact::compact;
-use crate::config::{Experiment, scalar};
+use crate::config::{Experiment, PlannedRun, scalar};
 use crate::store::{
     experiment_dir, read_plan, read_summary, run_dir, write_manifest, write_plan, write_run,
 };
 use crate::train::train;
 
-/// Trains the runs of the experiment that have no summary yet (all of them with
-/// `--force`), one after another, writing each run's folder as it finishes.
+/// Trains the runs of the experiment (of this shard) that are neither complete nor
+/// claimed by a live process, `--jobs` at a time, each in a thread pool of its own.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let experiment =
         Experiment::load(&args.file, &args.overrides).map_err(|err| UsageError(err.to_string()))?;
+    let (shard, shards) = parse_shard(args.shard.as_deref())?;
+    if args.jobs == 0 {
+        return Err(UsageError("invalid --jobs 0: allowed 1 or more".into()).into());
+    }
     let dir = experiment_dir(&args.out, &experiment.name);
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
     write_manifest(&dir, &args.file)
         .with_context(|| format!("writing the manifest of {}", experiment.name))?;
-    let total = experiment.runs.len();
+
+    let mine: Vec<&PlannedRun> = experiment
+        .runs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % shards == shard)
+        .map(|(_, r)| r)
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads_per_job = (cores / args.jobs).max(1);
+    let next = AtomicUsize::new(0);
+    let counts = Mutex::new((0usize, 0usize)); // (trained, skipped)
     let started = Instant::now();
-    let (mut trained, mut skipped) = (0, 0);
-    for (k, planned) in experiment.runs.iter().enumerate() {
-        let folder = run_dir(&dir, &planned.id);
-        if !args.force && read_summary(&folder)?.is_some() {
-            skipped += 1;
-            continue;
+    let worker = || -> anyhow::Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads_per_job)
+            .build()
+            .context("starting a run's thread pool")?;
+        loop {
+            let k = next.fetch_add(1, Ordering::SeqCst);
+            let Some(planned) = mine.get(k) else {
+                return Ok(());
+            };
+            let trained =
+                pool.install(|| train_one(&dir, planned, args.force, (k + 1, mine.len())))?;
+            let mut counts = counts.lock().expect("counts");
+            if trained {
+                counts.0 += 1
+            } else {
+                counts.1 += 1
+            }
         }
-        let swept: Vec<String> = planned
-            .swept
-            .iter()
-            .map(|(key, value)| format!("{key}={}", scalar(value)))
-            .collect();
-        tracing::info!(run = %planned.id, seed = planned.config.seed, "training {}", swept.join(" "));
-        let run_started = Instant::now();
-        let outcome =
-            train(&planned.config).with_context(|| format!("training run {}", planned.id))?;
-        let wall_s = run_started.elapsed().as_secs_f64();
-        write_run(&folder, planned, &outcome, wall_s)
-            .with_context(|| format!("writing run {} to {}", planned.id, folder.display()))?;
-        trained += 1;
-        eprintln!(
-            "[{}/{total}] {} seed {} {}: {:?} after {} steps, validation loss {:.4}, {} {:.3} ({:.1} s)",
-            k + 1,
-            planned.id,
-            planned.config.seed,
-            swept.join(" "),
-            outcome.status,
-            outcome.steps,
-            outcome.last.loss,
-            planned.config.task.metric_name(),
-            outcome.last.metric,
-            wall_s
-        );
-    }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.jobs).map(|_| scope.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("a worker panicked"))
+    })?;
     compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
+    let (trained, skipped) = *counts.lock().expect("counts");
     println!(
-        "{}: {trained} runs trained, {skipped} already complete, in {:.1} s; results in {}",
+        "{}: {trained} runs trained, {skipped} already complete or claimed, in {:.1} s; results in {}",
         experiment.name,
         started.elapsed().as_secs_f64(),
         dir.display()
     );
     Ok(())
+}
+
+/// `--shard I/N` as a zero-based `(I − 1, N)`; no shard is `(0, 1)`.
+fn parse_shard(shard: Option<&str>) -> Result<(usize, usize), UsageError> {
+    let Some(text) = shard else { return Ok((0, 1)) };
+    let bad = || {
+        UsageError(format!(
+            "invalid --shard {text:?}: allowed I/N with 1 <= I <= N, e.g. 2/4"
+        ))
+    };
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i - 1, n))
+}
+
+/// Trains `planned` unless it is complete (and not forced) or claimed by a live
+/// process; returns whether it trained.
+fn train_one(
+    dir: &Path,
+    planned: &PlannedRun,
+    force: bool,
+    (k, total): (usize, usize),
+) -> anyhow::Result<bool> {
+    let folder = run_dir(dir, &planned.id);
+    if !force && read_summary(&folder)?.is_some() {
+        return Ok(false);
+    }
+    let Some(_lock) = Claim::take(&folder)? else {
+        return Ok(false);
+    };
+    // Another process may have finished it between the check and the claim.
+    if !force && read_summary(&folder)?.is_some() {
+        return Ok(false);
+    }
+    let swept: Vec<String> = planned
+        .swept
+        .iter()
+        .map(|(key, value)| format!("{key}={}", scalar(value)))
+        .collect();
+    tracing::info!(run = %planned.id, seed = planned.config.seed, "training {}", swept.join(" "));
+    let run_started = Instant::now();
+    let outcome = train(&planned.config).with_context(|| format!("training run {}", planned.id))?;
+    let wall_s = run_started.elapsed().as_secs_f64();
+    write_run(&folder, planned, &outcome, wall_s)
+        .with_context(|| format!("writing run {} to {}", planned.id, folder.display()))?;
+    eprintln!(
+        "[{k}/{total}] {} seed {} {}: {:?} after {} steps, validation loss {:.4}, {} {:.3} ({:.1} s)",
+        planned.id,
+        planned.config.seed,
+        swept.join(" "),
+        outcome.status,
+        outcome.steps,
+        outcome.last.loss,
+        planned.config.task.metric_name(),
+        outcome.last.metric,
+        wall_s
+    );
+    Ok(true)
+}
+
+/// A run claimed by this process: `runs/<id>/.lock`, removed when dropped.
+struct Claim(PathBuf);
+
+impl Claim {
+    /// Claims the run in `folder`, taking over a lock whose process is gone; `None` if
+    /// a live process holds it.
+    fn take(folder: &Path) -> anyhow::Result<Option<Self>> {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+        let path = folder.join(".lock");
+        for _ in 0..2 {
+            match std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    write!(file, "{}", std::process::id())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Some(Self(path)));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = holder
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                    if alive {
+                        return Ok(None);
+                    }
+                    // A dead process's lock (or one half-written): take it over.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("creating {}", path.display()));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Counts the runs of an experiment folder by status.
@@ -77,21 +204,29 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             args.dir.display()
         ))
     })?;
-    let (mut done, mut diverged, mut pending) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut done, mut diverged, mut running, mut pending) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in ids {
-        match read_summary(&run_dir(&args.dir, &id))? {
+        let folder = run_dir(&args.dir, &id);
+        match read_summary(&folder)? {
             Some(summary) if summary.status == "diverged" => diverged.push(id),
             Some(_) => done.push(id),
+            None if folder.join(".lock").exists() => running.push(id),
             None => pending.push(id),
         }
     }
     println!(
-        "done {}, diverged {}, pending {}",
+        "done {}, diverged {}, running {}, pending {}",
         done.len(),
         diverged.len(),
+        running.len(),
         pending.len()
     );
-    for (label, ids) in [("diverged", &diverged), ("pending", &pending)] {
+    for (label, ids) in [
+        ("diverged", &diverged),
+        ("running", &running),
+        ("pending", &pending),
+    ] {
         if !ids.is_empty() {
             println!("{label}: {}", ids.join(" "));
         }

@@ -68,7 +68,7 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
         "{first}"
     );
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
-    assert_eq!(status.trim(), "done 4, diverged 0, pending 0");
+    assert_eq!(status.trim(), "done 4, diverged 0, running 0, pending 0");
 
     let dirs = run_dirs(&results);
     assert_eq!(dirs.len(), 4);
@@ -183,4 +183,96 @@ fn the_numbers_do_not_depend_on_the_thread_count() {
         metrics("1").equals(&metrics("3")),
         "1 and 3 threads gave different numbers"
     );
+}
+
+#[test]
+fn shards_and_jobs_split_the_work_without_doing_a_run_twice() {
+    let (file, results) = setup("shards");
+    let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
+    let first = ok(&rnnlab(&["run", file, "--out", out, "--shard", "1/2"]));
+    assert!(first.contains("2 runs trained"), "{first}");
+    let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
+    assert!(
+        status.starts_with("done 2, diverged 0, running 0, pending 2"),
+        "{status}"
+    );
+    let second = ok(&rnnlab(&["run", file, "--out", out, "--jobs", "2"]));
+    assert!(
+        second.contains("2 runs trained, 2 already complete"),
+        "{second}"
+    );
+    // Two runners at once on a fresh folder: every run trained exactly once.
+    let fresh = results.join("concurrent");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+            .args(["run", file, "--out", fresh.to_str().unwrap()])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    let trained = |out: &Output| -> usize {
+        let text = ok(out);
+        text.split(" runs trained")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        trained(&a) + trained(&b),
+        4,
+        "a: {:?} b: {:?}",
+        ok(&a),
+        ok(&b)
+    );
+    let bad = rnnlab(&["run", file, "--out", out, "--shard", "3/2"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn a_sweep_killed_with_sigkill_resumes_to_the_same_numbers() {
+    let (file, results) = setup("kill");
+    // About half a second per run here, so the kill lands in the middle of the sweep.
+    let longer = TINY
+        .replace("steps: 12, batch_size: 8", "steps: 600, batch_size: 32")
+        .replace("seq_len: 6", "seq_len: 50")
+        .replace("hidden: 4", "hidden: 24");
+    std::fs::write(&file, longer).unwrap();
+    let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+        .args(["run", file, "--out", out])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
+    assert!(
+        !status.starts_with("done 4"),
+        "the kill came too late to test anything: {status}"
+    );
+
+    let resumed = ok(&rnnlab(&["run", file, "--out", out]));
+    assert!(resumed.contains("runs trained"), "{resumed}");
+    let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
+    assert_eq!(status.trim(), "done 4, diverged 0, running 0, pending 0");
+    assert_eq!(read(&results.join("tiny/runs.parquet")).height(), 4);
+
+    let clean = results.join("clean");
+    ok(&rnnlab(&["run", file, "--out", clean.to_str().unwrap()]));
+    let killed_dirs = run_dirs(&results);
+    let clean_dirs = run_dirs(&clean);
+    for (a, b) in killed_dirs.iter().zip(&clean_dirs) {
+        assert_eq!(a.file_name(), b.file_name());
+        assert!(read(&a.join("metrics.parquet")).equals(&read(&b.join("metrics.parquet"))));
+        assert!(!a.join(".lock").exists());
+    }
 }
