@@ -6,13 +6,14 @@
 //! killed with `kill -9`, resumes where it stopped, and several `rnnlab run` processes on
 //! one experiment share the work without doing a run twice.
 
-use std::io::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::UsageError;
 use crate::cli::{RunArgs, StatusArgs};
@@ -50,6 +51,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize)); // (trained, skipped)
     let started = Instant::now();
+    let progress = Progress::new(mine.len());
     let worker = || -> anyhow::Result<()> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads_per_job)
@@ -60,8 +62,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             let Some(planned) = mine.get(k) else {
                 return Ok(());
             };
-            let trained =
-                pool.install(|| train_one(&dir, planned, args.force, (k + 1, mine.len())))?;
+            let trained = pool.install(|| train_one(&dir, planned, args.force, &progress))?;
+            progress.sweep.inc(1);
             let mut counts = counts.lock().expect("counts");
             if trained {
                 counts.0 += 1
@@ -76,6 +78,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .into_iter()
             .try_for_each(|h| h.join().expect("a worker panicked"))
     })?;
+    progress.sweep.finish_and_clear();
     compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
     let (trained, skipped) = *counts.lock().expect("counts");
     println!(
@@ -103,13 +106,55 @@ fn parse_shard(shard: Option<&str>) -> Result<(usize, usize), UsageError> {
     Ok((i - 1, n))
 }
 
+/// Progress on a terminal: one bar for the sweep, one per active run (step and loss).
+/// Hidden when stderr is not a terminal, where one line per finished run is logged.
+struct Progress {
+    bars: MultiProgress,
+    sweep: ProgressBar,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(runs: usize) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let target = if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bars = MultiProgress::with_draw_target(target);
+        let sweep = bars.add(ProgressBar::new(runs as u64));
+        sweep.set_style(
+            ProgressStyle::with_template(
+                "runs {pos}/{len} {wide_bar} {elapsed_precise} (eta {eta})",
+            )
+            .expect("a valid template"),
+        );
+        Self {
+            bars,
+            sweep,
+            terminal,
+        }
+    }
+
+    fn run_bar(&self, steps: usize, label: String) -> ProgressBar {
+        let bar = self.bars.add(ProgressBar::new(steps as u64));
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix} {bar:30} step {pos}/{len} loss {msg}")
+                .expect("a valid template"),
+        );
+        bar.set_prefix(label);
+        bar
+    }
+}
+
 /// Trains `planned` unless it is complete (and not forced) or claimed by a live
 /// process; returns whether it trained.
 fn train_one(
     dir: &Path,
     planned: &PlannedRun,
     force: bool,
-    (k, total): (usize, usize),
+    progress: &Progress,
 ) -> anyhow::Result<bool> {
     let folder = run_dir(dir, &planned.id);
     if !force && read_summary(&folder)?.is_some() {
@@ -129,12 +174,23 @@ fn train_one(
         .collect();
     tracing::info!(run = %planned.id, seed = planned.config.seed, "training {}", swept.join(" "));
     let run_started = Instant::now();
-    let outcome = train(&planned.config).with_context(|| format!("training run {}", planned.id))?;
+    let bar = progress.run_bar(
+        planned.config.train.total_steps(),
+        format!("{} {}", planned.id, swept.join(" ")),
+    );
+    let on_step = |step: usize, loss: f64| {
+        bar.set_position(step as u64);
+        bar.set_message(format!("{loss:.4}"));
+    };
+    let outcome =
+        train(&planned.config, &on_step).with_context(|| format!("training run {}", planned.id))?;
+    bar.finish_and_clear();
+    progress.bars.remove(&bar);
     let wall_s = run_started.elapsed().as_secs_f64();
     write_run(&folder, planned, &outcome, wall_s)
         .with_context(|| format!("writing run {} to {}", planned.id, folder.display()))?;
-    eprintln!(
-        "[{k}/{total}] {} seed {} {}: {:?} after {} steps, validation loss {:.4}, {} {:.3} ({:.1} s)",
+    let line = format!(
+        "{} seed {} {}: {:?} after {} steps, validation loss {:.4}, {} {:.3} ({:.1} s)",
         planned.id,
         planned.config.seed,
         swept.join(" "),
@@ -145,6 +201,11 @@ fn train_one(
         outcome.last.metric,
         wall_s
     );
+    if progress.terminal {
+        progress.bars.println(line).context("writing progress")?;
+    } else {
+        eprintln!("{line}");
+    }
     Ok(true)
 }
 

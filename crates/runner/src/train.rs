@@ -77,8 +77,9 @@ pub struct Outcome {
     pub params: Params,
 }
 
-/// Trains `config` to the end of its budget (or until it diverges).
-pub fn train(config: &RunConfig) -> Result<Outcome> {
+/// Trains `config` to the end of its budget (or until it diverges); `on_step(step,
+/// loss)` is called after every step (for progress display).
+pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome> {
     let device = Device::Cpu;
     let task = &config.task;
     let params = config
@@ -150,6 +151,7 @@ pub fn train(config: &RunConfig) -> Result<Outcome> {
             metric: "grad_norm",
             value: grad_norm,
         });
+        on_step(step, loss_value);
         let flow = flows.first().and_then(|flow| flow.norms());
         if let (true, Some(norms)) = (flow_steps.contains(&step), flow) {
             gradflow.push(FlowRow { step, norms });
@@ -247,7 +249,7 @@ mod tests {
     #[test]
     fn lstm_learns_short_adding_and_reruns_bit_for_bit() {
         let run = config("learns", ADDING);
-        let first = train(&run).unwrap();
+        let first = train(&run, &|_, _| ()).unwrap();
         assert_eq!(first.status, Status::Done);
         assert_eq!(first.steps, 300);
         // Untrained, the validation MSE is around the 1/6 baseline or worse; 300 Adam
@@ -264,7 +266,7 @@ mod tests {
             start.value
         );
         assert!(first.last.loss < start.value / 3.0);
-        let again = train(&run).unwrap();
+        let again = train(&run, &|_, _| ()).unwrap();
         assert_eq!(first.metrics, again.metrics, "same config, same numbers");
         // Gradient flow at the first step, ¼, ½ and the end, over all 10 steps.
         let flow_steps: Vec<usize> = first.gradflow.iter().map(|f| f.step).collect();
@@ -283,7 +285,7 @@ mod tests {
             "diverges",
             &ADDING.replace("lr: 0.01", "optimizer: sgd, lr: 1.0e12, momentum: 0.0"),
         );
-        let outcome = train(&run).unwrap();
+        let outcome = train(&run, &|_, _| ()).unwrap();
         let Status::Diverged { step } = outcome.status else {
             panic!("{:?}", outcome.status)
         };
