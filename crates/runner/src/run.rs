@@ -1,13 +1,13 @@
 //! `rnnlab run` and `rnnlab status`: train every run of a grid that is not complete.
 //!
 //! A run is complete when its `summary.yaml` exists (written last). A run being trained
-//! is claimed by `runs/<id>/.lock`, created atomically and holding the trainer's process
-//! id; a lock whose process is gone is taken over. So an interrupted sweep, even one
-//! killed with `kill -9`, resumes where it stopped, and several `rnnlab run` processes on
-//! one experiment share the work without doing a run twice.
+//! is claimed with an exclusive OS lock on `runs/<id>/.lock`, which the kernel releases
+//! when the trainer ends, however it ends. So an interrupted sweep, even one killed with
+//! `kill -9`, resumes where it stopped, and several `rnnlab run` processes on one
+//! experiment share the work without doing a run twice.
 
-use std::io::{IsTerminal, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -209,51 +209,45 @@ fn train_one(
     Ok(true)
 }
 
-/// A run claimed by this process: `runs/<id>/.lock`, removed when dropped.
-struct Claim(PathBuf);
+/// A run claimed by this process: an exclusive OS file lock on `runs/<id>/.lock`. The
+/// kernel releases it when the process ends, however it ends, so a killed runner's runs
+/// are free again at once and no stale lock can be stolen from a live one. The file
+/// itself stays (deleting it would let two processes lock two different files).
+struct Claim {
+    /// Open while the run trains: closing the file releases the lock.
+    _locked: std::fs::File,
+}
 
 impl Claim {
-    /// Claims the run in `folder`, taking over a lock whose process is gone; `None` if
-    /// a live process holds it.
+    /// Claims the run in `folder`; `None` if another process holds it.
     fn take(folder: &Path) -> anyhow::Result<Option<Self>> {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("creating {}", folder.display()))?;
         let path = folder.join(".lock");
-        for _ in 0..2 {
-            match std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    write!(file, "{}", std::process::id())
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(Some(Self(path)));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                    let alive = holder
-                        .trim()
-                        .parse::<u32>()
-                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                    if alive {
-                        return Ok(None);
-                    }
-                    // A dead process's lock (or one half-written): take it over.
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(err) => {
-                    return Err(err).with_context(|| format!("creating {}", path.display()));
-                }
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _locked: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(err)) => {
+                Err(err).with_context(|| format!("locking {}", path.display()))
             }
         }
-        Ok(None)
     }
-}
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+    /// Whether a process holds the lock of the run in `folder`.
+    fn held(folder: &Path) -> bool {
+        let Ok(file) = std::fs::File::options()
+            .write(true)
+            .open(folder.join(".lock"))
+        else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
     }
 }
 
@@ -272,7 +266,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         match read_summary(&folder)? {
             Some(summary) if summary.status == "diverged" => diverged.push(id),
             Some(_) => done.push(id),
-            None if folder.join(".lock").exists() => running.push(id),
+            None if Claim::held(&folder) => running.push(id),
             None => pending.push(id),
         }
     }
