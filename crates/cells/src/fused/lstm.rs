@@ -75,23 +75,21 @@ struct LstmOp {
     flow: FlowSink,
 }
 
-/// Where each gate's `H` columns sit in a row of `G·H` gate values.
+/// Which gates have `H` columns in a row of `G·H` gate values (in the order i, f, g, o).
 #[derive(Clone, Copy)]
 struct Layout4 {
-    /// Column block of each gate (indexed by [`Gate`]), `None` when ablated.
-    block: [Option<usize>; 4],
+    /// Whether each gate (indexed by [`Gate`]) has columns; `false` when ablated.
+    present: [bool; 4],
     count: usize,
 }
 
 impl Layout4 {
     fn new(options: &LstmOptions) -> Self {
-        let mut block = [None; 4];
+        let mut present = [false; 4];
         let rows = options.gate_rows();
-        for (index, gate) in rows.iter().enumerate() {
-            block[*gate as usize] = Some(index);
-        }
+        rows.iter().for_each(|gate| present[*gate as usize] = true);
         Self {
-            block,
+            present,
             count: rows.len(),
         }
     }
@@ -103,7 +101,7 @@ fn split_gates<T>(row: &mut [T], hidden: usize, layout: Layout4) -> [Option<&mut
     let mut slots: [Option<&mut [T]>; 4] = [None, None, None, None];
     let mut chunks = row.chunks_exact_mut(hidden);
     for gate in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output] {
-        if layout.block[gate as usize].is_some() {
+        if layout.present[gate as usize] {
             slots[gate as usize] = chunks.next();
         }
     }
