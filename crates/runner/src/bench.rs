@@ -8,7 +8,6 @@
 //! high-water mark of a process that runs only that shape.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -186,12 +185,7 @@ fn write_csv(path: &Path, rows: &[String]) -> anyhow::Result<()> {
     let mut text = String::new();
     writeln!(text, "{CSV_HEADER}")?;
     rows.iter().try_for_each(|row| writeln!(text, "{row}"))?;
-    let temp = path.with_extension("csv.tmp");
-    std::fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path)
-        .with_context(|| format!("renaming {} to {}", temp.display(), path.display()))
+    crate::store::write_text(path, &text)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -7,12 +7,10 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::Context;
-use polars::prelude::{
-    Column, DataFrame, IntoColumn, NamedFrom, ParquetReader, ParquetWriter, SerReader, Series,
-};
+use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, ParquetReader, SerReader, Series};
 
 use crate::config::scalar;
-use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir, write_atomic};
+use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir, write_parquet};
 
 /// Rewrites the three experiment-level tables from the complete runs of `experiment_dir`.
 /// Returns the number of runs they hold.
@@ -89,7 +87,7 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         )
         .into_column(),
     ]);
-    write(
+    write_parquet(
         &experiment_dir.join("runs.parquet"),
         DataFrame::new(height, columns)?,
     )?;
@@ -114,18 +112,8 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         }
         if let Some(mut frame) = stacked {
             frame.rechunk_mut();
-            write(&experiment_dir.join(table), frame)?;
+            write_parquet(&experiment_dir.join(table), frame)?;
         }
     }
     Ok(height)
-}
-
-fn write(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
-    write_atomic(path, |temp| {
-        let file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
-        ParquetWriter::new(file)
-            .finish(&mut frame)
-            .with_context(|| format!("writing {}", temp.display()))?;
-        Ok(())
-    })
 }

@@ -102,13 +102,15 @@ pub fn write_atomic(
     result
 }
 
-fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path` whole or not at all.
+pub fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
     write_atomic(path, |temp| {
         std::fs::write(temp, text).with_context(|| format!("writing {}", temp.display()))
     })
 }
 
-fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
+/// Writes `frame` as Parquet to `path` whole or not at all.
+pub fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
     write_atomic(path, |temp| {
         let file =
             std::fs::File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
