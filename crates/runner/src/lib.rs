@@ -63,6 +63,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Resets this process's peak resident memory (`VmHWM`) to its current resident size,
+/// so that [`peak_rss_mb`] measures from here on; does nothing where Linux's
+/// `/proc/self/clear_refs` is not available.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// `VmHWM` (peak resident memory) of this process in MiB, where Linux reports it.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

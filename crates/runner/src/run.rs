@@ -5,6 +5,10 @@
 //! when the trainer ends, however it ends. So an interrupted sweep, even one killed with
 //! `kill -9`, resumes where it stopped, and several `rnnlab run` processes on one
 //! experiment share the work without doing a run twice.
+//!
+//! A run whose training or writing fails is recorded as failed (`runs/<id>/failed.yaml`
+//! holds the error), the sweep goes on, and `rnnlab run` exits non-zero at the end
+//! naming the failed runs; the next `rnnlab run` tries them again.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -21,6 +25,7 @@ use crate::compact::compact;
 use crate::config::{Experiment, PlannedRun, scalar};
 use crate::store::{
     experiment_dir, read_plan, read_summary, run_dir, write_manifest, write_plan, write_run,
+    write_text,
 };
 use crate::train::train;
 
@@ -50,6 +55,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let threads_per_job = (cores / args.jobs).max(1);
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize)); // (trained, skipped)
+    let failed = Mutex::new(Vec::new());
     let started = Instant::now();
     let progress = Progress::new(mine.len());
     let worker = || -> anyhow::Result<()> {
@@ -62,7 +68,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             let Some(planned) = mine.get(k) else {
                 return Ok(());
             };
-            let trained = pool.install(|| train_one(&dir, planned, args.force, &progress))?;
+            let trained = match pool
+                .install(|| train_one(&dir, planned, args.force, args.jobs == 1, &progress))
+            {
+                Ok(trained) => trained,
+                Err(err) => {
+                    record_failure(&dir, &planned.id, &err, &progress);
+                    failed.lock().expect("failed runs").push(planned.id.clone());
+                    false
+                }
+            };
             progress.sweep.inc(1);
             let mut counts = counts.lock().expect("counts");
             if trained {
@@ -81,14 +96,46 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     progress.sweep.finish_and_clear();
     compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
     let (trained, skipped) = *counts.lock().expect("counts");
+    let failed = failed.into_inner().expect("failed runs");
     println!(
-        "{}: {trained} runs trained, {skipped} already complete or claimed, in {:.1} s; results in {}",
+        "{}: {trained} runs trained, {skipped} already complete or claimed, {} failed, in {:.1} s; results in {}",
         experiment.name,
+        failed.len(),
         started.elapsed().as_secs_f64(),
         dir.display()
     );
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} runs failed: {} (the error of each is in runs/<id>/failed.yaml; \
+             `rnnlab run` again retries them)",
+            failed.len(),
+            mine.len(),
+            failed.join(" ")
+        );
+    }
     Ok(())
 }
+
+/// Logs why run `id` failed and keeps the error beside it in `failed.yaml`. Writing that
+/// file may itself fail (the disk that failed the run may be full); the log line stays.
+fn record_failure(dir: &Path, id: &str, err: &anyhow::Error, progress: &Progress) {
+    let line = format!("run {id} failed: {err:#}");
+    if progress.terminal {
+        let _ = progress.bars.println(&line);
+    } else {
+        eprintln!("{line}");
+    }
+    let mut record = serde_yaml::Mapping::new();
+    record.insert("id".into(), id.into());
+    record.insert("error".into(), format!("{err:#}").into());
+    let text = serde_yaml::to_string(&record).unwrap_or_default();
+    if let Err(write_err) = write_text(&run_dir(dir, id).join(FAILED), &text) {
+        tracing::warn!("could not record the failure of run {id}: {write_err:#}");
+    }
+}
+
+/// Marks a run whose last attempt failed; removed when it completes.
+const FAILED: &str = "failed.yaml";
 
 /// `--shard I/N` as a zero-based `(I − 1, N)`; no shard is `(0, 1)`.
 fn parse_shard(shard: Option<&str>) -> Result<(usize, usize), UsageError> {
@@ -154,6 +201,7 @@ fn train_one(
     dir: &Path,
     planned: &PlannedRun,
     force: bool,
+    alone: bool,
     progress: &Progress,
 ) -> anyhow::Result<bool> {
     let folder = run_dir(dir, &planned.id);
@@ -173,6 +221,9 @@ fn train_one(
         .map(|(key, value)| format!("{key}={}", scalar(value)))
         .collect();
     tracing::info!(run = %planned.id, seed = planned.config.seed, "training {}", swept.join(" "));
+    if alone {
+        crate::reset_peak_rss();
+    }
     let run_started = Instant::now();
     let bar = progress.run_bar(
         planned.config.train.total_steps(),
@@ -182,13 +233,19 @@ fn train_one(
         bar.set_position(step as u64);
         bar.set_message(format!("{loss:.4}"));
     };
-    let outcome =
-        train(&planned.config, &on_step).with_context(|| format!("training run {}", planned.id))?;
+    let outcome = train(&planned.config, &on_step);
     bar.finish_and_clear();
     progress.bars.remove(&bar);
+    let outcome = outcome.with_context(|| format!("training run {}", planned.id))?;
     let wall_s = run_started.elapsed().as_secs_f64();
     write_run(&folder, planned, &outcome, wall_s)
         .with_context(|| format!("writing run {} to {}", planned.id, folder.display()))?;
+    match std::fs::remove_file(folder.join(FAILED)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("could not remove {}: {err}", folder.join(FAILED).display());
+        }
+        _ => {}
+    }
     let line = format!(
         "{} seed {} {}: {:?} after {} steps, validation loss {:.4}, {} {:.3} ({:.1} s)",
         planned.id,
@@ -259,26 +316,29 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             args.dir.display()
         ))
     })?;
-    let (mut done, mut diverged, mut running, mut pending) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut done, mut diverged, mut failed, mut running, mut pending) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in ids {
         let folder = run_dir(&args.dir, &id);
         match read_summary(&folder)? {
             Some(summary) if summary.status == "diverged" => diverged.push(id),
             Some(_) => done.push(id),
             None if Claim::held(&folder) => running.push(id),
+            None if folder.join(FAILED).exists() => failed.push(id),
             None => pending.push(id),
         }
     }
     println!(
-        "done {}, diverged {}, running {}, pending {}",
+        "done {}, diverged {}, failed {}, running {}, pending {}",
         done.len(),
         diverged.len(),
+        failed.len(),
         running.len(),
         pending.len()
     );
     for (label, ids) in [
         ("diverged", &diverged),
+        ("failed", &failed),
         ("running", &running),
         ("pending", &pending),
     ] {

@@ -59,7 +59,9 @@ pub struct Summary {
     pub samples_per_s: f64,
     /// Trainable parameters.
     pub parameters: usize,
-    /// Peak resident memory of the process so far, MiB (Linux).
+    /// Peak resident memory of the process while this run trained, MiB (Linux). With
+    /// `--jobs 1` it is this run's; with more jobs, the process's peak since it started
+    /// (runs training side by side share one process).
     pub peak_rss_mb: Option<f64>,
 }
 

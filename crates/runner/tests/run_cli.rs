@@ -68,7 +68,7 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
         "{first}"
     );
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
-    assert_eq!(status.trim(), "done 4, diverged 0, running 0, pending 0");
+    assert_eq!(status.trim(), "done 4, diverged 0, failed 0, running 0, pending 0");
 
     let dirs = run_dirs(&results);
     assert_eq!(dirs.len(), 4);
@@ -193,7 +193,7 @@ fn shards_and_jobs_split_the_work_without_doing_a_run_twice() {
     assert!(first.contains("2 runs trained"), "{first}");
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
     assert!(
-        status.starts_with("done 2, diverged 0, running 0, pending 2"),
+        status.starts_with("done 2, diverged 0, failed 0, running 0, pending 2"),
         "{status}"
     );
     let second = ok(&rnnlab(&["run", file, "--out", out, "--jobs", "2"]));
@@ -263,7 +263,7 @@ fn a_sweep_killed_with_sigkill_resumes_to_the_same_numbers() {
     let resumed = ok(&rnnlab(&["run", file, "--out", out]));
     assert!(resumed.contains("runs trained"), "{resumed}");
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
-    assert_eq!(status.trim(), "done 4, diverged 0, running 0, pending 0");
+    assert_eq!(status.trim(), "done 4, diverged 0, failed 0, running 0, pending 0");
     assert_eq!(read(&results.join("tiny/runs.parquet")).height(), 4);
 
     let clean = results.join("clean");
@@ -273,5 +273,98 @@ fn a_sweep_killed_with_sigkill_resumes_to_the_same_numbers() {
     for (a, b) in killed_dirs.iter().zip(&clean_dirs) {
         assert_eq!(a.file_name(), b.file_name());
         assert!(read(&a.join("metrics.parquet")).equals(&read(&b.join("metrics.parquet"))));
+    }
+}
+
+#[test]
+fn a_failed_run_is_recorded_the_sweep_goes_on_and_the_next_run_retries_it() {
+    let (file, results) = setup("failed");
+    let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
+    // The first run id of the grid, as `plan` prints it (first column after the header).
+    let victim = plan
+        .lines()
+        .find_map(|line| {
+            let word = line.split_whitespace().next()?;
+            (word.len() == 12 && word.chars().all(|c| c.is_ascii_hexdigit())).then_some(word)
+        })
+        .unwrap()
+        .to_owned();
+    // A directory where the run's metrics table goes makes writing that run fail (the
+    // rename of the finished file onto it fails), and only that run.
+    let blocker = results
+        .join("tiny/runs")
+        .join(&victim)
+        .join("metrics.parquet");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let out = results.to_str().unwrap();
+    let output = rnnlab(&["run", file.to_str().unwrap(), "--out", out]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("run {victim} failed: writing run {victim}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("1 of 4 runs failed: {victim}")),
+        "{stderr}"
+    );
+    let failed =
+        std::fs::read_to_string(results.join("tiny/runs").join(&victim).join("failed.yaml"));
+    assert!(failed.unwrap().contains("metrics.parquet"));
+    // The other three completed and are in the experiment's table.
+    assert_eq!(read(&results.join("tiny/runs.parquet")).height(), 3);
+    let status = ok(&rnnlab(&["status", &format!("{out}/tiny")]));
+    assert!(
+        status.starts_with("done 3, diverged 0, failed 1, running 0, pending 0"),
+        "{status}"
+    );
+    assert!(status.contains(&format!("failed: {victim}")), "{status}");
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let rerun = ok(&rnnlab(&["run", file.to_str().unwrap(), "--out", out]));
+    assert!(
+        rerun.contains("1 runs trained, 3 already complete or claimed, 0 failed"),
+        "{rerun}"
+    );
+    assert!(
+        !results
+            .join("tiny/runs")
+            .join(&victim)
+            .join("failed.yaml")
+            .exists()
+    );
+    let status = ok(&rnnlab(&["status", &format!("{out}/tiny")]));
+    assert!(
+        status.starts_with("done 4, diverged 0, failed 0"),
+        "{status}"
+    );
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_written_is_a_clear_error() {
+    let (file, _) = setup("unwritable");
+    // A plain file where the output folder should be: fails for root too, unlike chmod.
+    let blocked = file.with_file_name("not-a-folder");
+    std::fs::write(&blocked, "").unwrap();
+    let mut targets = vec![blocked.join("results")];
+    // A read-only file system, where the machine has one (sysfs in most containers).
+    if std::fs::write("/sys/rnnlab-probe", "").is_err() {
+        targets.push(PathBuf::from("/sys/rnnlab-results"));
+    }
+    for out in targets {
+        let output = rnnlab(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with("error: writing the plan of tiny: creating "),
+            "{stderr}"
+        );
+        assert!(stderr.contains(out.to_str().unwrap()), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
