@@ -31,8 +31,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// Train every run of an experiment that is not complete yet.
     Run(RunArgs),
-    /// Count an experiment's runs by status (done, diverged, pending).
+    /// Count an experiment's runs by status (done, diverged, failed, running, pending).
     Status(StatusArgs),
+    /// Draw an experiment's figures (PNG and SVG) into `DIR/plots/`.
+    Plot(StatusArgs),
+    /// Write `DIR/REPORT.md` (tables, figures, findings), drawing the figures first.
+    Report(StatusArgs),
     /// Time one training step (forward, last-step head, MSE, backward, Adam) on the
     /// adding-task shape, for rnnlab's fused cells and candle-nn's built-in ones.
     Bench(BenchArgs),
@@ -69,9 +73,12 @@ pub struct RunArgs {
     /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Do not draw the figures and write `REPORT.md` at the end.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
-/// `rnnlab status`
+/// `rnnlab status`, `rnnlab plot`, `rnnlab report`
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// An experiment's results folder (`results/<experiment name>`).

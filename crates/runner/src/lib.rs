@@ -1,6 +1,7 @@
 //! rnnlab's command-line runner: configuration, data export, (later) sweeps, training,
 //! storage, plots and reports. `main.rs` only parses and maps errors to exit codes.
 
+pub mod analysis;
 pub mod bench;
 pub mod cli;
 pub mod compact;
@@ -9,6 +10,8 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod plan;
+pub mod plot;
+pub mod report;
 pub mod run;
 pub mod store;
 pub mod train;
@@ -59,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Status(args) => run::status(&args),
+        Command::Plot(args) => plot::plot(&args.dir),
+        Command::Report(args) => report::report(&args.dir),
         Command::Bench(args) => bench::run(&args),
     }
 }

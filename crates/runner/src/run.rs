@@ -41,8 +41,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let dir = experiment_dir(&args.out, &experiment.name);
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
-    write_manifest(&dir, &args.file)
-        .with_context(|| format!("writing the manifest of {}", experiment.name))?;
 
     let mine: Vec<&PlannedRun> = experiment
         .runs
@@ -53,6 +51,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads_per_job = (cores / args.jobs).max(1);
+    write_manifest(
+        &dir,
+        &args.file,
+        &experiment.description,
+        args.jobs,
+        threads_per_job,
+    )
+    .with_context(|| format!("writing the manifest of {}", experiment.name))?;
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize)); // (trained, skipped)
     let failed = Mutex::new(Vec::new());
@@ -95,6 +101,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     })?;
     progress.sweep.finish_and_clear();
     compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
+    if !args.no_report {
+        let results = crate::analysis::Results::load(&dir)
+            .with_context(|| format!("reading the results in {}", dir.display()))?;
+        let report = crate::report::write_report(&results)
+            .with_context(|| format!("writing the report of {}", dir.display()))?;
+        tracing::info!("report: {}", report.display());
+    }
     let (trained, skipped) = *counts.lock().expect("counts");
     let failed = failed.into_inner().expect("failed runs");
     println!(

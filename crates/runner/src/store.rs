@@ -143,9 +143,16 @@ pub fn write_plan(experiment_dir: &Path, runs: &[PlannedRun]) -> anyhow::Result<
     )
 }
 
-/// `manifest.yaml`: what ran the experiment (rnnlab version, git commit of the working
-/// directory if any, CPU, threads, start time), rewritten at every `rnnlab run`.
-pub fn write_manifest(experiment_dir: &Path, file: &Path) -> anyhow::Result<()> {
+/// `manifest.yaml`: the experiment's question and what ran it (rnnlab version, git commit
+/// of the working directory if any, CPU, threads, runs at once and threads per run, start
+/// time), rewritten at every `rnnlab run`.
+pub fn write_manifest(
+    experiment_dir: &Path,
+    file: &Path,
+    description: &str,
+    jobs: usize,
+    threads_per_run: usize,
+) -> anyhow::Result<()> {
     let git = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .output()
@@ -166,12 +173,15 @@ pub fn write_manifest(experiment_dir: &Path, file: &Path) -> anyhow::Result<()> 
     let mut manifest = Mapping::new();
     manifest.insert("rnnlab".into(), env!("CARGO_PKG_VERSION").into());
     manifest.insert("experiment_file".into(), file.display().to_string().into());
+    manifest.insert("description".into(), description.into());
     manifest.insert("git_commit".into(), git.map_or(Value::Null, Value::from));
     manifest.insert("cpu".into(), cpu.map_or(Value::Null, Value::from));
     manifest.insert(
         "threads".into(),
         (rayon::current_num_threads() as u64).into(),
     );
+    manifest.insert("jobs".into(), (jobs as u64).into());
+    manifest.insert("threads_per_run".into(), (threads_per_run as u64).into());
     manifest.insert("started_unix_s".into(), started.into());
     write_text(
         &experiment_dir.join("manifest.yaml"),

@@ -68,7 +68,10 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
         "{first}"
     );
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
-    assert_eq!(status.trim(), "done 4, diverged 0, failed 0, running 0, pending 0");
+    assert_eq!(
+        status.trim(),
+        "done 4, diverged 0, failed 0, running 0, pending 0"
+    );
 
     let dirs = run_dirs(&results);
     assert_eq!(dirs.len(), 4);
@@ -263,7 +266,10 @@ fn a_sweep_killed_with_sigkill_resumes_to_the_same_numbers() {
     let resumed = ok(&rnnlab(&["run", file, "--out", out]));
     assert!(resumed.contains("runs trained"), "{resumed}");
     let status = ok(&rnnlab(&["status", results.join("tiny").to_str().unwrap()]));
-    assert_eq!(status.trim(), "done 4, diverged 0, failed 0, running 0, pending 0");
+    assert_eq!(
+        status.trim(),
+        "done 4, diverged 0, failed 0, running 0, pending 0"
+    );
     assert_eq!(read(&results.join("tiny/runs.parquet")).height(), 4);
 
     let clean = results.join("clean");

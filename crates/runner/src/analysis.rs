@@ -1,0 +1,707 @@
+//! An experiment's results as plots and reports see them: every complete run with its
+//! resolved config, summary, validation curve and gradient flow, and the roles of the
+//! keys the experiment varies.
+//!
+//! A run's **cell** is what its `model.cell`, `model.gru_reset` and `model.ablation.*`
+//! make it (`lstm`, `gru (reset before)`, `lstm (no forget gate)`, ...); each cell has one
+//! colour in every figure. Every other key that differs between runs is either
+//! - a **panel** key, when it is crossed with the cells (every cell was run at every
+//!   value: `task.seq_len` in a sweep): figures get one panel per value and the report
+//!   compares the cells within each panel; or
+//! - a **series** key, when only some cells vary it (`model.forget_bias` of the LSTM
+//!   next to a GRU): it splits that cell into several series (`lstm forget_bias=0`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use polars::prelude::{DataFrame, ParquetReader, SerReader};
+use rnnlab_tasks::{Split, Task};
+use serde_yaml::{Mapping, Value};
+
+use crate::config::{CellName, RawModel, ResetName, scalar};
+use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir};
+
+/// Everything plots and reports need from one experiment folder.
+#[derive(Debug)]
+pub struct Results {
+    /// The experiment folder.
+    pub dir: PathBuf,
+    /// The experiment's name (the folder's name).
+    pub name: String,
+    /// `manifest.yaml` (version, commit, CPU, threads, start, description), if present.
+    pub manifest: Mapping,
+    /// Runs in the plan, complete or not.
+    pub planned: usize,
+    /// The complete runs, in plan order.
+    pub runs: Vec<RunResult>,
+    /// The keys that differ between complete runs (the seed aside), in plan order.
+    pub keys: Vec<Key>,
+}
+
+/// One complete run.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The run id.
+    pub id: String,
+    /// Seed of weights and data.
+    pub seed: u64,
+    /// The validated task (for its baseline and metric).
+    pub task: Task,
+    /// The cell's label (see the module docs).
+    pub cell: String,
+    /// Display value of every key in [`Results::keys`] for this run.
+    pub values: BTreeMap<String, String>,
+    /// `summary.yaml`.
+    pub summary: Summary,
+    /// Validation evaluations: (step, loss, metric).
+    pub curve: Vec<(usize, f64, f64)>,
+    /// Gradient flow: (step, g_t for t = 0..T), first layer.
+    pub gradflow: Vec<(usize, Vec<f64>)>,
+}
+
+/// How a varying key is shown (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Part of what the cell is.
+    Cell,
+    /// Crossed with the cells: one panel per value.
+    Panel,
+    /// Varied for some cells only: splits those cells into series.
+    Series,
+}
+
+/// A key that differs between runs.
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The dotted key (`task.seq_len`).
+    pub name: String,
+    /// Its display values, numerically sorted when they are all numbers.
+    pub values: Vec<String>,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Key {
+    /// Whether every value is a number (so the key can be an x axis).
+    pub fn numeric(&self) -> bool {
+        self.values.iter().all(|v| v.parse::<f64>().is_ok())
+    }
+}
+
+/// A short, readable name for a key: its last segment, `T` for the sequence length.
+pub fn short_key(key: &str) -> &str {
+    match key {
+        "task.seq_len" => "T",
+        "task.kind" => "task",
+        _ => key.rsplit('.').next().unwrap_or(key),
+    }
+}
+
+/// `key=value` as figures and tables show it (`T=100`, `clip=none`; a task is its name).
+pub fn key_value(key: &str, value: &str) -> String {
+    if key == "task.kind" {
+        value.to_owned()
+    } else {
+        format!("{}={value}", short_key(key))
+    }
+}
+
+impl Results {
+    /// [`Results::load`] for a folder the user named: failing to read it is a usage
+    /// error (exit code 2) that says the folder is not an experiment's.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::load(dir).map_err(|err| {
+            crate::UsageError(format!(
+                "{}: not an experiment's results folder ({err:#})",
+                dir.display()
+            ))
+            .into()
+        })
+    }
+
+    /// Loads the complete runs of `dir` (an experiment folder written by `rnnlab run`).
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let ids = read_plan(dir)?;
+        let manifest = match std::fs::read_to_string(dir.join("manifest.yaml")) {
+            Ok(text) => serde_yaml::from_str(&text)
+                .with_context(|| format!("reading {}", dir.join("manifest.yaml").display()))?,
+            Err(_) => Mapping::new(),
+        };
+        let name = dir
+            .file_name()
+            .map_or_else(|| "experiment".into(), |n| n.to_string_lossy().into_owned());
+        let mut loaded = Vec::new();
+        for id in &ids {
+            let folder = run_dir(dir, id);
+            let Some(summary) = read_summary(&folder)? else {
+                continue;
+            };
+            let path = folder.join("config.yaml");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let saved: SavedConfig = serde_yaml::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config = saved
+                .run
+                .validate(saved.seed)
+                .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+            let resolved = serde_yaml::to_value(&saved.run)?;
+            let run = RunResult {
+                id: id.clone(),
+                seed: saved.seed,
+                task: config.task,
+                cell: cell_label(&saved.run.model),
+                values: BTreeMap::new(),
+                summary,
+                curve: read_curve(&folder.join("metrics.parquet"))?,
+                gradflow: read_gradflow(&folder.join("gradflow.parquet"))?,
+            };
+            loaded.push((run, saved.swept, resolved));
+        }
+
+        // Every swept key, in plan order, with each run's resolved value.
+        let mut names: Vec<String> = Vec::new();
+        for (_, swept, _) in &loaded {
+            for key in swept.keys().filter_map(Value::as_str) {
+                if !names.iter().any(|n| n == key) {
+                    names.push(key.to_owned());
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        for name in names {
+            let values: Vec<String> = loaded
+                .iter()
+                .map(|(_, _, resolved)| display(lookup(resolved, &name)))
+                .collect();
+            let distinct: BTreeSet<&String> = values.iter().collect();
+            if distinct.len() < 2 {
+                continue;
+            }
+            let mut ordered: Vec<String> = Vec::new();
+            for v in &values {
+                if !ordered.contains(v) {
+                    ordered.push(v.clone());
+                }
+            }
+            if ordered.iter().all(|v| v.parse::<f64>().is_ok()) {
+                ordered.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse().unwrap()));
+            }
+            for ((run, _, _), value) in loaded.iter_mut().zip(values) {
+                run.values.insert(name.clone(), value);
+            }
+            let role = if name == "model.cell"
+                || name == "model.gru_reset"
+                || name.starts_with("model.ablation")
+            {
+                Role::Cell
+            } else {
+                Role::Panel
+            };
+            keys.push(Key {
+                name,
+                values: ordered,
+                role,
+            });
+        }
+        let runs: Vec<RunResult> = loaded.into_iter().map(|(run, _, _)| run).collect();
+        // A key is crossed with the cells when every cell took every value of it.
+        for key in keys.iter_mut().filter(|k| k.role == Role::Panel) {
+            let mut per_cell: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for run in &runs {
+                per_cell
+                    .entry(run.cell.as_str())
+                    .or_default()
+                    .insert(run.values[&key.name].as_str());
+            }
+            if per_cell.values().any(|seen| seen.len() != key.values.len()) {
+                key.role = Role::Series;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            name,
+            manifest,
+            planned: ids.len(),
+            runs,
+            keys,
+        })
+    }
+
+    /// The keys with `role`.
+    pub fn keys_with(&self, role: Role) -> impl Iterator<Item = &Key> {
+        self.keys.iter().filter(move |k| k.role == role)
+    }
+
+    /// The panel key called `name`, if the experiment crosses it with the cells.
+    pub fn panel_key(&self, name: &str) -> Option<&Key> {
+        self.keys_with(Role::Panel).find(|k| k.name == name)
+    }
+
+    /// The experiment's question, from the manifest.
+    pub fn description(&self) -> Option<&str> {
+        self.manifest.get("description").and_then(Value::as_str)
+    }
+
+    /// The series label of `run`: its cell, plus the series keys that vary within that
+    /// cell (`gru hidden=74`).
+    pub fn series_label(&self, run: &RunResult) -> String {
+        let mut label = run.cell.clone();
+        for key in self.keys_with(Role::Series) {
+            let varies = self
+                .runs
+                .iter()
+                .filter(|r| r.cell == run.cell)
+                .any(|r| r.values[&key.name] != run.values[&key.name]);
+            if varies {
+                label.push(' ');
+                label.push_str(&key_value(&key.name, &run.values[&key.name]));
+            }
+        }
+        label
+    }
+
+    /// Every series, in a stable order: by cell colour, then by the order runs appear.
+    pub fn series(&self) -> Vec<Series> {
+        let mut series: Vec<Series> = Vec::new();
+        for run in &self.runs {
+            let label = self.series_label(run);
+            if !series.iter().any(|s| s.label == label) {
+                series.push(Series {
+                    label,
+                    cell: run.cell.clone(),
+                    variant: 0,
+                });
+            }
+        }
+        series.sort_by_key(|s| cell_rank(&s.cell));
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &mut series {
+            let n = count.entry(s.cell.clone()).or_default();
+            s.variant = *n;
+            *n += 1;
+        }
+        series
+    }
+
+    /// Groups the runs by panel (a tuple of `(key, value)` over `panel_keys`), in the
+    /// order of the keys' values.
+    pub fn panels<'a>(&'a self, panel_keys: &[&Key]) -> Vec<Panel<'a>> {
+        let mut panels: Vec<Panel<'a>> = Vec::new();
+        let mut coords: Vec<Vec<usize>> = Vec::new();
+        for run in &self.runs {
+            let coord: Vec<usize> = panel_keys
+                .iter()
+                .map(|k| {
+                    k.values
+                        .iter()
+                        .position(|v| *v == run.values[&k.name])
+                        .unwrap_or(0)
+                })
+                .collect();
+            match coords.iter().position(|c| *c == coord) {
+                Some(i) => panels[i].runs.push(run),
+                None => {
+                    coords.push(coord);
+                    panels.push(Panel {
+                        values: panel_keys
+                            .iter()
+                            .map(|k| (k.name.clone(), run.values[&k.name].clone()))
+                            .collect(),
+                        runs: vec![run],
+                    });
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..panels.len()).collect();
+        order.sort_by(|&a, &b| coords[a].cmp(&coords[b]));
+        let mut slots: Vec<Option<Panel<'a>>> = panels.into_iter().map(Some).collect();
+        order
+            .into_iter()
+            .map(|i| slots[i].take().expect("each panel once"))
+            .collect()
+    }
+}
+
+/// One line of a figure: a cell, or one setting of a cell's series keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// What the legend says.
+    pub label: String,
+    /// The cell (picks the colour).
+    pub cell: String,
+    /// 0 for the cell's first series, 1 for its second, ... (picks the dash).
+    pub variant: usize,
+}
+
+/// The runs that share one value of every panel key.
+#[derive(Debug)]
+pub struct Panel<'a> {
+    /// `(key, value)` of each panel key.
+    pub values: Vec<(String, String)>,
+    /// The runs, in plan order.
+    pub runs: Vec<&'a RunResult>,
+}
+
+impl Panel<'_> {
+    /// `adding, T=100` (or the experiment's name when there are no panel keys).
+    pub fn title(&self) -> String {
+        self.values
+            .iter()
+            .map(|(k, v)| key_value(k, v))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The panel's task (the first run's; panels of one task share it).
+    pub fn task(&self) -> Task {
+        self.runs[0].task
+    }
+}
+
+/// The cell label of a model config (see the module docs).
+pub fn cell_label(model: &RawModel) -> String {
+    let a = model.ablation;
+    match model.cell {
+        CellName::Rnn => "rnn".into(),
+        CellName::RnnRelu => "rnn_relu".into(),
+        CellName::Gru => match model.gru_reset {
+            ResetName::After => "gru".into(),
+            ResetName::Before => "gru (reset before)".into(),
+        },
+        CellName::Lstm | CellName::PeepholeLstm => {
+            let peepholes = a.peepholes || model.cell == CellName::PeepholeLstm;
+            let mut changes = Vec::new();
+            for (on, name) in [
+                (a.no_input_gate, "no input gate"),
+                (a.no_forget_gate, "no forget gate"),
+                (a.no_output_gate, "no output gate"),
+                (a.coupled_gates, "coupled gates"),
+            ] {
+                if on {
+                    changes.push(name);
+                }
+            }
+            let base = if peepholes { "peephole_lstm" } else { "lstm" };
+            if changes.is_empty() {
+                base.into()
+            } else {
+                format!("{base} ({})", changes.join(", "))
+            }
+        }
+    }
+}
+
+/// The fixed order (and colour slot) of the known cells; others come after.
+pub const CELL_ORDER: [&str; 11] = [
+    "rnn",
+    "rnn_relu",
+    "lstm",
+    "peephole_lstm",
+    "lstm (no input gate)",
+    "lstm (no forget gate)",
+    "lstm (no output gate)",
+    "lstm (coupled gates)",
+    "gru",
+    "gru (reset before)",
+    "peephole_lstm (coupled gates)",
+];
+
+/// The colour slot of a cell label: its place in [`CELL_ORDER`], or a stable slot after
+/// the known ones.
+pub fn cell_rank(cell: &str) -> usize {
+    CELL_ORDER
+        .iter()
+        .position(|c| *c == cell)
+        .unwrap_or_else(|| {
+            CELL_ORDER.len()
+                + cell
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize)
+                    % 8
+        })
+}
+
+/// The value at a dotted path of a resolved config.
+fn lookup<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(value, |v, part| v.get(part))
+}
+
+/// How a config value is shown: `{}` clip as `none`, `{norm: 1.0}` as `norm 1`.
+fn display(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "none".into(),
+        Some(Value::Mapping(map)) => {
+            let set: Vec<String> = map
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{} {}", scalar(k), scalar(v)))
+                .collect();
+            if set.is_empty() {
+                "none".into()
+            } else {
+                set.join(" ")
+            }
+        }
+        Some(v) => scalar(v),
+    }
+}
+
+fn read_frame(path: &Path) -> anyhow::Result<DataFrame> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Validation (step, loss, metric) from a run's `metrics.parquet`.
+fn read_curve(path: &Path) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let frame = read_frame(path)?;
+    let steps = frame.column("step")?.u64()?;
+    let splits = frame.column("split")?.str()?;
+    let metrics = frame.column("metric")?.str()?;
+    let values = frame.column("value")?.f64()?;
+    let mut by_step: BTreeMap<usize, (f64, f64)> = BTreeMap::new();
+    for i in 0..frame.height() {
+        if splits.get(i) != Some("validation") {
+            continue;
+        }
+        let (Some(step), Some(metric), Some(value)) = (steps.get(i), metrics.get(i), values.get(i))
+        else {
+            continue;
+        };
+        let slot = by_step.entry(step as usize).or_insert((f64::NAN, f64::NAN));
+        if metric == "loss" {
+            slot.0 = value;
+        } else {
+            slot.1 = value;
+        }
+    }
+    Ok(by_step
+        .into_iter()
+        .map(|(step, (loss, metric))| (step, loss, metric))
+        .collect())
+}
+
+/// (step, norms over t) from a run's `gradflow.parquet`.
+fn read_gradflow(path: &Path) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
+    let frame = read_frame(path)?;
+    let steps = frame.column("step")?.u64()?;
+    let ts = frame.column("t")?.u64()?;
+    let norms = frame.column("norm")?.f64()?;
+    let mut by_step: BTreeMap<usize, Vec<(usize, f64)>> = BTreeMap::new();
+    for i in 0..frame.height() {
+        if let (Some(step), Some(t), Some(norm)) = (steps.get(i), ts.get(i), norms.get(i)) {
+            by_step
+                .entry(step as usize)
+                .or_default()
+                .push((t as usize, norm));
+        }
+    }
+    Ok(by_step
+        .into_iter()
+        .map(|(step, mut rows)| {
+            rows.sort_by_key(|r| r.0);
+            (step, rows.into_iter().map(|r| r.1).collect())
+        })
+        .collect())
+}
+
+/// The loss and metric of the task's trivial predictor (always 1, blanks then uniform,
+/// chance) on 2000 validation sequences: the dashed baseline of the figures.
+pub fn baseline(task: &Task) -> (f64, f64) {
+    let batch = task.batch(0, Split::Validation, 0, 2000);
+    let evaluation = task.evaluate(&task.baseline_outputs(&batch), &batch);
+    (evaluation.loss, evaluation.metric)
+}
+
+/// Mean, sample standard deviation (0 for one value), min and max.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Number of values.
+    pub n: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (n − 1).
+    pub std: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (`None` if empty).
+    pub fn of(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let n = values.len();
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Some(Self {
+            n,
+            mean,
+            std,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
+/// Welch's unequal-variance t-test: the two-sided p-value that samples `a` and `b` have
+/// the same mean. `None` when either has fewer than two values or both have no
+/// variance.
+pub fn welch_p(a: &[f64], b: &[f64]) -> Option<f64> {
+    let (sa, sb) = (Spread::of(a)?, Spread::of(b)?);
+    if sa.n < 2 || sb.n < 2 {
+        return None;
+    }
+    let (va, vb) = (sa.std.powi(2) / sa.n as f64, sb.std.powi(2) / sb.n as f64);
+    if va + vb == 0.0 {
+        return None;
+    }
+    let t = (sa.mean - sb.mean) / (va + vb).sqrt();
+    // Welch–Satterthwaite degrees of freedom.
+    let df = (va + vb).powi(2) / (va.powi(2) / (sa.n - 1) as f64 + vb.powi(2) / (sb.n - 1) as f64);
+    Some(student_t_two_sided(t, df))
+}
+
+/// P(|T| ≥ |t|) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2).
+pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
+    regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+}
+
+/// The regularized incomplete beta function I_x(a, b), by the continued fraction of
+/// Numerical Recipes (§6.4), which converges fast for x < (a + 1)/(a + b + 2); the
+/// symmetry I_x(a, b) = 1 − I_{1−x}(b, a) covers the rest.
+fn regularized_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_fraction(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_fraction(1.0 - x, b, a) / b
+    }
+}
+
+/// The continued fraction of the incomplete beta function (modified Lentz).
+fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    d = 1.0 / if d.abs() < TINY { TINY } else { d };
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        for numerator in [
+            m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0)),
+        ] {
+            d = 1.0 + numerator * d;
+            d = 1.0 / if d.abs() < TINY { TINY } else { d };
+            c = 1.0 + numerator / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; about 15 significant digits).
+fn ln_gamma(x: f64) -> f64 {
+    const COEFFICIENTS: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x)Γ(1 − x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = COEFFICIENTS[0];
+    for (i, c) in COEFFICIENTS.iter().enumerate().skip(1) {
+        sum += c / (x + i as f64);
+    }
+    let t = x + 7.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ln_gamma_matches_factorials_and_sqrt_pi() {
+        // Γ(5) = 24, Γ(0.5) = √π, Γ(10) = 362880.
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-13);
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-13);
+        assert!((ln_gamma(10.0) - 362_880f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn student_t_matches_the_tables() {
+        // Two-sided 5% critical values: 12.706 (df 1), 2.228 (df 10), 1.960 (df ∞).
+        assert!((student_t_two_sided(12.706_204, 1.0) - 0.05).abs() < 1e-6);
+        assert!((student_t_two_sided(2.228_139, 10.0) - 0.05).abs() < 1e-6);
+        assert!((student_t_two_sided(1.959_964, 1e7) - 0.05).abs() < 1e-5);
+        // df = 1 is the Cauchy distribution: P(|T| ≥ 1) = 1/2 exactly.
+        assert!((student_t_two_sided(1.0, 1.0) - 0.5).abs() < 1e-12);
+        // 1% critical value for df 4.
+        assert!((student_t_two_sided(4.604_095, 4.0) - 0.01).abs() < 1e-6);
+        assert!((student_t_two_sided(0.0, 3.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn welch_on_a_worked_example() {
+        // a: mean 2, var 1; b: mean 5, var 1; n = 3 each. t = −3/√(2/3) = −3.674,
+        // df = (2/3)² / (2·(1/3)²/2) = 4; two-sided p = 0.02131 (t-tables, df 4).
+        let p = welch_p(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]).unwrap();
+        assert!((p - 0.021_312).abs() < 1e-5, "{p}");
+        assert_eq!(welch_p(&[1.0], &[2.0, 3.0]), None);
+        assert_eq!(welch_p(&[1.0, 1.0], &[2.0, 2.0]), None);
+    }
+
+    #[test]
+    fn spread_of_values() {
+        let s = Spread::of(&[1.0, 2.0, 3.0, 6.0]).unwrap();
+        // mean 3, squared deviations 4 + 1 + 0 + 9 = 14, std = √(14/3).
+        assert_eq!((s.n, s.mean, s.min, s.max), (4, 3.0, 1.0, 6.0));
+        assert!((s.std - (14.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert_eq!(Spread::of(&[]), None);
+    }
+
+    #[test]
+    fn config_values_display_readably() {
+        let clip: Value = serde_yaml::from_str("{ norm: 1.0, value: null }").unwrap();
+        assert_eq!(display(Some(&clip)), "norm 1.0");
+        let none: Value = serde_yaml::from_str("{ norm: null, value: null }").unwrap();
+        assert_eq!(display(Some(&none)), "none");
+        assert_eq!(key_value("task.seq_len", "100"), "T=100");
+        assert_eq!(key_value("task.kind", "copy"), "copy");
+        assert_eq!(key_value("model.forget_bias", "1.0"), "forget_bias=1.0");
+    }
+}

@@ -1,0 +1,1212 @@
+//! `rnnlab plot DIR`: paper-style figures of an experiment in `DIR/plots/`, each as a PNG
+//! (1800 px wide) and an SVG.
+//!
+//! Text is drawn with the DejaVu Sans font compiled into the binary, so the PNGs render
+//! the same on a machine without fonts (the SVGs name `sans-serif`, which every viewer
+//! has). Each cell has one colour in every figure (a colour-blind-safe palette); a
+//! cell's second and third series (e.g. `lstm forget_bias=0` and `=1`) are dashed and
+//! dotted. The legend sits above the panels, so it never covers data. Which figures are
+//! drawn follows from what the experiment varies (see [`figures`]); a figure without
+//! data is skipped.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::Context;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::analysis::{Panel, Results, Role, RunResult, Series, baseline, cell_rank};
+use crate::store::{write_atomic, write_text};
+
+/// Figure width in pixels.
+const WIDTH: u32 = 1800;
+/// Height of one row of panels.
+const PANEL_HEIGHT: u32 = 520;
+/// The font family every text uses (registered from the bundled DejaVu Sans).
+const FONT: &str = "sans-serif";
+/// The grey of the baseline.
+const BASELINE_GREY: RGBColor = RGBColor(120, 120, 120);
+
+/// One figure, ready to draw on any backend.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// File name without extension (`learning_curves`).
+    pub stem: String,
+    /// The title over the panels.
+    pub title: String,
+    /// One sentence for the report saying what is drawn.
+    pub caption: String,
+    /// Legend entries, in order.
+    pub legend: Vec<(String, Style)>,
+    /// Panels per row.
+    pub cols: usize,
+    /// The panels, row by row.
+    pub panels: Vec<PanelSpec>,
+}
+
+/// Colour and dash of a line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Style {
+    /// Its colour.
+    pub color: RGBColor,
+    /// 0 solid, 1 dashed, 2 dotted.
+    pub dash: usize,
+}
+
+/// One panel of a figure.
+#[derive(Debug, Clone)]
+pub enum PanelSpec {
+    /// Lines over a numeric x axis.
+    Lines(LinesPanel),
+    /// A table of coloured cells with a value in each (e.g. solved fractions).
+    Heatmap(HeatmapPanel),
+}
+
+/// An axis: its label and whether (and in which base) it is logarithmic.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    /// Label, with units.
+    pub label: String,
+    /// `Some(base)` for a log axis.
+    pub log: Option<f64>,
+    /// A fixed range (in data units), or `None` to fit the data.
+    pub range: Option<(f64, f64)>,
+}
+
+/// A panel of lines.
+#[derive(Debug, Clone)]
+pub struct LinesPanel {
+    /// Title over the panel.
+    pub title: String,
+    /// x axis.
+    pub x: Axis,
+    /// y axis.
+    pub y: Axis,
+    /// The lines.
+    pub lines: Vec<LineSpec>,
+    /// A dashed grey horizontal line (the task's trivial baseline).
+    pub baseline: Option<f64>,
+}
+
+/// One line: its mean, an optional band and optional per-seed points.
+#[derive(Debug, Clone)]
+pub struct LineSpec {
+    /// Colour and dash.
+    pub style: Style,
+    /// The line (x, y), sorted by x.
+    pub points: Vec<(f64, f64)>,
+    /// A shaded band (x, low, high).
+    pub band: Vec<(f64, f64, f64)>,
+    /// Individual points (each seed).
+    pub dots: Vec<(f64, f64)>,
+    /// Marks each point of the line (for lines over a few x values).
+    pub markers: bool,
+}
+
+/// A heatmap panel: rows × columns of values in [0, 1] with a text in each cell.
+#[derive(Debug, Clone)]
+pub struct HeatmapPanel {
+    /// Title over the panel.
+    pub title: String,
+    /// Row names, top to bottom.
+    pub rows: Vec<String>,
+    /// Column names, left to right.
+    pub cols: Vec<String>,
+    /// What the columns are.
+    pub col_label: String,
+    /// `cells[row][col]`: the value in [0, 1] (colour) and the text.
+    pub cells: Vec<Vec<Option<(f64, String)>>>,
+}
+
+/// The colour of a cell: a colour-blind-safe palette (Okabe & Ito 2008, then Tableau),
+/// the same cell always the same colour.
+pub fn cell_color(cell: &str) -> RGBColor {
+    const PALETTE: [RGBColor; 19] = [
+        RGBColor(0, 0, 0),       // rnn
+        RGBColor(204, 121, 167), // rnn_relu
+        RGBColor(0, 114, 178),   // lstm
+        RGBColor(0, 158, 115),   // peephole_lstm
+        RGBColor(86, 180, 233),  // lstm (no input gate)
+        RGBColor(140, 86, 75),   // lstm (no forget gate)
+        RGBColor(148, 103, 189), // lstm (no output gate)
+        RGBColor(23, 190, 207),  // lstm (coupled gates)
+        RGBColor(213, 94, 0),    // gru
+        RGBColor(230, 159, 0),   // gru (reset before)
+        RGBColor(188, 189, 34),  // peephole_lstm (coupled gates)
+        RGBColor(127, 127, 127),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(227, 119, 194),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    PALETTE[cell_rank(cell) % PALETTE.len()]
+}
+
+fn style_of(series: &Series) -> Style {
+    Style {
+        color: cell_color(&series.cell),
+        dash: series.variant % 3,
+    }
+}
+
+/// `rnnlab plot DIR`.
+pub fn plot(dir: &Path) -> anyhow::Result<()> {
+    let results = Results::open(dir)?;
+    let drawn = write_plots(&results)?;
+    for figure in &drawn {
+        println!(
+            "{}",
+            dir.join("plots")
+                .join(format!("{}.{{png,svg}}", figure.stem))
+                .display()
+        );
+    }
+    Ok(())
+}
+
+/// Draws every figure the results support into `<dir>/plots/` and returns them.
+pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
+    let folder = results.dir.join("plots");
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let figures = figures(results);
+    for figure in &figures {
+        render(figure, &folder)
+            .with_context(|| format!("drawing {}/{}", folder.display(), figure.stem))?;
+    }
+    Ok(figures)
+}
+
+/// The figures the experiment supports:
+/// - `learning_curves` and `loss_curves`: validation metric / loss against the step,
+///   mean over seeds with a min–max band, the trivial baseline dashed; a panel per value
+///   of the panel keys (e.g. task × T);
+/// - `final_vs_seq_len` and `solved_vs_seq_len`, when T is swept for every cell;
+/// - `final_vs_hidden` and `final_vs_parameters`, when the hidden size is;
+/// - `gradient_flow`: ‖∂L/∂h_t‖ against t at the first and the last recorded step;
+/// - `throughput`: training samples/s against the hidden size (or T).
+pub fn figures(results: &Results) -> Vec<Figure> {
+    if results.runs.is_empty() {
+        return Vec::new();
+    }
+    let mut figures = vec![
+        learning_curves(results, Measure::Metric),
+        learning_curves(results, Measure::Loss),
+    ];
+    if let Some(seq_len) = results.panel_key("task.seq_len") {
+        figures.push(final_vs(results, "task.seq_len", XKind::SeqLen));
+        figures.push(solved_vs(results, &seq_len.name));
+    }
+    if results
+        .panel_key("model.hidden")
+        .is_some_and(|k| k.numeric())
+    {
+        figures.push(final_vs(results, "model.hidden", XKind::Hidden));
+        figures.push(final_vs(results, "model.hidden", XKind::Parameters));
+    }
+    figures.push(gradient_flow(results));
+    if let Some(key) = ["model.hidden", "task.seq_len"]
+        .into_iter()
+        .find(|k| results.panel_key(k).is_some_and(|k| k.numeric()))
+    {
+        figures.push(throughput(results, key));
+    }
+    figures
+        .into_iter()
+        .filter(|f| {
+            f.panels.iter().any(|p| match p {
+                PanelSpec::Lines(l) => l.lines.iter().any(|l| !l.points.is_empty()),
+                PanelSpec::Heatmap(h) => !h.rows.is_empty(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Measure {
+    Metric,
+    Loss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum XKind {
+    SeqLen,
+    Hidden,
+    Parameters,
+}
+
+/// Panel keys other than `except`, and the number of columns that lays them out as a
+/// grid (the last key's values across).
+fn layout<'a>(results: &'a Results, except: &[&str]) -> (Vec<&'a crate::analysis::Key>, usize) {
+    let keys: Vec<_> = results
+        .keys_with(Role::Panel)
+        .filter(|k| !except.contains(&k.name.as_str()))
+        .collect();
+    let cols = match keys.len() {
+        0 => 1,
+        1 => keys[0].values.len().min(3),
+        _ => keys.last().map_or(1, |k| k.values.len()).min(4),
+    };
+    (keys, cols)
+}
+
+fn panel_title(results: &Results, panel: &Panel) -> String {
+    let title = panel.title();
+    if title.is_empty() {
+        results.name.clone()
+    } else {
+        title
+    }
+}
+
+/// The series of `runs`, each with its runs, in legend order.
+fn by_series<'a>(
+    results: &Results,
+    series: &[Series],
+    runs: &[&'a RunResult],
+) -> Vec<(Series, Vec<&'a RunResult>)> {
+    series
+        .iter()
+        .filter_map(|s| {
+            let mine: Vec<&RunResult> = runs
+                .iter()
+                .copied()
+                .filter(|r| results.series_label(r) == s.label)
+                .collect();
+            (!mine.is_empty()).then(|| (s.clone(), mine))
+        })
+        .collect()
+}
+
+fn legend(series: &[Series], with_baseline: bool) -> Vec<(String, Style)> {
+    let mut legend: Vec<(String, Style)> = series
+        .iter()
+        .map(|s| (s.label.clone(), style_of(s)))
+        .collect();
+    if with_baseline {
+        legend.push((
+            "trivial baseline".into(),
+            Style {
+                color: BASELINE_GREY,
+                dash: 1,
+            },
+        ));
+    }
+    legend
+}
+
+fn learning_curves(results: &Results, measure: Measure) -> Figure {
+    let series = results.series();
+    let (keys, cols) = layout(results, &[]);
+    let panels = results.panels(&keys);
+    let specs = panels
+        .iter()
+        .map(|panel| {
+            let task = panel.task();
+            let (base_loss, base_metric) = baseline(&task);
+            let lines = by_series(results, &series, &panel.runs)
+                .into_iter()
+                .map(|(s, runs)| {
+                    let mut by_step: std::collections::BTreeMap<usize, Vec<f64>> =
+                        Default::default();
+                    for run in &runs {
+                        for &(step, loss, metric) in &run.curve {
+                            let value = match measure {
+                                Measure::Metric => metric,
+                                Measure::Loss => loss,
+                            };
+                            if value.is_finite() {
+                                by_step.entry(step).or_default().push(value);
+                            }
+                        }
+                    }
+                    mean_band(style_of(&s), by_step.into_iter(), measure == Measure::Loss)
+                })
+                .collect();
+            PanelSpec::Lines(LinesPanel {
+                title: panel_title(results, panel),
+                x: Axis {
+                    label: "training step".into(),
+                    log: None,
+                    range: None,
+                },
+                y: match measure {
+                    Measure::Metric => Axis {
+                        label: format!("validation {}", task.metric_name()),
+                        log: None,
+                        range: Some((0.0, 1.0)),
+                    },
+                    Measure::Loss => Axis {
+                        label: format!("validation loss ({})", loss_name(&task)),
+                        log: Some(10.0),
+                        range: None,
+                    },
+                },
+                lines,
+                baseline: Some(match measure {
+                    Measure::Metric => base_metric,
+                    Measure::Loss => base_loss,
+                }),
+            })
+        })
+        .collect();
+    let (stem, what) = match measure {
+        Measure::Metric => ("learning_curves", "task metric"),
+        Measure::Loss => ("loss_curves", "loss"),
+    };
+    Figure {
+        stem: stem.into(),
+        title: format!(
+            "{}: validation {what} during training (mean over seeds, band: min to max)",
+            results.name
+        ),
+        caption: format!(
+            "Validation {what} against the training step, one line per cell (mean over \
+             seeds, shaded from the worst to the best seed); dashed grey: the trivial \
+             predictor."
+        ),
+        legend: legend(&series, true),
+        cols,
+        panels: specs,
+    }
+}
+
+/// Mean line and min–max band over the values at each x.
+fn mean_band(
+    style: Style,
+    values: impl Iterator<Item = (usize, Vec<f64>)>,
+    geometric: bool,
+) -> LineSpec {
+    let mut points = Vec::new();
+    let mut band = Vec::new();
+    for (x, vs) in values {
+        let mean = if geometric {
+            (vs.iter()
+                .map(|v| v.max(f64::MIN_POSITIVE).ln())
+                .sum::<f64>()
+                / vs.len() as f64)
+                .exp()
+        } else {
+            vs.iter().sum::<f64>() / vs.len() as f64
+        };
+        let lo = vs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        points.push((x as f64, mean));
+        band.push((x as f64, lo, hi));
+    }
+    LineSpec {
+        style,
+        points,
+        band,
+        dots: Vec::new(),
+        markers: false,
+    }
+}
+
+fn loss_name(task: &rnnlab_tasks::Task) -> &'static str {
+    match task.loss() {
+        rnnlab_tasks::Loss::Mse => "MSE",
+        rnnlab_tasks::Loss::CrossEntropy => "cross-entropy, nats",
+        rnnlab_tasks::Loss::BinaryCrossEntropy => "binary cross-entropy, nats",
+    }
+}
+
+fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
+    let series = results.series();
+    let (keys, cols) = layout(results, &[key]);
+    let panels = results.panels(&keys);
+    let specs = panels
+        .iter()
+        .map(|panel| {
+            let task = panel.task();
+            let lines = by_series(results, &series, &panel.runs)
+                .into_iter()
+                .map(|(s, runs)| {
+                    let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+                    let mut dots = Vec::new();
+                    for run in runs {
+                        let x = match x_kind {
+                            XKind::Parameters => run.summary.parameters as f64,
+                            _ => run.values[key].parse::<f64>().unwrap_or(f64::NAN),
+                        };
+                        let y = run.summary.final_metric;
+                        if x.is_finite() && y.is_finite() {
+                            by_x.entry(x.to_bits()).or_default().push(y);
+                            dots.push((x, y));
+                        }
+                    }
+                    let mut xs: Vec<(f64, Vec<f64>)> = by_x
+                        .into_iter()
+                        .map(|(bits, ys)| (f64::from_bits(bits), ys))
+                        .collect();
+                    xs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    LineSpec {
+                        style: style_of(&s),
+                        points: xs
+                            .iter()
+                            .map(|(x, ys)| (*x, ys.iter().sum::<f64>() / ys.len() as f64))
+                            .collect(),
+                        band: Vec::new(),
+                        dots,
+                        markers: true,
+                    }
+                })
+                .collect();
+            PanelSpec::Lines(LinesPanel {
+                title: panel_title(results, panel),
+                x: match x_kind {
+                    XKind::SeqLen => Axis {
+                        label: "sequence length T (steps)".into(),
+                        log: None,
+                        range: None,
+                    },
+                    XKind::Hidden => Axis {
+                        label: "hidden units".into(),
+                        log: Some(2.0),
+                        range: None,
+                    },
+                    XKind::Parameters => Axis {
+                        label: "trainable parameters".into(),
+                        log: Some(10.0),
+                        range: None,
+                    },
+                },
+                y: Axis {
+                    label: format!("final validation {}", task.metric_name()),
+                    log: None,
+                    range: Some((0.0, 1.0)),
+                },
+                lines,
+                baseline: Some(baseline(&task).1),
+            })
+        })
+        .collect();
+    let (stem, what) = match x_kind {
+        XKind::SeqLen => ("final_vs_seq_len", "sequence length"),
+        XKind::Hidden => ("final_vs_hidden", "hidden units"),
+        XKind::Parameters => ("final_vs_parameters", "parameter count"),
+    };
+    Figure {
+        stem: stem.into(),
+        title: format!(
+            "{}: final validation metric against {what} (line: mean; dots: seeds)",
+            results.name
+        ),
+        caption: format!(
+            "Final validation metric against {what}: the line joins the means over seeds, \
+             each dot is one seed; dashed grey: the trivial predictor."
+        ),
+        legend: legend(&series, true),
+        cols,
+        panels: specs,
+    }
+}
+
+fn solved_vs(results: &Results, key: &str) -> Figure {
+    let series = results.series();
+    let (keys, cols) = layout(results, &[key]);
+    let x_values = results
+        .panel_key(key)
+        .map(|k| k.values.clone())
+        .unwrap_or_default();
+    let panels = results.panels(&keys);
+    let specs = panels
+        .iter()
+        .map(|panel| {
+            let grouped = by_series(results, &series, &panel.runs);
+            let cells = grouped
+                .iter()
+                .map(|(_, runs)| {
+                    x_values
+                        .iter()
+                        .map(|x| {
+                            let at: Vec<_> = runs.iter().filter(|r| r.values[key] == *x).collect();
+                            if at.is_empty() {
+                                return None;
+                            }
+                            let solved = at
+                                .iter()
+                                .filter(|r| r.summary.steps_to_solve.is_some())
+                                .count();
+                            Some((
+                                solved as f64 / at.len() as f64,
+                                format!("{solved}/{}", at.len()),
+                            ))
+                        })
+                        .collect()
+                })
+                .collect();
+            PanelSpec::Heatmap(HeatmapPanel {
+                title: panel_title(results, panel),
+                rows: grouped.iter().map(|(s, _)| s.label.clone()).collect(),
+                cols: x_values.clone(),
+                col_label: "sequence length T".into(),
+                cells,
+            })
+        })
+        .collect();
+    Figure {
+        stem: "solved_vs_seq_len".into(),
+        title: format!(
+            "{}: seeds that solved the task (darker: more)",
+            results.name
+        ),
+        caption: "How many seeds met the task's solved criterion (adding: MSE < 0.01; copy \
+                  and temporal order: accuracy > 0.99) at some evaluation, per cell and \
+                  sequence length."
+            .into(),
+        legend: Vec::new(),
+        cols: cols.min(2),
+        panels: specs,
+    }
+}
+
+fn gradient_flow(results: &Results) -> Figure {
+    let series = results.series();
+    let (keys, _) = layout(results, &[]);
+    let panels = results.panels(&keys);
+    let mut specs = Vec::new();
+    for panel in &panels {
+        let grouped = by_series(results, &series, &panel.runs);
+        for (when, pick_last) in [("first step", false), ("end of training", true)] {
+            let lines = grouped
+                .iter()
+                .map(|(s, runs)| {
+                    // Geometric mean over seeds at each t: the norms span decades.
+                    let mut by_t: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+                    for run in runs {
+                        let row = if pick_last {
+                            run.gradflow.last()
+                        } else {
+                            run.gradflow.first()
+                        };
+                        if let Some((_, norms)) = row {
+                            for (t, &n) in norms.iter().enumerate() {
+                                if n.is_finite() && n > 0.0 {
+                                    by_t.entry(t).or_default().push(n);
+                                }
+                            }
+                        }
+                    }
+                    let mut line = mean_band(style_of(s), by_t.into_iter(), true);
+                    line.band.clear();
+                    line
+                })
+                .collect();
+            specs.push(PanelSpec::Lines(LinesPanel {
+                title: format!("{} - {when}", panel_title(results, panel)),
+                x: Axis {
+                    label: "time step t".into(),
+                    log: None,
+                    range: None,
+                },
+                y: Axis {
+                    label: "mean ‖∂L/∂h_t‖".into(),
+                    log: Some(10.0),
+                    range: None,
+                },
+                lines,
+                baseline: None,
+            }));
+        }
+    }
+    Figure {
+        stem: "gradient_flow".into(),
+        title: format!(
+            "{}: gradient reaching each time step, first layer (geometric mean over seeds)",
+            results.name
+        ),
+        caption: "‖∂L/∂h_t‖ (the total derivative of the loss with respect to the first \
+                  layer's hidden state at step t, through the recurrence, averaged over the \
+                  batch) against t, at the first training step and at the end of training; \
+                  log scale. A line falling towards small t is a vanishing gradient."
+            .into(),
+        legend: legend(&series, false),
+        cols: 2,
+        panels: specs,
+    }
+}
+
+fn throughput(results: &Results, key: &str) -> Figure {
+    let series = results.series();
+    let (keys, cols) = layout(
+        results,
+        &[key, "train.lr", "model.forget_bias", "train.clip"],
+    );
+    let panels = results.panels(&keys);
+    let hidden = key == "model.hidden";
+    let specs = panels
+        .iter()
+        .map(|panel| {
+            let lines = by_series(results, &series, &panel.runs)
+                .into_iter()
+                .map(|(s, runs)| {
+                    let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+                    let mut dots = Vec::new();
+                    for run in runs {
+                        let x: f64 = run.values[key].parse().unwrap_or(f64::NAN);
+                        let y = run.summary.samples_per_s;
+                        if x.is_finite() && y > 0.0 {
+                            by_x.entry(x.to_bits()).or_default().push(y);
+                            dots.push((x, y));
+                        }
+                    }
+                    let mut line = mean_band(
+                        style_of(&s),
+                        by_x.into_iter()
+                            .map(|(bits, ys)| (f64::from_bits(bits) as usize, ys)),
+                        true,
+                    );
+                    line.band.clear();
+                    line.dots = dots;
+                    line.markers = true;
+                    line
+                })
+                .collect();
+            PanelSpec::Lines(LinesPanel {
+                title: panel_title(results, panel),
+                x: Axis {
+                    label: if hidden {
+                        "hidden units".into()
+                    } else {
+                        "sequence length T (steps)".into()
+                    },
+                    log: hidden.then_some(2.0),
+                    range: None,
+                },
+                y: Axis {
+                    label: "training throughput (sequences/s)".into(),
+                    log: Some(10.0),
+                    range: None,
+                },
+                lines,
+                baseline: None,
+            })
+        })
+        .collect();
+    let threads = results
+        .manifest
+        .get("threads_per_run")
+        .and_then(serde_yaml::Value::as_u64)
+        .map_or_else(String::new, |t| {
+            format!(", {t} thread{} per run", if t == 1 { "" } else { "s" })
+        });
+    Figure {
+        stem: "throughput".into(),
+        title: format!(
+            "{}: training throughput (forward, backward and update{threads})",
+            results.name
+        ),
+        caption: format!(
+            "Training sequences per second (whole steps: forward, backward, optimiser) \
+             against {}, one dot per run; log scale.",
+            if hidden {
+                "the hidden size"
+            } else {
+                "the sequence length"
+            }
+        ),
+        legend: legend(&series, false),
+        cols,
+        panels: specs,
+    }
+}
+
+/// Draws `figure` as `<stem>.png` and `<stem>.svg` in `folder`, each written whole.
+fn render(figure: &Figure, folder: &Path) -> anyhow::Result<()> {
+    register_font();
+    let rows = figure.panels.len().div_ceil(figure.cols.max(1)) as u32;
+    let header = header_height(figure);
+    let size = (WIDTH, header + rows * PANEL_HEIGHT);
+
+    let mut pixels = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        draw(&root, figure)?;
+        root.present().map_err(drawing)?;
+    }
+    let image = image::RgbImage::from_raw(size.0, size.1, pixels).context("an RGB buffer")?;
+    write_atomic(&folder.join(format!("{}.png", figure.stem)), |temp| {
+        image
+            .save_with_format(temp, image::ImageFormat::Png)
+            .with_context(|| format!("writing {}", temp.display()))
+    })?;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root, figure)?;
+        root.present().map_err(drawing)?;
+    }
+    write_text(&folder.join(format!("{}.svg", figure.stem)), &svg)
+}
+
+fn drawing(err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing failed: {err}")
+}
+
+fn register_font() {
+    static FONT_ONCE: Once = Once::new();
+    FONT_ONCE.call_once(|| {
+        // The bundled font is valid TrueType; a failure here is a build defect.
+        let registered = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../assets/DejaVuSans.ttf"),
+        );
+        assert!(
+            registered.is_ok(),
+            "the bundled DejaVu Sans is not a valid font"
+        );
+    });
+}
+
+const TITLE_SIZE: f64 = 34.0;
+const LEGEND_SIZE: f64 = 24.0;
+const LEGEND_ROW: u32 = 36;
+
+/// Legend items laid out in rows across the figure: (row, x) of each.
+fn legend_layout(figure: &Figure) -> Vec<(u32, i32)> {
+    let mut placed = Vec::new();
+    let (mut row, mut x) = (0u32, 30i32);
+    for (label, _) in &figure.legend {
+        let width = 60 + text_width(label, LEGEND_SIZE) + 36;
+        if x + width > WIDTH as i32 - 20 && x > 30 {
+            row += 1;
+            x = 30;
+        }
+        placed.push((row, x));
+        x += width;
+    }
+    placed
+}
+
+fn header_height(figure: &Figure) -> u32 {
+    let rows = legend_layout(figure).last().map_or(0, |&(row, _)| row + 1);
+    70 + rows * LEGEND_ROW + 10
+}
+
+/// Text width in pixels, from the font's advances (what plotters uses to lay out).
+fn text_width(text: &str, size: f64) -> i32 {
+    register_font();
+    let font = (FONT, size).into_font();
+    font.box_size(text)
+        .map_or(text.len() as i32 * 12, |(w, _)| w as i32)
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> anyhow::Result<()> {
+    root.fill(&WHITE).map_err(drawing)?;
+    let header = header_height(figure);
+    let (top, body) = root.split_vertically(header);
+    top.draw(&Text::new(
+        figure.title.clone(),
+        (30, 18),
+        (FONT, TITLE_SIZE).into_font().color(&BLACK),
+    ))
+    .map_err(drawing)?;
+    for ((label, style), (row, x)) in figure.legend.iter().zip(legend_layout(figure)) {
+        let y = 70 + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
+        draw_segment(&top, (x, y), (x + 48, y), *style)?;
+        top.draw(&Text::new(
+            label.clone(),
+            (x + 60, y),
+            (FONT, LEGEND_SIZE)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(drawing)?;
+    }
+    let rows = figure.panels.len().div_ceil(figure.cols.max(1));
+    let areas = body.split_evenly((rows, figure.cols.max(1)));
+    for (area, panel) in areas.iter().zip(&figure.panels) {
+        match panel {
+            PanelSpec::Lines(lines) => draw_lines(area, lines)?,
+            PanelSpec::Heatmap(heatmap) => draw_heatmap(area, heatmap)?,
+        }
+    }
+    Ok(())
+}
+
+/// A straight legend swatch in pixel coordinates, dashed as the style says.
+fn draw_segment<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    from: (i32, i32),
+    to: (i32, i32),
+    style: Style,
+) -> anyhow::Result<()> {
+    let stroke = style.color.stroke_width(4);
+    let (on, off) = dash_pattern(style.dash);
+    let mut x = from.0;
+    while x < to.0 {
+        let end = (x + on).min(to.0);
+        area.draw(&PathElement::new(vec![(x, from.1), (end, to.1)], stroke))
+            .map_err(drawing)?;
+        x = end + off;
+    }
+    Ok(())
+}
+
+/// (dash, gap) in pixels for a dash index; solid is one long dash.
+fn dash_pattern(dash: usize) -> (i32, i32) {
+    match dash {
+        0 => (10_000, 0),
+        1 => (14, 8),
+        _ => (4, 6),
+    }
+}
+
+/// Maps data values onto a (possibly logarithmic) axis; non-positive values on a log
+/// axis have no place and are dropped.
+fn to_axis(axis: &Axis, v: f64) -> Option<f64> {
+    match axis.log {
+        Some(base) if v > 0.0 && v.is_finite() => Some(v.log(base)),
+        Some(_) => None,
+        None => v.is_finite().then_some(v),
+    }
+}
+
+/// A log axis stays logarithmic only when its data span at least a factor of its base;
+/// over less, a linear axis reads better (no 31623 ticks).
+fn fit_scale(axis: &Axis, values: impl Iterator<Item = f64>) -> Axis {
+    let Some(base) = axis.log else {
+        return axis.clone();
+    };
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo.is_finite() && hi / lo < base * (1.0 - 1e-9) {
+        Axis {
+            log: None,
+            ..axis.clone()
+        }
+    } else {
+        axis.clone()
+    }
+}
+
+/// The axis range: fixed, or the data's with 5 % padding (a decade at least on a log axis
+/// when the data are flat).
+fn axis_range(axis: &Axis, values: impl Iterator<Item = f64>) -> (f64, f64) {
+    if let Some((lo, hi)) = axis.range {
+        let pad = (hi - lo) * 0.03;
+        return (lo - pad, hi + pad);
+    }
+    let (lo, hi) = values
+        .filter_map(|v| to_axis(axis, v))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let span = hi - lo;
+    if span < 1e-9 {
+        let half = if axis.log.is_some() {
+            0.5
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
+        return (lo - half, hi + half);
+    }
+    (lo - span * 0.05, hi + span * 0.05)
+}
+
+/// A tick label: the value itself, back from log space if needed, in few digits. A log
+/// axis that spans two whole powers of its base labels only those (4, 8, 16 rather than
+/// 4, 4.59, 5.28).
+fn tick_label(axis: &Axis, (lo, hi): (f64, f64), v: f64) -> String {
+    match axis.log {
+        Some(base) => {
+            let whole_powers = hi.floor() - lo.ceil() >= 1.0;
+            if whole_powers && (v - v.round()).abs() > 1e-9 {
+                String::new()
+            } else {
+                pretty(base.powf(v))
+            }
+        }
+        None => pretty(v),
+    }
+}
+
+/// A number in at most three significant digits, without trailing zeros.
+pub fn pretty(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
+    let magnitude = value.abs();
+    if !(1e-3..1e5).contains(&magnitude) {
+        let text = format!("{value:.1e}");
+        return text.replace(".0e", "e");
+    }
+    let decimals = (2 - magnitude.log10().floor() as i32).max(0) as usize;
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &LinesPanel,
+) -> anyhow::Result<()> {
+    let xs = panel.lines.iter().flat_map(|l| {
+        l.points
+            .iter()
+            .map(|p| p.0)
+            .chain(l.dots.iter().map(|p| p.0))
+    });
+    let ys = panel.lines.iter().flat_map(|l| {
+        l.points
+            .iter()
+            .map(|p| p.1)
+            .chain(l.dots.iter().map(|p| p.1))
+            .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
+    });
+    let x_axis = fit_scale(&panel.x, xs.clone());
+    let y_axis = fit_scale(&panel.y, ys.clone().chain(panel.baseline));
+    let panel = &LinesPanel {
+        x: x_axis,
+        y: y_axis,
+        ..panel.clone()
+    };
+    let (x0, x1) = axis_range(&panel.x, xs);
+    let (y0, y1) = axis_range(&panel.y, ys.chain(panel.baseline));
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 26))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(64)
+        .y_label_area_size(96)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(drawing)?;
+    let x_format = |v: &f64| tick_label(&panel.x, (x0, x1), *v);
+    let y_format = |v: &f64| tick_label(&panel.y, (y0, y1), *v);
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x.label)
+        .y_desc(&panel.y.label)
+        .x_labels(8)
+        .y_labels(8)
+        .x_label_formatter(&x_format)
+        .y_label_formatter(&y_format)
+        .label_style((FONT, 19))
+        .axis_desc_style((FONT, 22))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(drawing)?;
+
+    if let Some(base) = panel.baseline.and_then(|b| to_axis(&panel.y, b)) {
+        let style = BASELINE_GREY.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x0, base), (x1, base)],
+                14,
+                8,
+                style,
+            ))
+            .map_err(drawing)?;
+    }
+    for line in &panel.lines {
+        let band: Vec<(f64, f64, f64)> = line
+            .band
+            .iter()
+            .filter_map(|&(x, lo, hi)| {
+                Some((
+                    to_axis(&panel.x, x)?,
+                    to_axis(&panel.y, lo)?,
+                    to_axis(&panel.y, hi)?,
+                ))
+            })
+            .collect();
+        if band.len() > 1 {
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|b| (b.0, b.1))
+                .chain(band.iter().rev().map(|b| (b.0, b.2)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    line.style.color.mix(0.16).filled(),
+                )))
+                .map_err(drawing)?;
+        }
+    }
+    for line in &panel.lines {
+        let points: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+            .collect();
+        let stroke = line.style.color.stroke_width(3);
+        let (on, off) = dash_pattern(line.style.dash);
+        if line.style.dash == 0 {
+            chart
+                .draw_series(LineSeries::new(points.clone(), stroke))
+                .map_err(drawing)?;
+        } else {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    points.clone(),
+                    on as u32,
+                    off as u32,
+                    stroke,
+                ))
+                .map_err(drawing)?;
+        }
+        if line.markers {
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Circle::new(p, 7, line.style.color.filled())),
+                )
+                .map_err(drawing)?;
+        }
+        let dots: Vec<(f64, f64)> = line
+            .dots
+            .iter()
+            .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+            .collect();
+        chart
+            .draw_series(
+                dots.into_iter()
+                    .map(|p| Circle::new(p, 4, line.style.color.mix(0.55).stroke_width(2))),
+            )
+            .map_err(drawing)?;
+    }
+    Ok(())
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &HeatmapPanel,
+) -> anyhow::Result<()> {
+    let (ncols, nrows) = (panel.cols.len(), panel.rows.len());
+    let longest = panel
+        .rows
+        .iter()
+        .map(|r| text_width(r, 20.0))
+        .max()
+        .unwrap_or(0);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 26))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(64)
+        .y_label_area_size((longest + 24).min(360) as u32)
+        .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
+        .map_err(drawing)?;
+    let col_name = |v: &f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 1e-6 {
+            panel.cols.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    // Rows are drawn top to bottom: row 0 at the top.
+    let row_name = |v: &f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 1e-6 && i < nrows {
+            panel.rows[nrows - 1 - i].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(&panel.col_label)
+        .x_labels(ncols * 2 + 1)
+        .y_labels(nrows * 2 + 1)
+        .x_label_formatter(&col_name)
+        .y_label_formatter(&row_name)
+        .label_style((FONT, 20))
+        .axis_desc_style((FONT, 22))
+        .draw()
+        .map_err(drawing)?;
+    for (r, row) in panel.cells.iter().enumerate() {
+        let y = (nrows - 1 - r) as f64;
+        for (c, cell) in row.iter().enumerate() {
+            let Some((value, text)) = cell else { continue };
+            let x = c as f64;
+            // From pale to the palette's green as the fraction grows.
+            let shade = |lo: f64, hi: f64| (lo + (hi - lo) * value.clamp(0.0, 1.0)) as u8;
+            let fill = RGBColor(shade(245.0, 0.0), shade(245.0, 120.0), shade(245.0, 90.0));
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.02, y + 0.04), (x + 0.98, y + 0.96)],
+                    fill.filled(),
+                )))
+                .map_err(drawing)?;
+            let ink = if *value > 0.5 { WHITE } else { BLACK };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text.clone(),
+                    (x + 0.5, y + 0.5),
+                    (FONT, 26)
+                        .into_font()
+                        .color(&ink)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
+                )))
+                .map_err(drawing)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_in_three_significant_digits() {
+        assert_eq!(pretty(0.0), "0");
+        assert_eq!(pretty(1000.0), "1000");
+        assert_eq!(pretty(0.125), "0.125");
+        assert_eq!(pretty(0.1), "0.1");
+        assert_eq!(pretty(3.16227), "3.16");
+        assert_eq!(pretty(31622.7), "31623");
+        assert_eq!(pretty(1e-5), "1e-5");
+        assert_eq!(pretty(2.5e6), "2.5e6");
+    }
+
+    #[test]
+    fn log_axes_drop_what_has_no_logarithm() {
+        let axis = Axis {
+            label: String::new(),
+            log: Some(10.0),
+            range: None,
+        };
+        assert_eq!(to_axis(&axis, 100.0), Some(2.0));
+        assert_eq!(to_axis(&axis, 0.0), None);
+        assert_eq!(to_axis(&axis, f64::NAN), None);
+        // 10^-2 .. 10^0 padded by 5 % of the two decades.
+        let (lo, hi) = axis_range(&axis, [0.01, 1.0, 0.0].into_iter());
+        assert!((lo + 2.1).abs() < 1e-12 && (hi - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_known_cell_has_its_own_colour() {
+        let cells = crate::analysis::CELL_ORDER;
+        let colours: std::collections::BTreeSet<(u8, u8, u8)> = cells
+            .iter()
+            .map(|c| {
+                let RGBColor(r, g, b) = cell_color(c);
+                (r, g, b)
+            })
+            .collect();
+        assert_eq!(colours.len(), cells.len());
+    }
+}

@@ -1,0 +1,306 @@
+//! `rnnlab plot` and `rnnlab report` on tiny experiments: every figure kind is drawn
+//! (the PNG decodes, the SVG parses, the sizes are right), figures without data are
+//! skipped, and the report's findings follow the data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rnnlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// Two cells × two lengths × two sizes × two seeds, a few steps each.
+const GRID: &str = "name: grid
+description: Which cell learns the tiny adding task, by length and size?
+seeds: [0, 1]
+base:
+  task: { kind: adding, seq_len: 6 }
+  model: { cell: lstm, hidden: 4 }
+  train: { steps: 12, batch_size: 8, eval_every: 4, eval_samples: 64, lr: 1.0e-2 }
+sweep:
+  model.cell: [lstm, gru]
+  task.seq_len: [6, 9]
+  model.hidden: [4, 8]
+";
+
+/// One cell, nothing swept: only the learning curves and the gradient flow apply.
+const SINGLE: &str = "name: single
+description: One LSTM, two seeds.
+seeds: [0, 1]
+base:
+  task: { kind: copy, seq_len: 5 }
+  model: { cell: lstm, hidden: 4 }
+  train: { steps: 6, batch_size: 8, eval_every: 3, eval_samples: 32 }
+";
+
+fn setup(name: &str, experiment: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rnnlab-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, experiment).unwrap();
+    (file, dir.join("results"))
+}
+
+fn figure_stems(plots: &Path) -> Vec<String> {
+    let mut stems: Vec<String> = std::fs::read_dir(plots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    stems.sort();
+    stems
+}
+
+/// The PNG decodes to 1800 px wide with real content; the SVG parses, has the same
+/// size and carries the texts.
+fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
+    let png = image::open(plots.join(format!("{stem}.png")))
+        .unwrap_or_else(|e| panic!("{stem}.png does not decode: {e}"))
+        .to_rgb8();
+    assert_eq!(png.width(), 1800, "{stem}.png");
+    assert!(png.height() >= 500 && png.height() <= 8000, "{stem}.png");
+    let inked = png.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    let share = inked as f64 / (png.width() * png.height()) as f64;
+    assert!(
+        (0.01..0.6).contains(&share),
+        "{stem}.png: {share:.3} of the pixels are not white"
+    );
+    // Text renders (anti-aliased glyphs give many grey levels) in the bundled font.
+    let greys = png
+        .pixels()
+        .filter(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2] && p.0[0] > 0 && p.0[0] < 255)
+        .count();
+    assert!(greys > 1000, "{stem}.png: no anti-aliased text ({greys})");
+
+    let svg = std::fs::read_to_string(plots.join(format!("{stem}.svg"))).unwrap();
+    let doc = roxmltree::Document::parse(&svg)
+        .unwrap_or_else(|e| panic!("{stem}.svg does not parse: {e}"));
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(root.attribute("width"), Some("1800"));
+    assert_eq!(
+        root.attribute("height").map(|h| h.parse::<u32>().unwrap()),
+        Some(png.height())
+    );
+    let all_text: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .collect();
+    for text in texts {
+        assert!(
+            all_text.iter().any(|t| t.contains(text)),
+            "{stem}.svg lacks {text:?}"
+        );
+    }
+}
+
+#[test]
+fn every_figure_kind_is_drawn_and_the_report_links_them() {
+    let (file, results) = setup("grid", GRID);
+    let out = results.to_str().unwrap();
+    // --no-report leaves the figures and the report out ...
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out,
+        "--no-report",
+        "--jobs",
+        "2",
+    ]));
+    let dir = results.join("grid");
+    assert!(!dir.join("REPORT.md").exists());
+    assert!(!dir.join("plots").exists());
+    // ... and `rnnlab plot` draws them.
+    let printed = ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    let plots = dir.join("plots");
+    let stems = figure_stems(&plots);
+    assert_eq!(
+        stems,
+        [
+            "final_vs_hidden",
+            "final_vs_parameters",
+            "final_vs_seq_len",
+            "gradient_flow",
+            "learning_curves",
+            "loss_curves",
+            "solved_vs_seq_len",
+            "throughput",
+        ]
+    );
+    assert_eq!(printed.lines().count(), stems.len());
+    check_figure(
+        &plots,
+        "learning_curves",
+        &[
+            "lstm",
+            "gru",
+            "T=6, hidden=8",
+            "trivial baseline",
+            "training step",
+        ],
+    );
+    check_figure(&plots, "loss_curves", &["validation loss (MSE)"]);
+    check_figure(
+        &plots,
+        "final_vs_seq_len",
+        &["hidden=4", "sequence length T (steps)"],
+    );
+    check_figure(&plots, "solved_vs_seq_len", &["/2", "sequence length T"]);
+    check_figure(&plots, "final_vs_hidden", &["T=9", "hidden units"]);
+    check_figure(&plots, "final_vs_parameters", &["trainable parameters"]);
+    check_figure(
+        &plots,
+        "gradient_flow",
+        &["first step", "end of training", "time step t"],
+    );
+    check_figure(&plots, "throughput", &["sequences/s"]);
+
+    ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+    let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    assert!(report.starts_with("# grid\n\n> Which cell learns the tiny adding task"));
+    for stem in &stems {
+        assert!(
+            report.contains(&format!("![{stem}](plots/{stem}.png)")),
+            "{stem}"
+        );
+    }
+    // One summary row per (T, hidden, cell): 8 rows.
+    let rows = report
+        .lines()
+        .filter(|l| l.starts_with("| 6 |") || l.starts_with("| 9 |"))
+        .count();
+    assert_eq!(rows, 8, "{report}");
+    assert!(report.contains("16 of 16 runs complete"));
+}
+
+#[test]
+fn figures_without_data_are_skipped() {
+    let (file, results) = setup("single", SINGLE);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+    ]));
+    let dir = results.join("single");
+    assert_eq!(
+        figure_stems(&dir.join("plots")),
+        ["gradient_flow", "learning_curves", "loss_curves"]
+    );
+    check_figure(
+        &dir.join("plots"),
+        "learning_curves",
+        &["recall_accuracy", "single"],
+    );
+    let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    assert!(report.contains("- **All runs**: loss "), "{report}");
+}
+
+#[test]
+fn plotting_a_folder_that_is_no_experiment_is_a_usage_error() {
+    let (_, results) = setup("nothing", SINGLE);
+    std::fs::create_dir_all(&results).unwrap();
+    for command in ["plot", "report"] {
+        let output = rnnlab(&[command, results.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("not an experiment's results folder")
+        );
+    }
+}
+
+/// Sets the final validation loss of every run of `cell` at `seq_len` to `loss` times a
+/// small per-seed factor (so the seeds spread a little).
+fn set_losses(dir: &Path, cell: &str, seq_len: u64, loss: f64) {
+    for entry in std::fs::read_dir(dir.join("runs")).unwrap() {
+        let run = entry.unwrap().path();
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(run.join("config.yaml")).unwrap())
+                .unwrap();
+        let model_cell = config["run"]["model"]["cell"].as_str().unwrap();
+        let length = config["run"]["task"]["seq_len"].as_u64().unwrap();
+        if model_cell != cell || length != seq_len {
+            continue;
+        }
+        let seed = config["seed"].as_u64().unwrap() as f64;
+        let path = run.join("summary.yaml");
+        let mut summary: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        summary["final_loss"] = (loss * (1.0 + 0.1 * seed)).into();
+        std::fs::write(&path, serde_yaml::to_string(&summary).unwrap()).unwrap();
+    }
+}
+
+fn finding(report: &str, setting: &str) -> String {
+    report
+        .lines()
+        .find(|l| l.starts_with(&format!("- **{setting}**")))
+        .unwrap_or_else(|| panic!("no finding for {setting} in\n{report}"))
+        .to_owned()
+}
+
+#[test]
+fn the_findings_follow_the_data() {
+    let grid = GRID.replace("  model.hidden: [4, 8]\n", "");
+    let (file, results) = setup("findings", &grid);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let dir = results.join("grid");
+    let report = |dir: &Path| {
+        ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+        std::fs::read_to_string(dir.join("REPORT.md")).unwrap()
+    };
+
+    // LSTM 100× lower loss at T=6 and T=9.
+    for t in [6, 9] {
+        set_losses(&dir, "lstm", t, 0.001);
+        set_losses(&dir, "gru", t, 0.1);
+    }
+    let first = report(&dir);
+    let line = finding(&first, "T=6");
+    assert!(line.contains("lowest loss: **lstm**"), "{line}");
+    assert!(line.contains("100× its loss"), "{line}");
+    assert!(line.contains("a clear difference (p = "), "{line}");
+    assert!(
+        first.contains("- lstm has the lowest loss in 2 of 2 settings (2 of them clearly ahead"),
+        "{first}"
+    );
+    assert!(
+        first.contains("- lstm vs gru: lstm clearly lower in 2, gru clearly lower in 0"),
+        "{first}"
+    );
+
+    // Now GRU is ahead at T=9, and at T=6 the two are within each other's seed spread.
+    set_losses(&dir, "gru", 9, 0.0001);
+    set_losses(&dir, "lstm", 6, 0.1);
+    set_losses(&dir, "gru", 6, 0.1);
+    let second = report(&dir);
+    let line = finding(&second, "T=9");
+    assert!(line.contains("lowest loss: **gru**"), "{line}");
+    assert!(line.contains("10× its loss"), "{line}");
+    let line = finding(&second, "T=6");
+    assert!(line.contains("within the seed spread (p = 1)"), "{line}");
+    assert!(second.contains("- lstm vs gru: lstm clearly lower in 0, gru clearly lower in 1, no clear difference in 1 of 2"), "{second}");
+    assert_ne!(first, second);
+}
