@@ -390,15 +390,15 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
                 describe(runner_up, base_loss),
                 verdict(clear, p)
             );
-            let tied: Vec<&str> = ranked[1..]
+            let tied: Vec<&str> = ranked[2..]
                 .iter()
                 .filter(|o| !compare(best, o).0)
                 .map(|o| o.series.label.as_str())
                 .collect();
             if clear_over_all {
                 line.push_str(" It is clearly ahead of every other series.");
-            } else if tied.len() > 1 {
-                let _ = write!(line, " Not clearly behind it: {}.", tied.join(", "));
+            } else if !tied.is_empty() {
+                let _ = write!(line, " Also within its seed spread: {}.", tied.join(", "));
             }
             let at_baseline: Vec<&str> = ranked
                 .iter()

@@ -1,0 +1,145 @@
+//! The experiment files shipped in `experiments/`: each validates, has the grid its
+//! header documents, and runs end to end (training, tables, figures, report) with its
+//! step budget cut to a couple of steps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rnnlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn experiments() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
+}
+
+/// Every shipped file and the size of its grid.
+const GRIDS: [(&str, usize); 8] = [
+    ("quick", 16),
+    ("lstm-vs-gru", 48),
+    ("faq-lstm-vs-gru", 108),
+    ("faq-peephole", 72),
+    ("faq-units", 48),
+    ("faq-long-sequences", 72),
+    ("article-keras-lstm", 6),
+    ("article-keras-gru", 6),
+];
+
+#[test]
+fn every_shipped_experiment_validates_with_its_documented_grid() {
+    let mut shipped: Vec<String> = std::fs::read_dir(experiments())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    let mut listed: Vec<String> = GRIDS.iter().map(|(n, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(shipped, listed, "a shipped experiment without a test");
+    for (name, runs) in GRIDS {
+        let file = experiments().join(format!("{name}.yaml"));
+        let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
+        assert!(plan.contains(&format!("\n{runs} runs\n")), "{name}: {plan}");
+    }
+}
+
+#[test]
+fn the_article_models_are_the_keras_ones() {
+    // LSTM(128, return_sequences) -> LSTM(64) -> Dense(1) on 6 input channels (the
+    // temporal-order symbols): PyTorch-style parameters
+    // (two bias vectors per layer) for 4·128·(6 + 128 + 2) + 4·64·(128 + 64 + 2) + 65.
+    let file = experiments().join("article-keras-lstm.yaml");
+    let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
+    let expected = 4 * 128 * (6 + 128 + 2) + 4 * 64 * (128 + 64 + 2) + 65;
+    assert!(plan.contains(&format!(" {expected} ")), "{plan}");
+    assert!(plan.contains("  1000  "), "10 epochs of 3200 / 32: {plan}");
+    let file = experiments().join("article-keras-gru.yaml");
+    let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
+    let expected = 3 * 128 * (6 + 128 + 2) + 3 * 64 * (128 + 64 + 2) + 65;
+    assert!(plan.contains(&format!(" {expected} ")), "{plan}");
+}
+
+#[test]
+fn the_faq_experiments_run_end_to_end_with_a_tiny_budget() {
+    let out = std::env::temp_dir().join(format!("rnnlab-experiments-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    for (name, runs) in GRIDS
+        .iter()
+        .filter(|(n, _)| n.starts_with("faq") || n.starts_with("article"))
+    {
+        let file = experiments().join(format!("{name}.yaml"));
+        let budget: &[&str] = if name.starts_with("article") {
+            &[
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.samples=64",
+                "--set",
+                "train.eval_samples=16",
+            ]
+        } else {
+            &[
+                "--set",
+                "train.steps=2",
+                "--set",
+                "train.eval_every=2",
+                "--set",
+                "train.eval_samples=16",
+            ]
+        };
+        let mut args = vec![
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ];
+        args.extend_from_slice(budget);
+        let printed = ok(&rnnlab(&args));
+        assert!(
+            printed.contains(&format!("{runs} runs trained")),
+            "{printed}"
+        );
+        let dir = out.join(name);
+        let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+        assert!(report.contains("## Findings"), "{name}");
+        let seq_len_swept = *name != "faq-units";
+        for figure in [
+            "learning_curves",
+            "loss_curves",
+            "gradient_flow",
+            "final_vs_seq_len",
+        ]
+        .into_iter()
+        .filter(|f| seq_len_swept || *f != "final_vs_seq_len")
+        {
+            assert!(
+                dir.join("plots").join(format!("{figure}.png")).exists(),
+                "{name}: {figure}"
+            );
+        }
+    }
+    for figure in ["final_vs_hidden", "final_vs_parameters", "throughput"] {
+        assert!(
+            out.join("faq-units/plots")
+                .join(format!("{figure}.png"))
+                .exists(),
+            "{figure}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
