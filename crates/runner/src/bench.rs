@@ -2,8 +2,8 @@
 //! LSTM/GRU) on the adding-task shape.
 //!
 //! One step = forward over a `(batch, seq_len, 2)` adding batch, a linear head on the
-//! last step, MSE, backward, and an Adam update (candle-nn's `AdamW` with weight decay
-//! 0). The batch is generated once, outside the timing. Each shape is warmed up, then
+//! last step, MSE, backward, and an Adam update (rnnlab's cells: the runner's own
+//! `Trainer`; candle-nn's cells: candle-nn's `AdamW` with weight decay 0). The batch is generated once, outside the timing. Each shape is warmed up, then
 //! timed over repeated steps; the median is reported. Peak RSS is the process's
 //! high-water mark of a process that runs only that shape.
 
@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, RNN, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, RNN, VarBuilder, VarMap};
+
+use crate::config::Optimizer;
+use crate::optim::Trainer;
 use rnnlab_cells::{
     CellConfig, GruReset, HeadKind, Init, LstmOptions, Model, ModelConfig, Nonlinearity,
 };
@@ -271,10 +274,12 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
             };
             let params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
             let model = Model::new(&config, &params)?;
-            let mut optimizer = AdamW::new(params.iter().map(|(_, v)| v.clone()).collect(), adam)?;
+            // The runner's own Adam, so the benchmark times what `rnnlab run` trains with.
+            let vars = params.iter().map(|(_, v)| v.clone()).collect();
+            let mut trainer = Trainer::new(Optimizer::Adam { lr: 1e-3 }, vars)?;
             Ok(Box::new(move || {
                 let (y, _) = model.forward(&xs)?;
-                optimizer.backward_step(&candle_nn::loss::mse(&y, &ys)?)
+                trainer.step(&candle_nn::loss::mse(&y, &ys)?.backward()?)
             }))
         }
         BenchImpl::CandleNn => {
