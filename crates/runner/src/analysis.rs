@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use polars::prelude::{DataFrame, ParquetReader, SerReader};
+use polars::prelude::{ChunkCompareEq, DataFrame, ParquetReader, SerReader};
 use rnnlab_tasks::{Split, Task};
 use serde_yaml::{Mapping, Value};
 
@@ -133,6 +133,7 @@ impl Results {
             .file_name()
             .map_or_else(|| "experiment".into(), |n| n.to_string_lossy().into_owned());
         let mut loaded = Vec::new();
+        let mut tables = Tables::new(dir);
         for id in &ids {
             let folder = run_dir(dir, id);
             let Some(summary) = read_summary(&folder)? else {
@@ -155,8 +156,8 @@ impl Results {
                 cell: cell_label(&saved.run.model),
                 values: BTreeMap::new(),
                 summary,
-                curve: read_curve(&folder.join("metrics.parquet"))?,
-                gradflow: read_gradflow(&folder.join("gradflow.parquet"))?,
+                curve: read_curve(&tables.rows(id, "metrics.parquet")?)?,
+                gradflow: read_gradflow(&tables.rows(id, "gradflow.parquet")?)?,
             };
             loaded.push((run, saved.swept, resolved));
         }
@@ -456,9 +457,56 @@ fn read_frame(path: &Path) -> anyhow::Result<DataFrame> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
-/// Validation (step, loss, metric) from a run's `metrics.parquet`.
-fn read_curve(path: &Path) -> anyhow::Result<Vec<(usize, f64, f64)>> {
-    let frame = read_frame(path)?;
+/// A per-run table (`runs/<id>/<table>`), or the run's rows of the experiment-level one
+/// when the run's own copy is absent (a results folder shared without them).
+pub(crate) struct Tables {
+    dir: PathBuf,
+    compacted: BTreeMap<&'static str, Option<DataFrame>>,
+}
+
+impl Tables {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            compacted: BTreeMap::new(),
+        }
+    }
+
+    /// The rows of run `id` in `table` (`metrics.parquet` or `gradflow.parquet`), without
+    /// a `run` column.
+    pub(crate) fn rows(&mut self, id: &str, table: &'static str) -> anyhow::Result<DataFrame> {
+        let own = run_dir(&self.dir, id).join(table);
+        if own.exists() {
+            return read_frame(&own);
+        }
+        let path = self.dir.join(table);
+        let compacted = match self.compacted.entry(table) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(path.exists().then(|| read_frame(&path)).transpose()?)
+            }
+        };
+        let Some(all) = compacted else {
+            anyhow::bail!(
+                "{} is missing (and so is {})",
+                own.display(),
+                path.display()
+            );
+        };
+        let mine = all.column("run")?.str()?.equal(id);
+        let rows = all.filter(&mine)?.drop("run")?;
+        anyhow::ensure!(
+            rows.height() > 0,
+            "{} is missing and {} has no rows of run {id}",
+            own.display(),
+            path.display()
+        );
+        Ok(rows)
+    }
+}
+
+/// Validation (step, loss, metric) from a run's `metrics` rows.
+fn read_curve(frame: &DataFrame) -> anyhow::Result<Vec<(usize, f64, f64)>> {
     let steps = frame.column("step")?.u64()?;
     let splits = frame.column("split")?.str()?;
     let metrics = frame.column("metric")?.str()?;
@@ -485,9 +533,8 @@ fn read_curve(path: &Path) -> anyhow::Result<Vec<(usize, f64, f64)>> {
         .collect())
 }
 
-/// (step, norms over t) from a run's `gradflow.parquet`.
-fn read_gradflow(path: &Path) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
-    let frame = read_frame(path)?;
+/// (step, norms over t) from a run's `gradflow` rows.
+fn read_gradflow(frame: &DataFrame) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
     let steps = frame.column("step")?.u64()?;
     let ts = frame.column("t")?.u64()?;
     let norms = frame.column("norm")?.f64()?;

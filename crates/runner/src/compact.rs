@@ -3,12 +3,12 @@
 //! and `gradflow.parquet` (every run's rows with a `run` column).
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::Context;
-use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, ParquetReader, SerReader, Series};
+use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series};
 
+use crate::analysis::Tables;
 use crate::config::scalar;
 use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir, write_parquet};
 
@@ -92,14 +92,13 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         DataFrame::new(height, columns)?,
     )?;
 
+    // A run's own tables are the source; a folder shared without them (results/faq in
+    // git) falls back to the rows already compacted.
+    let mut tables = Tables::new(experiment_dir);
     for table in ["metrics.parquet", "gradflow.parquet"] {
         let mut stacked: Option<DataFrame> = None;
         for (id, _, _) in &complete {
-            let path = run_dir(experiment_dir, id).join(table);
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            let mut frame = ParquetReader::new(file)
-                .finish()
-                .with_context(|| format!("reading {}", path.display()))?;
+            let mut frame = tables.rows(id, table)?;
             let run = Series::new("run".into(), vec![id.as_str(); frame.height()]);
             frame.insert_column(0, run.into_column())?;
             stacked = Some(match stacked {

@@ -304,3 +304,36 @@ fn the_findings_follow_the_data() {
     assert!(second.contains("- lstm vs gru: lstm clearly lower in 0, gru clearly lower in 1, no clear difference in 1 of 2"), "{second}");
     assert_ne!(first, second);
 }
+
+#[test]
+fn a_folder_shared_without_the_per_run_tables_still_reports_and_resumes() {
+    let (file, results) = setup("shared", SINGLE);
+    let out = results.to_str().unwrap();
+    ok(&rnnlab(&["run", file.to_str().unwrap(), "--out", out]));
+    let dir = results.join("single");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let (report, metrics, gradflow) = (
+        read("REPORT.md"),
+        read("metrics.parquet"),
+        read("gradflow.parquet"),
+    );
+    let png = read("plots/learning_curves.png");
+    // What results/faq keeps in git: the experiment-level tables, not the runs' copies.
+    for entry in std::fs::read_dir(dir.join("runs")).unwrap() {
+        let run = entry.unwrap().path();
+        std::fs::remove_file(run.join("metrics.parquet")).unwrap();
+        std::fs::remove_file(run.join("gradflow.parquet")).unwrap();
+    }
+    ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+    assert_eq!(read("REPORT.md"), report);
+    assert_eq!(read("plots/learning_curves.png"), png);
+    // A rerun skips the complete runs and compacts the same tables again.
+    let rerun = ok(&rnnlab(&["run", file.to_str().unwrap(), "--out", out]));
+    assert!(
+        rerun.contains("0 runs trained, 2 already complete"),
+        "{rerun}"
+    );
+    assert_eq!(read("metrics.parquet"), metrics);
+    assert_eq!(read("gradflow.parquet"), gradflow);
+    assert_eq!(read("REPORT.md"), report);
+}
