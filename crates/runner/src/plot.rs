@@ -560,7 +560,7 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
                   sequence length."
             .into(),
         legend: Vec::new(),
-        cols: cols.min(2),
+        cols,
         panels: specs,
     }
 }
