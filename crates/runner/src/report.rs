@@ -431,7 +431,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
                 panels.len()
             );
         }
-        md.push_str(&head_to_head(series, &all));
+        md.push_str(&head_to_head(series, &all, &wins));
     }
     if let Some(key) = results.panel_key("task.seq_len") {
         md.push_str(&solved_up_to(results, series, &key.name, "T"));
@@ -477,13 +477,23 @@ fn verdict(clear: bool, p: Option<f64>) -> String {
     }
 }
 
-/// The reference series (the plain LSTM if there is one) against each other series:
-/// in how many settings each is clearly ahead, and the geometric-mean loss ratio.
-fn head_to_head(series: &[Series], all: &[Vec<Outcome>]) -> String {
-    let reference = series
-        .iter()
-        .find(|s| s.label == "lstm")
-        .unwrap_or(&series[0]);
+/// The reference series (the plain LSTM if there is one, else the one with the most
+/// wins) against each other series: in how many settings each is clearly ahead, and the
+/// geometric-mean loss ratio.
+fn head_to_head(
+    series: &[Series],
+    all: &[Vec<Outcome>],
+    wins: &BTreeMap<String, (usize, usize)>,
+) -> String {
+    let most_wins = series.iter().max_by_key(|s| {
+        (
+            wins.get(&s.label).map_or(0, |w| w.0),
+            std::cmp::Reverse(s.label.clone()),
+        )
+    });
+    let Some(reference) = series.iter().find(|s| s.label == "lstm").or(most_wins) else {
+        return String::new();
+    };
     let mut md = String::new();
     for other in series.iter().filter(|s| s.label != reference.label) {
         let (mut ahead, mut behind, mut even, mut log_ratios) = (0, 0, 0, Vec::new());
@@ -579,6 +589,9 @@ fn solved_up_to(results: &Results, series: &[Series], key: &str, unit: &str) -> 
     md
 }
 
+/// The smallest positive f32 (a subnormal): where a norm that underflowed to 0 lies.
+const MIN_F32: f64 = 1.401_298_464_324_817e-45;
+
 /// g_0 / g_{T−1}: how much of the gradient at the last step reaches the first, at the
 /// first training step and at the end (geometric mean over seeds).
 fn gradient_table(results: &Results, series: &[Series], panels: &[Panel]) -> String {
@@ -600,7 +613,9 @@ fn gradient_table(results: &Results, series: &[Series], panels: &[Panel]) -> Str
                             r.gradflow.first()?
                         };
                         let (first, end) = (*norms.first()?, *norms.last()?);
-                        (first > 0.0 && end > 0.0 && first.is_finite() && end.is_finite())
+                        // Below f32's smallest subnormal the norm is 0: count it there.
+                        let first = if first == 0.0 { MIN_F32 } else { first };
+                        (end > 0.0 && first.is_finite() && end.is_finite())
                             .then(|| (first / end).log10())
                     })
                     .collect();
@@ -628,7 +643,8 @@ fn gradient_table(results: &Results, series: &[Series], panels: &[Panel]) -> Str
     format!(
         "\n### Gradient reaching the first step\n\n‖∂L/∂h_0‖ / ‖∂L/∂h_(T−1)‖ of the first \
          layer (geometric mean over seeds): near 1 the error signal reaches the start of the \
-         sequence; many decades below 1 it vanishes before it gets there.\n\n| setting | \
+         sequence; many decades below 1 it vanishes before it gets there (a norm that underflowed \
+         f32 counts as 1.4e-45; – where the run diverged).\n\n| setting | \
          series | first step | end of training |\n|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
