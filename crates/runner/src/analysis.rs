@@ -556,6 +556,10 @@ fn read_gradflow(frame: &DataFrame) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
         .collect())
 }
 
+/// The smallest positive f32 (a subnormal): where a gradient norm that underflowed to 0
+/// is drawn and counted.
+pub const MIN_F32: f64 = 1.401_298_464_324_817e-45;
+
 /// The loss and metric of the task's trivial predictor (always 1, blanks then uniform,
 /// chance) on 2000 validation sequences: the dashed baseline of the figures.
 pub fn baseline(task: &Task) -> (f64, f64) {

@@ -17,7 +17,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::analysis::{Panel, Results, Role, RunResult, Series, baseline, cell_rank};
+use crate::analysis::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, cell_rank};
 use crate::store::{write_atomic, write_text};
 
 /// Figure width in pixels.
@@ -586,8 +586,9 @@ fn gradient_flow(results: &Results) -> Figure {
                         };
                         if let Some((_, norms)) = row {
                             for (t, &n) in norms.iter().enumerate() {
-                                if n.is_finite() && n > 0.0 {
-                                    by_t.entry(t).or_default().push(n);
+                                // An underflowed norm sits at the floor, not out of the mean.
+                                if n.is_finite() && n >= 0.0 {
+                                    by_t.entry(t).or_default().push(n.max(MIN_F32));
                                 }
                             }
                         }

@@ -15,7 +15,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde_yaml::Value;
 
-use crate::analysis::{Panel, Results, Role, RunResult, Series, Spread, baseline, welch_p};
+use crate::analysis::{
+    MIN_F32, Panel, Results, Role, RunResult, Series, Spread, baseline, welch_p,
+};
 use crate::plot::{Figure, pretty, write_plots};
 use crate::store::write_text;
 
@@ -588,9 +590,6 @@ fn solved_up_to(results: &Results, series: &[Series], key: &str, unit: &str) -> 
     }
     md
 }
-
-/// The smallest positive f32 (a subnormal): where a norm that underflowed to 0 lies.
-const MIN_F32: f64 = 1.401_298_464_324_817e-45;
 
 /// g_0 / g_{T−1}: how much of the gradient at the last step reaches the first, at the
 /// first training step and at the end (geometric mean over seeds).
