@@ -157,7 +157,7 @@ fn render(results: &Results, figures: &[Figure]) -> String {
     for figure in figures {
         let _ = writeln!(
             md,
-            "![{stem}](plots/{stem}.png)\n\n{caption} ([SVG](plots/{stem}.svg))\n",
+            "![{stem}](plots/{stem}.png)\n\n{caption} Vector version: `plots/{stem}.svg`.\n",
             stem = figure.stem,
             caption = figure.caption
         );
