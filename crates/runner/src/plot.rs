@@ -131,10 +131,10 @@ pub fn cell_color(cell: &str) -> RGBColor {
         RGBColor(86, 180, 233),  // lstm (no input gate)
         RGBColor(140, 86, 75),   // lstm (no forget gate)
         RGBColor(148, 103, 189), // lstm (no output gate)
-        RGBColor(23, 190, 207),  // lstm (coupled gates)
+        RGBColor(160, 160, 30),  // lstm (coupled gates)
         RGBColor(213, 94, 0),    // gru
         RGBColor(230, 159, 0),   // gru (reset before)
-        RGBColor(188, 189, 34),  // peephole_lstm (coupled gates)
+        RGBColor(23, 190, 207),  // peephole_lstm (coupled gates)
         RGBColor(127, 127, 127),
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
