@@ -4,6 +4,7 @@
 #
 #   scripts/run-faq.sh            the full suite (about an hour on 2 cores)
 #   QUICK=1 scripts/run-faq.sh    every grid with 100 steps (minutes), into results/faq-quick
+#   FORCE=1 scripts/run-faq.sh    retrain complete runs too (same numbers, bit for bit)
 #   JOBS=4 OUT=elsewhere scripts/run-faq.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,11 @@ started=$(date +%s)
 for name in faq-lstm-vs-gru faq-peephole faq-long-sequences faq-units article-keras-lstm article-keras-gru; do
     file=experiments/$name.yaml
     args=()
+    if [ "${FORCE:-0}" = 1 ]; then args+=(--force); fi
     if [ "$quick" = 1 ]; then
         case $name in
-            article-*) args=(--set train.epochs=1 --set train.samples=320 --set train.eval_samples=200) ;;
-            *) args=(--set train.steps=100 --set train.eval_every=50 --set train.eval_samples=200) ;;
+            article-*) args+=(--set train.epochs=1 --set train.samples=320 --set train.eval_samples=200) ;;
+            *) args+=(--set train.steps=100 --set train.eval_every=50 --set train.eval_samples=200) ;;
         esac
     fi
     echo "== $name" >&2
