@@ -191,6 +191,9 @@ fn provenance(results: &Results) -> String {
         if let Some(threads) = get("threads") {
             let _ = write!(text, ", {threads} threads");
         }
+        if let (Some(jobs), Some(per_run)) = (get("jobs"), get("threads_per_run")) {
+            let _ = write!(text, "; {jobs} run(s) at a time, {per_run} thread(s) each");
+        }
         text.push('.');
     }
     if let Some(version) = get("rnnlab") {
