@@ -51,6 +51,9 @@ pub struct RunResult {
     pub task: Task,
     /// The cell's label (see the module docs).
     pub cell: String,
+    /// The series label: the cell plus the series keys that vary within that cell
+    /// (`gru hidden=74`).
+    pub series: String,
     /// Display value of every key in [`Results::keys`] for this run.
     pub values: BTreeMap<String, String>,
     /// `summary.yaml`.
@@ -154,6 +157,7 @@ impl Results {
                 seed: saved.seed,
                 task: config.task,
                 cell: cell_label(&saved.run.model),
+                series: String::new(),
                 values: BTreeMap::new(),
                 summary,
                 curve: read_curve(&tables.rows(id, "metrics.parquet")?)?,
@@ -207,7 +211,7 @@ impl Results {
                 role,
             });
         }
-        let runs: Vec<RunResult> = loaded.into_iter().map(|(run, _, _)| run).collect();
+        let mut runs: Vec<RunResult> = loaded.into_iter().map(|(run, _, _)| run).collect();
         // A key is crossed with the cells when every cell took every value of it.
         for key in keys.iter_mut().filter(|k| k.role == Role::Panel) {
             let mut per_cell: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -220,6 +224,13 @@ impl Results {
             if per_cell.values().any(|seen| seen.len() != key.values.len()) {
                 key.role = Role::Series;
             }
+        }
+        let labels: Vec<String> = runs
+            .iter()
+            .map(|run| series_label(&runs, &keys, run))
+            .collect();
+        for (run, label) in runs.iter_mut().zip(labels) {
+            run.series = label;
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -246,32 +257,13 @@ impl Results {
         self.manifest.get("description").and_then(Value::as_str)
     }
 
-    /// The series label of `run`: its cell, plus the series keys that vary within that
-    /// cell (`gru hidden=74`).
-    pub fn series_label(&self, run: &RunResult) -> String {
-        let mut label = run.cell.clone();
-        for key in self.keys_with(Role::Series) {
-            let varies = self
-                .runs
-                .iter()
-                .filter(|r| r.cell == run.cell)
-                .any(|r| r.values[&key.name] != run.values[&key.name]);
-            if varies {
-                label.push(' ');
-                label.push_str(&key_value(&key.name, &run.values[&key.name]));
-            }
-        }
-        label
-    }
-
     /// Every series, in a stable order: by cell colour, then by the order runs appear.
     pub fn series(&self) -> Vec<Series> {
         let mut series: Vec<Series> = Vec::new();
         for run in &self.runs {
-            let label = self.series_label(run);
-            if !series.iter().any(|s| s.label == label) {
+            if !series.iter().any(|s| s.label == run.series) {
                 series.push(Series {
-                    label,
+                    label: run.series.clone(),
                     cell: run.cell.clone(),
                     variant: 0,
                 });
@@ -290,8 +282,8 @@ impl Results {
     /// Groups the runs by panel (a tuple of `(key, value)` over `panel_keys`), in the
     /// order of the keys' values.
     pub fn panels<'a>(&'a self, panel_keys: &[&Key]) -> Vec<Panel<'a>> {
-        let mut panels: Vec<Panel<'a>> = Vec::new();
-        let mut coords: Vec<Vec<usize>> = Vec::new();
+        // Keyed by each panel key's value index, so the map iterates in value order.
+        let mut panels: BTreeMap<Vec<usize>, Panel<'a>> = BTreeMap::new();
         for run in &self.runs {
             let coord: Vec<usize> = panel_keys
                 .iter()
@@ -302,28 +294,37 @@ impl Results {
                         .unwrap_or(0)
                 })
                 .collect();
-            match coords.iter().position(|c| *c == coord) {
-                Some(i) => panels[i].runs.push(run),
-                None => {
-                    coords.push(coord);
-                    panels.push(Panel {
-                        values: panel_keys
-                            .iter()
-                            .map(|k| (k.name.clone(), run.values[&k.name].clone()))
-                            .collect(),
-                        runs: vec![run],
-                    });
-                }
-            }
+            panels
+                .entry(coord)
+                .or_insert_with(|| Panel {
+                    values: panel_keys
+                        .iter()
+                        .map(|k| (k.name.clone(), run.values[&k.name].clone()))
+                        .collect(),
+                    runs: Vec::new(),
+                })
+                .runs
+                .push(run);
         }
-        let mut order: Vec<usize> = (0..panels.len()).collect();
-        order.sort_by(|&a, &b| coords[a].cmp(&coords[b]));
-        let mut slots: Vec<Option<Panel<'a>>> = panels.into_iter().map(Some).collect();
-        order
-            .into_iter()
-            .map(|i| slots[i].take().expect("each panel once"))
-            .collect()
+        panels.into_values().collect()
     }
+}
+
+/// The series label of `run` among `runs`: its cell, plus the series keys that vary
+/// within that cell (`gru hidden=74`).
+fn series_label(runs: &[RunResult], keys: &[Key], run: &RunResult) -> String {
+    let mut label = run.cell.clone();
+    for key in keys.iter().filter(|k| k.role == Role::Series) {
+        let varies = runs
+            .iter()
+            .filter(|r| r.cell == run.cell)
+            .any(|r| r.values[&key.name] != run.values[&key.name]);
+        if varies {
+            label.push(' ');
+            label.push_str(&key_value(&key.name, &run.values[&key.name]));
+        }
+    }
+    label
 }
 
 /// One line of a figure: a cell, or one setting of a cell's series keys.

@@ -264,18 +264,14 @@ fn panel_title(results: &Results, panel: &Panel) -> String {
 }
 
 /// The series of `runs`, each with its runs, in legend order.
-fn by_series<'a>(
-    results: &Results,
-    series: &[Series],
-    runs: &[&'a RunResult],
-) -> Vec<(Series, Vec<&'a RunResult>)> {
+fn by_series<'a>(series: &[Series], runs: &[&'a RunResult]) -> Vec<(Series, Vec<&'a RunResult>)> {
     series
         .iter()
         .filter_map(|s| {
             let mine: Vec<&RunResult> = runs
                 .iter()
                 .copied()
-                .filter(|r| results.series_label(r) == s.label)
+                .filter(|r| r.series == s.label)
                 .collect();
             (!mine.is_empty()).then(|| (s.clone(), mine))
         })
@@ -308,7 +304,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
         .map(|panel| {
             let task = panel.task();
             let (base_loss, base_metric) = baseline(&task);
-            let lines = by_series(results, &series, &panel.runs)
+            let lines = by_series(&series, &panel.runs)
                 .into_iter()
                 .map(|(s, runs)| {
                     let mut by_step: std::collections::BTreeMap<usize, Vec<f64>> =
@@ -324,7 +320,11 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                             }
                         }
                     }
-                    mean_band(style_of(&s), by_step.into_iter(), measure == Measure::Loss)
+                    mean_band(
+                        style_of(&s),
+                        by_step.into_iter().map(|(step, vs)| (step as f64, vs)),
+                        measure == Measure::Loss,
+                    )
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {
@@ -375,10 +375,29 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
     }
 }
 
+/// One dot per run and a line through the mean at each x (geometric for a quantity that
+/// spans decades), for figures over a few x values.
+fn seed_line(style: Style, dots: Vec<(f64, f64)>, geometric: bool) -> LineSpec {
+    // Keyed by the bits of x: for the positive x of these figures, bit order is numeric.
+    let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for &(x, y) in &dots {
+        by_x.entry(x.to_bits()).or_default().push(y);
+    }
+    let by_x = by_x
+        .into_iter()
+        .map(|(bits, ys)| (f64::from_bits(bits), ys));
+    LineSpec {
+        band: Vec::new(),
+        dots,
+        markers: true,
+        ..mean_band(style, by_x, geometric)
+    }
+}
+
 /// Mean line and min–max band over the values at each x.
 fn mean_band(
     style: Style,
-    values: impl Iterator<Item = (usize, Vec<f64>)>,
+    values: impl Iterator<Item = (f64, Vec<f64>)>,
     geometric: bool,
 ) -> LineSpec {
     let mut points = Vec::new();
@@ -395,8 +414,8 @@ fn mean_band(
         };
         let lo = vs.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        points.push((x as f64, mean));
-        band.push((x as f64, lo, hi));
+        points.push((x, mean));
+        band.push((x, lo, hi));
     }
     LineSpec {
         style,
@@ -423,37 +442,21 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
         .iter()
         .map(|panel| {
             let task = panel.task();
-            let lines = by_series(results, &series, &panel.runs)
+            let lines = by_series(&series, &panel.runs)
                 .into_iter()
                 .map(|(s, runs)| {
-                    let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-                    let mut dots = Vec::new();
-                    for run in runs {
-                        let x = match x_kind {
-                            XKind::Parameters => run.summary.parameters as f64,
-                            _ => run.values[key].parse::<f64>().unwrap_or(f64::NAN),
-                        };
-                        let y = run.summary.final_metric;
-                        if x.is_finite() && y.is_finite() {
-                            by_x.entry(x.to_bits()).or_default().push(y);
-                            dots.push((x, y));
-                        }
-                    }
-                    let mut xs: Vec<(f64, Vec<f64>)> = by_x
-                        .into_iter()
-                        .map(|(bits, ys)| (f64::from_bits(bits), ys))
+                    let dots = runs
+                        .iter()
+                        .map(|run| {
+                            let x = match x_kind {
+                                XKind::Parameters => run.summary.parameters as f64,
+                                _ => run.values[key].parse::<f64>().unwrap_or(f64::NAN),
+                            };
+                            (x, run.summary.final_metric)
+                        })
+                        .filter(|(x, y)| x.is_finite() && y.is_finite())
                         .collect();
-                    xs.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    LineSpec {
-                        style: style_of(&s),
-                        points: xs
-                            .iter()
-                            .map(|(x, ys)| (*x, ys.iter().sum::<f64>() / ys.len() as f64))
-                            .collect(),
-                        band: Vec::new(),
-                        dots,
-                        markers: true,
-                    }
+                    seed_line(style_of(&s), dots, false)
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {
@@ -517,7 +520,7 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
     let specs = panels
         .iter()
         .map(|panel| {
-            let grouped = by_series(results, &series, &panel.runs);
+            let grouped = by_series(&series, &panel.runs);
             let cells = grouped
                 .iter()
                 .map(|(_, runs)| {
@@ -571,7 +574,7 @@ fn gradient_flow(results: &Results) -> Figure {
     let panels = results.panels(&keys);
     let mut specs = Vec::new();
     for panel in &panels {
-        let grouped = by_series(results, &series, &panel.runs);
+        let grouped = by_series(&series, &panel.runs);
         for (when, pick_last) in [("first step", false), ("end of training", true)] {
             let lines = grouped
                 .iter()
@@ -593,7 +596,11 @@ fn gradient_flow(results: &Results) -> Figure {
                             }
                         }
                     }
-                    let mut line = mean_band(style_of(s), by_t.into_iter(), true);
+                    let mut line = mean_band(
+                        style_of(s),
+                        by_t.into_iter().map(|(t, vs)| (t as f64, vs)),
+                        true,
+                    );
                     line.band.clear();
                     line
                 })
@@ -643,29 +650,18 @@ fn throughput(results: &Results, key: &str) -> Figure {
     let specs = panels
         .iter()
         .map(|panel| {
-            let lines = by_series(results, &series, &panel.runs)
+            let lines = by_series(&series, &panel.runs)
                 .into_iter()
                 .map(|(s, runs)| {
-                    let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-                    let mut dots = Vec::new();
-                    for run in runs {
-                        let x: f64 = run.values[key].parse().unwrap_or(f64::NAN);
-                        let y = run.summary.samples_per_s;
-                        if x.is_finite() && y > 0.0 {
-                            by_x.entry(x.to_bits()).or_default().push(y);
-                            dots.push((x, y));
-                        }
-                    }
-                    let mut line = mean_band(
-                        style_of(&s),
-                        by_x.into_iter()
-                            .map(|(bits, ys)| (f64::from_bits(bits) as usize, ys)),
-                        true,
-                    );
-                    line.band.clear();
-                    line.dots = dots;
-                    line.markers = true;
-                    line
+                    let dots = runs
+                        .iter()
+                        .map(|run| {
+                            let x: f64 = run.values[key].parse().unwrap_or(f64::NAN);
+                            (x, run.summary.samples_per_s)
+                        })
+                        .filter(|(x, y)| x.is_finite() && *y > 0.0)
+                        .collect();
+                    seed_line(style_of(&s), dots, true)
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {

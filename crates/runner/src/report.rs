@@ -84,7 +84,7 @@ impl Outcome<'_> {
 
 /// The outcomes of every series in `panel`, best (lowest loss) first; series whose
 /// seeds all diverged come last.
-fn outcomes<'a>(results: &Results, series: &[Series], panel: &Panel<'a>) -> Vec<Outcome<'a>> {
+fn outcomes<'a>(series: &[Series], panel: &Panel<'a>) -> Vec<Outcome<'a>> {
     let mut outcomes: Vec<Outcome<'a>> = series
         .iter()
         .filter_map(|s| {
@@ -92,7 +92,7 @@ fn outcomes<'a>(results: &Results, series: &[Series], panel: &Panel<'a>) -> Vec<
                 .runs
                 .iter()
                 .copied()
-                .filter(|r| results.series_label(r) == s.label)
+                .filter(|r| r.series == s.label)
                 .collect();
             if runs.is_empty() {
                 return None;
@@ -275,7 +275,7 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
     let _ = writeln!(md, "| {} |", header.join(" | "));
     let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
     for panel in panels {
-        for outcome in outcomes(results, series, panel) {
+        for outcome in outcomes(series, panel) {
             let mut row: Vec<String> = panel.values.iter().map(|(_, v)| v.clone()).collect();
             let first = outcome.runs[0];
             let wall = Spread::of(
@@ -351,10 +351,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
          {AT_BASELINE} × the trivial predictor's.\n\n"
     );
     let mut wins: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let all: Vec<Vec<Outcome>> = panels
-        .iter()
-        .map(|p| outcomes(results, series, p))
-        .collect();
+    let all: Vec<Vec<Outcome>> = panels.iter().map(|p| outcomes(series, p)).collect();
     if series.len() > 1 {
         md.push_str("### Per setting\n\n");
     }
@@ -444,7 +441,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
     if let Some(key) = results.panel_key("model.hidden") {
         md.push_str(&solved_up_to(results, series, &key.name, "units"));
     }
-    md.push_str(&gradient_table(results, series, panels));
+    md.push_str(&gradient_table(series, panels));
     md
 }
 
@@ -567,11 +564,8 @@ fn solved_up_to(results: &Results, series: &[Series], key: &str, unit: &str) -> 
         };
         let mut parts = Vec::new();
         for s in series {
-            let mine: Vec<&&RunResult> = panel
-                .runs
-                .iter()
-                .filter(|r| results.series_label(r) == s.label)
-                .collect();
+            let mine: Vec<&&RunResult> =
+                panel.runs.iter().filter(|r| r.series == s.label).collect();
             if mine.is_empty() {
                 continue;
             }
@@ -596,15 +590,12 @@ fn solved_up_to(results: &Results, series: &[Series], key: &str, unit: &str) -> 
 
 /// g_0 / g_{T−1}: how much of the gradient at the last step reaches the first, at the
 /// first training step and at the end (geometric mean over seeds).
-fn gradient_table(results: &Results, series: &[Series], panels: &[Panel]) -> String {
+fn gradient_table(series: &[Series], panels: &[Panel]) -> String {
     let mut rows = Vec::new();
     for panel in panels {
         for s in series {
-            let runs: Vec<&&RunResult> = panel
-                .runs
-                .iter()
-                .filter(|r| results.series_label(r) == s.label)
-                .collect();
+            let runs: Vec<&&RunResult> =
+                panel.runs.iter().filter(|r| r.series == s.label).collect();
             let ratio = |last: bool| {
                 let logs: Vec<f64> = runs
                     .iter()

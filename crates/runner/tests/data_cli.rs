@@ -1,19 +1,16 @@
 //! `rnnlab data` end to end: the binary writes Parquet that reads back to the library's
 //! samples, refuses bad options with exit code 2, and leaves no partial file.
 
+mod common;
+
+use common::rnnlab;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use polars::prelude::*;
 use rnnlab_tasks::{Split, Target, Task, TaskConfig};
-
-fn rnnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rnnlab-data-{}-{name}", std::process::id()));

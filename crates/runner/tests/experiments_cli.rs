@@ -2,27 +2,14 @@
 //! header documents, and runs end to end (training, tables, figures, report) with its
 //! step budget cut to a couple of steps.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn rnnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{ok, repo_file, rnnlab};
 
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use std::path::PathBuf;
 
 fn experiments() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
+    repo_file("experiments")
 }
 
 /// Every shipped file and the size of its grid.

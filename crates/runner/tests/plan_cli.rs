@@ -1,21 +1,12 @@
 //! `rnnlab plan` end to end: grid sizes, stable run ids, overrides, and bad configs that
 //! exit 2 with the file, the key and the allowed values.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn rnnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{repo_file, rnnlab};
 
-fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative)
-}
+use std::path::PathBuf;
+use std::process::Output;
 
 /// Writes `text` to a fresh experiment file and returns its path.
 fn experiment(name: &str, text: &str) -> PathBuf {

@@ -2,24 +2,11 @@
 //! (the PNG decodes, the SVG parses, the sizes are right), figures without data are
 //! skipped, and the report's findings follow the data.
 
+mod common;
+
+use common::{ok, rnnlab};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn rnnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 /// Two cells × two lengths × two sizes × two seeds, a few steps each.
 const GRID: &str = "name: grid

@@ -1,27 +1,15 @@
 //! `rnnlab run` and `rnnlab status` on a tiny sweep: every run's folder and files, the
 //! Parquet schemas, skipping complete runs, and bit-identical reruns with `--force`.
 
+mod common;
+
+use common::{ok, rnnlab};
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use polars::prelude::{DataFrame, DataType, ParquetReader, SerReader};
-
-fn rnnlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rnnlab"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 const TINY: &str = "name: tiny
 description: two cells, two seeds, a few steps
