@@ -1,13 +1,16 @@
 //! The GRU, in both reset conventions.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Shape, Tensor, bail};
 use candle_nn::ops::sigmoid;
+use rayon::prelude::*;
 
-use crate::Params;
-use crate::cell::{
-    Cell, GradFlow, GruReset, LayerNames, State, affine, block, check_sequence, check_state, unroll,
+use crate::cell::{FlowSink, GradFlow, State};
+use crate::fused::{
+    FlowNorms, FusedOp, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
+    input_grads, matmul, matmul_serial, pack, previous_states, wide,
 };
-use crate::fused::{self, FlowSink};
+use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
+use crate::spec::{CellSpec, LayerWeights, ParamSpec, gated_layer};
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
 ///
@@ -24,87 +27,82 @@ use crate::fused::{self, FlowSink};
 ///
 /// Parameters: `weight_ih_l{k}` `(3H, I)`, `weight_hh_l{k}` `(3H, H)`, `bias_ih_l{k}`,
 /// `bias_hh_l{k}` `(3H)`.
-#[derive(Debug, Clone)]
-pub struct Gru {
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor,
-    bias_hh: Tensor,
-    reset: GruReset,
+pub type Gru = Layer<GruReset>;
+
+/// Where the GRU applies its reset gate: the GRU's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GruReset {
+    /// `n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`: PyTorch, cuDNN, Keras 3 default.
+    #[default]
+    After,
+    /// `n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)`: Cho et al. 2014, Keras
+    /// `reset_after=False`.
+    Before,
 }
 
-impl Gru {
-    /// Layer `layer` of a stack, from `params`.
-    pub fn new(
-        params: &Params,
-        layer: usize,
-        input_size: usize,
-        hidden_size: usize,
-        reset: GruReset,
-    ) -> Result<Self> {
-        let names = LayerNames::new(layer);
-        let rows = 3 * hidden_size;
-        Ok(Self {
-            weight_ih: params.tensor(&names.weight_ih, &[rows, input_size])?,
-            weight_hh: params.tensor(&names.weight_hh, &[rows, hidden_size])?,
-            bias_ih: params.tensor(&names.bias_ih, &[rows])?,
-            bias_hh: params.tensor(&names.bias_hh, &[rows])?,
-            reset,
-        })
-    }
-
-    /// Where this layer applies its reset gate.
-    pub fn reset(&self) -> GruReset {
-        self.reset
-    }
-}
-
-impl Cell for Gru {
-    fn input_size(&self) -> usize {
-        self.weight_ih.dims()[1]
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.weight_hh.dims()[1]
-    }
-
-    fn has_cell_state(&self) -> bool {
-        false
-    }
-
-    fn zero_state(&self, batch: usize) -> Result<State> {
-        let h = Tensor::zeros(
-            (batch, self.hidden_size()),
-            self.weight_hh.dtype(),
-            self.weight_hh.device(),
-        )?;
-        Ok(State { h, c: None })
-    }
-
-    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
-        if !fused::supported(xs) {
-            return unroll(self, xs, state);
+/// `model.cell: gru` (with `model.gru_reset: after | before`).
+pub static GRU: CellKind = CellKind {
+    name: "gru",
+    summary: "GRU (Cho et al. 2014; torch.nn.GRU), reset gate after W_hn or before (gru_reset)",
+    configure: |options| {
+        let reset = if options.reset_before {
+            GruReset::Before
+        } else {
+            GruReset::After
+        };
+        if options.has_ablation() {
+            return Err(
+                "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`, not `gru`"
+                    .into(),
+            );
         }
-        check_sequence(self, xs, state)?;
-        let weights = [
-            &self.weight_ih,
-            &self.weight_hh,
-            &self.bias_ih,
-            &self.bias_hh,
-        ];
-        let sink = FlowSink::default();
-        let (hs, last) = fused::gru_sequence(xs, state, weights, self.reset, &sink)?;
-        Ok((hs, last, GradFlow::recorded(sink)))
+        Ok(CellConfig::new(reset))
+    },
+    colors: &[("gru", [213, 94, 0]), ("gru (reset before)", [230, 159, 0])],
+    examples: || {
+        vec![
+            CellConfig::new(GruReset::After),
+            CellConfig::new(GruReset::Before),
+        ]
+    },
+};
+
+impl CellSpec for GruReset {
+    fn label(&self) -> String {
+        match self {
+            Self::After => "gru".into(),
+            Self::Before => "gru (reset before)".into(),
+        }
     }
 
-    fn step(&self, x: &Tensor, state: &State) -> Result<State> {
-        check_state(self, state, x.dim(0)?)?;
-        let hidden = self.hidden_size();
+    fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
+        gated_layer(3, input, hidden, None)
+    }
+
+    fn saved_floats_per_step(&self, hidden: usize) -> usize {
+        // Gates r, z, n, one extra vector (W_hn h + b_hn or r ⊙ h) and the output.
+        5 * hidden
+    }
+}
+
+impl CellMath for GruReset {
+    fn fused(
+        &self,
+        weights: &LayerWeights,
+        xs: &Tensor,
+        state: &State,
+    ) -> Result<(Tensor, State, GradFlow)> {
+        gru_sequence(xs, state, weights, *self)
+    }
+
+    fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State> {
+        let [weight_ih, weight_hh, bias_ih, bias_hh] = weights.four()?;
+        let hidden = weights.hidden;
         let h = &state.h;
-        let from_input = affine(x, &self.weight_ih, &self.bias_ih)?;
-        let (pre_r, pre_z, recurrent_n) = match self.reset {
+        let from_input = affine(x, weight_ih, bias_ih)?;
+        let (pre_r, pre_z, recurrent_n) = match self {
             GruReset::After => {
-                let from_h = affine(h, &self.weight_hh, &self.bias_hh)?;
+                let from_h = affine(h, weight_hh, bias_hh)?;
                 let recurrent_n = block(&from_h, 2, hidden)?;
                 (
                     block(&from_h, 0, hidden)?,
@@ -113,8 +111,8 @@ impl Cell for Gru {
                 )
             }
             GruReset::Before => {
-                let w_rz = self.weight_hh.narrow(0, 0, 2 * hidden)?;
-                let b_rz = self.bias_hh.narrow(0, 0, 2 * hidden)?;
+                let w_rz = weight_hh.narrow(0, 0, 2 * hidden)?;
+                let b_rz = bias_hh.narrow(0, 0, 2 * hidden)?;
                 let from_h = affine(h, &w_rz, &b_rz)?;
                 (block(&from_h, 0, hidden)?, block(&from_h, 1, hidden)?, None)
             }
@@ -124,8 +122,8 @@ impl Cell for Gru {
         let recurrent_n = match recurrent_n {
             Some(recurrent_n) => (r * recurrent_n)?,
             None => {
-                let w_n = self.weight_hh.narrow(0, 2 * hidden, hidden)?;
-                let b_n = self.bias_hh.narrow(0, 2 * hidden, hidden)?;
+                let w_n = weight_hh.narrow(0, 2 * hidden, hidden)?;
+                let b_n = bias_hh.narrow(0, 2 * hidden, hidden)?;
                 affine(&(r * h)?, &w_n, &b_n)?
             }
         };
@@ -136,11 +134,425 @@ impl Cell for Gru {
     }
 }
 
+// The fused kernel: the whole sequence as one candle op (see `crate::fused`).
+
+/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
+pub(crate) fn gru_sequence(
+    xs: &Tensor,
+    state: &State,
+    weights: &LayerWeights,
+    reset: GruReset,
+) -> Result<(Tensor, State, GradFlow)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    let sink = FlowSink::default();
+    let op = GruOp {
+        batch,
+        seq_len,
+        input,
+        hidden: weights.hidden,
+        reset,
+        saved: Saved::default(),
+        flow: sink.clone(),
+    };
+    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
+    let out = xs
+        .contiguous()?
+        .apply_op3(&state.h.contiguous()?, &params, FusedOp(op))?;
+    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
+    Ok((out, State { h, c: None }, GradFlow::recorded(sink)))
+}
+
+struct GruOp {
+    batch: usize,
+    seq_len: usize,
+    input: usize,
+    hidden: usize,
+    reset: GruReset,
+    saved: Saved,
+    flow: FlowSink,
+}
+
+/// Activated gates `[r, z, n]` `(B, T, 3H)` and, per step, `W_hn h + b_hn` (reset after)
+/// or `r ⊙ h` (reset before) `(B, T, H)`.
+struct GruSaved<T> {
+    gates: Vec<T>,
+    extra: Vec<T>,
+}
+
+impl GruOp {
+    /// The time loop for the batch rows of one chunk: `[gates, out, extra]` as in the
+    /// forward, `h0` the chunk's initial states.
+    #[inline(always)]
+    fn forward_chunk<T: Real>(
+        &self,
+        [gates, out, extra]: [&mut [T]; 3],
+        h0: &[T],
+        weight_hh_t: &[T],
+        bias_hh: &[T],
+    ) {
+        let Self {
+            seq_len,
+            hidden,
+            reset,
+            ..
+        } = *self;
+        let gh = 3 * hidden;
+        let batch = h0.len() / hidden;
+        let out_rs = seq_len * hidden;
+        // Per step: h W_hhᵀ (reset after) or h W_hrzᵀ (reset before), then (W_hn (r ⊙ h)).
+        let mut recurrent = vec![T::ZERO; batch * gh];
+        for t in 0..seq_len {
+            let (h_prev, h_rs) = if t == 0 {
+                (h0, hidden)
+            } else {
+                (&out[(t - 1) * hidden..], out_rs)
+            };
+            let rec_cols = if reset == GruReset::After {
+                gh
+            } else {
+                2 * hidden
+            };
+            matmul_serial(
+                (batch, rec_cols, hidden),
+                &mut recurrent,
+                gh,
+                (h_prev, h_rs, 1),
+                (weight_hh_t, gh, 1),
+                false,
+            );
+            if reset == GruReset::Before {
+                for b in 0..batch {
+                    let row = (b * seq_len + t) * gh;
+                    let (rz, rec) = (
+                        &mut gates[row..row + 2 * hidden],
+                        &recurrent[b * gh..b * gh + 2 * hidden],
+                    );
+                    rz.iter_mut()
+                        .zip(rec)
+                        .for_each(|(g, &r)| *g = (*g + r).sigmoid_());
+                    let h = &h_prev[b * h_rs..b * h_rs + hidden];
+                    let rh = &mut extra[(b * seq_len + t) * hidden..(b * seq_len + t + 1) * hidden];
+                    rh.iter_mut()
+                        .zip(rz[..hidden].iter().zip(h))
+                        .for_each(|(v, (&r, &h))| *v = r * h);
+                }
+                // The n columns of `recurrent` get (r ⊙ h) W_hnᵀ.
+                matmul_serial(
+                    (batch, hidden, hidden),
+                    &mut recurrent[2 * hidden..],
+                    gh,
+                    (&extra[t * hidden..], seq_len * hidden, 1),
+                    (&weight_hh_t[2 * hidden..], gh, 1),
+                    false,
+                );
+            }
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let g = &mut gates[row..row + gh];
+                let rec = &recurrent[b * gh..(b + 1) * gh];
+                let (rz, n) = g.split_at_mut(2 * hidden);
+                let n_rec = &rec[2 * hidden..];
+                if reset == GruReset::After {
+                    rz.iter_mut()
+                        .zip(&rec[..2 * hidden])
+                        .for_each(|(g, &r)| *g = (*g + r).sigmoid_());
+                    let hn = &mut extra[cell..cell + hidden];
+                    let b_hn = &bias_hh[2 * hidden..];
+                    for j in 0..hidden {
+                        hn[j] = n_rec[j] + b_hn[j];
+                        n[j] = (n[j] + rz[j] * hn[j]).tanh_();
+                    }
+                } else {
+                    n.iter_mut()
+                        .zip(n_rec)
+                        .for_each(|(n, &r)| *n = (*n + r).tanh_());
+                }
+                let z = &rz[hidden..];
+                let at = b * out_rs + t * hidden;
+                let (before, after) = out.split_at_mut(at);
+                let h_prev = if t == 0 {
+                    &h0[b * hidden..(b + 1) * hidden]
+                } else {
+                    &before[at - hidden..]
+                };
+                let h = &mut after[..hidden];
+                for j in 0..hidden {
+                    h[j] = n[j] + z[j] * (h_prev[j] - n[j]);
+                }
+            }
+        }
+    }
+
+    /// The reverse time loop for the batch rows of one chunk: fills `[d_pre, d_rec,
+    /// d_h0]` from `[grad_out, out, gates, extra, h0]` and returns the gradient flow.
+    #[inline(always)]
+    fn backward_chunk<T: Real>(
+        &self,
+        [d_pre, d_rec, d_h0]: [&mut [T]; 3],
+        [grad_out, out, gates, extra, h0]: [&[T]; 5],
+        weight_hh: &[T],
+    ) -> FlowNorms {
+        let Self {
+            seq_len,
+            hidden,
+            reset,
+            ..
+        } = *self;
+        let gh = 3 * hidden;
+        let batch = h0.len() / hidden;
+        let out_rs = seq_len * hidden;
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut d_h_direct = vec![T::ZERO; batch * hidden];
+        let mut d_rh = vec![T::ZERO; batch * hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
+        for t in (0..seq_len).rev() {
+            let (h_prev, h_rs) = if t == 0 {
+                (h0, hidden)
+            } else {
+                (&out[(t - 1) * hidden..], out_rs)
+            };
+            for b in 0..batch {
+                let row = (b * seq_len + t) * gh;
+                let cell = (b * seq_len + t) * hidden;
+                let (r, rest) = gates[row..row + gh].split_at(hidden);
+                let (z, n) = rest.split_at(hidden);
+                let h_prev = &h_prev[b * h_rs..b * h_rs + hidden];
+                let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                let d_pre_row = &mut d_pre[row..row + gh];
+                let d_rec_row = &mut d_rec[row..row + gh];
+                let direct = &mut d_h_direct[b * hidden..(b + 1) * hidden];
+                let mut squared = 0.0;
+                for j in 0..hidden {
+                    let d_h = g_out[j] + d_h_rec[b * hidden + j];
+                    squared += d_h.to_f64() * d_h.to_f64();
+                    let d_n = d_h * (T::ONE - z[j]) * (T::ONE - n[j] * n[j]);
+                    let d_z = d_h * (h_prev[j] - n[j]) * z[j] * (T::ONE - z[j]);
+                    direct[j] = d_h * z[j];
+                    d_pre_row[hidden + j] = d_z;
+                    d_pre_row[2 * hidden + j] = d_n;
+                    d_rec_row[hidden + j] = d_z;
+                    if reset == GruReset::After {
+                        let hn = extra[cell + j];
+                        let d_r = d_n * hn * r[j] * (T::ONE - r[j]);
+                        d_pre_row[j] = d_r;
+                        d_rec_row[j] = d_r;
+                        d_rec_row[2 * hidden + j] = d_n * r[j];
+                    } else {
+                        d_rec_row[2 * hidden + j] = d_n;
+                    }
+                }
+                flow.add(t, squared);
+            }
+            if reset == GruReset::Before {
+                // ∂L/∂(r ⊙ h) = d_n · W_hn, then r's gradient and r's share of ∂L/∂h.
+                matmul_serial(
+                    (batch, hidden, hidden),
+                    &mut d_rh,
+                    hidden,
+                    (&d_pre[t * gh + 2 * hidden..], seq_len * gh, 1),
+                    (&weight_hh[2 * hidden * hidden..], hidden, 1),
+                    false,
+                );
+                for b in 0..batch {
+                    let row = (b * seq_len + t) * gh;
+                    let r = &gates[row..row + hidden];
+                    let h_prev = &h_prev[b * h_rs..b * h_rs + hidden];
+                    for j in 0..hidden {
+                        let d_rh = d_rh[b * hidden + j];
+                        let d_r = d_rh * h_prev[j] * r[j] * (T::ONE - r[j]);
+                        d_pre[row + j] = d_r;
+                        d_rec[row + j] = d_r;
+                        d_h_direct[b * hidden + j] += d_rh * r[j];
+                    }
+                }
+            }
+            // ∂L/∂h_{t−1} = direct share + d_rec[:, t] · W_hh (r, z rows only when the
+            // reset acts before W_hn: its n rows were applied to r ⊙ h, handled above).
+            d_h_rec.copy_from_slice(&d_h_direct);
+            let k = if reset == GruReset::After {
+                gh
+            } else {
+                2 * hidden
+            };
+            matmul_serial(
+                (batch, hidden, k),
+                &mut d_h_rec,
+                hidden,
+                (&d_rec[t * gh..], seq_len * gh, 1),
+                (weight_hh, hidden, 1),
+                true,
+            );
+        }
+
+        d_h0.copy_from_slice(&d_h_rec);
+        flow
+    }
+}
+
+impl Kernel for GruOp {
+    const NAME: &'static str = "fused-gru";
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.seq_len, self.hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            reset,
+            ..
+        } = *self;
+        let gh = 3 * hidden;
+        let offsets = GatedOffsets::new(&self.reset, input, hidden);
+        let bias_hh = &params[offsets.bias_hh..offsets.end];
+        // b_hr and b_hz fold into the input projection; so does b_hn when the reset gate
+        // acts before W_hn, but not after (there it is scaled by r).
+        let folded = if reset == GruReset::Before {
+            gh
+        } else {
+            2 * hidden
+        };
+        let (mut gates, weight_hh_t) = offsets.prologue(
+            Self::NAME,
+            (x, params),
+            folded,
+            (batch * seq_len, input, hidden),
+        )?;
+
+        let out_rs = seq_len * hidden;
+        let mut out = vec![T::ZERO; batch * out_rs];
+        let mut extra = vec![T::ZERO; batch * seq_len * hidden];
+        let rows = chunk_rows(batch);
+        gates
+            .par_chunks_mut(rows * seq_len * gh)
+            .zip(out.par_chunks_mut(rows * out_rs))
+            .zip(extra.par_chunks_mut(rows * seq_len * hidden))
+            .zip(h0.par_chunks(rows * hidden))
+            .for_each(|(((gates, out), extra), h0)| {
+                wide(|| self.forward_chunk([gates, out, extra], h0, &weight_hh_t, bias_hh));
+            });
+        *self.saved.lock().expect("saved activations") = Some(Box::new(GruSaved { gates, extra }));
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        h0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            reset,
+            ..
+        } = *self;
+        let gh = 3 * hidden;
+        let GatedOffsets {
+            weight_ih: o_wih,
+            weight_hh: o_whh,
+            bias_ih: o_bih,
+            bias_hh: o_bhh,
+            end,
+            ..
+        } = GatedOffsets::new(&self.reset, input, hidden);
+        let (weight_ih, weight_hh) = (&params[o_wih..o_whh], &params[o_whh..o_bih]);
+        let guard = self.saved.lock().expect("saved activations");
+        let Some(saved) = guard.as_ref().and_then(|s| s.downcast_ref::<GruSaved<T>>()) else {
+            bail!("fused GRU backward without its forward's activations");
+        };
+        let out_rs = seq_len * hidden;
+        let rows = batch * seq_len;
+
+        // Gradients of the input projection's outputs and of the recurrent GEMM's outputs.
+        let mut d_pre = vec![T::ZERO; rows * gh];
+        let mut d_rec = vec![T::ZERO; rows * gh];
+        let mut d_h0 = vec![T::ZERO; batch * hidden];
+        let chunk = chunk_rows(batch);
+        let flows: Vec<FlowNorms> = d_pre
+            .par_chunks_mut(chunk * seq_len * gh)
+            .zip(d_rec.par_chunks_mut(chunk * seq_len * gh))
+            .zip(d_h0.par_chunks_mut(chunk * hidden))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .zip(out.par_chunks(chunk * out_rs))
+            .zip(saved.gates.par_chunks(chunk * seq_len * gh))
+            .zip(saved.extra.par_chunks(chunk * seq_len * hidden))
+            .zip(h0.par_chunks(chunk * hidden))
+            .map(
+                |(((((((d_pre, d_rec), d_h0), grad_out), out), gates), extra), h0)| {
+                    let grads = [d_pre, d_rec, d_h0];
+                    wide(|| {
+                        self.backward_chunk(grads, [grad_out, out, gates, extra, h0], weight_hh)
+                    })
+                },
+            )
+            .collect();
+        let mut flow = FlowNorms::new(batch, seq_len);
+        flows.iter().for_each(|part| flow.merge(part));
+        flow.finish(&self.flow);
+        let mut d_params = vec![T::ZERO; end];
+        let d_x = input_grads(
+            &d_pre,
+            x,
+            weight_ih,
+            &mut d_params[o_wih..o_whh],
+            (rows, gh, input),
+        );
+        let mut h_prev = vec![T::ZERO; rows * hidden];
+        previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
+        let d_weight_hh = &mut d_params[o_whh..o_bih];
+        match reset {
+            GruReset::After => {
+                matmul(
+                    (gh, hidden, rows),
+                    d_weight_hh,
+                    hidden,
+                    (&d_rec, 1, gh),
+                    (&h_prev, hidden, 1),
+                    false,
+                );
+            }
+            GruReset::Before => {
+                let (d_rz, d_n) = d_weight_hh.split_at_mut(2 * hidden * hidden);
+                matmul(
+                    (2 * hidden, hidden, rows),
+                    d_rz,
+                    hidden,
+                    (&d_rec, 1, gh),
+                    (&h_prev, hidden, 1),
+                    false,
+                );
+                matmul(
+                    (hidden, hidden, rows),
+                    d_n,
+                    hidden,
+                    (&d_rec[2 * hidden..], 1, gh),
+                    (&saved.extra, hidden, 1),
+                    false,
+                );
+            }
+        }
+        add_column_sums(&mut d_params[o_bih..o_bhh], &d_pre, gh);
+        add_column_sums(&mut d_params[o_bhh..end], &d_rec, gh);
+        Ok((d_x, d_h0, d_params))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
     use super::*;
+    use crate::Cell;
+    use crate::Params;
 
     fn step(reset: GruReset) -> f64 {
         // Zero weights but W_hn = 2, b_hn = 0.2; so r = z = σ(0) = 0.5 at h = 0.5.
@@ -156,7 +568,7 @@ mod tests {
             Var::from_tensor(&b_hh.zeros_like().unwrap()).unwrap(),
         );
         params.insert("bias_hh_l0", Var::from_tensor(&b_hh).unwrap());
-        let gru = Gru::new(&params, 0, 1, 1, reset).unwrap();
+        let gru = Gru::new(reset, &params, 0, 1, 1).unwrap();
         let state = State {
             h: Tensor::new(&[[0.5f64]], &dev).unwrap(),
             c: None,

@@ -1,8 +1,9 @@
 //! Seeded initialisation schemes.
 //!
 //! Weights come from our own ChaCha8 stream (candle's CPU device cannot be seeded), drawn
-//! in f64 in a fixed order (layer by layer: `weight_ih`, `weight_hh`, `bias_ih`,
-//! `bias_hh`, peepholes i, f, o; then the head), so the same seed gives the same weights
+//! in f64 in a fixed order (layer by layer, each cell's parameters in the order of its
+//! [`crate::CellSpec::layer_params`]: `weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`, then
+//! e.g. the peepholes i, f, o; then the head), so the same seed gives the same weights
 //! bit for bit on every machine.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -10,10 +11,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::Params;
-use crate::cell::{CellConfig, Gate, LayerNames, peephole_name};
+use crate::layer::CellConfig;
 use crate::model::{HEAD_BIAS, HEAD_WEIGHT, ModelConfig};
+use crate::spec::{ParamRole, ParamSpec};
 
-/// How weights are drawn.
+/// How weights are drawn. A recurrent weight that is a vector (IndRNN's diagonal `u`)
+/// is `U(−1/√H, 1/√H)` under `Pytorch` and 1 under the others (the diagonal of the
+/// identity, the positive orthogonal matrix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InitScheme {
     /// PyTorch's default: every weight, bias and peephole `U(−1/√H, 1/√H)`; the head as
@@ -61,7 +65,7 @@ impl Init {
         };
         let mut input_size = config.input_size;
         for (layer, &hidden_size) in config.hidden.iter().enumerate() {
-            self.layer(&mut draw, config.cell, layer, input_size, hidden_size)?;
+            self.layer(&mut draw, &config.cell, layer, input_size, hidden_size)?;
             input_size = hidden_size;
         }
         let (out, fan_in) = (config.output_size, input_size);
@@ -80,70 +84,59 @@ impl Init {
     fn layer(
         &self,
         draw: &mut Draw,
-        cell: CellConfig,
+        cell: &CellConfig,
         layer: usize,
         input_size: usize,
         hidden_size: usize,
     ) -> Result<()> {
-        let names = LayerNames::new(layer);
-        let gates = cell.gate_count();
-        let rows = gates * hidden_size;
-        let bound = 1.0 / (hidden_size as f64).sqrt();
-        let (weight_ih, weight_hh) = match self.scheme {
-            InitScheme::Pytorch => (
-                draw.uniform(rows * input_size, bound),
-                draw.uniform(rows * hidden_size, bound),
-            ),
-            InitScheme::Keras => (
-                draw.glorot(rows, input_size),
-                draw.orthogonal(rows, hidden_size),
-            ),
-            InitScheme::Orthogonal => {
-                let weight_ih = draw.glorot(rows, input_size);
-                let blocks = (0..gates).flat_map(|_| draw.orthogonal(hidden_size, hidden_size));
-                (weight_ih, blocks.collect())
+        for spec in cell.layer_params(input_size, hidden_size) {
+            let values = self.draw(draw, &spec, hidden_size);
+            draw.put(&spec.name_in(layer), values, &spec.shape)?;
+        }
+        Ok(())
+    }
+
+    /// The values of one parameter of a layer with `hidden` units.
+    fn draw(&self, draw: &mut Draw, spec: &ParamSpec, hidden: usize) -> Vec<f64> {
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let (len, rows) = (spec.len(), spec.shape[0]);
+        match (spec.role, self.scheme) {
+            (_, InitScheme::Pytorch) => {
+                let mut values = draw.uniform(len, bound);
+                self.add_forget_bias(spec, hidden, &mut values);
+                values
             }
-            InitScheme::Identity => {
-                let weight_ih = draw.normal(rows * input_size, 1e-3);
-                let eye = (0..hidden_size * hidden_size).map(|k| {
-                    if k / hidden_size == k % hidden_size {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                });
-                (weight_ih, eye.cycle().take(rows * hidden_size).collect())
+            (ParamRole::InputWeight, InitScheme::Identity) => draw.normal(len, 1e-3),
+            (ParamRole::InputWeight, _) => draw.glorot(rows, len / rows),
+            (ParamRole::RecurrentWeight { .. }, InitScheme::Keras) => draw.orthogonal(rows, hidden),
+            (ParamRole::RecurrentWeight { gates }, InitScheme::Orthogonal) => (0..gates)
+                .flat_map(|_| draw.orthogonal(hidden, hidden))
+                .collect(),
+            (ParamRole::RecurrentWeight { .. }, InitScheme::Identity) => {
+                let eye =
+                    (0..hidden * hidden).map(|k| if k / hidden == k % hidden { 1.0 } else { 0.0 });
+                eye.cycle().take(len).collect()
             }
-        };
-        let (mut bias_ih, bias_hh) = match self.scheme {
-            InitScheme::Pytorch => (draw.uniform(rows, bound), draw.uniform(rows, bound)),
-            _ => (vec![0.0; rows], vec![0.0; rows]),
-        };
-        let forget_rows = match cell {
-            CellConfig::Lstm(options) => {
-                options.gate_rows().iter().position(|g| *g == Gate::Forget)
+            // The diagonal of an identity (and of the positive orthogonal) matrix.
+            (ParamRole::RecurrentDiagonal, _) => vec![1.0; len],
+            (ParamRole::Bias { .. } | ParamRole::Peephole, _) => {
+                let mut values = vec![0.0; len];
+                self.add_forget_bias(spec, hidden, &mut values);
+                values
             }
-            _ => None,
-        };
-        if let Some(index) = forget_rows {
-            for value in &mut bias_ih[index * hidden_size..(index + 1) * hidden_size] {
+        }
+    }
+
+    /// Adds [`Init::forget_bias`] to the forget gate's rows of the bias that takes it.
+    fn add_forget_bias(&self, spec: &ParamSpec, hidden: usize, values: &mut [f64]) {
+        if let ParamRole::Bias {
+            forget_block: Some(block),
+        } = spec.role
+        {
+            for value in &mut values[block * hidden..(block + 1) * hidden] {
                 *value += self.forget_bias;
             }
         }
-        draw.put(&names.weight_ih, weight_ih, &[rows, input_size])?;
-        draw.put(&names.weight_hh, weight_hh, &[rows, hidden_size])?;
-        draw.put(&names.bias_ih, bias_ih, &[rows])?;
-        draw.put(&names.bias_hh, bias_hh, &[rows])?;
-        if let CellConfig::Lstm(options) = cell {
-            for gate in options.peephole_gates() {
-                let values = match self.scheme {
-                    InitScheme::Pytorch => draw.uniform(hidden_size, bound),
-                    _ => vec![0.0; hidden_size],
-                };
-                draw.put(&peephole_name(gate, layer), values, &[hidden_size])?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -231,7 +224,7 @@ mod tests {
 
     fn lstm_config(options: LstmOptions) -> ModelConfig {
         ModelConfig {
-            cell: CellConfig::Lstm(options),
+            cell: CellConfig::new(options),
             input_size: 3,
             hidden: vec![6, 4],
             output_size: 2,

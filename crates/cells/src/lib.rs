@@ -12,7 +12,7 @@
 //! use rnnlab_cells::{CellConfig, HeadKind, Init, LstmOptions, Model, ModelConfig};
 //!
 //! let config = ModelConfig {
-//!     cell: CellConfig::Lstm(LstmOptions::default()),
+//!     cell: CellConfig::new(LstmOptions::default()),
 //!     input_size: 2,
 //!     hidden: vec![16, 8],
 //!     output_size: 1,
@@ -31,18 +31,22 @@ mod cell;
 mod fused;
 mod gru;
 mod init;
+mod layer;
 mod lstm;
 mod model;
 mod params;
+pub mod registry;
 mod rnn;
+mod spec;
+mod unroll;
 
-pub use cell::{
-    Cell, CellConfig, Gate, GradFlow, GruReset, LstmOptions, Nonlinearity, State, peephole_name,
-    unroll,
-};
-pub use gru::Gru;
+pub use cell::{Cell, GradFlow, State};
+pub use gru::{GRU, Gru, GruReset};
 pub use init::{Init, InitScheme};
-pub use lstm::{Lstm, PeepholeLstm};
+pub use layer::{CellConfig, CellKind, CellMath, Layer};
+pub use lstm::{Gate, LSTM, Lstm, LstmOptions, PEEPHOLE_LSTM, PeepholeLstm};
 pub use model::{HEAD_BIAS, HEAD_WEIGHT, Head, HeadKind, Model, ModelConfig, Stack};
 pub use params::Params;
-pub use rnn::VanillaRnn;
+pub use rnn::{Nonlinearity, RNN, RNN_RELU, VanillaRnn};
+pub use spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gated_layer};
+pub use unroll::unroll;

@@ -3,7 +3,8 @@
 use candle_core::{Result, Tensor, bail};
 
 use crate::Params;
-use crate::cell::{Cell, CellConfig, GradFlow, State};
+use crate::cell::{Cell, GradFlow, State};
+use crate::layer::CellConfig;
 
 /// Name of the head's weight `(output, H_last)`.
 pub const HEAD_WEIGHT: &str = "head.weight";
@@ -42,17 +43,14 @@ impl ModelConfig {
         let mut input = self.input_size;
         let mut count = 0;
         for &hidden in &self.hidden {
-            let rows = self.cell.gate_count() * hidden;
-            count += rows * (input + hidden + 2);
-            if let CellConfig::Lstm(options) = self.cell {
-                count += options.peephole_gates().len() * hidden;
-            }
+            let specs = self.cell.layer_params(input, hidden);
+            count += specs.iter().map(|spec| spec.len()).sum::<usize>();
             input = hidden;
         }
         count + self.output_size * (input + 1)
     }
 
-    /// Rejects empty stacks, zero sizes and contradictory LSTM options.
+    /// Rejects empty stacks, zero sizes and contradictory cell options.
     pub fn validate(&self) -> Result<()> {
         if self.input_size == 0 || self.output_size == 0 {
             bail!("input and output sizes must be at least 1");
@@ -60,10 +58,7 @@ impl ModelConfig {
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             bail!("hidden must list at least one layer, each with at least 1 unit");
         }
-        if let CellConfig::Lstm(options) = self.cell {
-            options.validate()?;
-        }
-        Ok(())
+        self.cell.spec().validate()
     }
 }
 
@@ -75,7 +70,7 @@ pub struct Stack {
 impl Stack {
     /// Builds layers `0..hidden.len()` from `params` (names `*_l0`, `*_l1`, …).
     pub fn new(
-        cell: CellConfig,
+        cell: &CellConfig,
         input_size: usize,
         hidden: &[usize],
         params: &Params,
@@ -193,7 +188,7 @@ impl Model {
     /// Builds `config` from `params` (see [`crate::Init::params`]).
     pub fn new(config: &ModelConfig, params: &Params) -> Result<Self> {
         config.validate()?;
-        let stack = Stack::new(config.cell, config.input_size, &config.hidden, params)?;
+        let stack = Stack::new(&config.cell, config.input_size, &config.hidden, params)?;
         let last = *config.hidden.last().expect("validated: at least one layer");
         let head = Head::new(params, last, config.output_size, config.head)?;
         Ok(Self { stack, head })

@@ -1,12 +1,15 @@
 //! The vanilla (Elman) RNN.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Shape, Tensor};
+use rayon::prelude::*;
 
-use crate::Params;
-use crate::cell::{
-    Cell, GradFlow, LayerNames, Nonlinearity, State, affine, check_sequence, unroll,
+use crate::cell::{FlowSink, GradFlow, State};
+use crate::fused::{
+    FlowNorms, FusedOp, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, matmul_serial,
+    pack, wide,
 };
-use crate::fused::{self, FlowSink};
+use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
+use crate::spec::{CellOptions, CellSpec, LayerWeights, gated_layer};
 
 /// Vanilla RNN layer, `torch.nn.RNN`:
 ///
@@ -16,81 +19,276 @@ use crate::fused::{self, FlowSink};
 ///
 /// Parameters: `weight_ih_l{k}` `(H, I)`, `weight_hh_l{k}` `(H, H)`, `bias_ih_l{k}` `(H)`,
 /// `bias_hh_l{k}` `(H)`.
-#[derive(Debug, Clone)]
-pub struct VanillaRnn {
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor,
-    bias_hh: Tensor,
-    nonlinearity: Nonlinearity,
+pub type VanillaRnn = Layer<Nonlinearity>;
+
+/// The activation of the vanilla RNN (PyTorch's `nonlinearity`): the RNN's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nonlinearity {
+    /// `tanh`, the default.
+    #[default]
+    Tanh,
+    /// `relu`, as in the IRNN of Le et al. 2015.
+    Relu,
 }
 
-impl VanillaRnn {
-    /// Layer `layer` of a stack, from `params`.
-    pub fn new(
-        params: &Params,
-        layer: usize,
-        input_size: usize,
-        hidden_size: usize,
-        nonlinearity: Nonlinearity,
-    ) -> Result<Self> {
-        let names = LayerNames::new(layer);
-        Ok(Self {
-            weight_ih: params.tensor(&names.weight_ih, &[hidden_size, input_size])?,
-            weight_hh: params.tensor(&names.weight_hh, &[hidden_size, hidden_size])?,
-            bias_ih: params.tensor(&names.bias_ih, &[hidden_size])?,
-            bias_hh: params.tensor(&names.bias_hh, &[hidden_size])?,
-            nonlinearity,
-        })
-    }
-}
+/// `model.cell: rnn`.
+pub static RNN: CellKind = CellKind {
+    name: "rnn",
+    summary: "vanilla tanh RNN (Elman 1990; torch.nn.RNN)",
+    configure: |options| {
+        options.only_defaults("rnn")?;
+        Ok(CellConfig::new(Nonlinearity::Tanh))
+    },
+    colors: &[("rnn", [0, 0, 0])],
+    examples: || vec![CellConfig::new(Nonlinearity::Tanh)],
+};
 
-impl Cell for VanillaRnn {
-    fn input_size(&self) -> usize {
-        self.weight_ih.dims()[1]
-    }
+/// `model.cell: rnn_relu` (the IRNN of Le et al. 2015 with `init: identity`).
+pub static RNN_RELU: CellKind = CellKind {
+    name: "rnn_relu",
+    summary: "vanilla ReLU RNN (the IRNN of Le et al. 2015 with init: identity)",
+    configure: |options: &CellOptions| {
+        options.only_defaults("rnn_relu")?;
+        Ok(CellConfig::new(Nonlinearity::Relu))
+    },
+    colors: &[("rnn_relu", [204, 121, 167])],
+    examples: || vec![CellConfig::new(Nonlinearity::Relu)],
+};
 
-    fn hidden_size(&self) -> usize {
-        self.weight_hh.dims()[0]
-    }
-
-    fn has_cell_state(&self) -> bool {
-        false
-    }
-
-    fn zero_state(&self, batch: usize) -> Result<State> {
-        let h = Tensor::zeros(
-            (batch, self.hidden_size()),
-            self.weight_hh.dtype(),
-            self.weight_hh.device(),
-        )?;
-        Ok(State { h, c: None })
-    }
-
-    fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {
-        if !fused::supported(xs) {
-            return unroll(self, xs, state);
+impl CellSpec for Nonlinearity {
+    fn label(&self) -> String {
+        match self {
+            Self::Tanh => "rnn".into(),
+            Self::Relu => "rnn_relu".into(),
         }
-        check_sequence(self, xs, state)?;
-        let weights = [
-            &self.weight_ih,
-            &self.weight_hh,
-            &self.bias_ih,
-            &self.bias_hh,
-        ];
-        let sink = FlowSink::default();
-        let (hs, last) = fused::rnn_sequence(xs, state, weights, self.nonlinearity, &sink)?;
-        Ok((hs, last, GradFlow::recorded(sink)))
     }
 
-    fn step(&self, x: &Tensor, state: &State) -> Result<State> {
-        let pre = (affine(x, &self.weight_ih, &self.bias_ih)?
-            + affine(&state.h, &self.weight_hh, &self.bias_hh)?)?;
-        let h = match self.nonlinearity {
-            Nonlinearity::Tanh => pre.tanh()?,
-            Nonlinearity::Relu => pre.relu()?,
+    fn layer_params(&self, input: usize, hidden: usize) -> Vec<crate::ParamSpec> {
+        gated_layer(1, input, hidden, None)
+    }
+
+    fn saved_floats_per_step(&self, hidden: usize) -> usize {
+        hidden
+    }
+}
+
+impl CellMath for Nonlinearity {
+    fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State> {
+        let [w_ih, w_hh, b_ih, b_hh] = weights.four()?;
+        let pre = (affine(x, w_ih, b_ih)? + affine(&state.h, w_hh, b_hh)?)?;
+        let h = match self {
+            Self::Tanh => pre.tanh()?,
+            Self::Relu => pre.relu()?,
         };
         Ok(State { h, c: None })
+    }
+
+    fn fused(
+        &self,
+        weights: &LayerWeights,
+        xs: &Tensor,
+        state: &State,
+    ) -> Result<(Tensor, State, GradFlow)> {
+        rnn_sequence(xs, state, weights, *self)
+    }
+}
+
+// The fused kernel: the whole sequence as one candle op (see `crate::fused`).
+
+/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
+pub(crate) fn rnn_sequence(
+    xs: &Tensor,
+    state: &State,
+    weights: &LayerWeights,
+    nonlinearity: Nonlinearity,
+) -> Result<(Tensor, State, GradFlow)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    let sink = FlowSink::default();
+    let op = RnnOp {
+        batch,
+        seq_len,
+        input,
+        hidden: weights.hidden,
+        nonlinearity,
+        flow: sink.clone(),
+    };
+    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
+    let out = xs
+        .contiguous()?
+        .apply_op3(&state.h.contiguous()?, &params, FusedOp(op))?;
+    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
+    Ok((out, State { h, c: None }, GradFlow::recorded(sink)))
+}
+
+struct RnnOp {
+    batch: usize,
+    seq_len: usize,
+    input: usize,
+    hidden: usize,
+    nonlinearity: Nonlinearity,
+    flow: FlowSink,
+}
+
+impl RnnOp {
+    /// The time loop for the batch rows of one chunk (`out` holds their pre-activations).
+    #[inline(always)]
+    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], weight_hh_t: &[T]) {
+        let Self {
+            seq_len,
+            hidden,
+            nonlinearity,
+            ..
+        } = *self;
+        let batch = h0.len() / hidden;
+        let out_rs = seq_len * hidden;
+        let mut h_prev = h0.to_vec();
+        for t in 0..seq_len {
+            matmul_serial(
+                (batch, hidden, hidden),
+                &mut out[t * hidden..],
+                out_rs,
+                (&h_prev, hidden, 1),
+                (weight_hh_t, hidden, 1),
+                true,
+            );
+            for b in 0..batch {
+                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                match nonlinearity {
+                    Nonlinearity::Tanh => h.iter_mut().for_each(|v| *v = v.tanh_()),
+                    Nonlinearity::Relu => h.iter_mut().for_each(|v| *v = v.max_(T::ZERO)),
+                }
+                h_prev[b * hidden..(b + 1) * hidden].copy_from_slice(h);
+            }
+        }
+    }
+
+    /// The reverse time loop for the batch rows of one chunk: fills `[d_pre, d_h0]`.
+    #[inline(always)]
+    fn backward_chunk<T: Real>(
+        &self,
+        [d_pre, d_h0]: [&mut [T]; 2],
+        [out, grad_out]: [&[T]; 2],
+        weight_hh: &[T],
+    ) -> FlowNorms {
+        let Self {
+            seq_len,
+            hidden,
+            nonlinearity,
+            ..
+        } = *self;
+        let batch = d_h0.len() / hidden;
+        let out_rs = seq_len * hidden;
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut flow = FlowNorms::new(batch, seq_len);
+        for t in (0..seq_len).rev() {
+            for b in 0..batch {
+                let at = b * out_rs + t * hidden;
+                let (h, g) = (&out[at..at + hidden], &grad_out[at..at + hidden]);
+                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
+                let d = &mut d_pre[at..at + hidden];
+                let mut squared = 0.0;
+                for j in 0..hidden {
+                    let d_h = g[j] + rec[j];
+                    squared += d_h.to_f64() * d_h.to_f64();
+                    let slope = match nonlinearity {
+                        Nonlinearity::Tanh => T::ONE - h[j] * h[j],
+                        Nonlinearity::Relu if h[j] > T::ZERO => T::ONE,
+                        Nonlinearity::Relu => T::ZERO,
+                    };
+                    d[j] = d_h * slope;
+                }
+                flow.add(t, squared);
+            }
+            matmul_serial(
+                (batch, hidden, hidden),
+                &mut d_h_rec,
+                hidden,
+                (&d_pre[t * hidden..], out_rs, 1),
+                (weight_hh, hidden, 1),
+                false,
+            );
+        }
+        d_h0.copy_from_slice(&d_h_rec);
+        flow
+    }
+}
+
+impl Kernel for RnnOp {
+    const NAME: &'static str = "fused-rnn";
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.seq_len, self.hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            ..
+        } = *self;
+        let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
+        // The pre-activations become the outputs in place: (B, T, H) is the same layout.
+        let (mut out, weight_hh_t) = offsets.prologue(
+            Self::NAME,
+            (x, params),
+            hidden,
+            (batch * seq_len, input, hidden),
+        )?;
+        let out_rs = seq_len * hidden;
+        let rows = chunk_rows(batch);
+        out.par_chunks_mut(rows * out_rs)
+            .zip(h0.par_chunks(rows * hidden))
+            .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, &weight_hh_t)));
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        h0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Self {
+            batch,
+            seq_len,
+            input,
+            hidden,
+            ..
+        } = *self;
+        let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
+        let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
+        let out_rs = seq_len * hidden;
+        let rows = batch * seq_len;
+        let mut d_pre = vec![T::ZERO; rows * hidden];
+        let mut d_h0 = vec![T::ZERO; batch * hidden];
+        let chunk = chunk_rows(batch);
+        let flows: Vec<FlowNorms> = d_pre
+            .par_chunks_mut(chunk * out_rs)
+            .zip(d_h0.par_chunks_mut(chunk * hidden))
+            .zip(out.par_chunks(chunk * out_rs))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .map(|(((d_pre, d_h0), out), grad_out)| {
+                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], weight_hh))
+            })
+            .collect();
+        let mut flow = FlowNorms::new(batch, seq_len);
+        flows.iter().for_each(|part| flow.merge(part));
+        flow.finish(&self.flow);
+        let (d_x, d_params) = gated_weight_grads(
+            &offsets,
+            &d_pre,
+            x,
+            params,
+            vec![T::ZERO; rows * hidden],
+            (h0, hidden),
+            (out, out_rs),
+            (batch, seq_len, input, hidden),
+        );
+        Ok((d_x, d_h0, d_params))
     }
 }
 
@@ -99,6 +297,8 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::*;
+    use crate::Cell;
+    use crate::Params;
 
     fn one_unit(nonlinearity: Nonlinearity) -> VanillaRnn {
         let mut params = Params::new();
@@ -125,7 +325,7 @@ mod tests {
             "bias_hh_l0",
             Tensor::new(&[0.2f64], &dev).unwrap(),
         );
-        VanillaRnn::new(&params, 0, 1, 1, nonlinearity).unwrap()
+        VanillaRnn::new(nonlinearity, &params, 0, 1, 1).unwrap()
     }
 
     #[test]

@@ -4,8 +4,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use rnnlab_cells::{
-    Cell, CellConfig, Gate, GruReset, HeadKind, Init, LstmOptions, ModelConfig, Nonlinearity,
-    Params, State, peephole_name,
+    Cell, CellConfig, Gate, HeadKind, Init, LstmOptions, ModelConfig, Params, State, registry,
 };
 
 const INPUT: usize = 3;
@@ -13,74 +12,9 @@ const HIDDEN: usize = 4;
 const BATCH: usize = 2;
 const SEQ: usize = 5;
 
-fn variants() -> Vec<(&'static str, LstmOptions)> {
-    let plain = LstmOptions::default();
-    let peephole = LstmOptions::peephole();
-    vec![
-        ("plain", plain),
-        ("peephole", peephole),
-        (
-            "no input gate",
-            LstmOptions {
-                input_gate: false,
-                ..plain
-            },
-        ),
-        (
-            "no forget gate",
-            LstmOptions {
-                forget_gate: false,
-                ..plain
-            },
-        ),
-        (
-            "no output gate",
-            LstmOptions {
-                output_gate: false,
-                ..plain
-            },
-        ),
-        (
-            "coupled",
-            LstmOptions {
-                coupled_input_forget: true,
-                ..plain
-            },
-        ),
-        (
-            "peephole no input gate",
-            LstmOptions {
-                input_gate: false,
-                ..peephole
-            },
-        ),
-        (
-            "peephole no forget gate",
-            LstmOptions {
-                forget_gate: false,
-                ..peephole
-            },
-        ),
-        (
-            "peephole no output gate",
-            LstmOptions {
-                output_gate: false,
-                ..peephole
-            },
-        ),
-        (
-            "peephole coupled",
-            LstmOptions {
-                coupled_input_forget: true,
-                ..peephole
-            },
-        ),
-    ]
-}
-
-fn f64_params(cell: CellConfig, seed: u64) -> Params {
+fn f64_params(cell: &CellConfig, seed: u64) -> Params {
     let config = ModelConfig {
-        cell,
+        cell: cell.clone(),
         input_size: INPUT,
         hidden: vec![HIDDEN],
         output_size: 1,
@@ -152,7 +86,7 @@ fn check_var(name: &str, var: &Var, analytic: &Tensor, loss: &dyn Fn() -> f64) -
     problems
 }
 
-fn gradient_check(label: &str, cell: CellConfig) {
+fn gradient_check(label: &str, cell: &CellConfig) {
     let params = f64_params(cell, 17);
     let layer = cell.build(&params, 0, INPUT, HIDDEN).unwrap();
     let input = Var::from_tensor(&wave(&[BATCH, SEQ, INPUT], 3.0)).unwrap();
@@ -194,20 +128,13 @@ fn gradient_check(label: &str, cell: CellConfig) {
 }
 
 #[test]
-fn lstm_variants_match_finite_differences() {
-    for (label, options) in variants() {
-        gradient_check(label, CellConfig::Lstm(options));
+fn every_cell_matches_finite_differences() {
+    for cell in registry::examples() {
+        gradient_check(&cell.label(), &cell);
     }
 }
 
-#[test]
-fn rnn_and_gru_match_finite_differences() {
-    gradient_check("rnn tanh", CellConfig::Rnn(Nonlinearity::Tanh));
-    gradient_check("gru after", CellConfig::Gru(GruReset::After));
-    gradient_check("gru before", CellConfig::Gru(GruReset::Before));
-}
-
-fn run(cell: CellConfig, params: &Params) -> (Tensor, Tensor) {
+fn run(cell: &CellConfig, params: &Params) -> (Tensor, Tensor) {
     let layer = cell.build(params, 0, INPUT, HIDDEN).unwrap();
     let state = State {
         h: wave(&[BATCH, HIDDEN], 4.0),
@@ -222,13 +149,16 @@ fn run(cell: CellConfig, params: &Params) -> (Tensor, Tensor) {
 #[test]
 fn peepholes_at_zero_are_the_plain_lstm_exactly() {
     let plain = LstmOptions::default();
-    let mut params = f64_params(CellConfig::Lstm(plain), 3);
+    let mut params = f64_params(&CellConfig::new(plain), 3);
     for gate in [Gate::Input, Gate::Forget, Gate::Output] {
         let zeros = Tensor::zeros(HIDDEN, DType::F64, &Device::Cpu).unwrap();
-        params.insert(&peephole_name(gate, 0), Var::from_tensor(&zeros).unwrap());
+        params.insert(
+            &format!("peephole_{}_l0", gate.letter()),
+            Var::from_tensor(&zeros).unwrap(),
+        );
     }
-    let (a, ca) = run(CellConfig::Lstm(plain), &params);
-    let (b, cb) = run(CellConfig::Lstm(LstmOptions::peephole()), &params);
+    let (a, ca) = run(&CellConfig::new(plain), &params);
+    let (b, cb) = run(&CellConfig::new(LstmOptions::peephole()), &params);
     assert_eq!(values(&a), values(&b));
     assert_eq!(values(&ca), values(&cb));
 }
@@ -295,7 +225,7 @@ fn a_removed_gate_is_the_plain_lstm_with_that_gate_saturated_open() {
             3,
         ),
     ] {
-        let variant = f64_params(CellConfig::Lstm(options), 21);
+        let variant = f64_params(&CellConfig::new(options), 21);
         let pinned = with_gate_rows(
             &variant,
             at,
@@ -303,8 +233,8 @@ fn a_removed_gate_is_the_plain_lstm_with_that_gate_saturated_open() {
             zeros_hh.clone(),
             open.clone(),
         );
-        let (a, ca) = run(CellConfig::Lstm(options), &variant);
-        let (b, cb) = run(CellConfig::Lstm(plain), &pinned);
+        let (a, ca) = run(&CellConfig::new(options), &variant);
+        let (b, cb) = run(&CellConfig::new(plain), &pinned);
         assert_close(label, &a, &b);
         assert_close(label, &ca, &cb);
     }
@@ -317,7 +247,7 @@ fn coupled_gates_are_the_plain_lstm_with_input_weights_minus_forget_weights() {
         coupled_input_forget: true,
         ..LstmOptions::default()
     };
-    let variant = f64_params(CellConfig::Lstm(options), 23);
+    let variant = f64_params(&CellConfig::new(options), 23);
     // Rows of the coupled variant are f, g, o: the f rows are the first H.
     let forget = |name: &str| {
         variant
@@ -337,8 +267,8 @@ fn coupled_gates_are_the_plain_lstm_with_input_weights_minus_forget_weights() {
         forget("weight_hh_l0"),
         bias,
     );
-    let (a, ca) = run(CellConfig::Lstm(options), &variant);
-    let (b, cb) = run(CellConfig::Lstm(LstmOptions::default()), &pinned);
+    let (a, ca) = run(&CellConfig::new(options), &variant);
+    let (b, cb) = run(&CellConfig::new(LstmOptions::default()), &pinned);
     assert_close("coupled", &a, &b);
     assert_close("coupled", &ca, &cb);
 }

@@ -3,63 +3,24 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rnnlab_cells::{
-    Cell, CellConfig, GruReset, HeadKind, Init, InitScheme, LstmOptions, Model, ModelConfig,
-    Nonlinearity, Params, PeepholeLstm, State,
+    Cell, CellConfig, CellSpec, HeadKind, Init, InitScheme, LstmOptions, Model, ModelConfig,
+    Nonlinearity, Params, PeepholeLstm, State, registry,
 };
 
 const INPUT: usize = 3;
 const HIDDEN: usize = 5;
 
-fn every_cell() -> Vec<(&'static str, CellConfig)> {
-    let lstm = LstmOptions::default();
-    vec![
-        ("rnn tanh", CellConfig::Rnn(Nonlinearity::Tanh)),
-        ("rnn relu", CellConfig::Rnn(Nonlinearity::Relu)),
-        ("lstm", CellConfig::Lstm(lstm)),
-        ("peephole lstm", CellConfig::Lstm(LstmOptions::peephole())),
-        (
-            "lstm no input gate",
-            CellConfig::Lstm(LstmOptions {
-                input_gate: false,
-                ..lstm
-            }),
-        ),
-        (
-            "lstm no forget gate",
-            CellConfig::Lstm(LstmOptions {
-                forget_gate: false,
-                ..lstm
-            }),
-        ),
-        (
-            "lstm no output gate",
-            CellConfig::Lstm(LstmOptions {
-                output_gate: false,
-                ..lstm
-            }),
-        ),
-        (
-            "lstm coupled",
-            CellConfig::Lstm(LstmOptions {
-                coupled_input_forget: true,
-                ..lstm
-            }),
-        ),
-        (
-            "peephole lstm coupled",
-            CellConfig::Lstm(LstmOptions {
-                coupled_input_forget: true,
-                ..LstmOptions::peephole()
-            }),
-        ),
-        ("gru after", CellConfig::Gru(GruReset::After)),
-        ("gru before", CellConfig::Gru(GruReset::Before)),
-    ]
+/// Every configuration of every registered cell, with its label.
+fn every_cell() -> Vec<(String, CellConfig)> {
+    registry::examples()
+        .into_iter()
+        .map(|cell| (cell.label(), cell))
+        .collect()
 }
 
-fn config(cell: CellConfig) -> ModelConfig {
+fn config(cell: &CellConfig) -> ModelConfig {
     ModelConfig {
-        cell,
+        cell: cell.clone(),
         input_size: INPUT,
         hidden: vec![HIDDEN],
         output_size: 2,
@@ -67,7 +28,7 @@ fn config(cell: CellConfig) -> ModelConfig {
     }
 }
 
-fn params(cell: CellConfig, scheme: InitScheme, seed: u64) -> Params {
+fn params(cell: &CellConfig, scheme: InitScheme, seed: u64) -> Params {
     let init = Init {
         scheme,
         forget_bias: 1.0,
@@ -76,7 +37,7 @@ fn params(cell: CellConfig, scheme: InitScheme, seed: u64) -> Params {
         .unwrap()
 }
 
-fn build(cell: CellConfig, params: &Params) -> Box<dyn Cell> {
+fn build(cell: &CellConfig, params: &Params) -> Box<dyn Cell> {
     cell.build(params, 0, INPUT, HIDDEN).unwrap()
 }
 
@@ -103,13 +64,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn shapes_and_states() {
     for (name, cell) in every_cell() {
-        let layer = build(cell, &params(cell, InitScheme::Pytorch, 1));
+        let layer = build(&cell, &params(&cell, InitScheme::Pytorch, 1));
         assert_eq!(
             (layer.input_size(), layer.hidden_size()),
             (INPUT, HIDDEN),
             "{name}"
         );
-        let is_lstm = matches!(cell, CellConfig::Lstm(_));
+        let is_lstm = name.contains("lstm");
         assert_eq!(layer.has_cell_state(), is_lstm, "{name}");
         let state = layer.zero_state(4).unwrap();
         assert_eq!(state.h.dims(), &[4, HIDDEN], "{name}");
@@ -137,7 +98,7 @@ fn shapes_and_states() {
 #[test]
 fn zero_length_sequence_returns_the_initial_state() {
     for (name, cell) in every_cell() {
-        let layer = build(cell, &params(cell, InitScheme::Pytorch, 2));
+        let layer = build(&cell, &params(&cell, InitScheme::Pytorch, 2));
         let (_, initial) = layer
             .sequence(&input(2, 3), &layer.zero_state(2).unwrap())
             .unwrap();
@@ -150,7 +111,7 @@ fn zero_length_sequence_returns_the_initial_state() {
 #[test]
 fn sequence_equals_repeated_steps_and_length_one_is_one_step() {
     for (name, cell) in every_cell() {
-        let layer = build(cell, &params(cell, InitScheme::Pytorch, 3));
+        let layer = build(&cell, &params(&cell, InitScheme::Pytorch, 3));
         let xs = input(2, 7);
         let (out, _) = layer.sequence(&xs, &layer.zero_state(2).unwrap()).unwrap();
         let mut state: State = layer.zero_state(2).unwrap();
@@ -173,7 +134,7 @@ fn sequence_equals_repeated_steps_and_length_one_is_one_step() {
 #[test]
 fn batch_rows_are_independent() {
     for (name, cell) in every_cell() {
-        let layer = build(cell, &params(cell, InitScheme::Pytorch, 4));
+        let layer = build(&cell, &params(&cell, InitScheme::Pytorch, 4));
         let xs = input(3, 5);
         let (all, _) = layer.sequence(&xs, &layer.zero_state(3).unwrap()).unwrap();
         for row in 0..3 {
@@ -198,7 +159,7 @@ fn seeded_and_deterministic_under_every_scheme() {
     for (name, cell) in every_cell() {
         for scheme in schemes {
             let run = |seed| {
-                let layer = build(cell, &params(cell, scheme, seed));
+                let layer = build(&cell, &params(&cell, scheme, seed));
                 layer
                     .sequence(&input(2, 9), &layer.zero_state(2).unwrap())
                     .unwrap()
@@ -222,8 +183,8 @@ fn seeded_and_deterministic_under_every_scheme() {
 
 #[test]
 fn wrong_shapes_are_errors() {
-    let cell = CellConfig::Lstm(LstmOptions::default());
-    let layer = build(cell, &params(cell, InitScheme::Pytorch, 1));
+    let cell = CellConfig::new(LstmOptions::default());
+    let layer = build(&cell, &params(&cell, InitScheme::Pytorch, 1));
     let state = layer.zero_state(2).unwrap();
     let wide = Tensor::zeros((2, 4, INPUT + 1), DType::F32, &Device::Cpu).unwrap();
     let err = layer.sequence(&wide, &state).unwrap_err().to_string();
@@ -247,7 +208,7 @@ fn wrong_shapes_are_errors() {
         ..LstmOptions::default()
     };
     assert!(contradictory.validate().is_err());
-    let err = CellConfig::Rnn(Nonlinearity::Tanh)
+    let err = CellConfig::new(Nonlinearity::Tanh)
         .build(&Params::new(), 0, 3, 5)
         .err()
         .unwrap();
@@ -259,11 +220,12 @@ fn wrong_shapes_are_errors() {
 
 #[test]
 fn peephole_lstm_is_the_lstm_with_peepholes() {
-    let cell = CellConfig::Lstm(LstmOptions::peephole());
-    let params = params(cell, InitScheme::Pytorch, 9);
+    let cell = registry::parse("peephole_lstm", &Default::default()).unwrap();
+    assert_eq!(cell, CellConfig::new(LstmOptions::peephole()));
+    let params = params(&cell, InitScheme::Pytorch, 9);
     assert!(params.contains("peephole_i_l0") && params.contains("peephole_o_l0"));
-    let named = PeepholeLstm::new(&params, 0, INPUT, HIDDEN).unwrap();
-    let generic = build(cell, &params);
+    let named = PeepholeLstm::new(LstmOptions::peephole(), &params, 0, INPUT, HIDDEN).unwrap();
+    let generic = build(&cell, &params);
     let xs = input(2, 5);
     let (a, _) = named.sequence(&xs, &named.zero_state(2).unwrap()).unwrap();
     let (b, _) = generic
@@ -274,15 +236,43 @@ fn peephole_lstm_is_the_lstm_with_peepholes() {
 
 #[test]
 fn parameter_counts_follow_the_variant() {
-    // Plain LSTM: 4H(I + H + 2) = 20·10 = 200; peepholes add 3H; CIFG and each removed
-    // gate drop H(I + H + 2) = 50 (CIFG with peepholes keeps p_f, p_o); GRU 3H(I + H + 2) = 150; RNN H(I + H + 2) = 50.
-    // The head adds 2·5 + 2 = 12.
-    let expected = [50, 50, 200, 215, 150, 150, 150, 150, 160, 150, 150];
-    let counts: Vec<usize> = every_cell()
-        .into_iter()
-        .map(|(_, cell)| params(cell, InitScheme::Pytorch, 0).element_count() - 12)
-        .collect();
-    assert_eq!(counts, expected);
+    // I = 3, H = 5, so a gate block W_ih, W_hh, b_ih, b_hh is H(I + H + 2) = 50: the RNN
+    // has 1, the GRU 3, the LSTM 4 and each removed gate (or CIFG) one fewer; peepholes
+    // add H per gate with rows except g. The head (2 outputs on 5 units, 2·5 + 2 = 12)
+    // is left out. A cell's own file checks its count by hand the same way.
+    let expected = std::collections::BTreeMap::from([
+        ("rnn", 50),
+        ("rnn_relu", 50),
+        ("lstm", 200),
+        ("lstm (no input gate)", 150),
+        ("lstm (no forget gate)", 150),
+        ("lstm (no output gate)", 150),
+        ("lstm (coupled gates)", 150),
+        ("lstm (no input gate, no output gate)", 100),
+        ("gru", 150),
+        ("gru (reset before)", 150),
+        ("peephole_lstm", 215),
+        ("peephole_lstm (no input gate)", 160),
+        ("peephole_lstm (no forget gate)", 160),
+        ("peephole_lstm (no output gate)", 160),
+        ("peephole_lstm (coupled gates)", 160),
+        ("peephole_lstm (no input gate, no output gate)", 105),
+    ]);
+    let mut checked = 0;
+    for (name, cell) in every_cell() {
+        // What initialisation draws is what the count (and the memory estimate) says.
+        let drawn = params(&cell, InitScheme::Pytorch, 0).element_count();
+        assert_eq!(config(&cell).parameter_count(), drawn, "{name}");
+        if let Some(&want) = expected.get(name.as_str()) {
+            assert_eq!(drawn - 12, want, "{name}");
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        expected.len(),
+        "every listed variant is still registered"
+    );
 }
 
 #[test]
@@ -290,7 +280,7 @@ fn stacked_model_with_both_heads() {
     for (name, cell) in every_cell() {
         for head in [HeadKind::LastStep, HeadKind::EveryStep] {
             let config = ModelConfig {
-                cell,
+                cell: cell.clone(),
                 input_size: INPUT,
                 hidden: vec![8, 4],
                 output_size: 3,

@@ -4,46 +4,13 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rnnlab_cells::{
-    Cell, CellConfig, GruReset, HeadKind, Init, InitScheme, LstmOptions, ModelConfig, Nonlinearity,
-    State, unroll,
+    Cell, CellConfig, GruReset, HeadKind, Init, InitScheme, LstmOptions, ModelConfig, State,
+    registry, unroll,
 };
 
+/// Every configuration of every registered cell.
 fn every_cell() -> Vec<CellConfig> {
-    let plain = LstmOptions::default();
-    let peephole = LstmOptions::peephole();
-    let mut cells = vec![
-        CellConfig::Rnn(Nonlinearity::Tanh),
-        CellConfig::Rnn(Nonlinearity::Relu),
-        CellConfig::Gru(GruReset::After),
-        CellConfig::Gru(GruReset::Before),
-    ];
-    for base in [plain, peephole] {
-        cells.extend([
-            CellConfig::Lstm(base),
-            CellConfig::Lstm(LstmOptions {
-                input_gate: false,
-                ..base
-            }),
-            CellConfig::Lstm(LstmOptions {
-                forget_gate: false,
-                ..base
-            }),
-            CellConfig::Lstm(LstmOptions {
-                output_gate: false,
-                ..base
-            }),
-            CellConfig::Lstm(LstmOptions {
-                coupled_input_forget: true,
-                ..base
-            }),
-            CellConfig::Lstm(LstmOptions {
-                input_gate: false,
-                output_gate: false,
-                ..base
-            }),
-        ]);
-    }
-    cells
+    registry::examples()
 }
 
 fn wave(dims: &[usize], salt: f64, dtype: DType) -> Tensor {
@@ -68,13 +35,13 @@ fn flat(t: &Tensor) -> Vec<f64> {
 
 /// Runs `run` for a layer and returns every value and gradient it produces, by name.
 fn measure(
-    cell: CellConfig,
+    cell: &CellConfig,
     (batch, seq_len, input, hidden): (usize, usize, usize, usize),
     dtype: DType,
     run: impl Fn(&dyn Cell, &Tensor, &State) -> (Tensor, State),
 ) -> Vec<(String, Vec<f64>)> {
     let config = ModelConfig {
-        cell,
+        cell: cell.clone(),
         input_size: input,
         hidden: vec![hidden],
         output_size: 1,
@@ -136,7 +103,7 @@ fn measure(
     values
 }
 
-fn compare(cell: CellConfig, dims: (usize, usize, usize, usize), dtype: DType, tolerance: f64) {
+fn compare(cell: &CellConfig, dims: (usize, usize, usize, usize), dtype: DType, tolerance: f64) {
     let fused = measure(cell, dims, dtype, |layer, x, state| {
         layer.sequence(x, state).unwrap()
     });
@@ -161,7 +128,7 @@ fn compare(cell: CellConfig, dims: (usize, usize, usize, usize), dtype: DType, t
 fn fused_equals_unrolled_in_f64() {
     for cell in every_cell() {
         for dims in [(1, 1, 3, 1), (3, 7, 2, 5), (2, 40, 4, 3)] {
-            compare(cell, dims, DType::F64, 1e-10);
+            compare(&cell, dims, DType::F64, 1e-10);
         }
     }
 }
@@ -169,7 +136,7 @@ fn fused_equals_unrolled_in_f64() {
 #[test]
 fn fused_equals_unrolled_in_f32() {
     for cell in every_cell() {
-        compare(cell, (4, 25, 3, 16), DType::F32, 2e-5);
+        compare(&cell, (4, 25, 3, 16), DType::F32, 2e-5);
     }
 }
 
@@ -177,10 +144,10 @@ fn fused_equals_unrolled_in_f32() {
 fn long_sequences_stay_finite_and_linear() {
     // T = 2000 through the fused path only (the oracle's backward is quadratic in T).
     for cell in [
-        CellConfig::Lstm(LstmOptions::default()),
-        CellConfig::Gru(GruReset::After),
+        CellConfig::new(LstmOptions::default()),
+        CellConfig::new(GruReset::After),
     ] {
-        let values = measure(cell, (2, 2000, 2, 8), DType::F32, |layer, x, state| {
+        let values = measure(&cell, (2, 2000, 2, 8), DType::F32, |layer, x, state| {
             layer.sequence(x, state).unwrap()
         });
         for (name, v) in values {
@@ -196,7 +163,7 @@ fn long_sequences_stay_finite_and_linear() {
 fn gradient_flow_of_the_fused_kernels_equals_the_unrolled_graphs() {
     for cell in every_cell() {
         let config = ModelConfig {
-            cell,
+            cell: cell.clone(),
             input_size: 3,
             hidden: vec![6],
             output_size: 1,

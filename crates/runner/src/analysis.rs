@@ -12,22 +12,22 @@
 //!   next to a GRU): it splits that cell into several series (`lstm forget_bias=0`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use polars::prelude::{ChunkCompareEq, DataFrame, ParquetReader, SerReader};
+use polars::prelude::DataFrame;
 use rnnlab_tasks::{Split, Task};
 use serde_yaml::{Mapping, Value};
 
-use crate::config::{CellName, RawModel, ResetName, scalar};
-use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir};
+use crate::config::{RawModel, scalar};
+use crate::store::{ExperimentDir, Summary, Table, Tables, read_config, read_plan, read_summary};
+use rnnlab_cells::registry;
 
 /// Everything plots and reports need from one experiment folder.
 #[derive(Debug)]
 pub struct Results {
     /// The experiment folder.
-    pub dir: PathBuf,
+    pub dir: ExperimentDir,
     /// The experiment's name (the folder's name).
     pub name: String,
     /// `manifest.yaml` (version, commit, CPU, threads, start, description), if present.
@@ -126,31 +126,28 @@ impl Results {
 
     /// Loads the complete runs of `dir` (an experiment folder written by `rnnlab run`).
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        let ids = read_plan(dir)?;
-        let manifest = match std::fs::read_to_string(dir.join("manifest.yaml")) {
+        let layout = ExperimentDir::at(dir);
+        let ids = read_plan(&layout)?;
+        let manifest = match std::fs::read_to_string(layout.manifest()) {
             Ok(text) => serde_yaml::from_str(&text)
-                .with_context(|| format!("reading {}", dir.join("manifest.yaml").display()))?,
+                .with_context(|| format!("reading {}", layout.manifest().display()))?,
             Err(_) => Mapping::new(),
         };
         let name = dir
             .file_name()
             .map_or_else(|| "experiment".into(), |n| n.to_string_lossy().into_owned());
         let mut loaded = Vec::new();
-        let mut tables = Tables::new(dir);
+        let mut tables = Tables::new(&layout);
         for id in &ids {
-            let folder = run_dir(dir, id);
+            let folder = layout.run(id);
             let Some(summary) = read_summary(&folder)? else {
                 continue;
             };
-            let path = folder.join("config.yaml");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let saved: SavedConfig = serde_yaml::from_str(&text)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let saved = read_config(&folder)?;
             let config = saved
                 .run
                 .validate(saved.seed)
-                .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+                .map_err(|err| anyhow::anyhow!("{}: {err}", folder.config().display()))?;
             let resolved = serde_yaml::to_value(&saved.run)?;
             let run = RunResult {
                 id: id.clone(),
@@ -160,8 +157,8 @@ impl Results {
                 series: String::new(),
                 values: BTreeMap::new(),
                 summary,
-                curve: read_curve(&tables.rows(id, "metrics.parquet")?)?,
-                gradflow: read_gradflow(&tables.rows(id, "gradflow.parquet")?)?,
+                curve: read_curve(&tables.rows(id, Table::Metrics)?)?,
+                gradflow: read_gradflow(&tables.rows(id, Table::Gradflow)?)?,
             };
             loaded.push((run, saved.swept, resolved));
         }
@@ -233,7 +230,7 @@ impl Results {
             run.series = label;
         }
         Ok(Self {
-            dir: dir.to_owned(),
+            dir: layout,
             name,
             manifest,
             planned: ids.len(),
@@ -363,67 +360,25 @@ impl Panel<'_> {
     }
 }
 
-/// The cell label of a model config (see the module docs).
+/// The cell label of a model config (see the module docs): the registry's label for
+/// the cell and its options, or the name as written if they do not validate.
 pub fn cell_label(model: &RawModel) -> String {
-    let a = model.ablation;
-    match model.cell {
-        CellName::Rnn => "rnn".into(),
-        CellName::RnnRelu => "rnn_relu".into(),
-        CellName::Gru => match model.gru_reset {
-            ResetName::After => "gru".into(),
-            ResetName::Before => "gru (reset before)".into(),
-        },
-        CellName::Lstm | CellName::PeepholeLstm => {
-            let peepholes = a.peepholes || model.cell == CellName::PeepholeLstm;
-            let mut changes = Vec::new();
-            for (on, name) in [
-                (a.no_input_gate, "no input gate"),
-                (a.no_forget_gate, "no forget gate"),
-                (a.no_output_gate, "no output gate"),
-                (a.coupled_gates, "coupled gates"),
-            ] {
-                if on {
-                    changes.push(name);
-                }
-            }
-            let base = if peepholes { "peephole_lstm" } else { "lstm" };
-            if changes.is_empty() {
-                base.into()
-            } else {
-                format!("{base} ({})", changes.join(", "))
-            }
-        }
-    }
+    model
+        .cell_config()
+        .map_or_else(|_| model.cell.as_str().to_owned(), |cell| cell.label())
 }
 
-/// The fixed order (and colour slot) of the known cells; others come after.
-pub const CELL_ORDER: [&str; 11] = [
-    "rnn",
-    "rnn_relu",
-    "lstm",
-    "peephole_lstm",
-    "lstm (no input gate)",
-    "lstm (no forget gate)",
-    "lstm (no output gate)",
-    "lstm (coupled gates)",
-    "gru",
-    "gru (reset before)",
-    "peephole_lstm (coupled gates)",
-];
-
-/// The colour slot of a cell label: its place in [`CELL_ORDER`], or a stable slot after
-/// the known ones.
+/// The series order of a cell label: its place in the registry's labels, or a stable
+/// slot after the known ones.
 pub fn cell_rank(cell: &str) -> usize {
-    CELL_ORDER
-        .iter()
-        .position(|c| *c == cell)
-        .unwrap_or_else(|| {
-            CELL_ORDER.len()
-                + cell
-                    .bytes()
-                    .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize)
-                    % 8
-        })
+    registry::label_rank(cell)
+        .unwrap_or_else(|| registry::label_colors().count() + label_hash(cell) % 8)
+}
+
+/// A stable hash of a label (the same on every machine and run).
+pub fn label_hash(cell: &str) -> usize {
+    cell.bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize)
 }
 
 /// The value at a dotted path of a resolved config.
@@ -448,61 +403,6 @@ fn display(value: Option<&Value>) -> String {
             }
         }
         Some(v) => scalar(v),
-    }
-}
-
-fn read_frame(path: &Path) -> anyhow::Result<DataFrame> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    ParquetReader::new(file)
-        .finish()
-        .with_context(|| format!("reading {}", path.display()))
-}
-
-/// A per-run table (`runs/<id>/<table>`), or the run's rows of the experiment-level one
-/// when the run's own copy is absent (a results folder shared without them).
-pub(crate) struct Tables {
-    dir: PathBuf,
-    compacted: BTreeMap<&'static str, Option<DataFrame>>,
-}
-
-impl Tables {
-    pub(crate) fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-            compacted: BTreeMap::new(),
-        }
-    }
-
-    /// The rows of run `id` in `table` (`metrics.parquet` or `gradflow.parquet`), without
-    /// a `run` column.
-    pub(crate) fn rows(&mut self, id: &str, table: &'static str) -> anyhow::Result<DataFrame> {
-        let own = run_dir(&self.dir, id).join(table);
-        if own.exists() {
-            return read_frame(&own);
-        }
-        let path = self.dir.join(table);
-        let compacted = match self.compacted.entry(table) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(path.exists().then(|| read_frame(&path)).transpose()?)
-            }
-        };
-        let Some(all) = compacted else {
-            anyhow::bail!(
-                "{} is missing (and so is {})",
-                own.display(),
-                path.display()
-            );
-        };
-        let mine = all.column("run")?.str()?.equal(id);
-        let rows = all.filter(&mine)?.drop("run")?;
-        anyhow::ensure!(
-            rows.height() > 0,
-            "{} is missing and {} has no rows of run {id}",
-            own.display(),
-            path.display()
-        );
-        Ok(rows)
     }
 }
 

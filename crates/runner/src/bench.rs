@@ -17,13 +17,11 @@ use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, RNN, VarBuilder, VarMap};
 
 use crate::config::Optimizer;
 use crate::optim::Trainer;
-use rnnlab_cells::{
-    CellConfig, GruReset, HeadKind, Init, LstmOptions, Model, ModelConfig, Nonlinearity,
-};
+use rnnlab_cells::{CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
 use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
 
 use crate::UsageError;
-use crate::cli::{BenchArgs, BenchCell, BenchImpl};
+use crate::cli::{BenchArgs, BenchImpl};
 
 /// One measured shape: a CSV row.
 #[derive(Debug, Clone)]
@@ -31,7 +29,7 @@ struct Measurement {
     /// `rnnlab` or `candle-nn`.
     implementation: BenchImpl,
     /// The cell.
-    cell: BenchCell,
+    cell: &'static CellKind,
     /// Hidden units.
     hidden: usize,
     /// Sequence length.
@@ -59,7 +57,7 @@ impl Measurement {
         format!(
             "{},{},{},{},{},{},{:.3},{rate:.0},{rss}",
             self.implementation.as_str(),
-            self.cell.as_str(),
+            self.cell.name,
             self.hidden,
             self.seq_len,
             self.batch,
@@ -125,8 +123,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("{CSV_HEADER}");
     for &implementation in &args.implementations {
         for &cell in &args.cells {
-            if implementation == BenchImpl::CandleNn && cell == BenchCell::Rnn {
-                continue; // candle-nn has no vanilla RNN
+            if implementation == BenchImpl::CandleNn && !CANDLE_NN_CELLS.contains(&cell.name) {
+                continue;
             }
             for &seq_len in &args.seq_len {
                 for &hidden in &args.hidden {
@@ -137,7 +135,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                             "--impl",
                             implementation.as_str(),
                             "--cells",
-                            cell.as_str(),
+                            cell.name,
                         ])
                         .args([
                             "--hidden",
@@ -164,7 +162,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         bail!(
                             "benchmark of {} {} H={hidden} T={seq_len} failed: {}",
                             implementation.as_str(),
-                            cell.as_str(),
+                            cell.name,
                             String::from_utf8_lossy(&output.stderr).trim()
                         );
                     }
@@ -191,10 +189,13 @@ fn write_csv(path: &Path, rows: &[String]) -> anyhow::Result<()> {
     crate::store::write_text(path, &text)
 }
 
+/// The cells candle-nn has (its `lstm` and `gru`).
+const CANDLE_NN_CELLS: [&str; 2] = ["lstm", "gru"];
+
 #[derive(Debug, Clone, Copy)]
 struct Shape {
     implementation: BenchImpl,
-    cell: BenchCell,
+    cell: &'static CellKind,
     hidden: usize,
     seq_len: usize,
     batch: usize,
@@ -260,11 +261,8 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
     };
     match implementation {
         BenchImpl::Rnnlab => {
-            let cell = match cell {
-                BenchCell::Lstm => CellConfig::Lstm(LstmOptions::default()),
-                BenchCell::Gru => CellConfig::Gru(GruReset::After),
-                BenchCell::Rnn => CellConfig::Rnn(Nonlinearity::Tanh),
-            };
+            // The cell with every option at its default (the LSTM, the reset-after GRU).
+            let cell = (cell.configure)(&CellOptions::default()).map_err(anyhow::Error::msg)?;
             let config = ModelConfig {
                 cell,
                 input_size: 2,
@@ -286,16 +284,16 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
             let head = candle_nn::linear(hidden, 1, vb.pp("head"))?;
-            let layer: Box<Layer> = match cell {
-                BenchCell::Lstm => {
+            let layer: Box<Layer> = match cell.name {
+                "lstm" => {
                     let lstm = candle_nn::lstm(2, hidden, Default::default(), vb.pp("rnn"))?;
                     Box::new(move |xs| Ok(lstm.seq(xs)?.pop().expect("T ≥ 1").h))
                 }
-                BenchCell::Gru => {
+                "gru" => {
                     let gru = candle_nn::gru(2, hidden, Default::default(), vb.pp("rnn"))?;
                     Box::new(move |xs| Ok(gru.seq(xs)?.pop().expect("T ≥ 1").h))
                 }
-                BenchCell::Rnn => bail!("candle-nn has no vanilla RNN"),
+                other => bail!("candle-nn has no `{other}` cell"),
             };
             let mut optimizer = AdamW::new(varmap.all_vars(), adam)?;
             Ok(Box::new(move || {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rnnlab_cells::{CellKind, registry};
 
 /// Reproducible comparison studies of recurrent cells (RNN, LSTM, GRU, peephole LSTM and
 /// LSTM ablations) on synthetic long-dependency tasks.
@@ -88,9 +89,10 @@ pub struct StatusArgs {
 /// `rnnlab bench`
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Cells to time.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchCell::Lstm, BenchCell::Gru, BenchCell::Rnn])]
-    pub cells: Vec<BenchCell>,
+    /// Cells to time, by their names in configs (every registered cell: rnn, rnn_relu,
+    /// lstm, gru, peephole_lstm, …; candle-nn has only lstm and gru).
+    #[arg(long, value_delimiter = ',', value_parser = parse_cell, default_values = ["lstm", "gru", "rnn"])]
+    pub cells: Vec<&'static CellKind>,
     /// Hidden sizes.
     #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256, 512])]
     pub hidden: Vec<usize>,
@@ -124,26 +126,12 @@ pub struct BenchArgs {
     pub child: bool,
 }
 
-/// A cell kind the benchmark times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BenchCell {
-    /// LSTM.
-    Lstm,
-    /// GRU (reset after, as PyTorch).
-    Gru,
-    /// Vanilla tanh RNN.
-    Rnn,
-}
-
-impl BenchCell {
-    /// The name in the CSV.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lstm => "lstm",
-            Self::Gru => "gru",
-            Self::Rnn => "rnn",
-        }
-    }
+/// A registered cell by its config name.
+fn parse_cell(name: &str) -> Result<&'static CellKind, String> {
+    registry::find(name).ok_or_else(|| {
+        let names: Vec<&str> = registry::CELLS.iter().map(|kind| kind.name).collect();
+        format!("unknown cell `{name}`, allowed: {}", names.join(", "))
+    })
 }
 
 /// An implementation the benchmark times.

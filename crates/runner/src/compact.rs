@@ -3,28 +3,23 @@
 //! and `gradflow.parquet` (every run's rows with a `run` column).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-use anyhow::Context;
 use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series};
 
-use crate::analysis::Tables;
 use crate::config::scalar;
-use crate::store::{SavedConfig, Summary, read_plan, read_summary, run_dir, write_parquet};
+use crate::store::{
+    ExperimentDir, RunStatus, SavedConfig, Summary, Table, Tables, read_config, read_plan,
+    read_summary, write_parquet,
+};
 
 /// Rewrites the three experiment-level tables from the complete runs of `experiment_dir`.
 /// Returns the number of runs they hold.
-pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
+pub fn compact(experiment_dir: &ExperimentDir) -> anyhow::Result<usize> {
     let mut complete: Vec<(String, SavedConfig, Summary)> = Vec::new();
     for id in read_plan(experiment_dir)? {
-        let dir = run_dir(experiment_dir, &id);
+        let dir = experiment_dir.run(&id);
         if let Some(summary) = read_summary(&dir)? {
-            let path = dir.join("config.yaml");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let config: SavedConfig = serde_yaml::from_str(&text)
-                .with_context(|| format!("reading {}", path.display()))?;
-            complete.push((id, config, summary));
+            complete.push((id, read_config(&dir)?, summary));
         }
     }
     let keys: BTreeSet<String> = complete
@@ -55,7 +50,14 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         columns.push(Series::new(key.as_str().into(), values).into_column());
     }
     columns.extend([
-        Series::new("status".into(), text(&|r| r.2.status.clone())).into_column(),
+        Series::new(
+            "status".into(),
+            text(&|r| match r.2.status {
+                RunStatus::Done => "done".into(),
+                RunStatus::Diverged => "diverged".into(),
+            }),
+        )
+        .into_column(),
         Series::new("metric".into(), text(&|r| r.2.metric.clone())).into_column(),
         Series::new("final_loss".into(), float(&|s| s.final_loss)).into_column(),
         Series::new("final_metric".into(), float(&|s| s.final_metric)).into_column(),
@@ -88,14 +90,14 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         .into_column(),
     ]);
     write_parquet(
-        &experiment_dir.join("runs.parquet"),
+        &experiment_dir.table(Table::Runs),
         DataFrame::new(height, columns)?,
     )?;
 
     // A run's own tables are the source; a folder shared without them (results/faq in
     // git) falls back to the rows already compacted.
     let mut tables = Tables::new(experiment_dir);
-    for table in ["metrics.parquet", "gradflow.parquet"] {
+    for table in [Table::Metrics, Table::Gradflow] {
         let mut stacked: Option<DataFrame> = None;
         for (id, _, _) in &complete {
             let mut frame = tables.rows(id, table)?;
@@ -111,7 +113,7 @@ pub fn compact(experiment_dir: &Path) -> anyhow::Result<usize> {
         }
         if let Some(mut frame) = stacked {
             frame.rechunk_mut();
-            write_parquet(&experiment_dir.join(table), frame)?;
+            write_parquet(&experiment_dir.table(table), frame)?;
         }
     }
     Ok(height)

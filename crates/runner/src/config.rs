@@ -23,11 +23,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rnnlab_cells::{
-    CellConfig, GruReset, HeadKind, InitScheme, LstmOptions, ModelConfig, Nonlinearity,
-};
+use rnnlab_cells::{CellConfig, CellOptions, HeadKind, InitScheme, ModelConfig, registry};
 use rnnlab_tasks::{Task, TaskConfig, TaskKind};
 use serde::{Deserialize, Serialize};
+
+use crate::resources::{MemoryEstimate, machine_memory};
 use serde_yaml::{Mapping, Value};
 
 /// A configuration mistake: which file, where, which key, what is allowed.
@@ -121,20 +121,41 @@ pub struct RawModel {
     pub ablation: RawAblation,
 }
 
-/// Cell names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CellName {
-    /// Vanilla tanh RNN.
-    Rnn,
-    /// Vanilla ReLU RNN (IRNN with `init: identity`).
-    RnnRelu,
-    /// LSTM.
-    Lstm,
-    /// LSTM with peepholes.
-    PeepholeLstm,
-    /// GRU.
-    Gru,
+/// A cell's name in configs: one of [`rnnlab_cells::registry::CELLS`] (`rnn`, `lstm`,
+/// `gru`, …), checked when the file is read so that the error carries its line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CellName(String);
+
+impl CellName {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CellName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match registry::find(&name) {
+            Some(_) => Ok(Self(name)),
+            None => Err(format!(
+                "`model.cell` is `{name}`, not a known cell: allowed {}",
+                registry::CELLS
+                    .iter()
+                    .map(|kind| format!("`{}`", kind.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+impl From<CellName> for String {
+    fn from(name: CellName) -> Self {
+        name.0
+    }
 }
 
 /// `hidden: 128` or `hidden: [128, 64]`.
@@ -224,6 +245,14 @@ pub struct RawTrain {
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
 }
+
+/// The largest `model.layers`: deeper stacks are a typo, not an experiment.
+pub const MAX_LAYERS: usize = 1_000;
+/// The largest number of optimiser steps a run may take (`train.steps`, or `epochs` ×
+/// batches per epoch): a billion steps is years on any machine.
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// The largest `train.eval_samples`: every evaluation runs them all.
+pub const MAX_EVAL_SAMPLES: usize = 10_000_000;
 
 fn default_lr() -> f64 {
     1e-3
@@ -381,6 +410,14 @@ fn at_least_one(key: &str, value: usize) -> Result<usize, Invalid> {
     }
 }
 
+fn at_most(key: &str, value: usize, max: usize) -> Result<usize, Invalid> {
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Invalid(format!("`{key}` is {value}: allowed 1 to {max}")))
+    }
+}
+
 impl RawRun {
     /// Validates into what the trainer needs.
     pub fn validate(&self, seed: u64) -> Result<RunConfig, Invalid> {
@@ -421,10 +458,28 @@ impl RawTask {
 }
 
 impl RawModel {
+    /// The options of `model.gru_reset` and `model.ablation` for the cell.
+    fn cell_options(&self) -> CellOptions {
+        let a = self.ablation;
+        CellOptions {
+            reset_before: self.gru_reset == ResetName::Before,
+            no_input_gate: a.no_input_gate,
+            no_forget_gate: a.no_forget_gate,
+            no_output_gate: a.no_output_gate,
+            coupled_gates: a.coupled_gates,
+            peepholes: a.peepholes,
+        }
+    }
+
+    /// The configured cell, or which option does not apply to it.
+    pub fn cell_config(&self) -> Result<CellConfig, String> {
+        registry::parse(self.cell.as_str(), &self.cell_options())
+    }
+
     fn validate(&self, task: &Task) -> Result<(ModelConfig, rnnlab_cells::Init), Invalid> {
         let hidden = match (&self.hidden, self.layers) {
             (Hidden::Each(width), layers) => {
-                vec![*width; at_least_one("model.layers", layers.unwrap_or(1))?]
+                vec![*width; at_most("model.layers", layers.unwrap_or(1), MAX_LAYERS)?]
             }
             (Hidden::PerLayer(widths), Some(layers)) if layers != widths.len() => {
                 return Err(Invalid(format!(
@@ -434,40 +489,13 @@ impl RawModel {
             }
             (Hidden::PerLayer(widths), _) => widths.clone(),
         };
+        at_most("model.layers", hidden.len(), MAX_LAYERS)?;
         if hidden.is_empty() || hidden.contains(&0) {
             return Err(Invalid(
                 "`model.hidden`: every layer needs at least 1 unit".into(),
             ));
         }
-        let ablation = self.ablation;
-        let lstm = |peepholes: bool| LstmOptions {
-            input_gate: !ablation.no_input_gate,
-            forget_gate: !ablation.no_forget_gate,
-            output_gate: !ablation.no_output_gate,
-            coupled_input_forget: ablation.coupled_gates,
-            peepholes: peepholes || ablation.peepholes,
-        };
-        let is_lstm = matches!(self.cell, CellName::Lstm | CellName::PeepholeLstm);
-        if !is_lstm && ablation != RawAblation::default() {
-            return Err(Invalid(
-                "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`".into(),
-            ));
-        }
-        let cell = match self.cell {
-            CellName::Rnn => CellConfig::Rnn(Nonlinearity::Tanh),
-            CellName::RnnRelu => CellConfig::Rnn(Nonlinearity::Relu),
-            CellName::Lstm => CellConfig::Lstm(lstm(false)),
-            CellName::PeepholeLstm => CellConfig::Lstm(lstm(true)),
-            CellName::Gru => CellConfig::Gru(match self.gru_reset {
-                ResetName::After => GruReset::After,
-                ResetName::Before => GruReset::Before,
-            }),
-        };
-        if let CellConfig::Lstm(options) = cell {
-            options
-                .validate()
-                .map_err(|err| Invalid(format!("`model.ablation`: {err}")))?;
-        }
+        let cell = self.cell_config().map_err(Invalid)?;
         if !self.forget_bias.is_finite() {
             return Err(Invalid(
                 "`model.forget_bias` must be a finite number".into(),
@@ -520,7 +548,7 @@ impl RawTrain {
             }
         };
         let budget = match (self.steps, self.epochs, self.samples) {
-            (Some(steps), None, None) => Budget::Steps(at_least_one("train.steps", steps)?),
+            (Some(steps), None, None) => Budget::Steps(at_most("train.steps", steps, MAX_STEPS)?),
             (None, Some(epochs), Some(samples)) => Budget::Epochs {
                 epochs: at_least_one("train.epochs", epochs)?,
                 samples: at_least_one("train.samples", samples)?,
@@ -541,14 +569,26 @@ impl RawTrain {
                 ));
             }
         };
-        Ok(TrainConfig {
+        let train = TrainConfig {
             optimizer,
             batch_size: at_least_one("train.batch_size", self.batch_size)?,
             budget,
             clip,
             eval_every: at_least_one("train.eval_every", self.eval_every)?,
-            eval_samples: at_least_one("train.eval_samples", self.eval_samples)?,
-        })
+            eval_samples: at_most("train.eval_samples", self.eval_samples, MAX_EVAL_SAMPLES)?,
+        };
+        if let Budget::Epochs { epochs, samples } = budget {
+            let steps = samples
+                .div_ceil(train.batch_size)
+                .checked_mul(epochs)
+                .filter(|&steps| steps <= MAX_STEPS);
+            if steps.is_none() {
+                return Err(Invalid(format!(
+                    "`train.epochs` × batches per epoch is more than {MAX_STEPS} steps: allowed at most {MAX_STEPS}"
+                )));
+            }
+        }
+        Ok(train)
     }
 }
 
@@ -671,6 +711,7 @@ impl Experiment {
                 .collect();
         }
 
+        let memory = machine_memory();
         let mut runs = Vec::with_capacity(points.len() * raw.seeds.len());
         for point in &points {
             let mut value = base.clone();
@@ -683,9 +724,17 @@ impl Experiment {
             let resolved: RawRun = serde_yaml::from_value(value)
                 .map_err(|err| error(format!("at the grid point {described}: {err}")))?;
             for &seed in &raw.seeds {
-                let config = resolved.validate(seed).map_err(|err| {
-                    error(format!("at the grid point {described}, seed {seed}: {err}"))
-                })?;
+                let config = resolved
+                    .validate(seed)
+                    .and_then(|config| {
+                        if let Some(available) = memory {
+                            MemoryEstimate::of(&config).check(available)?;
+                        }
+                        Ok(config)
+                    })
+                    .map_err(|err| {
+                        error(format!("at the grid point {described}, seed {seed}: {err}"))
+                    })?;
                 let id = run_id(&resolved, seed);
                 runs.push(PlannedRun {
                     id,

@@ -1,7 +1,7 @@
 //! `rnnlab data`: look at and export the tasks' samples.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use polars::prelude::{
@@ -11,6 +11,7 @@ use rnnlab_tasks::{Sample, Split, Target, Task, TaskConfig, TaskError};
 
 use crate::UsageError;
 use crate::cli::{ExportArgs, ShowArgs, SplitName, TaskArgs};
+use crate::store::write_atomic;
 
 /// Refuse exports larger than this many input values (1 GiB of f32): split them with
 /// `--first`/`--count` instead.
@@ -66,7 +67,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let Some(last) = args.first.checked_add(args.count) else {
         return Err(UsageError("invalid --first: --first + --count overflows".into()).into());
     };
-    let temp = TempFile::create(&args.out)?;
+    check_destination(&args.out)?;
 
     let split = split(args.task.split);
     let samples: Vec<Sample> = (args.first..last)
@@ -74,11 +75,14 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
         .collect();
     let mut frame = samples_frame(&task, args.first, &samples).context("building the table")?;
     let metadata = export_metadata(&task, args, split);
-    ParquetWriter::new(temp.file()?)
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata)))
-        .finish(&mut frame)
-        .with_context(|| format!("writing {}", temp.path.display()))?;
-    temp.persist()?;
+    write_atomic(&args.out, |temp| {
+        let file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
+        ParquetWriter::new(file)
+            .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata)))
+            .finish(&mut frame)
+            .with_context(|| format!("writing {}", temp.display()))?;
+        Ok(())
+    })?;
     println!(
         "wrote {} {} samples (T = {}, seed {}, {split}, indices {}..{last}) to {}",
         args.count,
@@ -159,70 +163,30 @@ fn export_metadata(task: &Task, args: &ExportArgs, split: Split) -> Vec<(String,
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// A file written beside its destination and renamed over it when complete; dropped
-/// before that, it is removed.
-struct TempFile {
-    path: PathBuf,
-    dest: PathBuf,
-    persisted: bool,
-}
-
-impl TempFile {
-    /// Checks that `dest` can be written (a usage error otherwise) and creates the
-    /// temporary file beside it.
-    fn create(dest: &Path) -> Result<Self, UsageError> {
-        let bad = |why: String| UsageError(format!("invalid --out {}: {why}", dest.display()));
-        let name = dest
-            .file_name()
-            .ok_or_else(|| bad("not a file name".into()))?;
-        if dest.is_dir() {
-            return Err(bad("is a directory".into()));
-        }
-        let dir = match dest.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            return Err(bad(format!("directory {} does not exist", dir.display())));
-        }
-        let path = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        File::create(&path).map_err(|err| bad(format!("cannot write there: {err}")))?;
-        Ok(Self {
-            path,
-            dest: dest.to_owned(),
-            persisted: false,
-        })
+/// Checks that `dest` can be written (a usage error naming `--out` otherwise) before
+/// any sample is generated.
+fn check_destination(dest: &Path) -> Result<(), UsageError> {
+    let bad = |why: String| UsageError(format!("invalid --out {}: {why}", dest.display()));
+    let name = dest
+        .file_name()
+        .ok_or_else(|| bad("not a file name".into()))?;
+    if dest.is_dir() {
+        return Err(bad("is a directory".into()));
     }
-
-    fn file(&self) -> anyhow::Result<File> {
-        File::options()
-            .write(true)
-            .truncate(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))
+    let dir = match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(format!("directory {} does not exist", dir.display())));
     }
-
-    fn persist(mut self) -> anyhow::Result<()> {
-        std::fs::rename(&self.path, &self.dest).with_context(|| {
-            format!(
-                "renaming {} to {}",
-                self.path.display(),
-                self.dest.display()
-            )
-        })?;
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
+    // The folder may exist and still refuse new files (read-only): try one.
+    let probe = dir.join(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    File::create(&probe).map_err(|err| bad(format!("cannot write there: {err}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod optim;
 pub mod plan;
 pub mod plot;
 pub mod report;
+pub mod resources;
 pub mod run;
 pub mod store;
 pub mod train;

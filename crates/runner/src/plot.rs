@@ -17,8 +17,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::analysis::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, cell_rank};
+use crate::analysis::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, label_hash};
 use crate::store::{write_atomic, write_text};
+use rnnlab_cells::registry;
 
 /// Figure width in pixels.
 const WIDTH: u32 = 1800;
@@ -120,21 +121,11 @@ pub struct HeatmapPanel {
     pub cells: Vec<Vec<Option<(f64, String)>>>,
 }
 
-/// The colour of a cell: a colour-blind-safe palette (Okabe & Ito 2008, then Tableau),
-/// the same cell always the same colour.
+/// The colour of a cell label: the registry's (a colour-blind-safe palette, Okabe & Ito
+/// 2008, then Tableau), so the same cell is always the same colour; labels without one
+/// (rare ablation combinations) take a stable colour from the rest of Tableau's.
 pub fn cell_color(cell: &str) -> RGBColor {
-    const PALETTE: [RGBColor; 19] = [
-        RGBColor(0, 0, 0),       // rnn
-        RGBColor(204, 121, 167), // rnn_relu
-        RGBColor(0, 114, 178),   // lstm
-        RGBColor(0, 158, 115),   // peephole_lstm
-        RGBColor(86, 180, 233),  // lstm (no input gate)
-        RGBColor(140, 86, 75),   // lstm (no forget gate)
-        RGBColor(148, 103, 189), // lstm (no output gate)
-        RGBColor(160, 160, 30),  // lstm (coupled gates)
-        RGBColor(213, 94, 0),    // gru
-        RGBColor(230, 159, 0),   // gru (reset before)
-        RGBColor(23, 190, 207),  // peephole_lstm (coupled gates)
+    const OTHERS: [RGBColor; 8] = [
         RGBColor(127, 127, 127),
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -144,7 +135,10 @@ pub fn cell_color(cell: &str) -> RGBColor {
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
     ];
-    PALETTE[cell_rank(cell) % PALETTE.len()]
+    match registry::label_colors().find(|(label, _)| *label == cell) {
+        Some((_, [r, g, b])) => RGBColor(r, g, b),
+        None => OTHERS[label_hash(cell) % OTHERS.len()],
+    }
 }
 
 fn style_of(series: &Series) -> Style {
@@ -161,7 +155,9 @@ pub fn plot(dir: &Path) -> anyhow::Result<()> {
     for figure in &drawn {
         println!(
             "{}",
-            dir.join("plots")
+            results
+                .dir
+                .plots()
                 .join(format!("{}.{{png,svg}}", figure.stem))
                 .display()
         );
@@ -171,7 +167,7 @@ pub fn plot(dir: &Path) -> anyhow::Result<()> {
 
 /// Draws every figure the results support into `<dir>/plots/` and returns them.
 pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
-    let folder = results.dir.join("plots");
+    let folder = results.dir.plots();
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let figures = figures(results);
     for figure in &figures {
@@ -1250,7 +1246,7 @@ mod tests {
 
     #[test]
     fn every_known_cell_has_its_own_colour() {
-        let cells = crate::analysis::CELL_ORDER;
+        let cells: Vec<&str> = registry::label_colors().map(|(label, _)| label).collect();
         let colours: std::collections::BTreeSet<(u8, u8, u8)> = cells
             .iter()
             .map(|c| {

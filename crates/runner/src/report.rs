@@ -19,7 +19,7 @@ use crate::analysis::{
     MIN_F32, Panel, Results, Role, RunResult, Series, Spread, baseline, welch_p,
 };
 use crate::plot::{Figure, pretty, write_plots};
-use crate::store::write_text;
+use crate::store::{RunStatus, write_text};
 
 /// p below this is a clear difference.
 const ALPHA: f64 = 0.05;
@@ -38,7 +38,7 @@ pub fn report(dir: &Path) -> anyhow::Result<()> {
 /// Draws the figures and writes `REPORT.md`; returns its path.
 pub fn write_report(results: &Results) -> anyhow::Result<std::path::PathBuf> {
     let figures = write_plots(results)?;
-    let path = results.dir.join("REPORT.md");
+    let path = results.dir.report();
     write_text(&path, &render(results, &figures))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -64,7 +64,7 @@ impl Outcome<'_> {
         let values: Vec<f64> = self
             .runs
             .iter()
-            .filter(|r| r.summary.status != "diverged")
+            .filter(|r| r.summary.status != RunStatus::Diverged)
             .map(|r| r.summary.final_metric)
             .filter(|v| v.is_finite())
             .collect();
@@ -99,7 +99,7 @@ fn outcomes<'a>(series: &[Series], panel: &Panel<'a>) -> Vec<Outcome<'a>> {
             }
             let log_losses = runs
                 .iter()
-                .filter(|r| r.summary.status != "diverged")
+                .filter(|r| r.summary.status != RunStatus::Diverged)
                 .map(|r| r.summary.final_loss)
                 .filter(|l| l.is_finite() && *l > 0.0)
                 .map(f64::log10)
@@ -108,7 +108,7 @@ fn outcomes<'a>(series: &[Series], panel: &Panel<'a>) -> Vec<Outcome<'a>> {
                 series: s.clone(),
                 diverged: runs
                     .iter()
-                    .filter(|r| r.summary.status == "diverged")
+                    .filter(|r| r.summary.status == RunStatus::Diverged)
                     .count(),
                 solved: runs
                     .iter()
@@ -176,7 +176,7 @@ fn provenance(results: &Results) -> String {
     let diverged = results
         .runs
         .iter()
-        .filter(|r| r.summary.status == "diverged")
+        .filter(|r| r.summary.status == RunStatus::Diverged)
         .count();
     let train_s: f64 = results.runs.iter().map(|r| r.summary.wall_s).sum();
     let mut text = format!(
@@ -230,13 +230,11 @@ fn grid(results: &Results) -> String {
     }
     let _ = writeln!(md, "| seed | {} | mean and spread |", seeds.join(", "));
     if let Some(run) = results.runs.first() {
-        let config = std::fs::read_to_string(
-            crate::store::run_dir(&results.dir, &run.id).join("config.yaml"),
-        )
-        .ok()
-        .and_then(|text| serde_yaml::from_str::<Value>(&text).ok())
-        .and_then(|v| v.get("run").cloned())
-        .and_then(|v| serde_yaml::to_string(&v).ok());
+        let config = std::fs::read_to_string(results.dir.run(&run.id).config())
+            .ok()
+            .and_then(|text| serde_yaml::from_str::<Value>(&text).ok())
+            .and_then(|v| v.get("run").cloned())
+            .and_then(|v| serde_yaml::to_string(&v).ok());
         if let Some(config) = config {
             let _ = writeln!(
                 md,

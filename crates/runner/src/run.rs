@@ -11,7 +11,6 @@
 //! naming the failed runs; the next `rnnlab run` tries them again.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -24,8 +23,8 @@ use crate::cli::{RunArgs, StatusArgs};
 use crate::compact::compact;
 use crate::config::{Experiment, PlannedRun, scalar};
 use crate::store::{
-    experiment_dir, read_plan, read_summary, run_dir, write_manifest, write_plan, write_run,
-    write_text,
+    ExperimentDir, RunDir, RunStatus, read_plan, read_summary, write_manifest, write_plan,
+    write_run, write_text,
 };
 use crate::train::train;
 
@@ -38,7 +37,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.jobs == 0 {
         return Err(UsageError("invalid --jobs 0: allowed 1 or more".into()).into());
     }
-    let dir = experiment_dir(&args.out, &experiment.name);
+    let dir = ExperimentDir::new(&args.out, &experiment.name);
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
 
@@ -100,12 +99,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .try_for_each(|h| h.join().expect("a worker panicked"))
     })?;
     progress.sweep.finish_and_clear();
-    compact(&dir).with_context(|| format!("compacting the tables of {}", dir.display()))?;
+    let shown = dir.path().display();
+    compact(&dir).with_context(|| format!("compacting the tables of {shown}"))?;
     if !args.no_report {
-        let results = crate::analysis::Results::load(&dir)
-            .with_context(|| format!("reading the results in {}", dir.display()))?;
+        let results = crate::analysis::Results::load(dir.path())
+            .with_context(|| format!("reading the results in {shown}"))?;
         let report = crate::report::write_report(&results)
-            .with_context(|| format!("writing the report of {}", dir.display()))?;
+            .with_context(|| format!("writing the report of {shown}"))?;
         tracing::info!("report: {}", report.display());
     }
     let (trained, skipped) = *counts.lock().expect("counts");
@@ -115,7 +115,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         experiment.name,
         failed.len(),
         started.elapsed().as_secs_f64(),
-        dir.display()
+        shown
     );
     if !failed.is_empty() {
         anyhow::bail!(
@@ -131,7 +131,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
 /// Logs why run `id` failed and keeps the error beside it in `failed.yaml`. Writing that
 /// file may itself fail (the disk that failed the run may be full); the log line stays.
-fn record_failure(dir: &Path, id: &str, err: &anyhow::Error, progress: &Progress) {
+fn record_failure(dir: &ExperimentDir, id: &str, err: &anyhow::Error, progress: &Progress) {
     let line = format!("run {id} failed: {err:#}");
     if progress.terminal {
         let _ = progress.bars.println(&line);
@@ -142,13 +142,10 @@ fn record_failure(dir: &Path, id: &str, err: &anyhow::Error, progress: &Progress
     record.insert("id".into(), id.into());
     record.insert("error".into(), format!("{err:#}").into());
     let text = serde_yaml::to_string(&record).unwrap_or_default();
-    if let Err(write_err) = write_text(&run_dir(dir, id).join(FAILED), &text) {
+    if let Err(write_err) = write_text(&dir.run(id).failed(), &text) {
         tracing::warn!("could not record the failure of run {id}: {write_err:#}");
     }
 }
-
-/// Marks a run whose last attempt failed; removed when it completes.
-const FAILED: &str = "failed.yaml";
 
 /// `--shard I/N` as a zero-based `(I − 1, N)`; no shard is `(0, 1)`.
 fn parse_shard(shard: Option<&str>) -> Result<(usize, usize), UsageError> {
@@ -211,13 +208,13 @@ impl Progress {
 /// Trains `planned` unless it is complete (and not forced) or claimed by a live
 /// process; returns whether it trained.
 fn train_one(
-    dir: &Path,
+    dir: &ExperimentDir,
     planned: &PlannedRun,
     force: bool,
     alone: bool,
     progress: &Progress,
 ) -> anyhow::Result<bool> {
-    let folder = run_dir(dir, &planned.id);
+    let folder = dir.run(&planned.id);
     if !force && read_summary(&folder)?.is_some() {
         return Ok(false);
     }
@@ -252,10 +249,10 @@ fn train_one(
     let outcome = outcome.with_context(|| format!("training run {}", planned.id))?;
     let wall_s = run_started.elapsed().as_secs_f64();
     write_run(&folder, planned, &outcome, wall_s)
-        .with_context(|| format!("writing run {} to {}", planned.id, folder.display()))?;
-    match std::fs::remove_file(folder.join(FAILED)) {
+        .with_context(|| format!("writing run {} to {}", planned.id, folder.path().display()))?;
+    match std::fs::remove_file(folder.failed()) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!("could not remove {}: {err}", folder.join(FAILED).display());
+            tracing::warn!("could not remove {}: {err}", folder.failed().display());
         }
         _ => {}
     }
@@ -290,10 +287,10 @@ struct Claim {
 
 impl Claim {
     /// Claims the run in `folder`; `None` if another process holds it.
-    fn take(folder: &Path) -> anyhow::Result<Option<Self>> {
-        std::fs::create_dir_all(folder)
-            .with_context(|| format!("creating {}", folder.display()))?;
-        let path = folder.join(".lock");
+    fn take(folder: &RunDir) -> anyhow::Result<Option<Self>> {
+        std::fs::create_dir_all(folder.path())
+            .with_context(|| format!("creating {}", folder.path().display()))?;
+        let path = folder.lock();
         let file = std::fs::File::options()
             .create(true)
             .truncate(false)
@@ -310,11 +307,8 @@ impl Claim {
     }
 
     /// Whether a process holds the lock of the run in `folder`.
-    fn held(folder: &Path) -> bool {
-        let Ok(file) = std::fs::File::options()
-            .write(true)
-            .open(folder.join(".lock"))
-        else {
+    fn held(folder: &RunDir) -> bool {
+        let Ok(file) = std::fs::File::options().write(true).open(folder.lock()) else {
             return false;
         };
         matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
@@ -323,7 +317,8 @@ impl Claim {
 
 /// Counts the runs of an experiment folder by status.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let ids = read_plan(&args.dir).map_err(|err| {
+    let dir = ExperimentDir::at(&args.dir);
+    let ids = read_plan(&dir).map_err(|err| {
         UsageError(format!(
             "{}: not an experiment's results folder ({err:#})",
             args.dir.display()
@@ -332,12 +327,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let (mut done, mut diverged, mut failed, mut running, mut pending) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in ids {
-        let folder = run_dir(&args.dir, &id);
+        let folder = dir.run(&id);
         match read_summary(&folder)? {
-            Some(summary) if summary.status == "diverged" => diverged.push(id),
+            Some(summary) if summary.status == RunStatus::Diverged => diverged.push(id),
             Some(_) => done.push(id),
             None if Claim::held(&folder) => running.push(id),
-            None if folder.join(FAILED).exists() => failed.push(id),
+            None if folder.failed().exists() => failed.push(id),
             None => pending.push(id),
         }
     }

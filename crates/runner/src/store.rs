@@ -1,20 +1,28 @@
 //! The results layout: one folder per run, every file written whole or not at all.
+//! [`ExperimentDir`] and [`RunDir`] own every name in it:
 //!
 //! ```text
 //! <out>/<experiment>/plan.yaml                 the grid: run ids and swept values
 //! <out>/<experiment>/manifest.yaml             version, git commit, CPU, threads, start
 //! <out>/<experiment>/{runs,metrics,gradflow}.parquet  compacted from the runs
+//! <out>/<experiment>/REPORT.md, plots/         the report and its figures
 //! <out>/<experiment>/runs/<id>/config.yaml     resolved config, seed, swept values
 //! <out>/<experiment>/runs/<id>/metrics.parquet step, split, metric, value (long form)
 //! <out>/<experiment>/runs/<id>/gradflow.parquet step, t, norm (first layer)
 //! <out>/<experiment>/runs/<id>/weights.safetensors  PyTorch names
 //! <out>/<experiment>/runs/<id>/summary.yaml    written last: the run is complete
+//! <out>/<experiment>/runs/<id>/failed.yaml     the error of a run that failed
+//! <out>/<experiment>/runs/<id>/.lock           held (OS lock) while a runner trains it
 //! ```
 
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use polars::prelude::{DataFrame, NamedFrom, ParquetWriter, Series};
+use polars::prelude::{
+    ChunkCompareEq, DataFrame, NamedFrom, ParquetReader, ParquetWriter, SerReader, Series,
+};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
@@ -34,11 +42,21 @@ pub struct SavedConfig {
     pub run: RawRun,
 }
 
+/// How a complete run ended, as `summary.yaml` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// It used its whole budget.
+    Done,
+    /// Its training loss stopped being finite (`diverged_at` says when).
+    Diverged,
+}
+
 /// `summary.yaml` of a run; its presence marks the run complete.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// `done` or `diverged`.
-    pub status: String,
+    pub status: RunStatus,
     /// The step whose loss was not finite, for a diverged run.
     pub diverged_at: Option<usize>,
     /// Optimiser steps taken.
@@ -65,25 +83,194 @@ pub struct Summary {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// The folder of experiment `name` under `out`.
-pub fn experiment_dir(out: &Path, name: &str) -> PathBuf {
-    out.join(name)
+/// One of the tables compacted at the experiment level (and written per run, but for
+/// `Runs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `runs.parquet`: one row per run (experiment level only).
+    Runs,
+    /// `metrics.parquet`: step, split, metric, value.
+    Metrics,
+    /// `gradflow.parquet`: step, t, norm.
+    Gradflow,
 }
 
-/// The folder of run `id`.
-pub fn run_dir(experiment_dir: &Path, id: &str) -> PathBuf {
-    experiment_dir.join("runs").join(id)
+impl Table {
+    /// The file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Runs => "runs.parquet",
+            Self::Metrics => "metrics.parquet",
+            Self::Gradflow => "gradflow.parquet",
+        }
+    }
+}
+
+/// An experiment's results folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentDir(PathBuf);
+
+impl ExperimentDir {
+    /// The folder of experiment `name` under `out`.
+    pub fn new(out: &Path, name: &str) -> Self {
+        Self(out.join(name))
+    }
+
+    /// An existing experiment folder.
+    pub fn at(path: &Path) -> Self {
+        Self(path.to_owned())
+    }
+
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `plan.yaml`.
+    pub fn plan(&self) -> PathBuf {
+        self.0.join("plan.yaml")
+    }
+
+    /// `manifest.yaml`.
+    pub fn manifest(&self) -> PathBuf {
+        self.0.join("manifest.yaml")
+    }
+
+    /// An experiment-level table.
+    pub fn table(&self, table: Table) -> PathBuf {
+        self.0.join(table.file_name())
+    }
+
+    /// `REPORT.md`.
+    pub fn report(&self) -> PathBuf {
+        self.0.join("REPORT.md")
+    }
+
+    /// `plots/`, the figures' folder.
+    pub fn plots(&self) -> PathBuf {
+        self.0.join("plots")
+    }
+
+    /// The folder of run `id`.
+    pub fn run(&self, id: &str) -> RunDir {
+        RunDir(self.0.join("runs").join(id))
+    }
+}
+
+/// One run's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `config.yaml`: the resolved config.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.yaml")
+    }
+
+    /// A per-run table (`Metrics` or `Gradflow`).
+    pub fn table(&self, table: Table) -> PathBuf {
+        self.0.join(table.file_name())
+    }
+
+    /// `weights.safetensors`.
+    pub fn weights(&self) -> PathBuf {
+        self.0.join("weights.safetensors")
+    }
+
+    /// `summary.yaml`, written last.
+    pub fn summary(&self) -> PathBuf {
+        self.0.join("summary.yaml")
+    }
+
+    /// `failed.yaml`.
+    pub fn failed(&self) -> PathBuf {
+        self.0.join("failed.yaml")
+    }
+
+    /// `.lock`.
+    pub fn lock(&self) -> PathBuf {
+        self.0.join(".lock")
+    }
 }
 
 /// The summary of a completed run, or `None` if it has not completed.
-pub fn read_summary(run_dir: &Path) -> anyhow::Result<Option<Summary>> {
-    let path = run_dir.join("summary.yaml");
+pub fn read_summary(run: &RunDir) -> anyhow::Result<Option<Summary>> {
+    let path = run.summary();
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(
             serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
         )),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The resolved config of a run (`config.yaml`).
+pub fn read_config(run: &RunDir) -> anyhow::Result<SavedConfig> {
+    let path = run.config();
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A Parquet file as a frame.
+pub fn read_frame(path: &Path) -> anyhow::Result<DataFrame> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// A per-run table (`runs/<id>/<table>`), or the run's rows of the experiment-level one
+/// when the run's own copy is absent (a results folder shared without them).
+pub struct Tables {
+    dir: ExperimentDir,
+    compacted: BTreeMap<&'static str, Option<DataFrame>>,
+}
+
+impl Tables {
+    /// The tables of the experiment in `dir`.
+    pub fn new(dir: &ExperimentDir) -> Self {
+        Self {
+            dir: dir.clone(),
+            compacted: BTreeMap::new(),
+        }
+    }
+
+    /// The rows of run `id` in `table` (`Metrics` or `Gradflow`), without a `run` column.
+    pub fn rows(&mut self, id: &str, table: Table) -> anyhow::Result<DataFrame> {
+        let own = self.dir.run(id).table(table);
+        if own.exists() {
+            return read_frame(&own);
+        }
+        let path = self.dir.table(table);
+        let compacted = match self.compacted.entry(table.file_name()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(path.exists().then(|| read_frame(&path)).transpose()?)
+            }
+        };
+        let Some(all) = compacted else {
+            anyhow::bail!(
+                "{} is missing (and so is {})",
+                own.display(),
+                path.display()
+            );
+        };
+        let mine = all.column("run")?.str()?.equal(id);
+        let rows = all.filter(&mine)?.drop("run")?;
+        anyhow::ensure!(
+            rows.height() > 0,
+            "{} is missing and {} has no rows of run {id}",
+            own.display(),
+            path.display()
+        );
+        Ok(rows)
     }
 }
 
@@ -114,8 +301,7 @@ pub fn write_text(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Writes `frame` as Parquet to `path` whole or not at all.
 pub fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
     write_atomic(path, |temp| {
-        let file =
-            std::fs::File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
+        let file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
         ParquetWriter::new(file)
             .finish(&mut frame)
             .with_context(|| format!("writing {}", temp.display()))?;
@@ -124,9 +310,9 @@ pub fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
 }
 
 /// `plan.yaml`: the run ids of the grid with their swept values and seeds.
-pub fn write_plan(experiment_dir: &Path, runs: &[PlannedRun]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(experiment_dir)
-        .with_context(|| format!("creating {}", experiment_dir.display()))?;
+pub fn write_plan(experiment_dir: &ExperimentDir, runs: &[PlannedRun]) -> anyhow::Result<()> {
+    let path = experiment_dir.path();
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     let entries: Vec<Value> = runs
         .iter()
         .map(|run| {
@@ -137,17 +323,14 @@ pub fn write_plan(experiment_dir: &Path, runs: &[PlannedRun]) -> anyhow::Result<
             Value::Mapping(entry)
         })
         .collect();
-    write_text(
-        &experiment_dir.join("plan.yaml"),
-        &serde_yaml::to_string(&entries)?,
-    )
+    write_text(&experiment_dir.plan(), &serde_yaml::to_string(&entries)?)
 }
 
 /// `manifest.yaml`: the experiment's question and what ran it (rnnlab version, git commit
 /// of the working directory if any, CPU, threads, runs at once and threads per run, start
 /// time), rewritten at every `rnnlab run`.
 pub fn write_manifest(
-    experiment_dir: &Path,
+    experiment_dir: &ExperimentDir,
     file: &Path,
     description: &str,
     jobs: usize,
@@ -184,14 +367,14 @@ pub fn write_manifest(
     manifest.insert("threads_per_run".into(), (threads_per_run as u64).into());
     manifest.insert("started_unix_s".into(), started.into());
     write_text(
-        &experiment_dir.join("manifest.yaml"),
+        &experiment_dir.manifest(),
         &serde_yaml::to_string(&manifest)?,
     )
 }
 
 /// The run ids listed in `plan.yaml`.
-pub fn read_plan(experiment_dir: &Path) -> anyhow::Result<Vec<String>> {
-    let path = experiment_dir.join("plan.yaml");
+pub fn read_plan(experiment_dir: &ExperimentDir) -> anyhow::Result<Vec<String>> {
+    let path = experiment_dir.plan();
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let entries: Vec<Mapping> =
@@ -217,19 +400,20 @@ fn swept(run: &PlannedRun) -> Mapping {
 
 /// Writes every file of a finished run, the summary last.
 pub fn write_run(
-    dir: &Path,
+    dir: &RunDir,
     run: &PlannedRun,
     outcome: &Outcome,
     wall_s: f64,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.path();
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     let saved = SavedConfig {
         id: run.id.clone(),
         seed: run.config.seed,
         swept: swept(run),
         run: run.resolved.clone(),
     };
-    write_text(&dir.join("config.yaml"), &serde_yaml::to_string(&saved)?)?;
+    write_text(&dir.config(), &serde_yaml::to_string(&saved)?)?;
 
     let metrics = &outcome.metrics;
     let frame = DataFrame::new(
@@ -257,7 +441,7 @@ pub fn write_run(
             .into(),
         ],
     )?;
-    write_parquet(&dir.join("metrics.parquet"), frame)?;
+    write_parquet(&dir.table(Table::Metrics), frame)?;
 
     let rows: Vec<(u64, u64, f64)> = outcome
         .gradflow
@@ -277,9 +461,9 @@ pub fn write_run(
             Series::new("norm".into(), rows.iter().map(|r| r.2).collect::<Vec<_>>()).into(),
         ],
     )?;
-    write_parquet(&dir.join("gradflow.parquet"), frame)?;
+    write_parquet(&dir.table(Table::Gradflow), frame)?;
 
-    let weights = dir.join("weights.safetensors");
+    let weights = dir.weights();
     write_atomic(&weights, |temp| {
         candle_core::safetensors::save(&outcome.params.to_tensors(), temp)
             .with_context(|| format!("writing {}", temp.display()))
@@ -290,8 +474,8 @@ pub fn write_run(
         .filter(|m| m.split == "validation" && m.metric == "loss");
     let summary = Summary {
         status: match outcome.status {
-            Status::Done => "done".into(),
-            Status::Diverged { .. } => "diverged".into(),
+            Status::Done => RunStatus::Done,
+            Status::Diverged { .. } => RunStatus::Diverged,
         },
         diverged_at: match outcome.status {
             Status::Diverged { step } => Some(step),
@@ -310,5 +494,5 @@ pub fn write_run(
         parameters: run.config.model.parameter_count(),
         peak_rss_mb: crate::peak_rss_mb(),
     };
-    write_text(&dir.join("summary.yaml"), &serde_yaml::to_string(&summary)?)
+    write_text(&dir.summary(), &serde_yaml::to_string(&summary)?)
 }

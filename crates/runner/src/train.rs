@@ -21,7 +21,7 @@ use crate::loss::{inputs, task_loss};
 use crate::optim::{Trainer, clip_gradients};
 
 /// Sequences per forward pass during evaluation.
-const EVAL_CHUNK: usize = 256;
+pub const EVAL_CHUNK: usize = 256;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -126,8 +126,8 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     assert_config_error(
         &BASE.replace("cell: lstm", "cell: lsmt"),
         &[
-            "base.model.cell",
-            "unknown variant `lsmt`",
+            "base.model",
+            "`model.cell` is `lsmt`",
             "`peephole_lstm`",
             "line 6",
         ],
@@ -146,7 +146,11 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     );
     assert_config_error(
         &format!("{BASE}sweep:\n  model.cell: [lstm, grue]\n"),
-        &["model.cell = grue", "unknown variant `grue`"],
+        &[
+            "model.cell = grue",
+            "`model.cell` is `grue`",
+            "`peephole_lstm`",
+        ],
     );
     assert_config_error(
         &BASE.replace("steps: 10", "steps: 10, lr: -1"),
@@ -168,4 +172,69 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &BASE.replace("cell: lstm", "cell: gru, ablation: { peepholes: true }"),
         &["`model.ablation` is only allowed with `cell: lstm`"],
     );
+}
+
+#[test]
+fn absurd_sizes_exit_2_with_the_estimate_or_the_bound_and_write_nothing() {
+    let huge = "1000000000000";
+    let cases = [
+        (
+            "hidden: 8 }",
+            format!("hidden: {huge} }}"),
+            "needs an estimated",
+        ),
+        (
+            "hidden: 8 }",
+            format!("hidden: 8, layers: {huge} }}"),
+            "allowed 1 to 1000",
+        ),
+        (
+            "steps: 10 }",
+            format!("steps: 10, batch_size: {huge} }}"),
+            "needs an estimated",
+        ),
+        (
+            "seq_len: 20 }",
+            format!("seq_len: {huge} }}"),
+            "allowed 2..=1000000",
+        ),
+        (
+            "steps: 10 }",
+            "steps: 10, batch_size: 100000000 }".to_owned(),
+            "needs an estimated",
+        ),
+        (
+            "steps: 10 }",
+            format!("steps: 10, eval_samples: {huge} }}"),
+            "allowed 1 to 10000000",
+        ),
+        (
+            "steps: 10 }",
+            format!("steps: {huge} }}"),
+            "allowed 1 to 1000000000",
+        ),
+        (
+            "steps: 10 }",
+            format!("epochs: 1, samples: {huge}, batch_size: 1000 }}"),
+            "needs an estimated",
+        ),
+    ];
+    for (from, to, needle) in &cases {
+        let file = experiment("absurd", &BASE.replace(from, to));
+        let output = rnnlab(&["plan", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{to}: {err}");
+        assert!(err.contains(needle), "{to}: expected {needle:?} in {err}");
+        assert!(output.stdout.is_empty(), "{to}: nothing printed on error");
+        // `run` refuses the same file before it creates anything.
+        let out = std::env::temp_dir().join(format!("rnnlab-absurd-{}", std::process::id()));
+        let output = rnnlab(&[
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{to}");
+        assert!(!out.exists(), "{to}: run wrote {}", out.display());
+    }
 }

@@ -362,3 +362,67 @@ fn an_output_folder_that_cannot_be_written_is_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Every cell of the registry, by its config name, through `run` (training, report and
+/// figures) and `bench`: a new cell needs no change here or in the runner to be usable.
+#[test]
+fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
+    let kinds = rnnlab_cells::registry::CELLS;
+    let names: Vec<&str> = kinds.iter().map(|kind| kind.name).collect();
+    let dir = std::env::temp_dir().join(format!("rnnlab-run-{}-cells", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cells.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: cells\ndescription: every registered cell\nbase:\n  task: {{ kind: adding, seq_len: 5 }}\n  model: {{ cell: lstm, hidden: 3 }}\n  train: {{ steps: 4, batch_size: 4, eval_every: 2, eval_samples: 8 }}\nsweep:\n  model.cell: [{}]\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = dir.join("results");
+    let printed = ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(
+        printed.contains(&format!("{} runs trained", names.len())),
+        "{printed}"
+    );
+    let report = std::fs::read_to_string(out.join("cells/REPORT.md")).unwrap();
+    for kind in kinds {
+        let label = (kind.configure)(&Default::default()).unwrap().label();
+        assert!(
+            report.contains(&format!("| {label} |")),
+            "{label} is not in the report's table"
+        );
+    }
+    assert!(out.join("cells/plots/learning_curves.png").exists());
+
+    let bench = ok(&rnnlab(&[
+        "bench",
+        "--impl",
+        "rnnlab",
+        "--cells",
+        &names.join(","),
+        "--hidden",
+        "4",
+        "--seq-len",
+        "5",
+        "--batch",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]));
+    for name in &names {
+        assert!(
+            bench.contains(&format!("rnnlab,{name},4,5,2,")),
+            "{name} missing from the benchmark:\n{bench}"
+        );
+    }
+}

@@ -12,20 +12,16 @@
 //! f32 are Eigen's rational approximation (a few ulp, branch-free, so the loops
 //! vectorise); f64 uses the exact functions, for finite-difference tests.
 
-mod gru;
-mod lstm;
-mod rnn;
-
 use std::any::Any;
 use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
 };
-pub(crate) use gru::gru_sequence;
-pub(crate) use lstm::{LstmWeights, lstm_sequence};
-pub(crate) use rnn::rnn_sequence;
+
+use crate::cell::FlowSink;
+use crate::spec::{CellSpec, param_ranges};
 
 /// The float types the kernels run in.
 pub(crate) trait Real:
@@ -159,6 +155,12 @@ fn gemm_checked<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    // Rows of `dst` must not overlap: the parallel kernel writes them from several
+    // threads, so overlapping rows would be a data race reachable from safe code.
+    assert!(
+        m == 1 || dst_rs >= n,
+        "matmul: dst rows overlap (stride {dst_rs} < {n} columns)"
+    );
     assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too short");
     if k == 0 {
         if !accumulate {
@@ -386,12 +388,104 @@ pub(crate) fn input_projection<T: Real>(
     pre
 }
 
-/// Offsets in the flat parameter vector `[weight_ih | weight_hh | bias_ih | bias_hh]` of a
-/// layer with `rows` gate rows: the start of each part, then the end.
-pub(crate) fn param_offsets(rows: usize, input: usize, hidden: usize) -> [usize; 5] {
-    let weight_hh = rows * input;
-    let bias_ih = weight_hh + rows * hidden;
-    [0, weight_hh, bias_ih, bias_ih + rows, bias_ih + 2 * rows]
+/// Where the parts of a gated layer's flat parameters lie: `[weight_ih | weight_hh |
+/// bias_ih | bias_hh]` ([`crate::spec::gated_layer`]) and whatever the cell adds after
+/// them (`extra`, e.g. the LSTM's peepholes), then the total length `end`.
+pub(crate) struct GatedOffsets {
+    pub weight_ih: usize,
+    pub weight_hh: usize,
+    pub bias_ih: usize,
+    pub bias_hh: usize,
+    /// Start of each parameter after `bias_hh`, in spec order.
+    pub extra: Vec<usize>,
+    pub end: usize,
+}
+
+impl GatedOffsets {
+    /// The offsets of `spec`'s layer with `input` features and `hidden` units.
+    pub(crate) fn new(spec: &dyn CellSpec, input: usize, hidden: usize) -> Self {
+        let (ranges, end) = param_ranges(&spec.layer_params(input, hidden));
+        Self {
+            weight_ih: ranges[0].start,
+            weight_hh: ranges[1].start,
+            bias_ih: ranges[2].start,
+            bias_hh: ranges[3].start,
+            extra: ranges[4..].iter().map(|r| r.start).collect(),
+            end,
+        }
+    }
+
+    /// Gate rows `G·H`.
+    pub(crate) fn gate_rows(&self) -> usize {
+        self.bias_hh - self.bias_ih
+    }
+
+    /// The forward's prologue shared by the gated kernels: checks the sizes, then returns
+    /// the input projection of every step `(B·T, G·H)` with `bias_ih` added and, on its
+    /// first `folded` columns, `bias_hh` too (the rest of `bias_hh` is the kernel's), and
+    /// `W_hhᵀ` `(H, G·H)` in the layout the per-step GEMMs read.
+    pub(crate) fn prologue<T: Real>(
+        &self,
+        kernel: &str,
+        (x, params): (&[T], &[T]),
+        folded: usize,
+        (rows, input, hidden): (usize, usize, usize),
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        if params.len() != self.end || x.len() != rows * input {
+            bail!("{kernel}: inputs do not match the layer's sizes");
+        }
+        let mut bias = params[self.bias_ih..self.bias_hh].to_vec();
+        bias[..folded]
+            .iter_mut()
+            .zip(&params[self.bias_hh..])
+            .for_each(|(b, &h)| *b += h);
+        let weight_ih = &params[self.weight_ih..self.weight_hh];
+        let pre = input_projection(x, weight_ih, &bias, rows, input);
+        let weight_hh = &params[self.weight_hh..self.bias_ih];
+        Ok((pre, transpose(weight_hh, self.gate_rows(), hidden)))
+    }
+}
+
+/// The backward's epilogue for a cell whose recurrent GEMM and input projection see the
+/// same pre-activations (RNN, LSTM): from `d_pre (B·T, G·H)`, the gradients of the
+/// parameters (`weight_ih`, `weight_hh` over all `B·T` rows at once, both biases; the
+/// `extra` parameters left zero for the caller) and of the input. `scratch` is a
+/// `B·T·H` buffer the caller no longer needs (it receives `h_{t−1}`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_weight_grads<T: Real>(
+    offsets: &GatedOffsets,
+    d_pre: &[T],
+    x: &[T],
+    params: &[T],
+    mut scratch: Vec<T>,
+    (h0, h0_rs): (&[T], usize),
+    (out, out_rs): (&[T], usize),
+    (batch, seq_len, input, hidden): (usize, usize, usize, usize),
+) -> (Vec<T>, Vec<T>) {
+    let rows = batch * seq_len;
+    let gh = offsets.gate_rows();
+    let mut d_params = vec![T::ZERO; offsets.end];
+    let d_x = input_grads(
+        d_pre,
+        x,
+        &params[offsets.weight_ih..offsets.weight_hh],
+        &mut d_params[offsets.weight_ih..offsets.weight_hh],
+        (rows, gh, input),
+    );
+    let h_prev = &mut scratch[..rows * hidden];
+    previous_states(h_prev, (h0, h0_rs), (out, out_rs), seq_len, hidden);
+    matmul(
+        (gh, hidden, rows),
+        &mut d_params[offsets.weight_hh..offsets.bias_ih],
+        hidden,
+        (d_pre, 1, gh),
+        (h_prev, hidden, 1),
+        false,
+    );
+    add_column_sums(&mut d_params[offsets.bias_ih..offsets.bias_hh], d_pre, gh);
+    let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
+    tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+    (d_x, d_params)
 }
 
 /// Fills `prev`, a `(B·T, H)` matrix, with `h_{t−1}`: `h0` row `b` (stride `h0_rs`) at
@@ -437,9 +531,6 @@ pub(crate) fn input_grads<T: Real>(
     );
     d_x
 }
-
-/// Where a backward pass leaves `‖∂L/∂h_t‖` per step (see [`crate::GradFlow`]).
-pub(crate) type FlowSink = Arc<Mutex<Option<Vec<f64>>>>;
 
 /// Accumulates `‖∂L/∂h_{b,t}‖` over the batch rows of one step; [`Self::finish`] gives
 /// the batch average per step, in step order.

@@ -1,0 +1,230 @@
+//! What rnnlab knows about a cell besides its math: the [`CellSpec`] a cell file
+//! implements (label, parameter layout, memory), the [`ParamSpec`]s everything about
+//! parameters derives from, and the [`CellOptions`] a config may set.
+
+use std::fmt;
+use std::ops::Range;
+
+use candle_core::{Result, Tensor, bail};
+
+use crate::Params;
+
+/// The part of a cell that lives in its own file: everything except the registry line.
+pub trait CellSpec: fmt::Debug + Send + Sync {
+    /// The series label in reports and figures: the config name, then the options that
+    /// change the math (`gru (reset before)`).
+    fn label(&self) -> String;
+
+    /// Whether the state carries a cell state `c` (the LSTM family).
+    fn has_cell_state(&self) -> bool {
+        false
+    }
+
+    /// One layer's parameters with `input` features and `hidden` units, in the order
+    /// they are drawn at initialisation and packed for the fused kernel. Parameter
+    /// counts, initialisation and kernel offsets all derive from this list.
+    fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec>;
+
+    /// Floats the fused forward keeps per batch row, step and layer for the backward
+    /// (outputs included): what the memory estimate of a run counts.
+    fn saved_floats_per_step(&self, hidden: usize) -> usize;
+
+    /// Rejects contradictory options.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One parameter tensor of a layer: its PyTorch-style name (without the `_l{k}` layer
+/// suffix), its shape, and how initialisation treats it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Name without the layer suffix: `weight_ih`, `peephole_i`, ….
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// What it is, for the initialisation schemes.
+    pub role: ParamRole,
+}
+
+impl ParamSpec {
+    /// A parameter named `name` of `shape`.
+    pub fn new(name: &str, shape: &[usize], role: ParamRole) -> Self {
+        Self {
+            name: name.to_owned(),
+            shape: shape.to_vec(),
+            role,
+        }
+    }
+
+    /// The full name in layer `layer`: `weight_ih_l0`.
+    pub fn name_in(&self, layer: usize) -> String {
+        format!("{}_l{layer}", self.name)
+    }
+
+    /// Number of scalars.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it holds no scalars.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How the initialisation schemes of [`crate::Init`] treat a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamRole {
+    /// Input weights `(G·H, I)`.
+    InputWeight,
+    /// Recurrent weights `(G·H, H)`, `gates` blocks of `H×H`.
+    RecurrentWeight {
+        /// Number of `H×H` gate blocks.
+        gates: usize,
+    },
+    /// A recurrent weight that is a vector `(H)` (IndRNN's `u`): the diagonal of the
+    /// recurrent matrix.
+    RecurrentDiagonal,
+    /// A bias; the forget-gate bias offset of [`crate::Init`] goes to block
+    /// `forget_block` (of `H` rows) when set.
+    Bias {
+        /// The block of the forget gate, in the bias that takes the offset.
+        forget_block: Option<usize>,
+    },
+    /// A peephole vector `(H)`.
+    Peephole,
+}
+
+/// The PyTorch-style layout `[weight_ih (G·H, I), weight_hh (G·H, H), bias_ih (G·H),
+/// bias_hh (G·H)]` of a cell with `gates` gate blocks; `forget_block` is the forget
+/// gate's block, which takes the forget-bias offset in `bias_ih`.
+pub fn gated_layer(
+    gates: usize,
+    input: usize,
+    hidden: usize,
+    forget_block: Option<usize>,
+) -> Vec<ParamSpec> {
+    let rows = gates * hidden;
+    vec![
+        ParamSpec::new("weight_ih", &[rows, input], ParamRole::InputWeight),
+        ParamSpec::new(
+            "weight_hh",
+            &[rows, hidden],
+            ParamRole::RecurrentWeight { gates },
+        ),
+        ParamSpec::new("bias_ih", &[rows], ParamRole::Bias { forget_block }),
+        ParamSpec::new("bias_hh", &[rows], ParamRole::Bias { forget_block: None }),
+    ]
+}
+
+/// Where each parameter lies in the flat vector a fused kernel receives (the specs'
+/// order), and the total length.
+pub(crate) fn param_ranges(specs: &[ParamSpec]) -> (Vec<Range<usize>>, usize) {
+    let mut start = 0;
+    let ranges = specs
+        .iter()
+        .map(|spec| {
+            let range = start..start + spec.len();
+            start = range.end;
+            range
+        })
+        .collect();
+    (ranges, start)
+}
+
+/// One layer's parameter tensors, loaded in [`CellSpec::layer_params`] order with their
+/// shapes checked: the fields every cell shares.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// The tensors, in spec order.
+    pub tensors: Vec<Tensor>,
+    /// Input features `I`.
+    pub input: usize,
+    /// Hidden units `H`.
+    pub hidden: usize,
+}
+
+impl LayerWeights {
+    /// Layer `layer`'s parameters of `spec` from `params`.
+    pub fn load(
+        spec: &dyn CellSpec,
+        params: &Params,
+        layer: usize,
+        input: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        let tensors = spec
+            .layer_params(input, hidden)
+            .iter()
+            .map(|p| params.tensor(&p.name_in(layer), &p.shape))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            tensors,
+            input,
+            hidden,
+        })
+    }
+
+    /// The first four tensors: `weight_ih, weight_hh, bias_ih, bias_hh` in the
+    /// PyTorch-style layouts of [`gated_layer`].
+    pub fn four(&self) -> Result<[&Tensor; 4]> {
+        Ok([self.get(0)?, self.get(1)?, self.get(2)?, self.get(3)?])
+    }
+
+    /// The tensor at `index` in spec order.
+    pub fn get(&self, index: usize) -> Result<&Tensor> {
+        match self.tensors.get(index) {
+            Some(tensor) => Ok(tensor),
+            None => bail!(
+                "layer has {} parameters, not {}",
+                self.tensors.len(),
+                index + 1
+            ),
+        }
+    }
+}
+
+/// The options a config may give a cell besides its name (the `model.*` keys of an
+/// experiment file other than sizes and initialisation). Each kind reads the ones it
+/// has and refuses the others, so a config cannot set an option that does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CellOptions {
+    /// `gru_reset: before` (Cho et al. 2014) instead of PyTorch's reset after.
+    pub reset_before: bool,
+    /// `ablation.no_input_gate`.
+    pub no_input_gate: bool,
+    /// `ablation.no_forget_gate`.
+    pub no_forget_gate: bool,
+    /// `ablation.no_output_gate`.
+    pub no_output_gate: bool,
+    /// `ablation.coupled_gates`.
+    pub coupled_gates: bool,
+    /// `ablation.peepholes`.
+    pub peepholes: bool,
+}
+
+impl CellOptions {
+    /// Whether any LSTM ablation is set.
+    pub fn has_ablation(&self) -> bool {
+        Self {
+            reset_before: false,
+            ..*self
+        } != Self::default()
+    }
+
+    /// Refuses options that `cell` (a config name) does not read.
+    pub fn only_defaults(&self, cell: &str) -> std::result::Result<(), String> {
+        if self.has_ablation() {
+            return Err(format!(
+                "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`, not `{cell}`"
+            ));
+        }
+        if self.reset_before {
+            return Err(format!(
+                "`model.gru_reset` is only allowed with `cell: gru`, not `{cell}`"
+            ));
+        }
+        Ok(())
+    }
+}

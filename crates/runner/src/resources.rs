@@ -1,0 +1,162 @@
+//! What a run will need before it runs: an estimate of its peak memory, checked against
+//! the machine's, so that `model.hidden: 1000000` stops at `plan` with the estimate
+//! instead of aborting in an allocation halfway through a sweep.
+//!
+//! The estimate counts f32 buffers (in f64 arithmetic, so absurd sizes cannot overflow):
+//! - the parameters, their gradients and the optimiser's state (Adam's two moments);
+//! - training: the input batch, what each layer's fused forward saves per batch row and
+//!   step ([`rnnlab_cells::CellSpec::saved_floats_per_step`]), as much again for the
+//!   backward's gradient buffers, and the head's outputs with their gradients;
+//! - evaluation: one chunk of validation sequences through the same forward;
+//! - an `epochs` budget's permutation of its training set.
+//!
+//! It is a lower bound on the process's peak (allocator slack and candle's temporaries
+//! come on top; `results/bench` measured 1.7× the saved activations for an LSTM), so only
+//! runs that cannot fit are refused.
+
+use crate::config::{Budget, Invalid, RunConfig};
+use crate::train::EVAL_CHUNK;
+
+const BYTES_PER_FLOAT: f64 = 4.0;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// A run's estimated peak memory, in bytes, by part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// Parameters, gradients and optimiser state.
+    pub parameters: f64,
+    /// One training step's activations and their gradients.
+    pub training: f64,
+    /// One evaluation chunk's activations.
+    pub evaluation: f64,
+    /// The epoch's permutation of the training set (`epochs` budgets: 8 bytes a sample).
+    pub data: f64,
+}
+
+impl MemoryEstimate {
+    /// The estimate for `config`.
+    pub fn of(config: &RunConfig) -> Self {
+        let model = &config.model;
+        let spec = model.cell.spec();
+        let mut params = 0.0;
+        let mut saved = 0.0;
+        let mut input = model.input_size;
+        for &hidden in &model.hidden {
+            params += spec
+                .layer_params(input, hidden)
+                .iter()
+                .map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>())
+                .sum::<f64>();
+            saved += spec.saved_floats_per_step(hidden) as f64;
+            input = hidden;
+        }
+        params += model.output_size as f64 * (input as f64 + 1.0);
+        let steps = config.task.input_len() as f64;
+        let per_sequence = steps * (model.input_size as f64 + saved + model.output_size as f64);
+        let batch = config.train.batch_size as f64;
+        let eval_batch = config.train.eval_samples.min(EVAL_CHUNK) as f64;
+        Self {
+            parameters: 4.0 * params * BYTES_PER_FLOAT,
+            training: 2.0 * batch * per_sequence * BYTES_PER_FLOAT,
+            evaluation: eval_batch * per_sequence * BYTES_PER_FLOAT,
+            data: match config.train.budget {
+                Budget::Steps(_) => 0.0,
+                Budget::Epochs { samples, .. } => samples as f64 * 8.0,
+            },
+        }
+    }
+
+    /// The peak: the parameters and the larger of a training step and an evaluation.
+    pub fn total(&self) -> f64 {
+        self.parameters + self.data + self.training.max(self.evaluation)
+    }
+
+    /// Refuses the run when the estimate exceeds `available` bytes.
+    pub fn check(&self, available: f64) -> Result<(), Invalid> {
+        if self.total() <= available {
+            return Ok(());
+        }
+        Err(Invalid(format!(
+            "the run needs an estimated {} (parameters and optimiser state {}, a training \
+             step {}, an evaluation chunk {}, the training set's order {}) but this machine \
+             has {}: reduce `model.hidden`, `model.layers`, `train.batch_size`, \
+             `task.seq_len` or `train.samples`",
+            gib(self.total()),
+            gib(self.parameters),
+            gib(self.training),
+            gib(self.evaluation),
+            gib(self.data),
+            gib(available)
+        )))
+    }
+}
+
+fn gib(bytes: f64) -> String {
+    if bytes >= 0.1 * GIB {
+        format!("{:.1} GiB", bytes / GIB)
+    } else {
+        format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+    }
+}
+
+/// This machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where Linux's
+/// view is not available, and then nothing is refused.
+pub fn machine_memory() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Experiment;
+
+    fn estimate(model: &str, train: &str) -> MemoryEstimate {
+        let dir = tempfile_dir();
+        let file = dir.join("e.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "name: e\ndescription: d\nbase:\n  task: {{ kind: adding, seq_len: 100 }}\n  model: {model}\n  train: {train}\n"
+            ),
+        )
+        .unwrap();
+        let experiment = Experiment::load(Path::new(&file), &[]).unwrap();
+        MemoryEstimate::of(&experiment.runs[0].config)
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rnnlab-resources-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn lstm_estimate_by_hand() {
+        // LSTM, I = 2, H = 10, head 1: 4H(I + H + 2) + (H + 1) = 560 + 11 = 571 parameters,
+        // ×4 (value, gradient, Adam's m and v) ×4 bytes = 9136 bytes.
+        // Per sequence: T·(I + (G + 2)·H + out) = 100·(2 + 60 + 1) = 6300 floats; training
+        // B = 32 twice over: 2·32·6300·4 = 1 612 800 bytes; evaluation 256 sequences
+        // (the chunk, fewer than eval_samples 1000): 256·6300·4 = 6 451 200 bytes.
+        let e = estimate(
+            "{ cell: lstm, hidden: 10 }",
+            "{ steps: 10, batch_size: 32, eval_samples: 1000 }",
+        );
+        assert_eq!(e.parameters, 9136.0);
+        assert_eq!(e.training, 1_612_800.0);
+        assert_eq!(e.evaluation, 6_451_200.0);
+        assert_eq!(e.data, 0.0);
+        assert_eq!(e.total(), 9136.0 + 6_451_200.0);
+        assert!(e.check(1e9).is_ok());
+        let err = e.check(1e6).unwrap_err().0;
+        assert!(err.contains("needs an estimated 6.2 MiB"), "{err}");
+    }
+}
