@@ -20,8 +20,8 @@ use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
 };
 
-use crate::cell::FlowSink;
-use crate::spec::{CellSpec, param_ranges};
+use crate::cell::{FlowSink, GradFlow};
+use crate::spec::{CellSpec, LayerWeights, param_ranges};
 
 /// The float types the kernels run in.
 pub(crate) trait Real:
@@ -265,6 +265,45 @@ pub(crate) fn slice<'a, T: Real>(storage: &'a CpuStorage, layout: &Layout) -> Re
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("fused kernels need contiguous inputs"),
     }
+}
+
+/// The sizes of one layer over one batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+/// Runs a layer's kernel over `xs (B, T, I)` (`T ≥ 1`) from `state0` with the layer's
+/// parameters packed in spec order. `kernel` makes the op from the sizes and the sink
+/// its backward records the gradient flow into.
+pub(crate) fn apply<K: Kernel>(
+    xs: &Tensor,
+    state0: &Tensor,
+    weights: &LayerWeights,
+    kernel: impl FnOnce(Dims, FlowSink) -> K,
+) -> Result<(Tensor, GradFlow)> {
+    let (batch, seq_len, input) = xs.dims3()?;
+    let dims = Dims {
+        batch,
+        seq_len,
+        input,
+        hidden: weights.hidden,
+    };
+    let sink = FlowSink::default();
+    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
+    let op = FusedOp(kernel(dims, sink.clone()));
+    let out = xs
+        .contiguous()?
+        .apply_op3(&state0.contiguous()?, &params, op)?;
+    Ok((out, GradFlow::recorded(sink)))
+}
+
+/// Step `t` of a `(B, T', H)` output: `(B, H)`.
+pub(crate) fn step_of(out: &Tensor, t: usize) -> Result<Tensor> {
+    out.narrow(1, t, 1)?.squeeze(1)
 }
 
 /// A fused layer: forward over the whole sequence and backward through time, generic
@@ -532,18 +571,16 @@ pub(crate) fn input_grads<T: Real>(
     d_x
 }
 
-/// Accumulates `‖∂L/∂h_{b,t}‖` over the batch rows of one step; [`Self::finish`] gives
-/// the batch average per step, in step order.
+/// Accumulates `‖∂L/∂h_{b,t}‖` over the batch rows of one chunk, per step;
+/// [`Self::finish`] averages the chunks over the batch.
 pub(crate) struct FlowNorms {
     per_step: Vec<f64>,
-    batch: usize,
 }
 
 impl FlowNorms {
-    pub(crate) fn new(batch: usize, seq_len: usize) -> Self {
+    pub(crate) fn new(seq_len: usize) -> Self {
         Self {
             per_step: vec![0.0; seq_len],
-            batch,
         }
     }
 
@@ -552,18 +589,22 @@ impl FlowNorms {
         self.per_step[t] += squared_sum.sqrt();
     }
 
-    /// Adds another batch chunk's sums.
-    pub(crate) fn merge(&mut self, other: &Self) {
-        self.per_step
-            .iter_mut()
-            .zip(&other.per_step)
-            .for_each(|(a, b)| *a += b);
-    }
-
-    /// Stores the batch-averaged norms in `sink`.
-    pub(crate) fn finish(self, sink: &FlowSink) {
-        let batch = self.batch as f64;
-        let norms = self.per_step.into_iter().map(|n| n / batch).collect();
+    /// Stores in `sink` the batch-averaged norms of the batch chunks' `parts`, added up
+    /// in chunk order (so the result does not depend on the threads).
+    pub(crate) fn finish<'a>(
+        parts: impl IntoIterator<Item = &'a Self>,
+        dims: Dims,
+        sink: &FlowSink,
+    ) {
+        let mut per_step = vec![0.0; dims.seq_len];
+        for part in parts {
+            per_step
+                .iter_mut()
+                .zip(&part.per_step)
+                .for_each(|(a, b)| *a += b);
+        }
+        let batch = dims.batch as f64;
+        let norms = per_step.into_iter().map(|n| n / batch).collect();
         *sink.lock().expect("gradient-flow sink") = Some(norms);
     }
 }

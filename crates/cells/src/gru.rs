@@ -6,8 +6,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    FlowNorms, FusedOp, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
-    input_grads, matmul, matmul_serial, pack, previous_states, wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
+    input_grads, matmul, matmul_serial, previous_states, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec, gated_layer};
@@ -92,7 +92,14 @@ impl CellMath for GruReset {
         xs: &Tensor,
         state: &State,
     ) -> Result<(Tensor, State, GradFlow)> {
-        gru_sequence(xs, state, weights, *self)
+        let (out, flow) = fused::apply(xs, &state.h, weights, |dims, flow| GruOp {
+            dims,
+            reset: *self,
+            saved: Saved::default(),
+            flow,
+        })?;
+        let h = fused::step_of(&out, out.dim(1)? - 1)?;
+        Ok((out, State { h, c: None }, flow))
     }
 
     fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State> {
@@ -136,37 +143,8 @@ impl CellMath for GruReset {
 
 // The fused kernel: the whole sequence as one candle op (see `crate::fused`).
 
-/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
-pub(crate) fn gru_sequence(
-    xs: &Tensor,
-    state: &State,
-    weights: &LayerWeights,
-    reset: GruReset,
-) -> Result<(Tensor, State, GradFlow)> {
-    let (batch, seq_len, input) = xs.dims3()?;
-    let sink = FlowSink::default();
-    let op = GruOp {
-        batch,
-        seq_len,
-        input,
-        hidden: weights.hidden,
-        reset,
-        saved: Saved::default(),
-        flow: sink.clone(),
-    };
-    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
-    let out = xs
-        .contiguous()?
-        .apply_op3(&state.h.contiguous()?, &params, FusedOp(op))?;
-    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
-    Ok((out, State { h, c: None }, GradFlow::recorded(sink)))
-}
-
 struct GruOp {
-    batch: usize,
-    seq_len: usize,
-    input: usize,
-    hidden: usize,
+    dims: Dims,
     reset: GruReset,
     saved: Saved,
     flow: FlowSink,
@@ -190,12 +168,10 @@ impl GruOp {
         weight_hh_t: &[T],
         bias_hh: &[T],
     ) {
-        let Self {
-            seq_len,
-            hidden,
-            reset,
-            ..
-        } = *self;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let reset = self.reset;
         let gh = 3 * hidden;
         let batch = h0.len() / hidden;
         let out_rs = seq_len * hidden;
@@ -293,19 +269,17 @@ impl GruOp {
         [grad_out, out, gates, extra, h0]: [&[T]; 5],
         weight_hh: &[T],
     ) -> FlowNorms {
-        let Self {
-            seq_len,
-            hidden,
-            reset,
-            ..
-        } = *self;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let reset = self.reset;
         let gh = 3 * hidden;
         let batch = h0.len() / hidden;
         let out_rs = seq_len * hidden;
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
         let mut d_h_direct = vec![T::ZERO; batch * hidden];
         let mut d_rh = vec![T::ZERO; batch * hidden];
-        let mut flow = FlowNorms::new(batch, seq_len);
+        let mut flow = FlowNorms::new(seq_len);
         for t in (0..seq_len).rev() {
             let (h_prev, h_rs) = if t == 0 {
                 (h0, hidden)
@@ -394,18 +368,17 @@ impl Kernel for GruOp {
     const NAME: &'static str = "fused-gru";
 
     fn out_shape(&self) -> Shape {
-        Shape::from((self.batch, self.seq_len, self.hidden))
+        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
     }
 
     fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
-        let Self {
+        let Dims {
             batch,
             seq_len,
             input,
             hidden,
-            reset,
-            ..
-        } = *self;
+        } = self.dims;
+        let reset = self.reset;
         let gh = 3 * hidden;
         let offsets = GatedOffsets::new(&self.reset, input, hidden);
         let bias_hh = &params[offsets.bias_hh..offsets.end];
@@ -447,14 +420,13 @@ impl Kernel for GruOp {
         out: &[T],
         grad_out: &[T],
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let Self {
+        let Dims {
             batch,
             seq_len,
             input,
             hidden,
-            reset,
-            ..
-        } = *self;
+        } = self.dims;
+        let reset = self.reset;
         let gh = 3 * hidden;
         let GatedOffsets {
             weight_ih: o_wih,
@@ -495,9 +467,7 @@ impl Kernel for GruOp {
                 },
             )
             .collect();
-        let mut flow = FlowNorms::new(batch, seq_len);
-        flows.iter().for_each(|part| flow.merge(part));
-        flow.finish(&self.flow);
+        FlowNorms::finish(&flows, self.dims, &self.flow);
         let mut d_params = vec![T::ZERO; end];
         let d_x = input_grads(
             &d_pre,

@@ -6,8 +6,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    FlowNorms, FusedOp, GatedOffsets, Kernel, Real, Saved, chunk_rows, gated_weight_grads,
-    matmul_serial, pack, squared_sum, wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, chunk_rows, gated_weight_grads,
+    matmul_serial, squared_sum, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
 use crate::spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gated_layer};
@@ -299,7 +299,20 @@ impl CellMath for LstmOptions {
         xs: &Tensor,
         state: &State,
     ) -> Result<(Tensor, State, GradFlow)> {
-        lstm_sequence(xs, state, weights, *self)
+        let c0 = state.c.as_ref().expect("checked: LSTM state has c");
+        let state0 = Tensor::cat(&[&state.h, c0], 1)?;
+        // Output (B, T + 1, H): the hidden states of every step, then the final cell state.
+        let (out, flow) = fused::apply(xs, &state0, weights, |dims, flow| LstmOp {
+            dims,
+            options: *self,
+            saved: Saved::default(),
+            flow,
+        })?;
+        let seq_len = out.dim(1)? - 1;
+        let hs = out.narrow(1, 0, seq_len)?;
+        let h = fused::step_of(&out, seq_len - 1)?;
+        let c = fused::step_of(&out, seq_len)?;
+        Ok((hs, State { h, c: Some(c) }, flow))
     }
 
     fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State> {
@@ -354,48 +367,6 @@ impl CellMath for LstmOptions {
 }
 
 // The fused kernel: the whole sequence as one candle op (see `crate::fused`).
-
-/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
-pub(crate) fn lstm_sequence(
-    xs: &Tensor,
-    state: &State,
-    weights: &LayerWeights,
-    options: LstmOptions,
-) -> Result<(Tensor, State, GradFlow)> {
-    let (batch, seq_len, input) = xs.dims3()?;
-    let c0 = state.c.as_ref().expect("checked: LSTM state has c");
-    // Spec order: weight_ih, weight_hh, bias_ih, bias_hh, then the peepholes.
-    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
-    let state0 = Tensor::cat(&[&state.h, c0], 1)?;
-    let sink = FlowSink::default();
-    let op = LstmOp {
-        dims: Dims {
-            batch,
-            seq_len,
-            input,
-            hidden: weights.hidden,
-        },
-        options,
-        saved: Saved::default(),
-        flow: sink.clone(),
-    };
-    // Output (B, T + 1, H): the hidden states of every step, then the final cell state.
-    let out = xs
-        .contiguous()?
-        .apply_op3(&state0.contiguous()?, &params, FusedOp(op))?;
-    let hs = out.narrow(1, 0, seq_len)?;
-    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
-    let c = out.narrow(1, seq_len, 1)?.squeeze(1)?;
-    Ok((hs, State { h, c: Some(c) }, GradFlow::recorded(sink)))
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    batch: usize,
-    seq_len: usize,
-    input: usize,
-    hidden: usize,
-}
 
 struct LstmOp {
     dims: Dims,
@@ -585,7 +556,7 @@ impl LstmOp {
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_h = vec![T::ZERO; hidden];
         let mut tanh_cell = vec![T::ZERO; hidden];
-        let mut flow = FlowNorms::new(batch, seq_len);
+        let mut flow = FlowNorms::new(seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
@@ -745,14 +716,12 @@ impl Kernel for LstmOp {
             })
             .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
-        let mut flow = FlowNorms::new(batch, seq_len);
-        for (peep, norms) in &chunks {
+        for (peep, _) in &chunks {
             for (total, part) in d_peep.iter_mut().zip(peep) {
                 total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
             }
-            flow.merge(norms);
         }
-        flow.finish(&self.flow);
+        FlowNorms::finish(chunks.iter().map(|(_, norms)| norms), self.dims, &self.flow);
 
         // Weight gradients over all B·T rows at once; the cell states are no longer
         // needed, so their buffer holds the shifted hidden states.

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    FlowNorms, FusedOp, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, matmul_serial,
-    pack, wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads,
+    matmul_serial, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
 use crate::spec::{CellOptions, CellSpec, LayerWeights, gated_layer};
@@ -89,42 +89,20 @@ impl CellMath for Nonlinearity {
         xs: &Tensor,
         state: &State,
     ) -> Result<(Tensor, State, GradFlow)> {
-        rnn_sequence(xs, state, weights, *self)
+        let (out, flow) = fused::apply(xs, &state.h, weights, |dims, flow| RnnOp {
+            dims,
+            nonlinearity: *self,
+            flow,
+        })?;
+        let h = fused::step_of(&out, out.dim(1)? - 1)?;
+        Ok((out, State { h, c: None }, flow))
     }
 }
 
 // The fused kernel: the whole sequence as one candle op (see `crate::fused`).
 
-/// The whole sequence `xs (B, T, I)` from `state` through one fused op; `T ≥ 1`.
-pub(crate) fn rnn_sequence(
-    xs: &Tensor,
-    state: &State,
-    weights: &LayerWeights,
-    nonlinearity: Nonlinearity,
-) -> Result<(Tensor, State, GradFlow)> {
-    let (batch, seq_len, input) = xs.dims3()?;
-    let sink = FlowSink::default();
-    let op = RnnOp {
-        batch,
-        seq_len,
-        input,
-        hidden: weights.hidden,
-        nonlinearity,
-        flow: sink.clone(),
-    };
-    let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
-    let out = xs
-        .contiguous()?
-        .apply_op3(&state.h.contiguous()?, &params, FusedOp(op))?;
-    let h = out.narrow(1, seq_len - 1, 1)?.squeeze(1)?;
-    Ok((out, State { h, c: None }, GradFlow::recorded(sink)))
-}
-
 struct RnnOp {
-    batch: usize,
-    seq_len: usize,
-    input: usize,
-    hidden: usize,
+    dims: Dims,
     nonlinearity: Nonlinearity,
     flow: FlowSink,
 }
@@ -133,12 +111,10 @@ impl RnnOp {
     /// The time loop for the batch rows of one chunk (`out` holds their pre-activations).
     #[inline(always)]
     fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], weight_hh_t: &[T]) {
-        let Self {
-            seq_len,
-            hidden,
-            nonlinearity,
-            ..
-        } = *self;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let nonlinearity = self.nonlinearity;
         let batch = h0.len() / hidden;
         let out_rs = seq_len * hidden;
         let mut h_prev = h0.to_vec();
@@ -170,16 +146,14 @@ impl RnnOp {
         [out, grad_out]: [&[T]; 2],
         weight_hh: &[T],
     ) -> FlowNorms {
-        let Self {
-            seq_len,
-            hidden,
-            nonlinearity,
-            ..
-        } = *self;
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let nonlinearity = self.nonlinearity;
         let batch = d_h0.len() / hidden;
         let out_rs = seq_len * hidden;
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
-        let mut flow = FlowNorms::new(batch, seq_len);
+        let mut flow = FlowNorms::new(seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let at = b * out_rs + t * hidden;
@@ -217,17 +191,16 @@ impl Kernel for RnnOp {
     const NAME: &'static str = "fused-rnn";
 
     fn out_shape(&self) -> Shape {
-        Shape::from((self.batch, self.seq_len, self.hidden))
+        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
     }
 
     fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
-        let Self {
+        let Dims {
             batch,
             seq_len,
             input,
             hidden,
-            ..
-        } = *self;
+        } = self.dims;
         let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
         // The pre-activations become the outputs in place: (B, T, H) is the same layout.
         let (mut out, weight_hh_t) = offsets.prologue(
@@ -252,13 +225,12 @@ impl Kernel for RnnOp {
         out: &[T],
         grad_out: &[T],
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let Self {
+        let Dims {
             batch,
             seq_len,
             input,
             hidden,
-            ..
-        } = *self;
+        } = self.dims;
         let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
         let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
         let out_rs = seq_len * hidden;
@@ -275,9 +247,7 @@ impl Kernel for RnnOp {
                 wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], weight_hh))
             })
             .collect();
-        let mut flow = FlowNorms::new(batch, seq_len);
-        flows.iter().for_each(|part| flow.merge(part));
-        flow.finish(&self.flow);
+        FlowNorms::finish(&flows, self.dims, &self.flow);
         let (d_x, d_params) = gated_weight_grads(
             &offsets,
             &d_pre,
