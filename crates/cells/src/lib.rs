@@ -30,6 +30,7 @@
 mod cell;
 mod fused;
 mod gru;
+mod indrnn;
 mod init;
 mod layer;
 mod lstm;
@@ -42,6 +43,7 @@ mod unroll;
 
 pub use cell::{Cell, GradFlow, State};
 pub use gru::{GRU, Gru, GruReset};
+pub use indrnn::{INDRNN, IndRnn, IndRnnSpec};
 pub use init::{Init, InitScheme};
 pub use layer::{CellConfig, CellKind, CellMath, Layer};
 pub use lstm::{Gate, LSTM, Lstm, LstmOptions, PEEPHOLE_LSTM, PeepholeLstm};

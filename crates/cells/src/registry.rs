@@ -13,6 +13,7 @@ pub static CELLS: &[&CellKind] = &[
     &crate::lstm::LSTM,
     &crate::gru::GRU,
     &crate::lstm::PEEPHOLE_LSTM,
+    &crate::indrnn::INDRNN,
 ];
 
 /// The entry named `name` in configs.

@@ -1,0 +1,306 @@
+//! The independently recurrent network (IndRNN), Li et al. 2018.
+
+use candle_core::{Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::cell::{FlowSink, GradFlow, State};
+use crate::fused::{
+    self, Dims, FlowNorms, Kernel, Real, add_column_sums, chunk_rows, input_grads,
+    input_projection, squared_sum, wide,
+};
+use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
+use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
+
+/// IndRNN layer (Li et al. 2018, "Independently Recurrent Neural Network (IndRNN):
+/// Building A Longer and Deeper RNN"): each unit sees only its own past,
+///
+/// ```text
+/// h_t = relu(W_ih x_t + b_ih + u ⊙ h_{t−1})
+/// ```
+///
+/// so `∂h_t/∂h_{t−1}` is the diagonal `u ⊙ relu'(·)` and a unit's gradient over `T`
+/// steps is the product of its own `u`s: Li et al. keep `|u| ≤ 2^{1/T}` or so for long
+/// memory. Parameters: `weight_ih_l{k}` `(H, I)`, `weight_hh_l{k}` `(H)` (the diagonal
+/// `u`), `bias_ih_l{k}` `(H)`.
+pub type IndRnn = Layer<IndRnnSpec>;
+
+/// The IndRNN's options (none: ReLU, as in Li et al.'s experiments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndRnnSpec;
+
+/// `model.cell: indrnn`.
+pub static INDRNN: CellKind = CellKind {
+    name: "indrnn",
+    summary: "IndRNN (Li et al. 2018): h = relu(W x + b + u ⊙ h), a diagonal recurrence",
+    configure: |options| {
+        options.only_defaults("indrnn")?;
+        Ok(CellConfig::new(IndRnnSpec))
+    },
+    colors: &[("indrnn", [120, 94, 240])],
+    examples: || vec![CellConfig::new(IndRnnSpec)],
+};
+
+impl CellSpec for IndRnnSpec {
+    fn label(&self) -> String {
+        "indrnn".into()
+    }
+
+    fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new("weight_ih", &[hidden, input], ParamRole::InputWeight),
+            ParamSpec::new("weight_hh", &[hidden], ParamRole::RecurrentDiagonal),
+            ParamSpec::new("bias_ih", &[hidden], ParamRole::Bias { forget_block: None }),
+        ]
+    }
+
+    fn saved_floats_per_step(&self, hidden: usize) -> usize {
+        hidden
+    }
+}
+
+impl CellMath for IndRnnSpec {
+    fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State> {
+        let (weight_ih, u, bias) = (weights.get(0)?, weights.get(1)?, weights.get(2)?);
+        let h = (affine(x, weight_ih, bias)? + state.h.broadcast_mul(u)?)?.relu()?;
+        Ok(State { h, c: None })
+    }
+
+    fn fused(
+        &self,
+        weights: &LayerWeights,
+        xs: &Tensor,
+        state: &State,
+    ) -> Result<(Tensor, State, GradFlow)> {
+        let (out, flow) =
+            fused::apply(xs, &state.h, weights, |dims, flow| IndRnnOp { dims, flow })?;
+        let h = fused::step_of(&out, out.dim(1)? - 1)?;
+        Ok((out, State { h, c: None }, flow))
+    }
+}
+
+/// The fused IndRNN: the input projection of every step is one GEMM; the recurrence is
+/// pointwise (no recurrent GEMM), so each batch chunk's time loop is one pass per step.
+struct IndRnnOp {
+    dims: Dims,
+    flow: FlowSink,
+}
+
+impl IndRnnOp {
+    /// `[weight_ih, u, bias]` ranges in the flat parameters, and their total length.
+    fn ranges(&self) -> ([std::ops::Range<usize>; 3], usize) {
+        let Dims { input, hidden, .. } = self.dims;
+        let (ranges, total) = param_ranges(&IndRnnSpec.layer_params(input, hidden));
+        (
+            [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()],
+            total,
+        )
+    }
+
+    /// The time loop for one chunk: `out` holds the pre-activations of its rows.
+    #[inline(always)]
+    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], u: &[T]) {
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let out_rs = seq_len * hidden;
+        for (row, h0) in out.chunks_exact_mut(out_rs).zip(h0.chunks_exact(hidden)) {
+            let (first, _) = row.split_at_mut(hidden);
+            for j in 0..hidden {
+                first[j] = (first[j] + u[j] * h0[j]).max_(T::ZERO);
+            }
+            for t in 1..seq_len {
+                let (past, now) = row.split_at_mut(t * hidden);
+                let prev = &past[(t - 1) * hidden..];
+                for j in 0..hidden {
+                    now[j] = (now[j] + u[j] * prev[j]).max_(T::ZERO);
+                }
+            }
+        }
+    }
+
+    /// The reverse time loop for one chunk: fills `d_pre` and `d_h0`, returns `∂L/∂u`
+    /// over the chunk and its gradient flow.
+    #[inline(always)]
+    fn backward_chunk<T: Real>(
+        &self,
+        [d_pre, d_h0]: [&mut [T]; 2],
+        [out, grad_out, h0]: [&[T]; 3],
+        u: &[T],
+    ) -> (Vec<T>, FlowNorms) {
+        let Dims {
+            seq_len, hidden, ..
+        } = self.dims;
+        let out_rs = seq_len * hidden;
+        let batch = h0.len() / hidden;
+        let mut d_u = vec![T::ZERO; hidden];
+        let mut flow = FlowNorms::new(seq_len);
+        let mut d_h = vec![T::ZERO; hidden];
+        for b in 0..batch {
+            let (out, grad_out) = (&out[b * out_rs..], &grad_out[b * out_rs..]);
+            let d_pre = &mut d_pre[b * out_rs..(b + 1) * out_rs];
+            // ∂L/∂h_t through the recurrence from step t + 1; zero after the last step.
+            let mut d_rec = vec![T::ZERO; hidden];
+            for t in (0..seq_len).rev() {
+                let at = t * hidden;
+                let h_prev = if t == 0 {
+                    &h0[b * hidden..(b + 1) * hidden]
+                } else {
+                    &out[at - hidden..at]
+                };
+                for j in 0..hidden {
+                    d_h[j] = grad_out[at + j] + d_rec[j];
+                    let d = if out[at + j] > T::ZERO {
+                        d_h[j]
+                    } else {
+                        T::ZERO
+                    };
+                    d_pre[at + j] = d;
+                    d_u[j] += d * h_prev[j];
+                    d_rec[j] = d * u[j];
+                }
+                flow.add(t, squared_sum(&d_h));
+            }
+            d_h0[b * hidden..(b + 1) * hidden].copy_from_slice(&d_rec);
+        }
+        (d_u, flow)
+    }
+}
+
+impl Kernel for IndRnnOp {
+    const NAME: &'static str = "fused-indrnn";
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
+        let Dims {
+            batch,
+            seq_len,
+            input,
+            hidden,
+        } = self.dims;
+        let ([w_ih, u, bias], total) = self.ranges();
+        if params.len() != total || x.len() != batch * seq_len * input {
+            bail!("fused IndRNN: inputs do not match the layer's sizes");
+        }
+        // The pre-activations become the outputs in place: (B, T, H) is the same layout.
+        let mut out = input_projection(x, &params[w_ih], &params[bias], batch * seq_len, input);
+        let rows = chunk_rows(batch);
+        let u = &params[u];
+        out.par_chunks_mut(rows * seq_len * hidden)
+            .zip(h0.par_chunks(rows * hidden))
+            .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, u)));
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        h0: &[T],
+        params: &[T],
+        out: &[T],
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let Dims {
+            batch,
+            seq_len,
+            input,
+            hidden,
+        } = self.dims;
+        let ([w_ih, u, bias], total) = self.ranges();
+        let out_rs = seq_len * hidden;
+        let rows = batch * seq_len;
+        let mut d_pre = vec![T::ZERO; rows * hidden];
+        let mut d_h0 = vec![T::ZERO; batch * hidden];
+        let chunk = chunk_rows(batch);
+        let parts: Vec<(Vec<T>, FlowNorms)> = d_pre
+            .par_chunks_mut(chunk * out_rs)
+            .zip(d_h0.par_chunks_mut(chunk * hidden))
+            .zip(out.par_chunks(chunk * out_rs))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .zip(h0.par_chunks(chunk * hidden))
+            .map(|((((d_pre, d_h0), out), grad_out), h0)| {
+                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out, h0], &params[u.clone()]))
+            })
+            .collect();
+        let mut d_params = vec![T::ZERO; total];
+        for (d_u, _) in &parts {
+            d_params[u.clone()]
+                .iter_mut()
+                .zip(d_u)
+                .for_each(|(total, &part)| *total += part);
+        }
+        FlowNorms::finish(parts.iter().map(|(_, norms)| norms), self.dims, &self.flow);
+        let d_x = input_grads(
+            &d_pre,
+            x,
+            &params[w_ih.clone()],
+            &mut d_params[w_ih],
+            (rows, hidden, input),
+        );
+        add_column_sums(&mut d_params[bias], &d_pre, hidden);
+        Ok((d_x, d_h0, d_params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Var};
+
+    use super::*;
+    use crate::{Cell, HeadKind, Init, ModelConfig, Params};
+
+    #[test]
+    fn parameter_count_by_hand() {
+        // I = 3, H = 5: W_ih 15 + u 5 + b 5 = 25; a second layer of 4 units on 5 inputs
+        // 20 + 4 + 4 = 28; the head (2 outputs on 4 units) 10. Total 63.
+        let config = ModelConfig {
+            cell: CellConfig::new(IndRnnSpec),
+            input_size: 3,
+            hidden: vec![5, 4],
+            output_size: 2,
+            head: HeadKind::LastStep,
+        };
+        assert_eq!(config.parameter_count(), 63);
+        let params = Init::default()
+            .params(&config, 0, DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_eq!(params.element_count(), 63);
+        assert_eq!(
+            params.get("weight_hh_l1").unwrap().dims(),
+            &[4],
+            "u is a vector"
+        );
+    }
+
+    #[test]
+    fn two_steps_by_hand() {
+        // W = 0.5, u = −2, b = 0.1, h0 = 0.3; x = (1, 1):
+        // h1 = relu(0.5 + 0.1 − 0.6) = relu(0.0) = 0; h2 = relu(0.6 + 0) = 0.6.
+        // From h0 = −0.3 instead: h1 = relu(0.6 + 0.6) = 1.2, h2 = relu(0.6 − 2.4) = 0.
+        let dev = Device::Cpu;
+        let mut params = Params::new();
+        let weight = Tensor::new(&[[0.5f64]], &dev).unwrap();
+        params.insert("weight_ih_l0", Var::from_tensor(&weight).unwrap());
+        for (name, value) in [("weight_hh_l0", -2.0f64), ("bias_ih_l0", 0.1)] {
+            params.insert(
+                name,
+                Var::from_tensor(&Tensor::new(&[value], &dev).unwrap()).unwrap(),
+            );
+        }
+        let cell = IndRnn::new(IndRnnSpec, &params, 0, 1, 1).unwrap();
+        let xs = Tensor::new(&[[[1.0f64], [1.0]]], &dev).unwrap();
+        for (h0, want) in [(0.3, [0.0, 0.6]), (-0.3, [1.2, 0.0])] {
+            let state = State {
+                h: Tensor::new(&[[h0]], &dev).unwrap(),
+                c: None,
+            };
+            let (hs, _) = cell.sequence(&xs, &state).unwrap();
+            let got: Vec<f64> = hs.flatten_all().unwrap().to_vec1().unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-12, "h0 = {h0}: {got:?} vs {want:?}");
+            }
+        }
+    }
+}
