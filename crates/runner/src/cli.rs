@@ -90,7 +90,7 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Cells to time, by their names in configs (every registered cell: rnn, rnn_relu,
-    /// lstm, gru, peephole_lstm, …; candle-nn has only lstm and gru).
+    /// lstm, gru, peephole_lstm, indrnn, …; candle-nn has only lstm and gru).
     #[arg(long, value_delimiter = ',', value_parser = parse_cell, default_values = ["lstm", "gru", "rnn"])]
     pub cells: Vec<&'static CellKind>,
     /// Hidden sizes.
