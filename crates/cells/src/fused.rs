@@ -488,15 +488,16 @@ impl GatedOffsets {
 /// The backward's epilogue for a cell whose recurrent GEMM and input projection see the
 /// same pre-activations (RNN, LSTM): from `d_pre (B·T, G·H)`, the gradients of the
 /// parameters (`weight_ih`, `weight_hh` over all `B·T` rows at once, both biases; the
-/// `extra` parameters left zero for the caller) and of the input. `scratch` is a
-/// `B·T·H` buffer the caller no longer needs (it receives `h_{t−1}`).
+/// `extra` parameters left zero for the caller) and of the input. `scratch`, if given, is
+/// a `B·T·H` buffer the caller no longer needs (it receives `h_{t−1}`); otherwise one is
+/// allocated once `∂L/∂X` exists (the order keeps the allocator's peak where it was).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gated_weight_grads<T: Real>(
     offsets: &GatedOffsets,
     d_pre: &[T],
     x: &[T],
     params: &[T],
-    mut scratch: Vec<T>,
+    scratch: Option<Vec<T>>,
     (h0, h0_rs): (&[T], usize),
     (out, out_rs): (&[T], usize),
     (batch, seq_len, input, hidden): (usize, usize, usize, usize),
@@ -511,6 +512,7 @@ pub(crate) fn gated_weight_grads<T: Real>(
         &mut d_params[offsets.weight_ih..offsets.weight_hh],
         (rows, gh, input),
     );
+    let mut scratch = scratch.unwrap_or_else(|| vec![T::ZERO; rows * hidden]);
     let h_prev = &mut scratch[..rows * hidden];
     previous_states(h_prev, (h0, h0_rs), (out, out_rs), seq_len, hidden);
     matmul(

@@ -730,7 +730,7 @@ impl Kernel for LstmOp {
             &d_gates,
             x,
             params,
-            cells,
+            Some(cells),
             (state0, 2 * hidden),
             (out, out_rs),
             (batch, seq_len, input, hidden),

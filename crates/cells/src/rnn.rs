@@ -253,7 +253,7 @@ impl Kernel for RnnOp {
             &d_pre,
             x,
             params,
-            vec![T::ZERO; rows * hidden],
+            None,
             (h0, hidden),
             (out, out_rs),
             (batch, seq_len, input, hidden),

@@ -20,8 +20,8 @@ use crate::optim::Trainer;
 use rnnlab_cells::{CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
 use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
 
-use crate::UsageError;
 use crate::cli::{BenchArgs, BenchImpl};
+use crate::error::UsageError;
 
 /// One measured shape: a CSV row.
 #[derive(Debug, Clone)]
@@ -69,18 +69,6 @@ impl Measurement {
 
 /// Runs the benchmark grid, prints a table and writes the CSV.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.threads == 0 || args.batch == 0 || args.repeats == 0 {
-        return Err(UsageError(
-            "invalid --threads/--batch/--repeats: each must be at least 1".into(),
-        )
-        .into());
-    }
-    if let Some(zero) = args.hidden.iter().chain(&args.seq_len).find(|&&v| v == 0) {
-        return Err(UsageError(format!(
-            "invalid --hidden/--seq-len: {zero} is not allowed, sizes start at 1"
-        ))
-        .into());
-    }
     if args.child {
         let [implementation, cell, hidden, seq_len] = [
             args.implementations.len(),
@@ -94,24 +82,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let shape = Shape {
             implementation: args.implementations[0],
             cell: args.cells[0],
-            hidden: args.hidden[0],
-            seq_len: args.seq_len[0],
-            batch: args.batch,
+            hidden: args.hidden[0].get(),
+            seq_len: args.seq_len[0].get(),
+            batch: args.batch.get(),
         };
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
+            .num_threads(args.threads.get())
             .build()
             .context("starting the benchmark's thread pool")?;
         let budget = Duration::from_secs_f64(args.max_seconds);
         let (ms_per_step, peak_rss_mb) =
-            pool.install(|| measure(shape, args.warmup, args.repeats, budget))?;
+            pool.install(|| measure(shape, args.warmup, args.repeats.get(), budget))?;
         let row = Measurement {
             implementation: shape.implementation,
             cell: shape.cell,
             hidden: shape.hidden,
             seq_len: shape.seq_len,
             batch: shape.batch,
-            threads: args.threads,
+            threads: args.threads.get(),
             ms_per_step,
             peak_rss_mb,
         };
@@ -235,7 +223,7 @@ fn measure(
         }
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], crate::peak_rss_mb()))
+    Ok((times[times.len() / 2], crate::resources::peak_rss_mb()))
 }
 
 fn build(shape: Shape) -> anyhow::Result<Step> {

@@ -1,6 +1,10 @@
-//! Command-line arguments.
+//! Command-line arguments, validated by their types before they reach a command: counts
+//! that must be positive are `NonZeroUsize`, `--shard` is a [`Shard`], `--cells` are
+//! registered cells.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnnlab_cells::{CellKind, registry};
@@ -65,18 +69,60 @@ pub struct RunArgs {
     #[arg(long)]
     pub force: bool,
     /// Runs trained at once; the cores are split between them.
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
+    #[arg(long, default_value_t = NonZeroUsize::MIN)]
+    pub jobs: NonZeroUsize,
     /// Take only runs k with k mod N = I − 1 (`--shard I/N`), so N machines can share
     /// one sweep and merge by copying folders.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
+    #[arg(long, value_name = "I/N", default_value_t = Shard::ALL)]
+    pub shard: Shard,
     /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Do not draw the figures and write `REPORT.md` at the end.
     #[arg(long)]
     pub no_report: bool,
+}
+
+/// `--shard I/N`: the runs `k` (0-based, in plan order) with `k mod N = I − 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// `I − 1`.
+    pub index: usize,
+    /// `N`.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Every run (`1/1`).
+    pub const ALL: Self = Self { index: 0, count: 1 };
+
+    /// Whether run `k` of the plan is this shard's.
+    pub fn takes(&self, k: usize) -> bool {
+        k % self.count == self.index
+    }
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not I/N with 1 <= I <= N, e.g. 2/4");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if i == 0 || i > n {
+            return Err(bad());
+        }
+        Ok(Self {
+            index: i - 1,
+            count: n,
+        })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.count)
+    }
 }
 
 /// `rnnlab status`, `rnnlab plot`, `rnnlab report`
@@ -94,17 +140,17 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_cell, default_values = ["lstm", "gru", "rnn"])]
     pub cells: Vec<&'static CellKind>,
     /// Hidden sizes.
-    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256, 512])]
-    pub hidden: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_values = ["64", "128", "256", "512"])]
+    pub hidden: Vec<NonZeroUsize>,
     /// Sequence lengths.
-    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
-    pub seq_len: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_values = ["100", "1000"])]
+    pub seq_len: Vec<NonZeroUsize>,
     /// Batch size.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    #[arg(long, default_value = "32")]
+    pub batch: NonZeroUsize,
     /// Threads (a rayon pool of this size runs every step).
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    #[arg(long, default_value = "2")]
+    pub threads: NonZeroUsize,
     /// Implementations to time.
     #[arg(long = "impl", value_enum, value_delimiter = ',', default_values_t = [BenchImpl::Rnnlab, BenchImpl::CandleNn])]
     pub implementations: Vec<BenchImpl>,
@@ -112,8 +158,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    pub repeats: usize,
+    #[arg(long, default_value = "10")]
+    pub repeats: NonZeroUsize,
     /// Stop timing a shape after this many seconds (at least one step is timed).
     #[arg(long, default_value_t = 30.0)]
     pub max_seconds: f64,

@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 
 use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series};
 
-use crate::config::scalar;
 use crate::store::{
     ExperimentDir, RunStatus, SavedConfig, Summary, Table, Tables, read_config, read_plan,
     read_summary, write_parquet,
 };
+use crate::sweep::scalar;
 
 /// Rewrites the three experiment-level tables from the complete runs of `experiment_dir`.
 /// Returns the number of runs they hold.

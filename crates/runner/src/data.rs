@@ -9,8 +9,8 @@ use polars::prelude::{
 };
 use rnnlab_tasks::{Sample, Split, Target, Task, TaskConfig, TaskError};
 
-use crate::UsageError;
 use crate::cli::{ExportArgs, ShowArgs, SplitName, TaskArgs};
+use crate::error::UsageError;
 use crate::store::write_atomic;
 
 /// Refuse exports larger than this many input values (1 GiB of f32): split them with

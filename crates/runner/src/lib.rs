@@ -1,31 +1,29 @@
 //! rnnlab's command-line runner: configuration, data export, (later) sweeps, training,
 //! storage, plots and reports. `main.rs` only parses and maps errors to exit codes.
 
-pub mod analysis;
 pub mod bench;
 pub mod cli;
 pub mod compact;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod loss;
 pub mod optim;
 pub mod plan;
 pub mod plot;
 pub mod report;
 pub mod resources;
+pub mod results;
 pub mod run;
+pub mod stats;
 pub mod store;
+pub mod sweep;
 pub mod train;
 
 use std::io::IsTerminal;
 
 use cli::{Cli, Command, DataCommand};
-
-/// A mistake in what the user asked for (an option, a path): exit code 2, like clap's
-/// own usage errors. Anything else that fails exits with 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use error::UsageError;
 
 /// The process exit code for an error returned by [`run()`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {
@@ -67,19 +65,4 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => report::report(&args.dir),
         Command::Bench(args) => bench::run(&args),
     }
-}
-
-/// Resets this process's peak resident memory (`VmHWM`) to its current resident size,
-/// so that [`peak_rss_mb`] measures from here on; does nothing where Linux's
-/// `/proc/self/clear_refs` is not available.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// `VmHWM` (peak resident memory) of this process in MiB, where Linux reports it.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }

@@ -3,9 +3,9 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use crate::UsageError;
 use crate::cli::PlanArgs;
-use crate::config::{Experiment, scalar};
+use crate::error::UsageError;
+use crate::sweep::{Experiment, scalar};
 
 /// Validates the experiment and prints one line per run.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {

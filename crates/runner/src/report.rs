@@ -15,10 +15,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde_yaml::Value;
 
-use crate::analysis::{
-    MIN_F32, Panel, Results, Role, RunResult, Series, Spread, baseline, welch_p,
-};
 use crate::plot::{Figure, pretty, write_plots};
+use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline};
+use crate::stats::{Spread, welch_p};
 use crate::store::{RunStatus, write_text};
 
 /// p below this is a clear difference.
@@ -170,7 +169,7 @@ fn provenance(results: &Results) -> String {
         results
             .manifest
             .get(key)
-            .map(crate::config::scalar)
+            .map(crate::sweep::scalar)
             .filter(|v| v != "null")
     };
     let diverged = results
@@ -552,7 +551,7 @@ fn solved_up_to(results: &Results, series: &[Series], key: &str, unit: &str) -> 
     };
     let mut md = format!(
         "\n### Where every seed solved the task, by {}\n\n",
-        crate::analysis::short_key(key)
+        crate::results::short_key(key)
     );
     for panel in results.panels(&others) {
         let prefix = if panel.values.is_empty() {

@@ -108,12 +108,27 @@ pub fn machine_memory() -> Option<f64> {
     Some(kib * 1024.0)
 }
 
+/// Resets this process's peak resident memory (`VmHWM`) to its current resident size,
+/// so that [`peak_rss_mb`] measures from here on; does nothing where Linux's
+/// `/proc/self/clear_refs` is not available.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` (peak resident memory) of this process in MiB, where Linux reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Experiment;
+    use crate::sweep::Experiment;
 
     fn estimate(model: &str, train: &str) -> MemoryEstimate {
         let dir = tempfile_dir();

@@ -18,14 +18,14 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::UsageError;
 use crate::cli::{RunArgs, StatusArgs};
 use crate::compact::compact;
-use crate::config::{Experiment, PlannedRun, scalar};
+use crate::error::UsageError;
 use crate::store::{
     ExperimentDir, RunDir, RunStatus, read_plan, read_summary, write_manifest, write_plan,
     write_run, write_text,
 };
+use crate::sweep::{Experiment, PlannedRun, scalar};
 use crate::train::train;
 
 /// Trains the runs of the experiment (of this shard) that are neither complete nor
@@ -33,10 +33,7 @@ use crate::train::train;
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let experiment =
         Experiment::load(&args.file, &args.overrides).map_err(|err| UsageError(err.to_string()))?;
-    let (shard, shards) = parse_shard(args.shard.as_deref())?;
-    if args.jobs == 0 {
-        return Err(UsageError("invalid --jobs 0: allowed 1 or more".into()).into());
-    }
+    let jobs = args.jobs.get();
     let dir = ExperimentDir::new(&args.out, &experiment.name);
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
@@ -45,16 +42,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .runs
         .iter()
         .enumerate()
-        .filter(|(k, _)| k % shards == shard)
+        .filter(|(k, _)| args.shard.takes(*k))
         .map(|(_, r)| r)
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads_per_job = (cores / args.jobs).max(1);
+    let threads_per_job = (cores / jobs).max(1);
     write_manifest(
         &dir,
         &args.file,
         &experiment.description,
-        args.jobs,
+        jobs,
         threads_per_job,
     )
     .with_context(|| format!("writing the manifest of {}", experiment.name))?;
@@ -73,16 +70,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             let Some(planned) = mine.get(k) else {
                 return Ok(());
             };
-            let trained = match pool
-                .install(|| train_one(&dir, planned, args.force, args.jobs == 1, &progress))
-            {
-                Ok(trained) => trained,
-                Err(err) => {
-                    record_failure(&dir, &planned.id, &err, &progress);
-                    failed.lock().expect("failed runs").push(planned.id.clone());
-                    false
-                }
-            };
+            let trained =
+                match pool.install(|| train_one(&dir, planned, args.force, jobs == 1, &progress)) {
+                    Ok(trained) => trained,
+                    Err(err) => {
+                        record_failure(&dir, &planned.id, &err, &progress);
+                        failed.lock().expect("failed runs").push(planned.id.clone());
+                        false
+                    }
+                };
             progress.sweep.inc(1);
             let mut counts = counts.lock().expect("counts");
             if trained {
@@ -93,7 +89,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..args.jobs).map(|_| scope.spawn(worker)).collect();
+        let handles: Vec<_> = (0..jobs).map(|_| scope.spawn(worker)).collect();
         handles
             .into_iter()
             .try_for_each(|h| h.join().expect("a worker panicked"))
@@ -102,7 +98,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let shown = dir.path().display();
     compact(&dir).with_context(|| format!("compacting the tables of {shown}"))?;
     if !args.no_report {
-        let results = crate::analysis::Results::load(dir.path())
+        let results = crate::results::Results::load(dir.path())
             .with_context(|| format!("reading the results in {shown}"))?;
         let report = crate::report::write_report(&results)
             .with_context(|| format!("writing the report of {shown}"))?;
@@ -145,22 +141,6 @@ fn record_failure(dir: &ExperimentDir, id: &str, err: &anyhow::Error, progress: 
     if let Err(write_err) = write_text(&dir.run(id).failed(), &text) {
         tracing::warn!("could not record the failure of run {id}: {write_err:#}");
     }
-}
-
-/// `--shard I/N` as a zero-based `(I − 1, N)`; no shard is `(0, 1)`.
-fn parse_shard(shard: Option<&str>) -> Result<(usize, usize), UsageError> {
-    let Some(text) = shard else { return Ok((0, 1)) };
-    let bad = || {
-        UsageError(format!(
-            "invalid --shard {text:?}: allowed I/N with 1 <= I <= N, e.g. 2/4"
-        ))
-    };
-    let (i, n) = text.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-    if i == 0 || i > n {
-        return Err(bad());
-    }
-    Ok((i - 1, n))
 }
 
 /// Progress on a terminal: one bar for the sweep, one per active run (step and loss).
@@ -232,7 +212,7 @@ fn train_one(
         .collect();
     tracing::info!(run = %planned.id, seed = planned.config.seed, "training {}", swept.join(" "));
     if alone {
-        crate::reset_peak_rss();
+        crate::resources::reset_peak_rss();
     }
     let run_started = Instant::now();
     let bar = progress.run_bar(

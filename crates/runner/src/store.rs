@@ -26,7 +26,8 @@ use polars::prelude::{
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-use crate::config::{PlannedRun, RawRun};
+use crate::config::RawRun;
+use crate::sweep::PlannedRun;
 use crate::train::{Outcome, Status};
 
 /// `config.yaml` of a run.
@@ -492,7 +493,7 @@ pub fn write_run(
         wall_s,
         samples_per_s: outcome.samples_per_s,
         parameters: run.config.model.parameter_count(),
-        peak_rss_mb: crate::peak_rss_mb(),
+        peak_rss_mb: crate::resources::peak_rss_mb(),
     };
     write_text(&dir.summary(), &serde_yaml::to_string(&summary)?)
 }

@@ -229,7 +229,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Experiment;
+    use crate::sweep::Experiment;
 
     /// The single run of a small experiment `name` whose `base` is `run`.
     fn config(name: &str, run: &str) -> RunConfig {

@@ -1,0 +1,495 @@
+//! Draws a [`Figure`] with plotters, as a PNG (text in the bundled DejaVu Sans) and an
+//! SVG: layout of the title, legend and panels, axes, ticks, lines, bands and heatmaps.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::png::write_palette_png;
+use super::{
+    Axis, BASELINE_GREY, FONT, Figure, HeatmapPanel, LinesPanel, PANEL_HEIGHT, PanelSpec, Style,
+    WIDTH,
+};
+use crate::store::{write_atomic, write_text};
+
+/// Draws `figure` as `<stem>.png` and `<stem>.svg` in `folder`, each written whole.
+pub(super) fn render(figure: &Figure, folder: &Path) -> anyhow::Result<()> {
+    register_font();
+    let rows = figure.panels.len().div_ceil(figure.cols.max(1)) as u32;
+    let header = header_height(figure);
+    let size = (WIDTH, header + rows * PANEL_HEIGHT);
+
+    let mut pixels = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
+        draw(&root, figure)?;
+        root.present().map_err(drawing)?;
+    }
+    write_atomic(&folder.join(format!("{}.png", figure.stem)), |temp| {
+        write_palette_png(temp, size, &pixels)
+    })?;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root, figure)?;
+        root.present().map_err(drawing)?;
+    }
+    write_text(&folder.join(format!("{}.svg", figure.stem)), &svg)
+}
+
+fn drawing(err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("drawing failed: {err}")
+}
+
+fn register_font() {
+    static FONT_ONCE: Once = Once::new();
+    FONT_ONCE.call_once(|| {
+        // The bundled font is valid TrueType; a failure here is a build defect.
+        let registered = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../../assets/DejaVuSans.ttf"),
+        );
+        assert!(
+            registered.is_ok(),
+            "the bundled DejaVu Sans is not a valid font"
+        );
+    });
+}
+
+const TITLE_SIZE: f64 = 34.0;
+const LEGEND_SIZE: f64 = 24.0;
+const LEGEND_ROW: u32 = 36;
+
+/// Legend items laid out in rows across the figure: (row, x) of each.
+fn legend_layout(figure: &Figure) -> Vec<(u32, i32)> {
+    let mut placed = Vec::new();
+    let (mut row, mut x) = (0u32, 30i32);
+    for (label, _) in &figure.legend {
+        let width = 60 + text_width(label, LEGEND_SIZE) + 36;
+        if x + width > WIDTH as i32 - 20 && x > 30 {
+            row += 1;
+            x = 30;
+        }
+        placed.push((row, x));
+        x += width;
+    }
+    placed
+}
+
+fn header_height(figure: &Figure) -> u32 {
+    let rows = legend_layout(figure).last().map_or(0, |&(row, _)| row + 1);
+    70 + rows * LEGEND_ROW + 10
+}
+
+/// Text width in pixels, from the font's advances (what plotters uses to lay out).
+fn text_width(text: &str, size: f64) -> i32 {
+    register_font();
+    let font = (FONT, size).into_font();
+    font.box_size(text)
+        .map_or(text.len() as i32 * 12, |(w, _)| w as i32)
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> anyhow::Result<()> {
+    root.fill(&WHITE).map_err(drawing)?;
+    let header = header_height(figure);
+    let (top, body) = root.split_vertically(header);
+    top.draw(&Text::new(
+        figure.title.clone(),
+        (30, 18),
+        (FONT, TITLE_SIZE).into_font().color(&BLACK),
+    ))
+    .map_err(drawing)?;
+    for ((label, style), (row, x)) in figure.legend.iter().zip(legend_layout(figure)) {
+        let y = 70 + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
+        draw_segment(&top, (x, y), (x + 48, y), *style)?;
+        top.draw(&Text::new(
+            label.clone(),
+            (x + 60, y),
+            (FONT, LEGEND_SIZE)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(drawing)?;
+    }
+    let rows = figure.panels.len().div_ceil(figure.cols.max(1));
+    let areas = body.split_evenly((rows, figure.cols.max(1)));
+    for (area, panel) in areas.iter().zip(&figure.panels) {
+        match panel {
+            PanelSpec::Lines(lines) => draw_lines(area, lines)?,
+            PanelSpec::Heatmap(heatmap) => draw_heatmap(area, heatmap)?,
+        }
+    }
+    Ok(())
+}
+
+/// A straight legend swatch in pixel coordinates, dashed as the style says.
+fn draw_segment<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    from: (i32, i32),
+    to: (i32, i32),
+    style: Style,
+) -> anyhow::Result<()> {
+    let stroke = style.color.stroke_width(4);
+    let (on, off) = dash_pattern(style.dash);
+    let mut x = from.0;
+    while x < to.0 {
+        let end = (x + on).min(to.0);
+        area.draw(&PathElement::new(vec![(x, from.1), (end, to.1)], stroke))
+            .map_err(drawing)?;
+        x = end + off;
+    }
+    Ok(())
+}
+
+/// (dash, gap) in pixels for a dash index; solid is one long dash.
+fn dash_pattern(dash: usize) -> (i32, i32) {
+    match dash {
+        0 => (10_000, 0),
+        1 => (14, 8),
+        _ => (4, 6),
+    }
+}
+
+/// Maps data values onto a (possibly logarithmic) axis; non-positive values on a log
+/// axis have no place and are dropped.
+fn to_axis(axis: &Axis, v: f64) -> Option<f64> {
+    match axis.log {
+        Some(base) if v > 0.0 && v.is_finite() => Some(v.log(base)),
+        Some(_) => None,
+        None => v.is_finite().then_some(v),
+    }
+}
+
+/// A log axis stays logarithmic only when its data span at least a factor of its base;
+/// over less, a linear axis reads better (no 31623 ticks).
+fn fit_scale(axis: &Axis, values: impl Iterator<Item = f64>) -> Axis {
+    let Some(base) = axis.log else {
+        return axis.clone();
+    };
+    let (lo, hi) = values
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo.is_finite() && hi / lo < base * (1.0 - 1e-9) {
+        Axis {
+            log: None,
+            ..axis.clone()
+        }
+    } else {
+        axis.clone()
+    }
+}
+
+/// The axis range: fixed, or the data's with 5 % padding (a decade at least on a log axis
+/// when the data are flat).
+fn axis_range(axis: &Axis, values: impl Iterator<Item = f64>) -> (f64, f64) {
+    if let Some((lo, hi)) = axis.range {
+        let pad = (hi - lo) * 0.03;
+        return (lo - pad, hi + pad);
+    }
+    let (lo, hi) = values
+        .filter_map(|v| to_axis(axis, v))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let span = hi - lo;
+    if span < 1e-9 {
+        let half = if axis.log.is_some() {
+            0.5
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
+        return (lo - half, hi + half);
+    }
+    (lo - span * 0.05, hi + span * 0.05)
+}
+
+/// A tick label: the value itself, back from log space if needed, in few digits. A log
+/// axis that spans two whole powers of its base labels only those (4, 8, 16 rather than
+/// 4, 4.59, 5.28).
+fn tick_label(axis: &Axis, (lo, hi): (f64, f64), v: f64) -> String {
+    match axis.log {
+        Some(base) => {
+            let whole_powers = hi.floor() - lo.ceil() >= 1.0;
+            if whole_powers && (v - v.round()).abs() > 1e-9 {
+                String::new()
+            } else {
+                pretty(base.powf(v))
+            }
+        }
+        None => pretty(v),
+    }
+}
+
+/// A number in at most three significant digits, without trailing zeros.
+pub fn pretty(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
+    let magnitude = value.abs();
+    if !(1e-3..1e5).contains(&magnitude) {
+        let text = format!("{value:.1e}");
+        return text.replace(".0e", "e");
+    }
+    let decimals = (2 - magnitude.log10().floor() as i32).max(0) as usize;
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &LinesPanel,
+) -> anyhow::Result<()> {
+    let xs = panel.lines.iter().flat_map(|l| {
+        l.points
+            .iter()
+            .map(|p| p.0)
+            .chain(l.dots.iter().map(|p| p.0))
+    });
+    let ys = panel.lines.iter().flat_map(|l| {
+        l.points
+            .iter()
+            .map(|p| p.1)
+            .chain(l.dots.iter().map(|p| p.1))
+            .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
+    });
+    let x_axis = fit_scale(&panel.x, xs.clone());
+    let y_axis = fit_scale(&panel.y, ys.clone().chain(panel.baseline));
+    let panel = &LinesPanel {
+        x: x_axis,
+        y: y_axis,
+        ..panel.clone()
+    };
+    let (x0, x1) = axis_range(&panel.x, xs);
+    let (y0, y1) = axis_range(&panel.y, ys.chain(panel.baseline));
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 26))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(64)
+        .y_label_area_size(96)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(drawing)?;
+    let x_format = |v: &f64| tick_label(&panel.x, (x0, x1), *v);
+    let y_format = |v: &f64| tick_label(&panel.y, (y0, y1), *v);
+    chart
+        .configure_mesh()
+        .x_desc(&panel.x.label)
+        .y_desc(&panel.y.label)
+        .x_labels(8)
+        .y_labels(8)
+        .x_label_formatter(&x_format)
+        .y_label_formatter(&y_format)
+        .label_style((FONT, 19))
+        .axis_desc_style((FONT, 22))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()
+        .map_err(drawing)?;
+
+    if let Some(base) = panel.baseline.and_then(|b| to_axis(&panel.y, b)) {
+        let style = BASELINE_GREY.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(x0, base), (x1, base)],
+                14,
+                8,
+                style,
+            ))
+            .map_err(drawing)?;
+    }
+    for line in &panel.lines {
+        let band: Vec<(f64, f64, f64)> = line
+            .band
+            .iter()
+            .filter_map(|&(x, lo, hi)| {
+                Some((
+                    to_axis(&panel.x, x)?,
+                    to_axis(&panel.y, lo)?,
+                    to_axis(&panel.y, hi)?,
+                ))
+            })
+            .collect();
+        if band.len() > 1 {
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|b| (b.0, b.1))
+                .chain(band.iter().rev().map(|b| (b.0, b.2)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    line.style.color.mix(0.16).filled(),
+                )))
+                .map_err(drawing)?;
+        }
+    }
+    for line in &panel.lines {
+        let points: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+            .collect();
+        let stroke = line.style.color.stroke_width(3);
+        let (on, off) = dash_pattern(line.style.dash);
+        if line.style.dash == 0 {
+            chart
+                .draw_series(LineSeries::new(points.clone(), stroke))
+                .map_err(drawing)?;
+        } else {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    points.clone(),
+                    on as u32,
+                    off as u32,
+                    stroke,
+                ))
+                .map_err(drawing)?;
+        }
+        if line.markers {
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|&p| Circle::new(p, 7, line.style.color.filled())),
+                )
+                .map_err(drawing)?;
+        }
+        let dots: Vec<(f64, f64)> = line
+            .dots
+            .iter()
+            .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+            .collect();
+        chart
+            .draw_series(
+                dots.into_iter()
+                    .map(|p| Circle::new(p, 4, line.style.color.mix(0.55).stroke_width(2))),
+            )
+            .map_err(drawing)?;
+    }
+    Ok(())
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &HeatmapPanel,
+) -> anyhow::Result<()> {
+    let (ncols, nrows) = (panel.cols.len(), panel.rows.len());
+    let longest = panel
+        .rows
+        .iter()
+        .map(|r| text_width(r, 20.0))
+        .max()
+        .unwrap_or(0);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, (FONT, 26))
+        .margin(14)
+        .margin_right(30)
+        .x_label_area_size(64)
+        .y_label_area_size((longest + 24).min(360) as u32)
+        .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
+        .map_err(drawing)?;
+    let col_name = |v: &f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 1e-6 {
+            panel.cols.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    // Rows are drawn top to bottom: row 0 at the top.
+    let row_name = |v: &f64| {
+        let i = v.floor() as usize;
+        if (v - i as f64 - 0.5).abs() < 1e-6 && i < nrows {
+            panel.rows[nrows - 1 - i].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(&panel.col_label)
+        .x_labels(ncols * 2 + 1)
+        .y_labels(nrows * 2 + 1)
+        .x_label_formatter(&col_name)
+        .y_label_formatter(&row_name)
+        .label_style((FONT, 20))
+        .axis_desc_style((FONT, 22))
+        .draw()
+        .map_err(drawing)?;
+    for (r, row) in panel.cells.iter().enumerate() {
+        let y = (nrows - 1 - r) as f64;
+        for (c, cell) in row.iter().enumerate() {
+            let Some((value, text)) = cell else { continue };
+            let x = c as f64;
+            // From pale to the palette's green as the fraction grows.
+            let shade = |lo: f64, hi: f64| (lo + (hi - lo) * value.clamp(0.0, 1.0)) as u8;
+            let fill = RGBColor(shade(245.0, 0.0), shade(245.0, 120.0), shade(245.0, 90.0));
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.02, y + 0.04), (x + 0.98, y + 0.96)],
+                    fill.filled(),
+                )))
+                .map_err(drawing)?;
+            let ink = if *value > 0.5 { WHITE } else { BLACK };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text.clone(),
+                    (x + 0.5, y + 0.5),
+                    (FONT, 26)
+                        .into_font()
+                        .color(&ink)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
+                )))
+                .map_err(drawing)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_in_three_significant_digits() {
+        assert_eq!(pretty(0.0), "0");
+        assert_eq!(pretty(1000.0), "1000");
+        assert_eq!(pretty(0.125), "0.125");
+        assert_eq!(pretty(0.1), "0.1");
+        assert_eq!(pretty(3.16227), "3.16");
+        assert_eq!(pretty(31622.7), "31623");
+        assert_eq!(pretty(1e-5), "1e-5");
+        assert_eq!(pretty(2.5e6), "2.5e6");
+    }
+
+    #[test]
+    fn log_axes_drop_what_has_no_logarithm() {
+        let axis = Axis {
+            label: String::new(),
+            log: Some(10.0),
+            range: None,
+        };
+        assert_eq!(to_axis(&axis, 100.0), Some(2.0));
+        assert_eq!(to_axis(&axis, 0.0), None);
+        assert_eq!(to_axis(&axis, f64::NAN), None);
+        // 10^-2 .. 10^0 padded by 5 % of the two decades.
+        let (lo, hi) = axis_range(&axis, [0.01, 1.0, 0.0].into_iter());
+        assert!((lo + 2.1).abs() < 1e-12 && (hi - 0.1).abs() < 1e-12);
+    }
+}
