@@ -9,8 +9,8 @@
 //! drawn follows from what the experiment varies (see [`figures`]); a figure without
 //! data is skipped.
 //!
-//! This module turns results into [`Figure`]s; [`render`] draws them (plotters, the
-//! bundled font, layout) and [`png`] encodes the palette PNGs.
+//! This module turns results into [`Figure`]s; `render` draws them (plotters, the
+//! bundled font, layout) and `png` encodes the palette PNGs.
 
 mod png;
 mod render;
