@@ -248,8 +248,16 @@ pub struct RawTrain {
     /// Validation sequences per evaluation (default 1000).
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
+    /// Write a checkpoint every this many steps (default: after every 60 s of training).
+    /// Neither the run's id nor its numbers depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
 }
 
+/// Seconds of training between checkpoints unless `train.checkpoint_every` says steps:
+/// about a minute of work is the most an interruption costs, and a run shorter than that
+/// writes only its final checkpoint.
+pub const CHECKPOINT_SECONDS: f64 = 60.0;
 /// The largest `model.layers`: deeper stacks are a typo, not an experiment.
 pub const MAX_LAYERS: usize = 1_000;
 /// The largest number of optimiser steps a run may take (`train.steps`, or `epochs` ×
@@ -327,6 +335,17 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Validation sequences per evaluation.
     pub eval_samples: usize,
+    /// When checkpoints are written.
+    pub checkpoint_every: CheckpointEvery,
+}
+
+/// When a run writes a checkpoint (besides after its last step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckpointEvery {
+    /// After every this many steps.
+    Steps(usize),
+    /// After the first step that ends this many seconds after the last checkpoint.
+    Seconds(f64),
 }
 
 /// An optimiser with its settings.
@@ -580,6 +599,12 @@ impl RawTrain {
             clip,
             eval_every: at_least_one("train.eval_every", self.eval_every)?,
             eval_samples: at_most("train.eval_samples", self.eval_samples, MAX_EVAL_SAMPLES)?,
+            checkpoint_every: match self.checkpoint_every {
+                Some(steps) => {
+                    CheckpointEvery::Steps(at_least_one("train.checkpoint_every", steps)?)
+                }
+                None => CheckpointEvery::Seconds(CHECKPOINT_SECONDS),
+            },
         };
         if let Budget::Epochs { epochs, samples } = budget {
             let steps = samples

@@ -2,6 +2,7 @@
 //! storage, plots and reports. `main.rs` only parses and maps errors to exit codes.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod compact;
 pub mod config;

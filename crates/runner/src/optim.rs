@@ -39,6 +39,35 @@ impl Trainer {
         })
     }
 
+    /// The update counter and every parameter's two slots (Adam's m and v, RMSprop's
+    /// average, SGD's momentum buffer and an unused zero), for a checkpoint.
+    pub fn state(&self) -> (i32, &[(Tensor, Tensor)]) {
+        (self.steps, &self.slots)
+    }
+
+    /// Restores the state [`Trainer::state`] gave (same parameters, same order).
+    pub fn restore(&mut self, steps: i32, slots: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if slots.len() != self.slots.len() {
+            candle_core::bail!(
+                "{} optimiser slots for {} parameters",
+                slots.len(),
+                self.slots.len()
+            );
+        }
+        for ((first, second), (old, _)) in slots.iter().zip(&self.slots) {
+            if first.dims() != old.dims() || second.dims() != old.dims() {
+                candle_core::bail!(
+                    "optimiser slots of shape {:?}, expected {:?}",
+                    first.dims(),
+                    old.dims()
+                );
+            }
+        }
+        self.steps = steps;
+        self.slots = slots;
+        Ok(())
+    }
+
     /// One update from `grads` (parameters without a gradient are left alone).
     ///
     /// - Adam: `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,

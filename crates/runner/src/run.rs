@@ -18,15 +18,17 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::cli::{RunArgs, StatusArgs};
 use crate::compact::compact;
+use crate::config::RawRun;
 use crate::error::UsageError;
 use crate::store::{
-    ExperimentDir, RunDir, RunStatus, read_plan, read_summary, write_manifest, write_plan,
-    write_run, write_text,
+    ExperimentDir, RunDir, RunStatus, read_config, read_plan, read_summary, write_manifest,
+    write_plan, write_run, write_text,
 };
 use crate::sweep::{Experiment, PlannedRun, scalar};
-use crate::train::train;
+use crate::train::{Checkpoints, Status, train};
 
 /// Trains the runs of the experiment (of this shard) that are neither complete nor
 /// claimed by a live process, `--jobs` at a time, each in a thread pool of its own.
@@ -174,6 +176,15 @@ impl Progress {
         }
     }
 
+    /// A line above the bars on a terminal, on stderr elsewhere.
+    fn say(&self, line: &str) {
+        if self.terminal {
+            let _ = self.bars.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
     fn run_bar(&self, steps: usize, label: String) -> ProgressBar {
         let bar = self.bars.add(ProgressBar::new(steps as u64));
         bar.set_style(
@@ -223,13 +234,40 @@ fn train_one(
         bar.set_position(step as u64);
         bar.set_message(format!("{loss:.4}"));
     };
-    let outcome = train(&planned.config, &on_step);
+    let start = if force {
+        remove_checkpoint(&folder);
+        None
+    } else {
+        starting_point(dir, &folder, planned, progress)
+    };
+    let owner = checkpoint::owner(&planned.id);
+    let path = folder.checkpoint();
+    let mut save = |c: &Checkpoint| {
+        let started = Instant::now();
+        c.save(&path, &owner)?;
+        tracing::debug!(
+            run = %planned.id,
+            step = c.step,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpoint written"
+        );
+        Ok(())
+    };
+    let checkpoints = Checkpoints {
+        every: planned.config.train.checkpoint_every,
+        save: &mut save,
+    };
+    let outcome = train(&planned.config, start, Some(checkpoints), &on_step);
     bar.finish_and_clear();
     progress.bars.remove(&bar);
     let outcome = outcome.with_context(|| format!("training run {}", planned.id))?;
     let wall_s = run_started.elapsed().as_secs_f64();
     write_run(&folder, planned, &outcome, wall_s)
         .with_context(|| format!("writing run {} to {}", planned.id, folder.path().display()))?;
+    if outcome.status != Status::Done {
+        // Only a finished run's checkpoint serves (a longer budget starts from it).
+        remove_checkpoint(&folder);
+    }
     match std::fs::remove_file(folder.failed()) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!("could not remove {}: {err}", folder.failed().display());
@@ -254,6 +292,99 @@ fn train_one(
         eprintln!("{line}");
     }
     Ok(true)
+}
+
+/// Where run `planned` starts: its own checkpoint (a run interrupted mid-training), or
+/// else the final checkpoint of the longest complete run in the experiment folder whose
+/// config differs only by a shorter budget (a budget raised after the fact), or else step
+/// 0. A checkpoint that cannot be used is removed with a warning that says why.
+fn starting_point(
+    dir: &ExperimentDir,
+    folder: &RunDir,
+    planned: &PlannedRun,
+    progress: &Progress,
+) -> Option<Checkpoint> {
+    let task = &planned.config.task;
+    let own = folder.checkpoint();
+    if own.exists() {
+        match Checkpoint::load(&own, &checkpoint::owner(&planned.id), task) {
+            Ok(start) => {
+                progress.say(&format!(
+                    "run {} resumes after step {} ({})",
+                    planned.id,
+                    start.step,
+                    own.display()
+                ));
+                return Some(start);
+            }
+            Err(err) => {
+                progress.say(&format!(
+                    "warning: ignoring {}: {err:#}; run {} starts from step 0",
+                    own.display(),
+                    planned.id
+                ));
+                remove_checkpoint(folder);
+                return None;
+            }
+        }
+    }
+    let (donor, start) = shorter_runs(dir, planned)
+        .into_iter()
+        .filter_map(|(id, run)| {
+            let start = Checkpoint::load(&run.checkpoint(), &checkpoint::owner(&id), task).ok()?;
+            let summary = read_summary(&run).ok()??;
+            (summary.status == RunStatus::Done && summary.steps == start.step)
+                .then_some((id, start))
+        })
+        .max_by_key(|(_, start)| start.step)?;
+    progress.say(&format!(
+        "run {} continues run {donor} after its step {}",
+        planned.id, start.step
+    ));
+    let step = start.step;
+    Some(Checkpoint {
+        record: start.record.continued(step, &planned.config),
+        ..start
+    })
+}
+
+/// The other runs of the experiment folder whose resolved config equals `planned`'s but
+/// for a shorter budget (fewer `train.steps`, or fewer `train.epochs` of the same
+/// samples), with the same seed.
+fn shorter_runs(dir: &ExperimentDir, planned: &PlannedRun) -> Vec<(String, RunDir)> {
+    let Ok(entries) = std::fs::read_dir(dir.path().join("runs")) else {
+        return Vec::new();
+    };
+    let wanted = &planned.resolved;
+    let same_but_budget = |other: &RawRun| {
+        let mut other = other.clone();
+        let shorter = match (other.train.steps, wanted.train.steps) {
+            (Some(a), Some(b)) => a < b,
+            _ => matches!((other.train.epochs, wanted.train.epochs), (Some(a), Some(b)) if a < b),
+        };
+        other.train.steps = wanted.train.steps;
+        other.train.epochs = wanted.train.epochs;
+        other.train.checkpoint_every = wanted.train.checkpoint_every;
+        shorter && serde_yaml::to_value(&other).ok() == serde_yaml::to_value(wanted).ok()
+    };
+    entries
+        .filter_map(|entry| {
+            let id = entry.ok()?.file_name().into_string().ok()?;
+            let run = dir.run(&id);
+            let saved = read_config(&run).ok()?;
+            (id != planned.id && saved.seed == planned.config.seed && same_but_budget(&saved.run))
+                .then_some((id, run))
+        })
+        .collect()
+}
+
+fn remove_checkpoint(folder: &RunDir) {
+    match std::fs::remove_file(folder.checkpoint()) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("could not remove {}: {err}", folder.checkpoint().display());
+        }
+        _ => {}
+    }
 }
 
 /// A run claimed by this process: an exclusive OS file lock on `runs/<id>/.lock`. The

@@ -11,6 +11,8 @@
 //! <out>/<experiment>/runs/<id>/gradflow.parquet step, t, norm (first layer)
 //! <out>/<experiment>/runs/<id>/weights.safetensors  PyTorch names
 //! <out>/<experiment>/runs/<id>/summary.yaml    written last: the run is complete
+//! <out>/<experiment>/runs/<id>/checkpoint.safetensors  the state after the latest
+//!                                               checkpointed step (the last, once done)
 //! <out>/<experiment>/runs/<id>/failed.yaml     the error of a run that failed
 //! <out>/<experiment>/runs/<id>/.lock           held (OS lock) while a runner trains it
 //! ```
@@ -191,6 +193,11 @@ impl RunDir {
     /// `failed.yaml`.
     pub fn failed(&self) -> PathBuf {
         self.0.join("failed.yaml")
+    }
+
+    /// `checkpoint.safetensors`: the state after some step (see [`crate::checkpoint`]).
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
     }
 
     /// `.lock`.

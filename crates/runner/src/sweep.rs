@@ -271,9 +271,12 @@ fn example_run() -> RawRun {
 /// 12 hex digits of FNV-1a over the resolved config's YAML and the seed, passed through
 /// splitmix64's finaliser so that neighbouring configs get unlike ids.
 fn run_id(resolved: &RawRun, seed: u64) -> String {
+    // How often checkpoints are written changes nothing in the run.
+    let mut resolved = resolved.clone();
+    resolved.train.checkpoint_every = None;
     let text = format!(
         "{}seed: {seed}\n",
-        serde_yaml::to_string(resolved).expect("serialisable")
+        serde_yaml::to_string(&resolved).expect("serialisable")
     );
     let mut z = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)

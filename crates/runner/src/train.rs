@@ -14,9 +14,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rnnlab_cells::{Model, Params};
-use rnnlab_tasks::{Evaluation, Split};
+use rnnlab_tasks::{Evaluation, Split, Task};
 
-use crate::config::{Budget, RunConfig};
+use crate::checkpoint::{Checkpoint, Record};
+use crate::config::{Budget, CheckpointEvery, RunConfig};
 use crate::loss::{inputs, task_loss};
 use crate::optim::{Trainer, clip_gradients};
 
@@ -69,7 +70,7 @@ pub struct Outcome {
     pub steps_to_solve: Option<usize>,
     /// Every metric, in the order measured.
     pub metrics: Vec<MetricRow>,
-    /// The first layer's gradient flow at the first step, at ¼, ½ and the end.
+    /// The first layer's gradient flow at steps 1, 2, 4, 8, … and the last ([`records_flow`]).
     pub gradflow: Vec<FlowRow>,
     /// Training sequences per second of wall time (evaluation excluded).
     pub samples_per_s: f64,
@@ -77,9 +78,32 @@ pub struct Outcome {
     pub params: Params,
 }
 
-/// Trains `config` to the end of its budget (or until it diverges); `on_step(step,
-/// loss)` is called after every step (for progress display).
-pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome> {
+/// Where a run's checkpoints go and how often.
+pub struct Checkpoints<'a> {
+    /// How often one is written during training; one is always written after the last
+    /// step of a run that did not diverge (a longer budget starts from it).
+    pub every: CheckpointEvery,
+    /// Writes one.
+    pub save: &'a mut dyn FnMut(&Checkpoint) -> anyhow::Result<()>,
+}
+
+/// Whether step `step` of a `total`-step run records the gradient flow: the powers of two
+/// (1, 2, 4, …, dense where it changes fastest) and the last step. The schedule does not
+/// depend on the budget before the last step, so a longer run records the same rows.
+pub fn records_flow(step: usize, total: usize) -> bool {
+    step.is_power_of_two() || step == total
+}
+
+/// Trains `config` to the end of its budget (or until it diverges), from `start` if given
+/// (a checkpoint of this run, or of the same run with a shorter budget, whose record
+/// [`Record::continued`] has fitted to this budget); `on_step(step, loss)` is called after
+/// every step (for progress display).
+pub fn train(
+    config: &RunConfig,
+    start: Option<Checkpoint>,
+    mut checkpoints: Option<Checkpoints<'_>>,
+    on_step: &dyn Fn(usize, f64),
+) -> anyhow::Result<Outcome> {
     let device = Device::Cpu;
     let task = &config.task;
     let params = config
@@ -90,35 +114,30 @@ pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome
     let mut trainer = Trainer::new(config.train.optimizer, vars.clone())?;
     let total = config.train.total_steps();
     let batch_size = config.train.batch_size;
-    let flow_steps = [1, total.div_ceil(4), total.div_ceil(2), total];
 
-    let mut metrics = Vec::new();
-    let mut gradflow = Vec::new();
-    let mut steps_to_solve = None;
-    let mut record = |step: usize, eval: Evaluation, metrics: &mut Vec<MetricRow>| {
-        metrics.push(MetricRow {
-            step,
-            split: "validation",
-            metric: "loss",
-            value: eval.loss,
-        });
-        metrics.push(MetricRow {
-            step,
-            split: "validation",
-            metric: task.metric_name(),
-            value: eval.metric,
-        });
-        if steps_to_solve.is_none() && task.solved().is_met(&eval) {
-            steps_to_solve = Some(step);
+    let (first, mut record) = match start {
+        Some(checkpoint) => {
+            restore(&checkpoint, &params, &mut trainer)?;
+            (checkpoint.step + 1, checkpoint.record)
+        }
+        None => {
+            let last = evaluate(&model, config)?;
+            let mut record = Record {
+                metrics: Vec::new(),
+                gradflow: Vec::new(),
+                last,
+                steps_to_solve: None,
+                training_time: 0.0,
+            };
+            record.evaluation(0, last, task);
+            (1, record)
         }
     };
-    let mut last = evaluate(&model, config)?;
-    record(0, last, &mut metrics);
 
     let mut status = Status::Done;
-    let mut steps = 0;
-    let mut training_time = 0.0;
-    for step in 1..=total {
+    let mut steps = first - 1;
+    let mut since_checkpoint = Instant::now();
+    for step in first..=total {
         let started = Instant::now();
         let batch = task.batch_of(config.seed, Split::Train, training_indices(config, step));
         let (outputs, _, flows) = model.forward_traced(&inputs(&batch, &device)?)?;
@@ -126,7 +145,7 @@ pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome
         let loss_value = f64::from(loss.to_scalar::<f32>()?);
         if !loss_value.is_finite() {
             status = Status::Diverged { step };
-            metrics.push(MetricRow {
+            record.metrics.push(MetricRow {
                 step,
                 split: "train",
                 metric: "loss",
@@ -137,15 +156,15 @@ pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome
         let mut grads = loss.backward()?;
         let grad_norm = clip_gradients(&mut grads, &vars, config.train.clip)?;
         trainer.step(&grads)?;
-        training_time += started.elapsed().as_secs_f64();
+        record.training_time += started.elapsed().as_secs_f64();
         steps = step;
-        metrics.push(MetricRow {
+        record.metrics.push(MetricRow {
             step,
             split: "train",
             metric: "loss",
             value: loss_value,
         });
-        metrics.push(MetricRow {
+        record.metrics.push(MetricRow {
             step,
             split: "train",
             metric: "grad_norm",
@@ -153,29 +172,160 @@ pub fn train(config: &RunConfig, on_step: &dyn Fn(usize, f64)) -> Result<Outcome
         });
         on_step(step, loss_value);
         let flow = flows.first().and_then(|flow| flow.norms());
-        if let (true, Some(norms)) = (flow_steps.contains(&step), flow) {
-            gradflow.push(FlowRow { step, norms });
+        if let (true, Some(norms)) = (records_flow(step, total), flow) {
+            record.gradflow.push(FlowRow { step, norms });
         }
         if step % config.train.eval_every == 0 || step == total {
-            last = evaluate(&model, config)?;
-            record(step, last, &mut metrics);
+            let last = evaluate(&model, config)?;
+            record.evaluation(step, last, task);
+        }
+        let due = match config.train.checkpoint_every {
+            CheckpointEvery::Steps(n) => step % n == 0,
+            CheckpointEvery::Seconds(s) => since_checkpoint.elapsed().as_secs_f64() >= s,
+        };
+        if let Some(checkpoints) = checkpoints.as_mut().filter(|_| due || step == total) {
+            (checkpoints.save)(&snapshot(step, &params, &trainer, &record)?)?;
+            since_checkpoint = Instant::now();
         }
     }
-    let samples_per_s = if training_time > 0.0 {
-        (steps * batch_size) as f64 / training_time
+    let samples_per_s = if record.training_time > 0.0 {
+        (steps * batch_size) as f64 / record.training_time
     } else {
         0.0
     };
     Ok(Outcome {
         status,
         steps,
-        last,
-        steps_to_solve,
-        metrics,
-        gradflow,
+        last: record.last,
+        steps_to_solve: record.steps_to_solve,
+        metrics: record.metrics,
+        gradflow: record.gradflow,
         samples_per_s,
         params,
     })
+}
+
+impl Record {
+    /// Records a validation evaluation at `step`.
+    fn evaluation(&mut self, step: usize, eval: Evaluation, task: &Task) {
+        self.metrics.push(MetricRow {
+            step,
+            split: "validation",
+            metric: "loss",
+            value: eval.loss,
+        });
+        self.metrics.push(MetricRow {
+            step,
+            split: "validation",
+            metric: task.metric_name(),
+            value: eval.metric,
+        });
+        self.last = eval;
+        if self.steps_to_solve.is_none() && task.solved().is_met(&eval) {
+            self.steps_to_solve = Some(step);
+        }
+    }
+
+    /// The record of the first `step` steps of a run of `config` (budget included), from
+    /// the record of a shorter run of the same config that ended there: what only its
+    /// end added (an evaluation off the `eval_every` grid, a gradient-flow row off the
+    /// schedule) goes, and the last evaluation and solving step follow from what stays.
+    pub fn continued(self, step: usize, config: &RunConfig) -> Self {
+        let task = &config.task;
+        let total = config.train.total_steps();
+        let kept_eval = |s: usize| s.is_multiple_of(config.train.eval_every);
+        let mut record = Self {
+            metrics: Vec::new(),
+            gradflow: self
+                .gradflow
+                .into_iter()
+                .filter(|row| records_flow(row.step, total))
+                .collect(),
+            last: self.last,
+            steps_to_solve: None,
+            training_time: self.training_time,
+        };
+        let mut pending: Option<(usize, f64)> = None;
+        for row in self.metrics {
+            if row.split == "validation" {
+                if row.step == step && !kept_eval(step) {
+                    continue;
+                }
+                // The loss comes first, then the metric: an evaluation is complete then.
+                match (row.metric, pending.take()) {
+                    ("loss", _) => pending = Some((row.step, row.value)),
+                    (_, Some((s, loss))) => {
+                        let eval = Evaluation {
+                            loss,
+                            metric: row.value,
+                        };
+                        record.evaluation(s, eval, task);
+                        continue;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            record.metrics.push(row);
+        }
+        record
+    }
+}
+
+/// The run's state after `step` steps.
+fn snapshot(
+    step: usize,
+    params: &Params,
+    trainer: &Trainer,
+    record: &Record,
+) -> anyhow::Result<Checkpoint> {
+    let values = |t: &candle_core::Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+    let (optimizer_steps, slots) = trainer.state();
+    Ok(Checkpoint {
+        step,
+        params: params
+            .iter()
+            .map(|(name, var)| {
+                Ok((
+                    name.to_owned(),
+                    var.dims().to_vec(),
+                    values(var.as_tensor())?,
+                ))
+            })
+            .collect::<Result<_>>()?,
+        optimizer_steps,
+        slots: slots
+            .iter()
+            .map(|(a, b)| Ok((values(a)?, values(b)?)))
+            .collect::<Result<_>>()?,
+        record: record.clone(),
+    })
+}
+
+/// Puts a checkpoint's parameters and optimiser state in place.
+fn restore(checkpoint: &Checkpoint, params: &Params, trainer: &mut Trainer) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        checkpoint.params.len() == params.len(),
+        "the checkpoint has {} parameters, the model {}",
+        checkpoint.params.len(),
+        params.len()
+    );
+    let mut slots = Vec::with_capacity(checkpoint.slots.len());
+    for ((name, var), ((saved, shape, values), (first, second))) in params
+        .iter()
+        .zip(checkpoint.params.iter().zip(&checkpoint.slots))
+    {
+        anyhow::ensure!(
+            name == saved && var.dims() == shape.as_slice(),
+            "the checkpoint's `{saved}` {shape:?} does not fit the model's `{name}` {:?}",
+            var.dims()
+        );
+        let tensor = |v: &[f32]| candle_core::Tensor::from_slice(v, shape.as_slice(), &Device::Cpu);
+        var.set(&tensor(values)?)?;
+        slots.push((tensor(first)?, tensor(second)?));
+    }
+    trainer.restore(checkpoint.optimizer_steps, slots)?;
+    Ok(())
 }
 
 /// The training-sample indices of step `step` (1-based).
@@ -249,7 +399,7 @@ mod tests {
     #[test]
     fn lstm_learns_short_adding_and_reruns_bit_for_bit() {
         let run = config("learns", ADDING);
-        let first = train(&run, &|_, _| ()).unwrap();
+        let first = train(&run, None, None, &|_, _| ()).unwrap();
         assert_eq!(first.status, Status::Done);
         assert_eq!(first.steps, 300);
         // Untrained, the validation MSE is around the 1/6 baseline or worse; 300 Adam
@@ -266,11 +416,11 @@ mod tests {
             start.value
         );
         assert!(first.last.loss < start.value / 3.0);
-        let again = train(&run, &|_, _| ()).unwrap();
+        let again = train(&run, None, None, &|_, _| ()).unwrap();
         assert_eq!(first.metrics, again.metrics, "same config, same numbers");
-        // Gradient flow at the first step, ¼, ½ and the end, over all 10 steps.
+        // Gradient flow at the powers of two and the last step, over all 10 time steps.
         let flow_steps: Vec<usize> = first.gradflow.iter().map(|f| f.step).collect();
-        assert_eq!(flow_steps, [1, 75, 150, 300]);
+        assert_eq!(flow_steps, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
         assert!(
             first
                 .gradflow
@@ -285,7 +435,7 @@ mod tests {
             "diverges",
             &ADDING.replace("lr: 0.01", "optimizer: sgd, lr: 1.0e12, momentum: 0.0"),
         );
-        let outcome = train(&run, &|_, _| ()).unwrap();
+        let outcome = train(&run, None, None, &|_, _| ()).unwrap();
         let Status::Diverged { step } = outcome.status else {
             panic!("{:?}", outcome.status)
         };

@@ -87,8 +87,9 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
         // 12 train losses and grad norms, validation loss and metric at steps 0, 5, 10, 12.
         assert_eq!(metrics.height(), 12 * 2 + 4 * 2);
         let flow = read(&dir.join("gradflow.parquet"));
-        // Steps 1, 3, 6, 12 of a 12-step run, 6 time steps each.
-        assert_eq!(flow.height(), 4 * 6);
+        // Steps 1, 2, 4, 8 (powers of two) and 12 (the last) of a 12-step run, 6 time
+        // steps each.
+        assert_eq!(flow.height(), 5 * 6);
         let weights = candle_core::safetensors::load(
             dir.join("weights.safetensors"),
             &candle_core::Device::Cpu,
