@@ -179,13 +179,15 @@ pub fn train(
             let last = evaluate(&model, config)?;
             record.evaluation(step, last, task);
         }
-        let due = match config.train.checkpoint_every {
-            CheckpointEvery::Steps(n) => step % n == 0,
-            CheckpointEvery::Seconds(s) => since_checkpoint.elapsed().as_secs_f64() >= s,
-        };
-        if let Some(checkpoints) = checkpoints.as_mut().filter(|_| due || step == total) {
-            (checkpoints.save)(&snapshot(step, &params, &trainer, &record)?)?;
-            since_checkpoint = Instant::now();
+        if let Some(checkpoints) = checkpoints.as_mut() {
+            let due = match checkpoints.every {
+                CheckpointEvery::Steps(n) => step.is_multiple_of(n),
+                CheckpointEvery::Seconds(s) => since_checkpoint.elapsed().as_secs_f64() >= s,
+            };
+            if due || step == total {
+                (checkpoints.save)(&snapshot(step, &params, &trainer, &record)?)?;
+                since_checkpoint = Instant::now();
+            }
         }
     }
     let samples_per_s = if record.training_time > 0.0 {
@@ -395,6 +397,66 @@ mod tests {
   model: { cell: lstm, hidden: 16 }
   train: { lr: 0.01, steps: 300, eval_every: 100, eval_samples: 512 }
 ";
+
+    /// The parameters of an outcome, bit for bit.
+    fn weights(outcome: &Outcome) -> Vec<(String, Vec<u32>)> {
+        outcome
+            .params
+            .iter()
+            .map(|(name, var)| {
+                let values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                (
+                    name.to_owned(),
+                    values.iter().map(|v| v.to_bits()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resuming_from_a_saved_checkpoint_is_bit_identical_for_every_cell_and_optimiser() {
+        let task =
+            rnnlab_tasks::Task::new(rnnlab_tasks::TaskConfig::Adding { seq_len: 6 }).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "rnnlab-train-resume-{}.safetensors",
+            std::process::id()
+        ));
+        for kind in rnnlab_cells::registry::CELLS {
+            for optimizer in ["adam", "rmsprop", "sgd"] {
+                let run = config(
+                    "resume",
+                    &format!(
+                        "  task: {{ kind: adding, seq_len: 6 }}\n  model: {{ cell: {}, hidden: 5 }}\n  train: {{ optimizer: {optimizer}, lr: 0.01, steps: 13, batch_size: 4, eval_every: 4, eval_samples: 16, clip: {{ norm: 1.0 }} }}\n",
+                        kind.name
+                    ),
+                );
+                let whole = train(&run, None, None, &|_, _| ()).unwrap();
+                // Stop after step 6 (a checkpoint every 3 steps), through the file format.
+                let mut saved = None;
+                let mut save = |c: &Checkpoint| {
+                    if c.step == 6 {
+                        c.save(&path, "owner")?;
+                        saved = Some(());
+                    }
+                    Ok(())
+                };
+                let checkpoints = Checkpoints {
+                    every: CheckpointEvery::Steps(3),
+                    save: &mut save,
+                };
+                train(&run, None, Some(checkpoints), &|_, _| ()).unwrap();
+                assert!(saved.is_some());
+                let start = Checkpoint::load(&path, "owner", &task).unwrap();
+                assert_eq!(start.step, 6);
+                let resumed = train(&run, Some(start), None, &|_, _| ()).unwrap();
+                let what = format!("{} {optimizer}", kind.name);
+                assert_eq!(whole.metrics, resumed.metrics, "{what}");
+                assert_eq!(whole.gradflow, resumed.gradflow, "{what}");
+                assert_eq!(weights(&whole), weights(&resumed), "{what}");
+                assert_eq!(whole.steps_to_solve, resumed.steps_to_solve, "{what}");
+            }
+        }
+    }
 
     #[test]
     fn lstm_learns_short_adding_and_reruns_bit_for_bit() {
