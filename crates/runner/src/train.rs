@@ -415,8 +415,7 @@ mod tests {
 
     #[test]
     fn resuming_from_a_saved_checkpoint_is_bit_identical_for_every_cell_and_optimiser() {
-        let task =
-            rnnlab_tasks::Task::new(rnnlab_tasks::TaskConfig::Adding { seq_len: 6 }).unwrap();
+        let task = Task::new(rnnlab_tasks::TaskConfig::Adding { seq_len: 6 }).unwrap();
         let path = std::env::temp_dir().join(format!(
             "rnnlab-train-resume-{}.safetensors",
             std::process::id()
