@@ -1,6 +1,9 @@
-//! The statistics of the reports: spreads of seeds and Welch's t-test, with the Student
-//! t distribution computed here (regularised incomplete beta by Lentz's continued
-//! fraction, Lanczos's log-gamma) so that no statistics library is needed.
+//! The statistics of the reports: spreads of seeds, Welch's t-test with its confidence
+//! interval, Holm's adjustment of a family of p-values, the sign test (exact binomial)
+//! and Fisher's exact test, with the distributions computed here (Student's t through
+//! the regularised incomplete beta by Lentz's continued fraction, Lanczos's log-gamma) so
+//! that no statistics library is needed. The tests compare every function with SciPy's
+//! numbers (`scripts/stats_reference.py` prints them).
 
 /// Mean, sample standard deviation (0 for one value), min and max.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,18 +47,133 @@ impl Spread {
 /// the same mean. `None` when either has fewer than two values or both have no
 /// variance.
 pub fn welch_p(a: &[f64], b: &[f64]) -> Option<f64> {
-    let (sa, sb) = (Spread::of(a)?, Spread::of(b)?);
-    if sa.n < 2 || sb.n < 2 {
-        return None;
+    Welch::of(a, b).map(|w| w.p)
+}
+
+/// Welch's unequal-variance t-test of `a` against `b`, in full.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Welch {
+    /// `t = (mean a − mean b) / se`.
+    pub t: f64,
+    /// Welch–Satterthwaite degrees of freedom.
+    pub df: f64,
+    /// Two-sided p-value.
+    pub p: f64,
+    /// `mean a − mean b`.
+    pub diff: f64,
+    /// Standard error of `diff`.
+    pub se: f64,
+}
+
+impl Welch {
+    /// The test, or `None` when either sample has fewer than two values or both have no
+    /// variance (as [`welch_p`]).
+    pub fn of(a: &[f64], b: &[f64]) -> Option<Self> {
+        let (sa, sb) = (Spread::of(a)?, Spread::of(b)?);
+        if sa.n < 2 || sb.n < 2 {
+            return None;
+        }
+        let (va, vb) = (sa.std.powi(2) / sa.n as f64, sb.std.powi(2) / sb.n as f64);
+        if va + vb == 0.0 {
+            return None;
+        }
+        let se = (va + vb).sqrt();
+        let diff = sa.mean - sb.mean;
+        let t = diff / se;
+        let df =
+            (va + vb).powi(2) / (va.powi(2) / (sa.n - 1) as f64 + vb.powi(2) / (sb.n - 1) as f64);
+        Some(Self {
+            t,
+            df,
+            p: student_t_two_sided(t, df),
+            diff,
+            se,
+        })
     }
-    let (va, vb) = (sa.std.powi(2) / sa.n as f64, sb.std.powi(2) / sb.n as f64);
-    if va + vb == 0.0 {
-        return None;
+
+    /// The `level` (e.g. 0.95) confidence interval of `mean a − mean b`, as SciPy's
+    /// `ttest_ind(a, b, equal_var=False).confidence_interval(level)`.
+    pub fn interval(&self, level: f64) -> (f64, f64) {
+        let half = student_t_quantile(1.0 - level, self.df) * self.se;
+        (self.diff - half, self.diff + half)
     }
-    let t = (sa.mean - sb.mean) / (va + vb).sqrt();
-    // Welch–Satterthwaite degrees of freedom.
-    let df = (va + vb).powi(2) / (va.powi(2) / (sa.n - 1) as f64 + vb.powi(2) / (sb.n - 1) as f64);
-    Some(student_t_two_sided(t, df))
+
+    /// The smallest `|mean a − mean b|` that would reach two-sided p < `alpha` with these
+    /// spreads and seed counts: what "not distinguishable" cannot rule out.
+    pub fn detectable(&self, alpha: f64) -> f64 {
+        student_t_quantile(alpha, self.df) * self.se
+    }
+}
+
+/// The `t > 0` with `P(|T| ≥ t) = alpha` for Student's t with `df` degrees of freedom
+/// (bisection on [`student_t_two_sided`]).
+pub fn student_t_quantile(alpha: f64, df: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, 1.0);
+    while student_t_two_sided(hi, df) > alpha && hi < 1e12 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if student_t_two_sided(mid, df) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Holm's step-down adjustment of a family of p-values (Holm 1979): sorted ascending,
+/// the `i`-th (0-based) of `m` becomes `max over j ≤ i of min(1, (m − j)·p_(j))`, returned
+/// in the input order. A difference is clear when its adjusted p is below the level:
+/// the family-wise error rate is then at most that level.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut adjusted = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, &k) in order.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[k]).min(1.0));
+        adjusted[k] = running;
+    }
+    adjusted
+}
+
+/// The two-sided sign test: the exact binomial p-value of `k` successes in `n` fair
+/// trials, as SciPy's `binomtest(k, n, 0.5).pvalue` (1 for `n = 0`).
+pub fn sign_test(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let tail = k.min(n - k);
+    let cdf: f64 = (0..=tail).map(|j| ln_choose(n, j).exp()).sum::<f64>() * 0.5f64.powi(n as i32);
+    (2.0 * cdf).min(1.0)
+}
+
+/// Fisher's exact test on the 2×2 table `[[a, b], [c, d]]` (e.g. solved and unsolved seeds
+/// of two series): the sample odds ratio `ad/bc` and the two-sided p-value, as SciPy's
+/// `fisher_exact` (tables with the same margins no more likely than the observed one).
+pub fn fisher_exact(a: usize, b: usize, c: usize, d: usize) -> (f64, f64) {
+    let odds = (a * d) as f64 / (b * c) as f64;
+    let (row, col, total) = (a + b, a + c, a + b + c + d);
+    // P(first cell = x) with the margins fixed: hypergeometric.
+    let ln_p =
+        |x: usize| ln_choose(row, x) + ln_choose(total - row, col - x) - ln_choose(total, col);
+    let observed = ln_p(a);
+    let lo = col.saturating_sub(total - row);
+    let hi = row.min(col);
+    let p: f64 = (lo..=hi)
+        .map(ln_p)
+        .filter(|&l| l <= observed + 1e-7_f64.ln_1p())
+        .map(f64::exp)
+        .sum();
+    (odds, p.min(1.0))
+}
+
+/// `ln C(n, k)`.
+fn ln_choose(n: usize, k: usize) -> f64 {
+    ln_gamma(n as f64 + 1.0) - ln_gamma(k as f64 + 1.0) - ln_gamma((n - k) as f64 + 1.0)
 }
 
 /// P(|T| ≥ |t|) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2).
@@ -138,6 +256,110 @@ fn ln_gamma(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close(what: &str, got: f64, want: f64) {
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{what}: {got} vs SciPy's {want}"
+        );
+    }
+
+    /// SciPy 1.17.1, printed by `scripts/stats_reference.py`.
+    #[test]
+    fn welch_with_its_interval_matches_scipy() {
+        let cases: [(&[f64], &[f64], [f64; 5]); 2] = [
+            (
+                &[1.0, 2.5, 3.1, 4.7],
+                &[2.2, 5.1, 6.3],
+                [
+                    -1.1883109556513356,
+                    3.5266886711805854,
+                    0.30852766542164684,
+                    -5.920197670200427,
+                    2.5035310035337606,
+                ],
+            ),
+            (
+                &[-3.1, -2.9, -3.4, -3.0, -2.7],
+                &[-2.1, -2.6, -1.9, -2.4, -2.2],
+                [
+                    -4.66139157640414,
+                    7.985333061723365,
+                    0.001628470832096602,
+                    -1.1659916963118169,
+                    -0.39400830368818446,
+                ],
+            ),
+        ];
+        for (a, b, [t, df, p, lo, hi]) in cases {
+            let w = Welch::of(a, b).unwrap();
+            let (l, h) = w.interval(0.95);
+            for (what, got, want) in [
+                ("t", w.t, t),
+                ("df", w.df, df),
+                ("p", w.p, p),
+                ("lo", l, lo),
+                ("hi", h, hi),
+            ] {
+                close(what, got, want);
+            }
+            assert_eq!(welch_p(a, b), Some(w.p));
+        }
+    }
+
+    #[test]
+    fn t_quantiles_match_scipy() {
+        for (alpha, df, want) in [
+            (0.05, 3.7, 2.8675207071911895),
+            (0.01, 12.0, 3.0545395893929013),
+            (0.05, 1.5, 6.016663104427929),
+        ] {
+            close("t quantile", student_t_quantile(alpha, df), want);
+        }
+    }
+
+    #[test]
+    fn sign_test_matches_scipy_binomtest() {
+        for (k, n, want) in [
+            (7, 9, 0.1796875),
+            (2, 10, 0.109375),
+            (5, 10, 1.0),
+            (0, 3, 0.25),
+            (9, 9, 0.00390625),
+        ] {
+            close(&format!("binomtest({k}, {n})"), sign_test(k, n), want);
+        }
+        assert_eq!(sign_test(0, 0), 1.0);
+    }
+
+    #[test]
+    fn fisher_exact_matches_scipy() {
+        for (a, b, c, d, odds, p) in [
+            (3, 0, 0, 3, f64::INFINITY, 0.10000000000000002),
+            (5, 1, 2, 4, 10.0, 0.24242424242424246),
+            (1, 4, 3, 2, 0.16666666666666666, 0.5238095238095238),
+            (5, 0, 1, 4, f64::INFINITY, 0.047619047619047616),
+        ] {
+            let (got_odds, got_p) = fisher_exact(a, b, c, d);
+            if odds.is_finite() {
+                close("odds ratio", got_odds, odds);
+            } else {
+                assert_eq!(got_odds, odds);
+            }
+            close(&format!("fisher [[{a}, {b}], [{c}, {d}]]"), got_p, p);
+        }
+    }
+
+    #[test]
+    fn holm_by_its_definition() {
+        // Sorted: 0.005·5 = 0.025, 0.01·4 = 0.04, 0.03·3 = 0.09, 0.04·2 = 0.08 → 0.09
+        // (monotone), 0.2·1 = 0.2.
+        let got = holm(&[0.01, 0.04, 0.03, 0.005, 0.2]);
+        for (g, w) in got.iter().zip([0.04, 0.09, 0.09, 0.025, 0.2]) {
+            close("holm", *g, w);
+        }
+        assert!(holm(&[]).is_empty());
+    }
 
     #[test]
     fn ln_gamma_matches_factorials_and_sqrt_pi() {
