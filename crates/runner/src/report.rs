@@ -3,22 +3,29 @@
 //!
 //! Every finding is computed from the runs: within each panel (a value of every key that
 //! is crossed with the cells, e.g. task × T) the series are ranked by their final
-//! validation loss, and two series differ clearly when Welch's t-test on the log10 of
-//! their seeds' final losses gives p < 0.05 (losses are compared as ratios, and the test
-//! does not assume equal seed spreads). With two or three seeds only large, consistent
-//! differences pass; the report says so instead of declaring a winner.
+//! validation loss. The report's family of tests is every comparison it states: in each
+//! setting the best series against each other one, and the reference series (the plain
+//! LSTM, else the most frequent winner) against each other one. Each is Welch's t-test on
+//! the log10 of the seeds' final losses (losses compare as ratios; the test does not
+//! assume equal spreads), and two series differ **clearly** when the p-value, adjusted by
+//! Holm's method over the whole family, is below 0.05. Ratios come with their 95 %
+//! interval; a difference that does not pass is "not distinguishable" with the seeds
+//! there are, and the report says how large a ratio would have been needed. Across
+//! settings, a sign test counts in how many settings one series' loss is lower. Every
+//! test is also written to `findings.parquet` (one row per test).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
+use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series as Column_};
 use serde_yaml::Value;
 
 use crate::plot::{Figure, pretty, write_plots};
 use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline};
-use crate::stats::{Spread, welch_p};
-use crate::store::{RunStatus, write_text};
+use crate::stats::{Spread, Welch, fisher_exact, holm, sign_test};
+use crate::store::{RunStatus, Table, write_parquet, write_text};
 
 /// p below this is a clear difference.
 const ALPHA: f64 = 0.05;
@@ -38,8 +45,11 @@ pub fn report(dir: &Path) -> anyhow::Result<()> {
 pub fn write_report(results: &Results) -> anyhow::Result<std::path::PathBuf> {
     let figures = write_plots(results)?;
     let path = results.dir.report();
-    write_text(&path, &render(results, &figures))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let (markdown, rows) = render(results, &figures);
+    let table = results.dir.table(Table::Findings);
+    write_parquet(&table, findings_frame(&rows)?)
+        .with_context(|| format!("writing {}", table.display()))?;
+    write_text(&path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -125,17 +135,134 @@ fn outcomes<'a>(series: &[Series], panel: &Panel<'a>) -> Vec<Outcome<'a>> {
     outcomes
 }
 
-/// Whether `a` and `b` differ clearly, and the p-value when it can be computed.
-fn compare(a: &Outcome, b: &Outcome) -> (bool, Option<f64>) {
-    match welch_p(&a.log_losses, &b.log_losses) {
-        Some(p) => (p < ALPHA, Some(p)),
-        // Every seed of one series diverged while the other's did not: clear.
-        None if a.log_losses.is_empty() != b.log_losses.is_empty() => (true, None),
-        None => (false, None),
+/// One comparison of two series in one setting: Welch's test of `a`'s log10 losses
+/// against `b`'s, its Holm-adjusted p, and Fisher's test on their solved seeds.
+struct Comparison {
+    welch: Option<Welch>,
+    /// Holm-adjusted over the report's family of Welch tests.
+    adjusted: Option<f64>,
+    /// One series diverged on every seed and the other did not: clear without a test.
+    divergence: bool,
+    /// Fisher's exact test on solved/unsolved seeds: (odds ratio, p, Holm-adjusted p
+    /// over the Fisher tests).
+    fisher: (f64, f64, f64),
+}
+
+impl Comparison {
+    fn clear(&self) -> bool {
+        self.divergence || self.adjusted.is_some_and(|p| p < ALPHA)
     }
 }
 
-fn render(results: &Results, figures: &[Figure]) -> String {
+/// Every comparison the findings state, keyed by (setting, series a, series b).
+struct Family {
+    tests: BTreeMap<(usize, String, String), Comparison>,
+}
+
+impl Family {
+    /// The tests of `pairs` (setting, a, b), Holm-adjusted together.
+    fn new(all: &[Vec<Outcome>], pairs: &[(usize, usize, usize)]) -> Self {
+        let mut tests = BTreeMap::new();
+        for &(panel, i, j) in pairs {
+            let (a, b) = (&all[panel][i], &all[panel][j]);
+            let key = (panel, a.series.label.clone(), b.series.label.clone());
+            if tests.contains_key(&key) {
+                continue;
+            }
+            let (fa, fb) = (a.runs.len() - a.solved, b.runs.len() - b.solved);
+            let (odds, p) = fisher_exact(a.solved, fa, b.solved, fb);
+            tests.insert(
+                key,
+                Comparison {
+                    welch: Welch::of(&a.log_losses, &b.log_losses),
+                    adjusted: None,
+                    divergence: a.log_losses.is_empty() != b.log_losses.is_empty(),
+                    fisher: (odds, p, p),
+                },
+            );
+        }
+        let welch: Vec<f64> = tests
+            .values()
+            .filter_map(|c| c.welch.map(|w| w.p))
+            .collect();
+        let fisher: Vec<f64> = tests.values().map(|c| c.fisher.1).collect();
+        let (welch, fisher) = (holm(&welch), holm(&fisher));
+        let mut welch = welch.into_iter();
+        for (c, adjusted) in tests.values_mut().zip(fisher) {
+            if c.welch.is_some() {
+                c.adjusted = welch.next();
+            }
+            c.fisher.2 = adjusted;
+        }
+        Self { tests }
+    }
+
+    /// The comparison of `a` and `b` in setting `panel` (in either order), and whether it
+    /// was made as `b` against `a`.
+    fn get(&self, panel: usize, a: &Outcome, b: &Outcome) -> Option<(&Comparison, bool)> {
+        let (x, y) = (a.series.label.clone(), b.series.label.clone());
+        if let Some(c) = self.tests.get(&(panel, x.clone(), y.clone())) {
+            return Some((c, false));
+        }
+        self.tests.get(&(panel, y, x)).map(|c| (c, true))
+    }
+
+    fn clear(&self, panel: usize, a: &Outcome, b: &Outcome) -> bool {
+        self.get(panel, a, b).is_some_and(|(c, _)| c.clear())
+    }
+
+    fn size(&self) -> usize {
+        self.tests.values().filter(|c| c.welch.is_some()).count()
+    }
+}
+
+/// One row of `findings.parquet`.
+struct FindingRow {
+    setting: String,
+    a: String,
+    b: String,
+    test: &'static str,
+    statistic: f64,
+    n_a: usize,
+    n_b: usize,
+    p: Option<f64>,
+    p_adjusted: Option<f64>,
+    /// `b`'s loss over `a`'s (geometric means) and its 95 % interval.
+    ratio: Option<(f64, f64, f64)>,
+}
+
+fn findings_frame(rows: &[FindingRow]) -> anyhow::Result<DataFrame> {
+    let text = |f: &dyn Fn(&FindingRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let count =
+        |f: &dyn Fn(&FindingRow) -> usize| rows.iter().map(|r| f(r) as u64).collect::<Vec<_>>();
+    let maybe = |f: &dyn Fn(&FindingRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<_>>();
+    let columns: Vec<Column> = vec![
+        Column_::new("setting".into(), text(&|r| r.setting.clone())).into_column(),
+        Column_::new("a".into(), text(&|r| r.a.clone())).into_column(),
+        Column_::new("b".into(), text(&|r| r.b.clone())).into_column(),
+        Column_::new("test".into(), text(&|r| r.test.to_owned())).into_column(),
+        Column_::new("statistic".into(), maybe(&|r| Some(r.statistic))).into_column(),
+        Column_::new("n_a".into(), count(&|r| r.n_a)).into_column(),
+        Column_::new("n_b".into(), count(&|r| r.n_b)).into_column(),
+        Column_::new("p".into(), maybe(&|r| r.p)).into_column(),
+        Column_::new("p_adjusted".into(), maybe(&|r| r.p_adjusted)).into_column(),
+        Column_::new("ratio".into(), maybe(&|r| r.ratio.map(|x| x.0))).into_column(),
+        Column_::new("ratio_lo".into(), maybe(&|r| r.ratio.map(|x| x.1))).into_column(),
+        Column_::new("ratio_hi".into(), maybe(&|r| r.ratio.map(|x| x.2))).into_column(),
+    ];
+    Ok(DataFrame::new(rows.len(), columns)?)
+}
+
+/// `b`'s loss over `a`'s with its 95 % interval, from Welch's test of `a` against `b`
+/// on log10 losses (`flipped`: the test was of `b` against `a`).
+fn ratio_interval(welch: &Welch, flipped: bool) -> (f64, f64, f64) {
+    let (lo, hi) = welch.interval(0.95);
+    let sign = if flipped { 1.0 } else { -1.0 };
+    let (x, y) = (10f64.powf(sign * lo), 10f64.powf(sign * hi));
+    (10f64.powf(sign * welch.diff), x.min(y), x.max(y))
+}
+
+fn render(results: &Results, figures: &[Figure]) -> (String, Vec<FindingRow>) {
     let mut md = String::new();
     let series = results.series();
     let _ = writeln!(md, "# {}\n", results.name);
@@ -146,12 +273,13 @@ fn render(results: &Results, figures: &[Figure]) -> String {
     md.push_str(&grid(results));
     if results.runs.is_empty() {
         md.push_str("\nNo run is complete yet.\n");
-        return md;
+        return (md, Vec::new());
     }
     let panel_keys: Vec<_> = results.keys_with(Role::Panel).collect();
     let panels = results.panels(&panel_keys);
     md.push_str(&summary_table(results, &series, &panels));
-    md.push_str(&findings(results, &series, &panels));
+    let (text, rows) = findings(results, &series, &panels);
+    md.push_str(&text);
     md.push_str("\n## Figures\n\n");
     for figure in figures {
         let _ = writeln!(
@@ -161,7 +289,7 @@ fn render(results: &Results, figures: &[Figure]) -> String {
             caption = figure.caption
         );
     }
-    md
+    (md, rows)
 }
 
 fn provenance(results: &Results) -> String {
@@ -339,36 +467,62 @@ fn sig(value: f64) -> String {
     }
 }
 
-fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
+fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, Vec<FindingRow>) {
+    let all: Vec<Vec<Outcome>> = panels.iter().map(|p| outcomes(series, p)).collect();
+    let titles: Vec<String> = panels
+        .iter()
+        .map(|panel| {
+            if panel.values.is_empty() {
+                "All runs".to_owned()
+            } else {
+                panel.title()
+            }
+        })
+        .collect();
+    let mut wins: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for ranked in all.iter().filter(|r| r.len() > 1) {
+        wins.entry(ranked[0].series.label.clone()).or_default().0 += 1;
+    }
+    let reference = reference_series(series, &wins);
+    // The family: in each setting the best against every other series, and the
+    // reference against every other series.
+    let mut pairs = Vec::new();
+    for (panel, ranked) in all.iter().enumerate() {
+        pairs.extend((1..ranked.len()).map(|j| (panel, 0, j)));
+        if let Some(r) =
+            reference.and_then(|r| ranked.iter().position(|o| o.series.label == r.label))
+        {
+            pairs.extend((0..ranked.len()).filter(|&j| j != r).map(|j| (panel, r, j)));
+        }
+    }
+    let family = Family::new(&all, &pairs);
+    let mut rows = finding_rows(&family, &all, &titles);
+
     let mut md = format!(
         "\n## Findings\n\nGenerated from the runs above. Within each setting the series are \
-         ranked by final validation loss; two series differ **clearly** when Welch's \
-         t-test on the log10 of their seeds' final losses gives p < {ALPHA} (with 2–3 seeds \
-         only large, consistent gaps pass). \"At the baseline\" means a final loss above \
-         {AT_BASELINE} × the trivial predictor's.\n\n"
+         ranked by final validation loss. Two series differ **clearly** when Welch's t-test \
+         on the log10 of their seeds' final losses gives p < {ALPHA} after Holm's adjustment \
+         over the report's family of {} tests (each setting's best series against every \
+         other, and the reference series against every other); ratios are of geometric-mean \
+         losses with their 95 % interval. \"At the baseline\" means a final loss above \
+         {AT_BASELINE} × the trivial predictor's. Every test is in `findings.parquet`.\n\n",
+        family.size()
     );
-    let mut wins: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let all: Vec<Vec<Outcome>> = panels.iter().map(|p| outcomes(series, p)).collect();
     if series.len() > 1 {
         md.push_str("### Per setting\n\n");
     }
-    for (panel, ranked) in panels.iter().zip(&all) {
+    for (panel_index, (panel, ranked)) in panels.iter().zip(&all).enumerate() {
         let base_loss = baseline(&panel.task()).0;
-        let title = if panel.values.is_empty() {
-            "All runs".to_owned()
-        } else {
-            panel.title()
-        };
-        let mut line = format!("- **{title}**: ");
+        let mut line = format!("- **{}**: ", titles[panel_index]);
         let Some(best) = ranked.first() else { continue };
         if ranked.len() == 1 {
             let _ = write!(line, "{}", describe(best, base_loss));
         } else {
-            let clear_over_all = ranked[1..].iter().all(|o| compare(best, o).0);
-            let entry = wins.entry(best.series.label.clone()).or_default();
-            entry.0 += 1;
+            let clear_over_all = ranked[1..]
+                .iter()
+                .all(|o| family.clear(panel_index, best, o));
             if clear_over_all {
-                entry.1 += 1;
+                wins.entry(best.series.label.clone()).or_default().1 += 1;
             }
             let _ = write!(
                 line,
@@ -377,27 +531,31 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
                 describe(best, base_loss)
             );
             let runner_up = &ranked[1];
-            let (clear, p) = compare(best, runner_up);
-            let ratio = match (best.loss(), runner_up.loss()) {
-                (Some(a), Some(b)) => format!("{}× its loss", pretty(b / a)),
-                _ => "diverged".into(),
-            };
             let _ = write!(
                 line,
-                " Next: {} ({}; {ratio}), {}.",
+                " Next: {} ({}), {}.",
                 runner_up.series.label,
                 describe(runner_up, base_loss),
-                verdict(clear, p)
+                verdict(
+                    family.get(panel_index, best, runner_up),
+                    family.size(),
+                    best,
+                    runner_up
+                )
             );
             let tied: Vec<&str> = ranked[2..]
                 .iter()
-                .filter(|o| !compare(best, o).0)
+                .filter(|o| !family.clear(panel_index, best, o))
                 .map(|o| o.series.label.as_str())
                 .collect();
             if clear_over_all {
                 line.push_str(" It is clearly ahead of every other series.");
             } else if !tied.is_empty() {
-                let _ = write!(line, " Also within its seed spread: {}.", tied.join(", "));
+                let _ = write!(
+                    line,
+                    " Also not distinguishable from it: {}.",
+                    tied.join(", ")
+                );
             }
             let at_baseline: Vec<&str> = ranked
                 .iter()
@@ -430,7 +588,11 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
                 panels.len()
             );
         }
-        md.push_str(&head_to_head(series, &all, &wins));
+        if let Some(reference) = reference {
+            let (text, sign_rows) = head_to_head(reference, series, &all, &family);
+            md.push_str(&text);
+            rows.extend(sign_rows);
+        }
     }
     if let Some(key) = results.panel_key("task.seq_len") {
         md.push_str(&solved_up_to(results, series, &key.name, "T"));
@@ -439,7 +601,51 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> String {
         md.push_str(&solved_up_to(results, series, &key.name, "units"));
     }
     md.push_str(&gradient_table(series, panels));
-    md
+    (md, rows)
+}
+
+/// The rows of `findings.parquet` for the family's Welch and Fisher tests.
+fn finding_rows(family: &Family, all: &[Vec<Outcome>], titles: &[String]) -> Vec<FindingRow> {
+    let mut rows = Vec::new();
+    for ((panel, a, b), c) in &family.tests {
+        let find = |label: &str| all[*panel].iter().find(|o| o.series.label == label);
+        let (Some(oa), Some(ob)) = (find(a), find(b)) else {
+            continue;
+        };
+        let row = |test, statistic, n: (usize, usize), p, p_adjusted, ratio| FindingRow {
+            setting: titles[*panel].clone(),
+            a: a.clone(),
+            b: b.clone(),
+            test,
+            statistic,
+            n_a: n.0,
+            n_b: n.1,
+            p,
+            p_adjusted,
+            ratio,
+        };
+        if let Some(w) = &c.welch {
+            let n = (oa.log_losses.len(), ob.log_losses.len());
+            rows.push(row(
+                "welch_log10_loss",
+                w.t,
+                n,
+                Some(w.p),
+                c.adjusted,
+                Some(ratio_interval(w, false)),
+            ));
+        }
+        let (odds, p, adjusted) = c.fisher;
+        rows.push(row(
+            "fisher_solved",
+            odds,
+            (oa.runs.len(), ob.runs.len()),
+            Some(p),
+            Some(adjusted),
+            None,
+        ));
+    }
+    rows
 }
 
 /// `loss 0.0012 (×/÷ 1.3), accuracy_0.04 0.95, solved 3/3 in ~800 steps`.
@@ -467,76 +673,157 @@ fn pct(fraction: f64) -> String {
     }
 }
 
-fn verdict(clear: bool, p: Option<f64>) -> String {
-    match (clear, p) {
-        (true, Some(p)) => format!("a clear difference (p = {})", sig(p)),
-        (false, Some(p)) => format!("within the seed spread (p = {})", sig(p)),
-        (true, None) => "a clear difference (one diverged on every seed)".into(),
-        (false, None) => "not testable (fewer than two seeds or no seed variation)".into(),
+/// What the test of `a` (the better) against `b` says, with the ratio of their losses.
+///
+/// When the difference is not clear, the smallest ratio that would have been is the one
+/// reaching p < 0.05/m (m tests in the family) at the observed spreads and seed counts:
+/// a raw p below that passes Holm's adjustment whatever the other tests say.
+fn verdict(
+    comparison: Option<(&Comparison, bool)>,
+    family_size: usize,
+    a: &Outcome,
+    b: &Outcome,
+) -> String {
+    let Some((c, flipped)) = comparison else {
+        return "not tested".into();
+    };
+    let seeds = format!("{} and {} seeds", a.log_losses.len(), b.log_losses.len());
+    match &c.welch {
+        _ if c.divergence => "a clear difference (one diverged on every seed)".into(),
+        Some(w) => {
+            let (ratio, lo, hi) = ratio_interval(w, flipped);
+            let adjusted = c.adjusted.map_or("–".into(), sig);
+            let ratio = format!(
+                "{}× its loss, 95 % interval {}–{}",
+                pretty(ratio),
+                pretty(lo),
+                pretty(hi)
+            );
+            if c.clear() {
+                format!(
+                    "{ratio}: a clear difference (p = {}, Holm-adjusted {adjusted})",
+                    sig(w.p)
+                )
+            } else {
+                let needed = 10f64.powf(w.detectable(ALPHA / family_size.max(1) as f64));
+                format!(
+                    "{ratio}: not distinguishable with {seeds} (p = {}, Holm-adjusted \
+                     {adjusted}; at these spreads a ratio beyond {}× would have been clear)",
+                    sig(w.p),
+                    pretty(needed)
+                )
+            }
+        }
+        None => format!("not testable with {seeds} (fewer than two, or no seed variation)"),
     }
 }
 
-/// The reference series (the plain LSTM if there is one, else the one with the most
-/// wins) against each other series: in how many settings each is clearly ahead, and the
-/// geometric-mean loss ratio.
-fn head_to_head(
-    series: &[Series],
-    all: &[Vec<Outcome>],
+/// The plain LSTM if there is one, else the series with the most wins.
+fn reference_series<'a>(
+    series: &'a [Series],
     wins: &BTreeMap<String, (usize, usize)>,
-) -> String {
+) -> Option<&'a Series> {
     let most_wins = series.iter().max_by_key(|s| {
         (
             wins.get(&s.label).map_or(0, |w| w.0),
             std::cmp::Reverse(s.label.clone()),
         )
     });
-    let Some(reference) = series.iter().find(|s| s.label == "lstm").or(most_wins) else {
-        return String::new();
-    };
-    let mut md = String::new();
+    series.iter().find(|s| s.label == "lstm").or(most_wins)
+}
+
+/// The reference series against each other series across settings: a sign test on the
+/// settings where one's loss is lower, the settings where the (Holm-adjusted) test finds
+/// a clear difference, and the median loss ratio with its range, so that no single
+/// setting carries the headline.
+fn head_to_head(
+    reference: &Series,
+    series: &[Series],
+    all: &[Vec<Outcome>],
+    family: &Family,
+) -> (String, Vec<FindingRow>) {
+    let mut lines = Vec::new();
+    let mut rows = Vec::new();
     for other in series.iter().filter(|s| s.label != reference.label) {
-        let (mut ahead, mut behind, mut even, mut log_ratios) = (0, 0, 0, Vec::new());
-        for ranked in all {
+        let (mut lower, mut higher, mut ahead, mut behind, mut ratios) = (0, 0, 0, 0, Vec::new());
+        for (panel, ranked) in all.iter().enumerate() {
             let find = |label: &str| ranked.iter().find(|o| o.series.label == label);
             let (Some(a), Some(b)) = (find(&reference.label), find(&other.label)) else {
                 continue;
             };
-            match compare(a, b) {
-                (true, _)
-                    if a.loss().unwrap_or(f64::INFINITY) < b.loss().unwrap_or(f64::INFINITY) =>
-                {
-                    ahead += 1
-                }
-                (true, _) => behind += 1,
-                (false, _) => even += 1,
+            let (la, lb) = (
+                a.loss().unwrap_or(f64::INFINITY),
+                b.loss().unwrap_or(f64::INFINITY),
+            );
+            match la.total_cmp(&lb) {
+                std::cmp::Ordering::Less => lower += 1,
+                std::cmp::Ordering::Greater => higher += 1,
+                std::cmp::Ordering::Equal => {}
             }
-            if let (Some(la), Some(lb)) = (a.loss(), b.loss()) {
-                log_ratios.push((lb / la).log10());
+            if family.clear(panel, a, b) {
+                if la < lb { ahead += 1 } else { behind += 1 }
+            }
+            if la.is_finite() && lb.is_finite() {
+                ratios.push(lb / la);
             }
         }
-        if ahead + behind + even == 0 {
+        let n = lower + higher;
+        if n == 0 {
             continue;
         }
-        let ratio = Spread::of(&log_ratios).map_or(String::new(), |s| {
+        let p = sign_test(lower, n);
+        ratios.sort_by(f64::total_cmp);
+        let median = (!ratios.is_empty()).then(|| {
+            let mid = ratios.len() / 2;
+            if ratios.len() % 2 == 1 {
+                ratios[mid]
+            } else {
+                (ratios[mid - 1] * ratios[mid]).sqrt()
+            }
+        });
+        let spread = median.map_or(String::new(), |m| {
             format!(
-                "; over those settings {}'s loss is {}× {}'s (geometric mean)",
+                "; {}'s loss over {}'s: median {}× (from {}× to {}×)",
                 other.label,
-                pretty(10f64.powf(s.mean)),
-                reference.label
+                reference.label,
+                pretty(m),
+                pretty(ratios[0]),
+                pretty(ratios[ratios.len() - 1])
             )
         });
-        let _ = writeln!(
-            md,
-            "- {} vs {}: {} clearly lower in {ahead}, {} clearly lower in {behind}, no clear \
-             difference in {even} of {} settings{ratio}.",
-            reference.label,
-            other.label,
-            reference.label,
-            other.label,
-            ahead + behind + even
-        );
+        lines.push((
+            p,
+            format!(
+                "- {} vs {}: {}'s loss is lower in {lower} of {n} settings (sign test p = {{}}, \
+                 Holm-adjusted {{}}); clearly lower in {ahead}, clearly higher in {behind}{spread}.",
+                reference.label, other.label, reference.label
+            ),
+        ));
+        rows.push(FindingRow {
+            setting: "across settings".into(),
+            a: reference.label.clone(),
+            b: other.label.clone(),
+            test: "sign",
+            statistic: lower as f64,
+            n_a: lower,
+            n_b: higher,
+            p: Some(p),
+            p_adjusted: None,
+            ratio: median.map(|m| (m, ratios[0], ratios[ratios.len() - 1])),
+        });
     }
-    md
+    let adjusted = holm(&lines.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    let mut md = String::new();
+    for (((p, line), adj), row) in lines.iter().zip(&adjusted).zip(rows.iter_mut()) {
+        row.p_adjusted = Some(*adj);
+        md.push_str(
+            &line
+                .replacen("{}", &sig(*p), 1)
+                .replacen("{}", &sig(*adj), 1),
+        );
+        md.push('\n');
+    }
+    (md, rows)
 }
 
 /// For each series (and setting of the other panel keys): the values of `key` at which

@@ -96,6 +96,8 @@ pub enum Table {
     Metrics,
     /// `gradflow.parquet`: step, t, norm.
     Gradflow,
+    /// `findings.parquet`: the report's tests (experiment level only).
+    Findings,
 }
 
 impl Table {
@@ -105,6 +107,7 @@ impl Table {
             Self::Runs => "runs.parquet",
             Self::Metrics => "metrics.parquet",
             Self::Gradflow => "gradflow.parquet",
+            Self::Findings => "findings.parquet",
         }
     }
 }

@@ -269,13 +269,40 @@ fn the_findings_follow_the_data() {
     assert!(line.contains("lowest loss: **lstm**"), "{line}");
     assert!(line.contains("100× its loss"), "{line}");
     assert!(line.contains("a clear difference (p = "), "{line}");
+    assert!(line.contains("Holm-adjusted"), "{line}");
     assert!(
         first.contains("- lstm has the lowest loss in 2 of 2 settings (2 of them clearly ahead"),
         "{first}"
     );
+    // Two settings out of two is all a sign test can say: p = 2 · (1/2)² = 0.5.
     assert!(
-        first.contains("- lstm vs gru: lstm clearly lower in 2, gru clearly lower in 0"),
+        first.contains(
+            "- lstm vs gru: lstm's loss is lower in 2 of 2 settings (sign test p = 0.5, \
+             Holm-adjusted 0.5); clearly lower in 2, clearly higher in 0; gru's loss over \
+             lstm's: median 100×"
+        ),
         "{first}"
+    );
+    assert!(first.contains("family of 2 tests"), "{first}");
+    // One Welch and one Fisher row per setting, and the sign test.
+    let findings = {
+        use polars::prelude::{ParquetReader, SerReader};
+        ParquetReader::new(std::fs::File::open(dir.join("findings.parquet")).unwrap())
+            .finish()
+            .unwrap()
+    };
+    assert_eq!(findings.height(), 5);
+    let column = findings.column("test").unwrap().str().unwrap();
+    let tests: Vec<&str> = (0..column.len()).filter_map(|i| column.get(i)).collect();
+    assert_eq!(
+        tests,
+        [
+            "welch_log10_loss",
+            "fisher_solved",
+            "welch_log10_loss",
+            "fisher_solved",
+            "sign"
+        ]
     );
 
     // Now GRU is ahead at T=9, and at T=6 the two are within each other's seed spread.
@@ -287,8 +314,15 @@ fn the_findings_follow_the_data() {
     assert!(line.contains("lowest loss: **gru**"), "{line}");
     assert!(line.contains("10× its loss"), "{line}");
     let line = finding(&second, "T=6");
-    assert!(line.contains("within the seed spread (p = 1)"), "{line}");
-    assert!(second.contains("- lstm vs gru: lstm clearly lower in 0, gru clearly lower in 1, no clear difference in 1 of 2"), "{second}");
+    assert!(
+        line.contains("not distinguishable with 2 and 2 seeds (p = 1, Holm-adjusted 1;"),
+        "{line}"
+    );
+    // Equal losses at T=6 count for neither side: 1 setting, lower in none.
+    assert!(
+        second.contains("- lstm vs gru: lstm's loss is lower in 0 of 1 settings (sign test p = 1, Holm-adjusted 1); clearly lower in 0, clearly higher in 1"),
+        "{second}"
+    );
     assert_ne!(first, second);
 }
 
