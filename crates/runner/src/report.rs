@@ -166,7 +166,8 @@ impl Family {
         for &(panel, i, j) in pairs {
             let (a, b) = (&all[panel][i], &all[panel][j]);
             let key = (panel, a.series.label.clone(), b.series.label.clone());
-            if tests.contains_key(&key) {
+            let reverse = (panel, key.2.clone(), key.1.clone());
+            if tests.contains_key(&key) || tests.contains_key(&reverse) {
                 continue;
             }
             let (fa, fb) = (a.runs.len() - a.solved, b.runs.len() - b.solved);
@@ -498,15 +499,22 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, 
     let family = Family::new(&all, &pairs);
     let mut rows = finding_rows(&family, &all, &titles);
 
+    let tests = if series.len() > 1 {
+        format!(
+            " Within each setting the series are ranked by final validation loss. Two \
+             series differ **clearly** when Welch's t-test on the log10 of their seeds' final \
+             losses gives p < {ALPHA} after Holm's adjustment over the report's family of {} \
+             tests (each setting's best series against every other, and the reference series \
+             against every other); ratios are of geometric-mean losses with their 95 % \
+             interval. Every test is in `findings.parquet`.",
+            family.size()
+        )
+    } else {
+        String::new()
+    };
     let mut md = format!(
-        "\n## Findings\n\nGenerated from the runs above. Within each setting the series are \
-         ranked by final validation loss. Two series differ **clearly** when Welch's t-test \
-         on the log10 of their seeds' final losses gives p < {ALPHA} after Holm's adjustment \
-         over the report's family of {} tests (each setting's best series against every \
-         other, and the reference series against every other); ratios are of geometric-mean \
-         losses with their 95 % interval. \"At the baseline\" means a final loss above \
-         {AT_BASELINE} × the trivial predictor's. Every test is in `findings.parquet`.\n\n",
-        family.size()
+        "\n## Findings\n\nGenerated from the runs above.{tests} \"At the baseline\" means a \
+         final loss above {AT_BASELINE} × the trivial predictor's.\n\n"
     );
     if series.len() > 1 {
         md.push_str("### Per setting\n\n");
