@@ -14,7 +14,19 @@
 //! variants:                        # optional: explicit points instead of (or times) the product
 //!   - { model.cell: lstm, model.hidden: 64 }
 //!   - { model.cell: gru, model.hidden: 74 }
+//! tuning:                          # optional: tune every grid point before evaluating it
+//!   space:                         # dotted keys of `base` and how to draw them
+//!     train.lr: { log_uniform: [1.0e-4, 3.0e-2] }
+//!     model.forget_bias: { choice: [0.0, 1.0] }
+//!   trials: 9                      # configurations per point (the same for every point)
+//!   seeds: [100, 101]              # tuning seeds, disjoint from `seeds`
+//!   min_steps: 100                 # first rung (default train.steps / 9)
+//!   eta: 3                         # keep 1/eta per rung, train eta× longer
 //! ```
+//!
+//! With `tuning`, every point (arm × setting) gets the same search and budget: successive
+//! halving picks the configuration with the best median validation loss over the tuning
+//! seeds, then the evaluation seeds train with it (see [`RawTuning`] and `crate::tune`).
 //!
 //! Every field and its default is on the raw structs below ([`RawRun`] and the structs it
 //! holds). A run's identity is a hash of its resolved config (defaults filled in) and
@@ -57,6 +69,53 @@ pub(crate) struct RawExperiment {
     /// Explicit points, instead of (or times) the product.
     #[serde(default)]
     pub variants: Vec<Mapping>,
+    /// Tune every grid point before the evaluation runs (see [`RawTuning`]).
+    #[serde(default)]
+    pub tuning: Option<RawTuning>,
+}
+
+/// `tuning:` — every grid point (arm × setting) is tuned on its own, with the same
+/// search and budget, by successive halving (Jamieson & Talwalkar 2016): `trials`
+/// configurations drawn from `space` train `min_steps` steps on every tuning seed; the
+/// best 1/`eta` by median final validation loss continue `eta` times longer (from their
+/// checkpoints), and so on up to `train.steps`; the best at the end is the point's
+/// configuration for the evaluation `seeds`. Every trial and the choices are written to
+/// `tuning.yaml`.
+///
+/// ```yaml
+/// tuning:
+///   space:
+///     train.lr: { log_uniform: [1.0e-4, 3.0e-2] }
+///     model.forget_bias: { choice: [0.0, 1.0] }
+///   trials: 9
+///   seeds: [1000, 1001]      # disjoint from `seeds`
+///   min_steps: 100
+///   eta: 3
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTuning {
+    /// Dotted keys of `base` and how to draw them: `{ log_uniform: [lo, hi] }`,
+    /// `{ uniform: [lo, hi] }` or `{ choice: [a, b, ...] }`.
+    pub space: Mapping,
+    /// Configurations drawn per grid point (default 9).
+    #[serde(default = "default_trials")]
+    pub trials: usize,
+    /// Seeds the trials train on; none of them may be an evaluation seed.
+    pub seeds: Vec<u64>,
+    /// Steps of the first rung (default: `train.steps` / 9, at least 1).
+    #[serde(default)]
+    pub min_steps: Option<usize>,
+    /// Each rung keeps 1/`eta` of the trials and trains them `eta` times longer (default 3).
+    #[serde(default = "default_eta")]
+    pub eta: usize,
+}
+
+fn default_trials() -> usize {
+    9
+}
+fn default_eta() -> usize {
+    3
 }
 
 fn default_seeds() -> Vec<u64> {

@@ -20,6 +20,7 @@ pub mod stats;
 pub mod store;
 pub mod sweep;
 pub mod train;
+pub mod tune;
 
 use std::io::IsTerminal;
 

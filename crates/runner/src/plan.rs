@@ -35,6 +35,21 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             swept.join(" ")
         )?;
     }
+    if let Some(tuning) = &experiment.tuning {
+        let keys: Vec<&str> = tuning.space.iter().map(|(k, _)| k.as_str()).collect();
+        writeln!(
+            out,
+            "tuning: each of the {} grid points searches {} ({} trials, successive halving \
+             over rungs of {:?} steps, eta {}, tuning seeds {:?}); the ids above carry `base`'s \
+             values and change with the choices",
+            experiment.points.len(),
+            keys.join(", "),
+            tuning.trials,
+            tuning.rungs,
+            tuning.eta,
+            tuning.seeds
+        )?;
+    }
     // A closed pipe (`rnnlab plan … | head`) is not an error.
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),

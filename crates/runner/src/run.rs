@@ -33,13 +33,21 @@ use crate::train::{Checkpoints, Status, train};
 /// Trains the runs of the experiment (of this shard) that are neither complete nor
 /// claimed by a live process, `--jobs` at a time, each in a thread pool of its own.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let experiment =
+    let mut experiment =
         Experiment::load(&args.file, &args.overrides).map_err(|err| UsageError(err.to_string()))?;
     let jobs = args.jobs.get();
     let dir = ExperimentDir::new(&args.out, &experiment.name);
+    let started = Instant::now();
+    let tuned = match &experiment.tuning {
+        Some(tuning) => {
+            let choices = crate::tune::tune(&experiment, tuning, &dir, jobs, args.force)?;
+            experiment.runs = crate::tune::evaluation_runs(&experiment, &choices)?;
+            Some(choices)
+        }
+        None => None,
+    };
     write_plan(&dir, &experiment.runs)
         .with_context(|| format!("writing the plan of {}", experiment.name))?;
-
     let mine: Vec<&PlannedRun> = experiment
         .runs
         .iter()
@@ -48,20 +56,59 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .map(|(_, r)| r)
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads_per_job = (cores / jobs).max(1);
     write_manifest(
         &dir,
         &args.file,
         &experiment.description,
         jobs,
-        threads_per_job,
+        (cores / jobs).max(1),
     )
     .with_context(|| format!("writing the manifest of {}", experiment.name))?;
+    let (trained, skipped, failed) = train_all(&dir, &mine, jobs, args.force)?;
+    let shown = dir.path().display();
+    compact(&dir).with_context(|| format!("compacting the tables of {shown}"))?;
+    if !args.no_report {
+        let results = crate::results::Results::load(dir.path())
+            .with_context(|| format!("reading the results in {shown}"))?;
+        let report = crate::report::write_report(&results)
+            .with_context(|| format!("writing the report of {shown}"))?;
+        tracing::info!("report: {}", report.display());
+    }
+    let tuning_note = tuned.map_or(String::new(), |_| " after tuning (tuning.yaml)".into());
+    println!(
+        "{}: {trained} runs trained, {skipped} already complete or claimed, {} failed, in {:.1} s{tuning_note}; results in {}",
+        experiment.name,
+        failed.len(),
+        started.elapsed().as_secs_f64(),
+        shown
+    );
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} runs failed: {} (the error of each is in runs/<id>/failed.yaml; \
+             `rnnlab run` again retries them)",
+            failed.len(),
+            mine.len(),
+            failed.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Trains `runs` into `dir`, `jobs` at a time (the cores split between them), skipping
+/// complete runs unless `force`; returns how many trained, how many were skipped, and
+/// the ids of those that failed (each with its `failed.yaml`).
+pub(crate) fn train_all(
+    dir: &ExperimentDir,
+    runs: &[&PlannedRun],
+    jobs: usize,
+    force: bool,
+) -> anyhow::Result<(usize, usize, Vec<String>)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads_per_job = (cores / jobs).max(1);
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize)); // (trained, skipped)
     let failed = Mutex::new(Vec::new());
-    let started = Instant::now();
-    let progress = Progress::new(mine.len());
+    let progress = Progress::new(runs.len());
     let worker = || -> anyhow::Result<()> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads_per_job)
@@ -69,14 +116,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .context("starting a run's thread pool")?;
         loop {
             let k = next.fetch_add(1, Ordering::SeqCst);
-            let Some(planned) = mine.get(k) else {
+            let Some(planned) = runs.get(k) else {
                 return Ok(());
             };
             let trained =
-                match pool.install(|| train_one(&dir, planned, args.force, jobs == 1, &progress)) {
+                match pool.install(|| train_one(dir, planned, force, jobs == 1, &progress)) {
                     Ok(trained) => trained,
                     Err(err) => {
-                        record_failure(&dir, &planned.id, &err, &progress);
+                        record_failure(dir, &planned.id, &err, &progress);
                         failed.lock().expect("failed runs").push(planned.id.clone());
                         false
                     }
@@ -97,34 +144,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .try_for_each(|h| h.join().expect("a worker panicked"))
     })?;
     progress.sweep.finish_and_clear();
-    let shown = dir.path().display();
-    compact(&dir).with_context(|| format!("compacting the tables of {shown}"))?;
-    if !args.no_report {
-        let results = crate::results::Results::load(dir.path())
-            .with_context(|| format!("reading the results in {shown}"))?;
-        let report = crate::report::write_report(&results)
-            .with_context(|| format!("writing the report of {shown}"))?;
-        tracing::info!("report: {}", report.display());
-    }
     let (trained, skipped) = *counts.lock().expect("counts");
-    let failed = failed.into_inner().expect("failed runs");
-    println!(
-        "{}: {trained} runs trained, {skipped} already complete or claimed, {} failed, in {:.1} s; results in {}",
-        experiment.name,
-        failed.len(),
-        started.elapsed().as_secs_f64(),
-        shown
-    );
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} runs failed: {} (the error of each is in runs/<id>/failed.yaml; \
-             `rnnlab run` again retries them)",
-            failed.len(),
-            mine.len(),
-            failed.join(" ")
-        );
-    }
-    Ok(())
+    Ok((trained, skipped, failed.into_inner().expect("failed runs")))
 }
 
 /// Logs why run `id` failed and keeps the error beside it in `failed.yaml`. Writing that

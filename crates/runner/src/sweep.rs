@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use crate::config::{ConfigError, RawExperiment, RawRun, RunConfig};
+use crate::config::{ConfigError, RawExperiment, RawRun, RawTuning, RunConfig};
 use crate::resources::{MemoryEstimate, machine_memory};
 
 /// One point of the grid.
@@ -32,8 +32,43 @@ pub struct Experiment {
     pub name: String,
     /// The question it answers.
     pub description: String,
-    /// Every run of the grid (points × seeds).
+    /// Every run of the grid (points × seeds), with the values of `base` (tuning
+    /// replaces them per point before training).
     pub runs: Vec<PlannedRun>,
+    /// The grid points: the swept keys and their values, in file order.
+    pub points: Vec<Vec<(String, Value)>>,
+    /// The evaluation seeds.
+    pub seeds: Vec<u64>,
+    /// How every point is tuned, if it is.
+    pub tuning: Option<Tuning>,
+    /// `base` with the overrides applied.
+    base: Value,
+}
+
+/// A validated `tuning:` section (see [`crate::config::RawTuning`]).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// The keys searched and how each is drawn.
+    pub space: Vec<(String, Draw)>,
+    /// Configurations per grid point.
+    pub trials: usize,
+    /// The tuning seeds.
+    pub seeds: Vec<u64>,
+    /// The budget of each rung, increasing, the last the full `train.steps`.
+    pub rungs: Vec<usize>,
+    /// The fraction kept at each rung is 1/`eta`.
+    pub eta: usize,
+}
+
+/// How one tuned key is drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Draw {
+    /// `10^U(log10 lo, log10 hi)`.
+    LogUniform(f64, f64),
+    /// `U(lo, hi)`.
+    Uniform(f64, f64),
+    /// One of the values, each as likely.
+    Choice(Vec<Value>),
 }
 
 impl Experiment {
@@ -129,39 +164,20 @@ impl Experiment {
                 .collect();
         }
 
-        let memory = machine_memory();
         let mut runs = Vec::with_capacity(points.len() * raw.seeds.len());
         for point in &points {
-            let mut value = base.clone();
-            for (key, setting) in point {
+            for (key, _) in point {
                 let line = line_of(&text, key);
-                let slot = set_dotted(&mut value, key).map_err(|m| error(format!("{line}{m}")))?;
-                *slot = setting.clone();
+                set_dotted(&mut base.clone(), key).map_err(|m| error(format!("{line}{m}")))?;
             }
-            let described = describe(point);
-            let resolved: RawRun = serde_yaml::from_value(value)
-                .map_err(|err| error(format!("at the grid point {described}: {err}")))?;
             for &seed in &raw.seeds {
-                let config = resolved
-                    .validate(seed)
-                    .and_then(|config| {
-                        if let Some(available) = memory {
-                            MemoryEstimate::of(&config).check(available)?;
-                        }
-                        Ok(config)
-                    })
-                    .map_err(|err| {
-                        error(format!("at the grid point {described}, seed {seed}: {err}"))
-                    })?;
-                let id = run_id(&resolved, seed);
-                runs.push(PlannedRun {
-                    id,
-                    swept: point.clone(),
-                    resolved: resolved.clone(),
-                    config,
-                });
+                runs.push(plan_run(&base, point, &[], seed).map_err(error)?);
             }
         }
+        let tuning = match &raw.tuning {
+            Some(tuning) => Some(validate_tuning(tuning, &base, &raw.seeds).map_err(error)?),
+            None => None,
+        };
         let mut ids: Vec<&str> = runs.iter().map(|run| run.id.as_str()).collect();
         ids.sort_unstable();
         if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
@@ -175,8 +191,144 @@ impl Experiment {
             name: raw.name,
             description: raw.description,
             runs,
+            points,
+            seeds: raw.seeds,
+            tuning,
+            base,
         })
     }
+
+    /// The run of grid point `point` with `extra` settings (tuned values, a rung's
+    /// budget) on `seed`; the error says what does not validate.
+    pub fn plan_run(
+        &self,
+        point: usize,
+        extra: &[(String, Value)],
+        seed: u64,
+    ) -> Result<PlannedRun, String> {
+        plan_run(&self.base, &self.points[point], extra, seed)
+    }
+}
+
+/// The run of `point` (plus `extra`) on `seed`, resolved from `base` and validated
+/// (memory included).
+fn plan_run(
+    base: &Value,
+    point: &[(String, Value)],
+    extra: &[(String, Value)],
+    seed: u64,
+) -> Result<PlannedRun, String> {
+    let mut value = base.clone();
+    for (key, setting) in point.iter().chain(extra) {
+        *set_dotted(&mut value, key)? = setting.clone();
+    }
+    let described = describe(point);
+    let resolved: RawRun = serde_yaml::from_value(value)
+        .map_err(|err| format!("at the grid point {described}: {err}"))?;
+    let config = resolved
+        .validate(seed)
+        .and_then(|config| {
+            if let Some(available) = machine_memory() {
+                MemoryEstimate::of(&config).check(available)?;
+            }
+            Ok(config)
+        })
+        .map_err(|err| format!("at the grid point {described}, seed {seed}: {err}"))?;
+    Ok(PlannedRun {
+        id: run_id(&resolved, seed),
+        swept: point.to_vec(),
+        resolved,
+        config,
+    })
+}
+
+/// Checks `tuning` against the experiment: keys that exist, draws that make sense,
+/// tuning seeds disjoint from the evaluation `seeds`, a steps budget to halve.
+fn validate_tuning(tuning: &RawTuning, base: &Value, seeds: &[u64]) -> Result<Tuning, String> {
+    if let Some(seed) = tuning.seeds.iter().find(|s| seeds.contains(s)) {
+        return Err(format!(
+            "`tuning.seeds` and `seeds` share seed {seed}: tuning and evaluation seeds must be \
+             disjoint, so that the evaluation does not reuse the runs the choice was made on"
+        ));
+    }
+    if tuning.seeds.is_empty() || tuning.trials == 0 || tuning.eta < 2 {
+        return Err("`tuning` needs at least one seed, `trials` >= 1 and `eta` >= 2".into());
+    }
+    let steps = base
+        .get("train")
+        .and_then(|train| train.get("steps"))
+        .and_then(Value::as_u64)
+        .ok_or("`tuning` needs a `train.steps` budget (successive halving grows it)")?
+        as usize;
+    let mut space = Vec::new();
+    for (key, draw) in &tuning.space {
+        let key = key
+            .as_str()
+            .ok_or("`tuning.space` keys must be dotted names")?;
+        set_dotted(&mut base.clone(), key).map_err(|m| format!("`tuning.space`: {m}"))?;
+        let bounds = |v: &Value| -> Option<(f64, f64)> {
+            let pair = v.as_sequence()?;
+            match pair.as_slice() {
+                [lo, hi] => Some((lo.as_f64()?, hi.as_f64()?)),
+                _ => None,
+            }
+        };
+        let draw = match (
+            draw.get("log_uniform"),
+            draw.get("uniform"),
+            draw.get("choice"),
+        ) {
+            (Some(v), None, None) => match bounds(v) {
+                Some((lo, hi)) if lo > 0.0 && lo < hi => Draw::LogUniform(lo, hi),
+                _ => {
+                    return Err(format!(
+                        "`tuning.space.{key}.log_uniform`: give [lo, hi] with 0 < lo < hi"
+                    ));
+                }
+            },
+            (None, Some(v), None) => match bounds(v) {
+                Some((lo, hi)) if lo < hi => Draw::Uniform(lo, hi),
+                _ => {
+                    return Err(format!(
+                        "`tuning.space.{key}.uniform`: give [lo, hi] with lo < hi"
+                    ));
+                }
+            },
+            (None, None, Some(Value::Sequence(values))) if !values.is_empty() => {
+                Draw::Choice(values.clone())
+            }
+            _ => {
+                return Err(format!(
+                    "`tuning.space.{key}`: allowed {{ log_uniform: [lo, hi] }}, {{ uniform: [lo, hi] }} \
+                     or {{ choice: [values] }}"
+                ));
+            }
+        };
+        space.push((key.to_owned(), draw));
+    }
+    if space.is_empty() {
+        return Err("`tuning.space` is empty: name at least one key to tune".into());
+    }
+    let first = tuning
+        .min_steps
+        .unwrap_or((steps / 9).max(1))
+        .clamp(1, steps);
+    let mut rungs = vec![first];
+    while *rungs.last().expect("one rung") < steps {
+        let next = rungs
+            .last()
+            .expect("one rung")
+            .saturating_mul(tuning.eta)
+            .min(steps);
+        rungs.push(next);
+    }
+    Ok(Tuning {
+        space,
+        trials: tuning.trials,
+        seeds: tuning.seeds.clone(),
+        rungs,
+        eta: tuning.eta,
+    })
 }
 
 /// `key = value, …` for messages.

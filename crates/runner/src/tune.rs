@@ -1,0 +1,268 @@
+//! Tuning: every grid point (arm × setting) is searched on its own with the same budget,
+//! by successive halving (Jamieson & Talwalkar 2016), before its evaluation runs.
+//!
+//! Every point tries the same `trials` configurations, drawn once from the tuning space
+//! with a seeded stream (so arms are compared on the same candidates). Rung `r` trains
+//! every surviving trial for `rungs[r]` steps on every tuning seed; a trial's score is the
+//! median final validation loss over those seeds (a diverged seed counts as infinite);
+//! the best 1/`eta` go on to the next rung, where they continue from their checkpoints
+//! (a longer budget continues the shorter run, bit for bit). The best trial of the last
+//! rung, at the full budget, is the point's configuration. Trials are ordinary runs in
+//! `<experiment>/tuning/runs/`, so a killed tuning resumes like a sweep and reaches the
+//! same choices; `tuning.yaml` records every trial's losses and the choices.
+
+use anyhow::{Context, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_yaml::{Mapping, Value};
+
+use crate::error::UsageError;
+use crate::run::train_all;
+use crate::store::{ExperimentDir, RunStatus, read_summary, write_text};
+use crate::sweep::{Draw, Experiment, PlannedRun, Tuning, scalar};
+
+/// The chosen settings of each grid point, in point order.
+pub type Choices = Vec<Vec<(String, Value)>>;
+
+/// One trial at one rung: its steps, the final loss on each tuning seed, their median.
+#[derive(Debug, Clone)]
+struct Rung {
+    steps: usize,
+    losses: Vec<f64>,
+    median: f64,
+}
+
+/// Per point and trial, every rung it ran.
+type Record = Vec<Vec<Vec<Rung>>>;
+
+/// Tunes every grid point of `experiment` (trials in `dir/tuning/`, the record in
+/// `dir/tuning.yaml`) and returns the chosen settings.
+pub fn tune(
+    experiment: &Experiment,
+    tuning: &Tuning,
+    dir: &ExperimentDir,
+    jobs: usize,
+    force: bool,
+) -> anyhow::Result<Choices> {
+    let trials_dir = ExperimentDir::at(&dir.path().join("tuning"));
+    let trials = draw_trials(tuning);
+    let points = experiment.points.len();
+    let mut alive: Vec<Vec<usize>> = vec![(0..trials.len()).collect(); points];
+    // Per point and trial: the (steps, losses per seed, median) of every rung it ran.
+    let mut record: Record = vec![vec![Vec::new(); trials.len()]; points];
+    for (rung, &steps) in tuning.rungs.iter().enumerate() {
+        let mut runs: Vec<(usize, usize, PlannedRun)> = Vec::new();
+        for (point, survivors) in alive.iter().enumerate() {
+            for &trial in survivors {
+                let mut settings = trials[trial].clone();
+                settings.push(("train.steps".into(), Value::from(steps as u64)));
+                for &seed in &tuning.seeds {
+                    let run = experiment
+                        .plan_run(point, &settings, seed)
+                        .map_err(|err| UsageError(format!("tuning: {err}")))?;
+                    runs.push((point, trial, run));
+                }
+            }
+        }
+        eprintln!(
+            "tuning rung {}/{}: {} trials × {} seeds at {steps} steps",
+            rung + 1,
+            tuning.rungs.len(),
+            runs.len() / tuning.seeds.len(),
+            tuning.seeds.len()
+        );
+        let refs: Vec<&PlannedRun> = runs.iter().map(|(_, _, run)| run).collect();
+        let (_, _, failed) = train_all(&trials_dir, &refs, jobs, force)?;
+        if !failed.is_empty() {
+            bail!(
+                "{} tuning runs failed: {} (errors in {}/runs/<id>/failed.yaml; `rnnlab run` \
+                 again retries them)",
+                failed.len(),
+                failed.join(" "),
+                trials_dir.path().display()
+            );
+        }
+        for (point, survivors) in alive.iter_mut().enumerate() {
+            for &trial in survivors.iter() {
+                let losses = runs
+                    .iter()
+                    .filter(|(p, t, _)| *p == point && *t == trial)
+                    .map(|(_, _, run)| final_loss(&trials_dir, run))
+                    .collect::<anyhow::Result<Vec<f64>>>()?;
+                let median = median(&losses);
+                record[point][trial].push(Rung {
+                    steps,
+                    losses,
+                    median,
+                });
+            }
+            let score = |t: &usize| record[point][*t].last().map_or(f64::INFINITY, |r| r.median);
+            survivors.sort_by(|a, b| score(a).total_cmp(&score(b)).then(a.cmp(b)));
+            if rung + 1 < tuning.rungs.len() {
+                survivors.truncate(survivors.len().div_ceil(tuning.eta));
+            }
+        }
+    }
+    let choices: Choices = alive
+        .iter()
+        .map(|survivors| trials[survivors[0]].clone())
+        .collect();
+    let path = dir.path().join("tuning.yaml");
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    write_text(
+        &path,
+        &serde_yaml::to_string(&describe(experiment, tuning, &trials, &record, &alive))?,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(choices)
+}
+
+/// The evaluation runs: every grid point with its chosen settings, on every evaluation
+/// seed.
+pub fn evaluation_runs(
+    experiment: &Experiment,
+    choices: &Choices,
+) -> anyhow::Result<Vec<PlannedRun>> {
+    let mut runs = Vec::new();
+    for (point, chosen) in choices.iter().enumerate() {
+        for &seed in &experiment.seeds {
+            runs.push(
+                experiment
+                    .plan_run(point, chosen, seed)
+                    .map_err(|err| UsageError(format!("after tuning: {err}")))?,
+            );
+        }
+    }
+    Ok(runs)
+}
+
+/// The candidate configurations, the same for every point: a stream seeded by the
+/// tuning seeds, one draw per key per trial in the space's order.
+fn draw_trials(tuning: &Tuning) -> Vec<Vec<(String, Value)>> {
+    let seed = tuning
+        .seeds
+        .iter()
+        .fold(0x5eed_u64, |h, s| h.wrapping_mul(0x100_0000_01b3) ^ s);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..tuning.trials)
+        .map(|_| {
+            tuning
+                .space
+                .iter()
+                .map(|(key, draw)| {
+                    let value = match draw {
+                        Draw::LogUniform(lo, hi) => {
+                            let (a, b) = (lo.log10(), hi.log10());
+                            Value::from(10f64.powf(a + (b - a) * rng.random::<f64>()))
+                        }
+                        Draw::Uniform(lo, hi) => Value::from(lo + (hi - lo) * rng.random::<f64>()),
+                        Draw::Choice(values) => values[rng.random_range(0..values.len())].clone(),
+                    };
+                    (key.clone(), value)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A tuning run's final validation loss; infinite if it diverged.
+fn final_loss(dir: &ExperimentDir, run: &PlannedRun) -> anyhow::Result<f64> {
+    let summary = read_summary(&dir.run(&run.id))?
+        .with_context(|| format!("tuning run {} has no summary", run.id))?;
+    Ok(match summary.status {
+        RunStatus::Done if summary.final_loss.is_finite() => summary.final_loss,
+        _ => f64::INFINITY,
+    })
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        0.5 * (sorted[mid - 1] + sorted[mid])
+    }
+}
+
+/// `tuning.yaml`: the search, and per point every trial's losses per rung and the choice.
+fn describe(
+    experiment: &Experiment,
+    tuning: &Tuning,
+    trials: &[Vec<(String, Value)>],
+    record: &Record,
+    alive: &[Vec<usize>],
+) -> Value {
+    let settings = |settings: &[(String, Value)]| -> Mapping {
+        settings
+            .iter()
+            .map(|(k, v)| (Value::from(k.clone()), v.clone()))
+            .collect()
+    };
+    let mut top = Mapping::new();
+    top.insert("method".into(), "successive halving".into());
+    top.insert(
+        "rungs".into(),
+        Value::Sequence(
+            tuning
+                .rungs
+                .iter()
+                .map(|&s| Value::from(s as u64))
+                .collect(),
+        ),
+    );
+    top.insert("eta".into(), Value::from(tuning.eta as u64));
+    top.insert(
+        "seeds".into(),
+        Value::Sequence(tuning.seeds.iter().map(|&s| Value::from(s)).collect()),
+    );
+    let points = experiment
+        .points
+        .iter()
+        .enumerate()
+        .map(|(point, swept)| {
+            let mut entry = Mapping::new();
+            let name: Vec<String> = swept
+                .iter()
+                .map(|(k, v)| format!("{k}={}", scalar(v)))
+                .collect();
+            entry.insert("point".into(), name.join(" ").into());
+            entry.insert(
+                "chosen".into(),
+                Value::Mapping(settings(&trials[alive[point][0]])),
+            );
+            entry.insert("chosen_trial".into(), Value::from(alive[point][0] as u64));
+            let rows = trials
+                .iter()
+                .enumerate()
+                .map(|(trial, values)| {
+                    let mut row = Mapping::new();
+                    row.insert("trial".into(), Value::from(trial as u64));
+                    row.insert("settings".into(), Value::Mapping(settings(values)));
+                    let rungs = record[point][trial]
+                        .iter()
+                        .map(|r| {
+                            let mut rung = Mapping::new();
+                            rung.insert("steps".into(), Value::from(r.steps as u64));
+                            rung.insert(
+                                "losses".into(),
+                                Value::Sequence(r.losses.iter().map(|&l| Value::from(l)).collect()),
+                            );
+                            rung.insert("median".into(), Value::from(r.median));
+                            Value::Mapping(rung)
+                        })
+                        .collect();
+                    row.insert("rungs".into(), Value::Sequence(rungs));
+                    Value::Mapping(row)
+                })
+                .collect();
+            entry.insert("trials".into(), Value::Sequence(rows));
+            Value::Mapping(entry)
+        })
+        .collect();
+    top.insert("points".into(), Value::Sequence(points));
+    Value::Mapping(top)
+}

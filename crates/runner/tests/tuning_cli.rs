@@ -1,0 +1,200 @@
+//! Tuning end to end: each arm is tuned to its own learning rate (an arm that diverges at
+//! the shared rate is rescued), tuning and evaluation seeds are disjoint, and a killed
+//! tuning resumes to the same choices and numbers.
+
+mod common;
+
+use common::{ok, rnnlab};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+/// SGD at lr 2 makes the LSTM diverge; the search spans 1e-3..2.
+const TUNED: &str = "name: tuned
+description: two arms whose best learning rates differ
+seeds: [0, 1]
+base:
+  task: { kind: adding, seq_len: 10 }
+  model: { cell: lstm, hidden: 8, init: identity }
+  train: { optimizer: sgd, lr: 2.0, steps: 90, batch_size: 16, eval_every: 30, eval_samples: 64 }
+sweep:
+  model.cell: [lstm, rnn_relu]
+tuning:
+  space:
+    train.lr: { log_uniform: [1.0e-3, 2.0] }
+  trials: 6
+  seeds: [100, 101]
+  min_steps: 10
+  eta: 3
+";
+
+fn setup(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rnnlab-tune-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tuned.yaml");
+    std::fs::write(&file, text).unwrap();
+    (file, dir.join("out"))
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every run folder's (cell, lr, status) of an experiment.
+fn runs(experiment: &Path) -> Vec<(String, f64, String)> {
+    let mut out: Vec<(String, f64, String)> = std::fs::read_dir(experiment.join("runs"))
+        .unwrap()
+        .map(|e| {
+            let run = e.unwrap().path();
+            let config = yaml(&run.join("config.yaml"));
+            let summary = yaml(&run.join("summary.yaml"));
+            (
+                config["run"]["model"]["cell"].as_str().unwrap().to_owned(),
+                config["run"]["train"]["lr"].as_f64().unwrap(),
+                summary["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+#[test]
+fn each_arm_is_tuned_to_its_own_rate_and_a_diverging_arm_is_rescued() {
+    let (file, out) = setup("rescue", TUNED);
+    let args = [
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-report",
+    ];
+    ok(&rnnlab(&args));
+    let tuning = yaml(&out.join("tuned/tuning.yaml"));
+    let mut chosen = Vec::new();
+    for point in tuning["points"].as_sequence().unwrap() {
+        // The choice is the trial with the lowest median loss at the last rung (90 steps).
+        let best = point["trials"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|t| {
+                let last = t["rungs"].as_sequence()?.last()?.clone();
+                (last["steps"].as_u64() == Some(90)).then(|| {
+                    (
+                        last["median"].as_f64().unwrap(),
+                        t["trial"].as_u64().unwrap(),
+                    )
+                })
+            })
+            .min_by(|a, b| a.partial_cmp(b).unwrap())
+            .unwrap();
+        assert_eq!(point["chosen_trial"].as_u64(), Some(best.1), "{point:?}");
+        chosen.push(point["chosen"]["train.lr"].as_f64().unwrap());
+    }
+    assert_ne!(
+        chosen[0], chosen[1],
+        "the two arms got the same rate: {chosen:?}"
+    );
+    // Evaluation runs use their arm's choice on the evaluation seeds, and none diverges.
+    let evaluated = runs(&out.join("tuned"));
+    assert_eq!(evaluated.len(), 4);
+    for (cell, lr, status) in &evaluated {
+        let k = usize::from(cell == "rnn_relu");
+        assert_eq!(*lr, chosen[k], "{cell}");
+        assert_eq!(status, "done", "{cell} at lr {lr}");
+    }
+    // Without tuning, the shared rate makes the LSTM diverge.
+    let untuned = TUNED[..TUNED.find("tuning:").unwrap()].replace("name: tuned", "name: shared");
+    let (file, out) = setup("shared", &untuned);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let shared = runs(&out.join("shared"));
+    assert!(
+        shared
+            .iter()
+            .any(|(cell, _, status)| cell == "lstm" && status == "diverged"),
+        "{shared:?}"
+    );
+}
+
+#[test]
+fn tuning_and_evaluation_seeds_must_be_disjoint() {
+    let (file, _) = setup(
+        "seeds",
+        &TUNED.replace("seeds: [100, 101]", "seeds: [1, 101]"),
+    );
+    let output = rnnlab(&["plan", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("`tuning.seeds` and `seeds` share seed 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_tuning_resumes_to_the_same_choices_and_numbers() {
+    let longer = TUNED
+        .replace("steps: 90", "steps: 270")
+        .replace("hidden: 8", "hidden: 24");
+    let (file, clean) = setup("clean", &longer);
+    let clean_args = [
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        clean.to_str().unwrap(),
+        "--no-report",
+    ];
+    ok(&rnnlab(&clean_args));
+
+    let killed = clean.with_file_name("killed");
+    let args = [
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+        "--no-report",
+    ];
+    let mut interrupted = 0;
+    for delay in [150, 300, 450] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    ok(&rnnlab(&args));
+    assert!(interrupted > 0, "every attempt finished before its kill");
+    assert_eq!(
+        std::fs::read(clean.join("tuned/tuning.yaml")).unwrap(),
+        std::fs::read(killed.join("tuned/tuning.yaml")).unwrap()
+    );
+    for run in std::fs::read_dir(clean.join("tuned/runs")).unwrap() {
+        let run = run.unwrap().path();
+        let other = killed.join("tuned/runs").join(run.file_name().unwrap());
+        for file in ["metrics.parquet", "gradflow.parquet", "weights.safetensors"] {
+            assert!(
+                std::fs::read(run.join(file)).unwrap() == std::fs::read(other.join(file)).unwrap(),
+                "{}",
+                run.join(file).display()
+            );
+        }
+    }
+}
