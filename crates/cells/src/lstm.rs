@@ -27,7 +27,8 @@ use crate::spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gat
 /// `use_peepholes=True`) are present only with [`LstmOptions::peepholes`]: the input and
 /// forget gates look at the old cell state, the output gate at the new one, and `g` has
 /// none. Ablations: no input gate `i = 1`, no forget gate `f = 1`, no output gate
-/// `o = 1`, coupled `i = 1 − f`.
+/// `o = 1`, coupled `i = 1 − f`, no input activation `g = W_g x + b + R_g h` (no tanh),
+/// no output activation `h = o ⊙ c` (no tanh).
 ///
 /// Parameters: `weight_ih_l{k}` `(G·H, I)`, `weight_hh_l{k}` `(G·H, H)`, `bias_ih_l{k}`,
 /// `bias_hh_l{k}` `(G·H)` with `G` the gates that have rows ([`LstmOptions::gate_rows`]),
@@ -57,6 +58,10 @@ pub struct LstmOptions {
     pub coupled_input_forget: bool,
     /// Diagonal peepholes from the cell state into the gates (Gers & Schmidhuber 2000).
     pub peepholes: bool,
+    /// `g = tanh(·)` (false: `g` is the pre-activation itself, "NIAF").
+    pub input_activation: bool,
+    /// `h = o ⊙ tanh(c)` (false: `h = o ⊙ c`, "NOAF").
+    pub output_activation: bool,
 }
 
 impl Default for LstmOptions {
@@ -67,6 +72,8 @@ impl Default for LstmOptions {
             output_gate: true,
             coupled_input_forget: false,
             peepholes: false,
+            input_activation: true,
+            output_activation: true,
         }
     }
 }
@@ -137,7 +144,7 @@ impl Gate {
 /// `model.cell: lstm` (with `model.ablation`).
 pub static LSTM: CellKind = CellKind {
     name: "lstm",
-    summary: "LSTM (Hochreiter & Schmidhuber 1997, forget gate of Gers et al. 2000; torch.nn.LSTM) and the ablations of Greff et al. 2017",
+    summary: "LSTM (Hochreiter & Schmidhuber 1997, forget gate of Gers et al. 2000; torch.nn.LSTM) and the ablations of Greff et al. 2017 (gates, coupling, activations)",
     configure: |options| LstmOptions::from_config(options, false),
     colors: &[
         ("lstm", [0, 114, 178]),
@@ -146,6 +153,8 @@ pub static LSTM: CellKind = CellKind {
         ("lstm (no forget gate)", [140, 86, 75]),
         ("lstm (no output gate)", [148, 103, 189]),
         ("lstm (coupled gates)", [160, 160, 30]),
+        ("lstm (no input activation)", [231, 41, 138]),
+        ("lstm (no output activation)", [166, 118, 29]),
     ],
     examples: || {
         LstmOptions::every_variant(false)
@@ -184,6 +193,8 @@ impl LstmOptions {
             output_gate: !options.no_output_gate,
             coupled_input_forget: options.coupled_gates,
             peepholes: peepholes || options.peepholes,
+            input_activation: !options.no_input_activation,
+            output_activation: !options.no_output_activation,
         };
         lstm.validate()
             .map_err(|err| format!("`model.ablation`: {err}"))?;
@@ -220,6 +231,14 @@ impl LstmOptions {
                 output_gate: false,
                 ..base
             },
+            Self {
+                input_activation: false,
+                ..base
+            },
+            Self {
+                output_activation: false,
+                ..base
+            },
         ]
     }
 
@@ -242,6 +261,8 @@ impl CellSpec for LstmOptions {
             (!self.forget_gate, "no forget gate"),
             (!self.output_gate, "no output gate"),
             (self.coupled_input_forget, "coupled gates"),
+            (!self.input_activation, "no input activation"),
+            (!self.output_activation, "no output activation"),
         ] {
             if on {
                 changes.push(name);
@@ -347,7 +368,8 @@ impl CellMath for LstmOptions {
             ),
             None => None,
         };
-        let g = pre_g.expect("g always has rows").tanh()?;
+        let g = pre_g.expect("g always has rows");
+        let g = if self.input_activation { g.tanh()? } else { g };
         let kept = match &f {
             Some(f) => (f * c_prev)?,
             None => c_prev.clone(),
@@ -357,7 +379,11 @@ impl CellMath for LstmOptions {
             None => g,
         };
         let c = (kept + written)?;
-        let squashed = c.tanh()?;
+        let squashed = if self.output_activation {
+            c.tanh()?
+        } else {
+            c.clone()
+        };
         let h = match pre_o {
             Some(pre) => (gate(Gate::Output, pre, &c)? * squashed)?,
             None => squashed,
@@ -573,10 +599,14 @@ impl LstmOp {
                     .for_each(|(d, (&a, &r))| *d = a + r);
                 flow.add(t, squared_sum(&d_h));
                 let c = &cells[cell..cell + hidden];
-                tanh_cell
-                    .iter_mut()
-                    .zip(c)
-                    .for_each(|(tc, &c)| *tc = c.tanh_());
+                if self.options.output_activation {
+                    tanh_cell
+                        .iter_mut()
+                        .zip(c)
+                        .for_each(|(tc, &c)| *tc = c.tanh_());
+                } else {
+                    tanh_cell.copy_from_slice(c);
+                }
                 let step = StepBackward {
                     gates: split_gates(&mut gates[row..row + gh], hidden, layout),
                     c_prev,
@@ -778,7 +808,9 @@ fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
         None => gate.iter_mut().for_each(|v| *v = v.sigmoid_()),
     };
     let g = g.expect("g always has rows");
-    g.iter_mut().for_each(|v| *v = v.tanh_());
+    if options.input_activation {
+        g.iter_mut().for_each(|v| *v = v.tanh_());
+    }
     if let Some(f) = f.as_deref_mut() {
         activate(f, peephole[Gate::Forget as usize], c_prev);
     }
@@ -813,9 +845,13 @@ fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
             }
         }
     }
-    tc.iter_mut()
-        .zip(c.iter())
-        .for_each(|(t, &c)| *t = c.tanh_());
+    if options.output_activation {
+        tc.iter_mut()
+            .zip(c.iter())
+            .for_each(|(t, &c)| *t = c.tanh_());
+    } else {
+        tc.copy_from_slice(c);
+    }
     match o {
         Some(o) => {
             activate(o, peephole[Gate::Output as usize], c);
@@ -859,11 +895,13 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
     let g = g.expect("g always has rows");
     let n = d_h.len();
     // The plain LSTM (the common case) gets a branch-free loop that vectorises.
-    if let (Some(i), Some(f), Some(o), false, [None, None, None, None]) = (
+    let plain =
+        !options.coupled_input_forget && options.input_activation && options.output_activation;
+    if let (Some(i), Some(f), Some(o), true, [None, None, None, None]) = (
         i.as_deref_mut(),
         f.as_deref_mut(),
         o.as_deref_mut(),
-        options.coupled_input_forget,
+        plain,
         peephole,
     ) {
         let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
@@ -887,7 +925,13 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
             o.as_deref().map(|v| v[j]),
             g[j],
         );
-        let mut dc = d_c[j] + d_h[j] * o_j.unwrap_or(T::ONE) * (T::ONE - tc[j] * tc[j]);
+        // ∂tanh(c)/∂c, or 1 without the output activation (tc is then c itself).
+        let squash = if options.output_activation {
+            T::ONE - tc[j] * tc[j]
+        } else {
+            T::ONE
+        };
+        let mut dc = d_c[j] + d_h[j] * o_j.unwrap_or(T::ONE) * squash;
         if let (Some(o_j), Some(o)) = (o_j, o.as_deref_mut()) {
             let d_pre = d_h[j] * tc[j] * o_j * (T::ONE - o_j);
             o[j] = d_pre;
@@ -902,7 +946,11 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
             _ => T::ONE,
         };
         let d_i = dc * g_j;
-        g[j] = dc * input * (T::ONE - g_j * g_j);
+        g[j] = if options.input_activation {
+            dc * input * (T::ONE - g_j * g_j)
+        } else {
+            dc * input
+        };
         let mut dc_prev = dc;
         if let (Some(f_j), Some(f)) = (f_j, f.as_deref_mut()) {
             let mut d_f = dc * c_prev[j];

@@ -202,6 +202,10 @@ pub struct CellOptions {
     pub coupled_gates: bool,
     /// `ablation.peepholes`.
     pub peepholes: bool,
+    /// `ablation.no_input_activation`.
+    pub no_input_activation: bool,
+    /// `ablation.no_output_activation`.
+    pub no_output_activation: bool,
 }
 
 impl CellOptions {

@@ -271,6 +271,17 @@ pub struct RawAblation {
     pub coupled_gates: bool,
     /// Peephole connections.
     pub peepholes: bool,
+    /// No tanh on the cell input: `g` is its pre-activation (Greff et al.'s NIAF).
+    /// Left out of the saved config when false, so earlier run ids stay as they were.
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_input_activation: bool,
+    /// No tanh on the cell output: `h = o ⊙ c` (Greff et al.'s NOAF).
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_output_activation: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// `train:`
@@ -550,6 +561,8 @@ impl RawModel {
             no_output_gate: a.no_output_gate,
             coupled_gates: a.coupled_gates,
             peepholes: a.peepholes,
+            no_input_activation: a.no_input_activation,
+            no_output_activation: a.no_output_activation,
         }
     }
 

@@ -364,32 +364,40 @@ fn line_of(text: &str, key: &str) -> String {
 
 /// The slot of a dotted key (`model.hidden`) in a resolved run, which must exist.
 fn set_dotted<'a>(value: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
-    let allowed = || {
-        leaf_keys(
-            &serde_yaml::to_value(example_run()).expect("serialisable"),
-            "",
-        )
-        .join(", ")
-    };
+    let keys = leaf_keys(
+        &serde_yaml::to_value(schema_run()).expect("serialisable"),
+        "",
+    );
+    if !keys
+        .iter()
+        .any(|k| k == key || k.starts_with(&format!("{key}.")))
+    {
+        return Err(format!(
+            "unknown key `{key}`: allowed keys are {}",
+            keys.join(", ")
+        ));
+    }
     let mut slot = value;
     for part in key.split('.') {
         let Value::Mapping(map) = slot else {
             return Err(format!(
-                "unknown key `{key}`: allowed keys are {}",
-                allowed()
+                "`{key}`: `{part}` is inside a value that is not a mapping"
             ));
         };
-        slot = match map.get_mut(part) {
-            Some(next) => next,
-            None => {
-                return Err(format!(
-                    "unknown key `{key}`: allowed keys are {}",
-                    allowed()
-                ));
-            }
-        };
+        // Optional keys left out of a saved config (`train.checkpoint_every`, the
+        // activation ablations) are added where set.
+        slot = map.entry(Value::from(part)).or_insert(Value::Null);
     }
     Ok(slot)
+}
+
+/// A run with every optional field set, so that it lists every key a sweep may name.
+fn schema_run() -> RawRun {
+    let mut run = example_run();
+    run.train.checkpoint_every = Some(1);
+    run.model.ablation.no_input_activation = true;
+    run.model.ablation.no_output_activation = true;
+    run
 }
 
 /// Every dotted leaf key of a value.
