@@ -272,6 +272,7 @@ fn render(results: &Results, figures: &[Figure]) -> (String, Vec<FindingRow>) {
     }
     md.push_str(&provenance(results));
     md.push_str(&grid(results));
+    md.push_str(&tuning(results));
     if results.runs.is_empty() {
         md.push_str("\nNo run is complete yet.\n");
         return (md, Vec::new());
@@ -291,6 +292,63 @@ fn render(results: &Results, figures: &[Figure]) -> (String, Vec<FindingRow>) {
         );
     }
     (md, rows)
+}
+
+/// The choices of `tuning.yaml`, if the experiment was tuned: per grid point the chosen
+/// settings and the median validation loss they reached over the tuning seeds.
+fn tuning(results: &Results) -> String {
+    let path = results.dir.path().join("tuning.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return String::new();
+    };
+    let Ok(tuning) = serde_yaml::from_str::<Value>(&text) else {
+        return String::new();
+    };
+    let show = |v: &Value| crate::sweep::scalar(v);
+    let rungs = tuning["rungs"].as_sequence().map_or(String::new(), |r| {
+        r.iter().map(show).collect::<Vec<_>>().join(", ")
+    });
+    let list = |v: &Value| {
+        v.as_sequence().map_or(String::new(), |s| {
+            s.iter().map(show).collect::<Vec<_>>().join(", ")
+        })
+    };
+    let trials = tuning["points"][0]["trials"]
+        .as_sequence()
+        .map_or(0, Vec::len);
+    let mut md = format!(
+        "\n## Tuning\n\nEvery grid point was tuned on its own with the same budget \
+         (`tuning.yaml`): {trials} configurations, the same for every point, by successive \
+         halving over rungs of {rungs} steps (eta {}) on the tuning seeds {}, disjoint from \
+         the evaluation seeds; the configuration with the lowest median final validation \
+         loss at the full budget was chosen.\n\n| point | chosen | median loss |\n|---|---|---|\n",
+        show(&tuning["eta"]),
+        list(&tuning["seeds"]),
+    );
+    for point in tuning["points"].as_sequence().into_iter().flatten() {
+        let chosen = point["chosen"].as_mapping().map_or(String::new(), |m| {
+            m.iter()
+                .map(|(k, v)| format!("{}={}", show(k), sig_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let trial = point["chosen_trial"].as_u64();
+        let median = point["trials"]
+            .as_sequence()
+            .and_then(|trials| trials.iter().find(|t| t["trial"].as_u64() == trial))
+            .and_then(|t| t["rungs"].as_sequence()?.last()?["median"].as_f64())
+            .map_or("–".into(), sig);
+        let _ = writeln!(md, "| {} | {chosen} | {median} |", show(&point["point"]));
+    }
+    md
+}
+
+/// A tuned value in few digits (floats), or as written.
+fn sig_value(value: &Value) -> String {
+    match value.as_f64() {
+        Some(v) if !value.is_i64() && !value.is_u64() => sig(v),
+        _ => crate::sweep::scalar(value),
+    }
 }
 
 fn provenance(results: &Results) -> String {
