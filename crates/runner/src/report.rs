@@ -949,6 +949,9 @@ fn gradient_table(series: &[Series], panels: &[Panel]) -> String {
             let ratio = |last: bool| {
                 let logs: Vec<f64> = runs
                     .iter()
+                    // A diverged run has no "end of training" to show (its last recorded
+                    // row is from before it diverged).
+                    .filter(|r| !last || r.summary.status != RunStatus::Diverged)
                     .filter_map(|r| {
                         let (_, norms) = if last {
                             r.gradflow.last()?

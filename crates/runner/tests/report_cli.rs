@@ -358,3 +358,38 @@ fn a_folder_shared_without_the_per_run_tables_still_reports_and_resumes() {
     assert_eq!(read("gradflow.parquet"), gradflow);
     assert_eq!(read("REPORT.md"), report);
 }
+
+#[test]
+fn diverged_runs_have_no_end_of_training_gradient() {
+    let (file, results) = setup("diverged", SINGLE);
+    let out = results.to_str().unwrap();
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out,
+        "--no-report",
+    ]));
+    let dir = results.join("single");
+    let row = |report: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with("| all | lstm |"))
+            .unwrap_or_else(|| panic!("no gradient row in\n{report}"))
+            .to_owned()
+    };
+    ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+    let before = row(&std::fs::read_to_string(dir.join("REPORT.md")).unwrap());
+    assert!(!before.ends_with("| – |"), "{before}");
+    // Both seeds marked diverged: their last gradient rows are from before they diverged.
+    for entry in std::fs::read_dir(dir.join("runs")).unwrap() {
+        let path = entry.unwrap().path().join("summary.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("status: done", "status: diverged")).unwrap();
+    }
+    ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+    let after = row(&std::fs::read_to_string(dir.join("REPORT.md")).unwrap());
+    assert!(after.ends_with("| – |"), "{after}");
+    // The first step's gradient is still reported.
+    assert_eq!(before.split('|').nth(3), after.split('|').nth(3));
+}
