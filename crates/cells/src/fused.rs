@@ -210,23 +210,76 @@ fn gemm_checked<T: Real>(
     }
 }
 
-/// Runs `f` inside a function compiled for AVX2 and FMA when the CPU has them, so that
-/// the pointwise loops of the time loop run eight lanes wide instead of SSE2's four. The
-/// results are the same bit for bit: the loops are elementwise and Rust never contracts
-/// a multiply and an add into an FMA by itself.
+/// Runs a batch chunk's time loop `f`: inside a function compiled for AVX2 and FMA when
+/// the CPU has them (the pointwise loops run eight lanes wide instead of SSE2's four; the
+/// results are the same bit for bit, as the loops are elementwise and Rust never
+/// contracts a multiply and an add into an FMA by itself), and with denormal floats
+/// flushed to zero.
+///
+/// Flushing matters for speed: on long sequences the gradients that travel back through
+/// time shrink into f32's denormal range (below 1.2e-38), where each multiply in the
+/// recurrent GEMM takes a microcode assist; measured on this project's Intel Xeon, an
+/// LSTM step at H = 64, B = 32 went from 157 ms to 18 ms at T = 200 and from 276 ms to
+/// 41 ms at T = 400 (T = 100, without denormals: 7.2–7.6 ms either way). What it changes in the
+/// numbers is below 1.2e-38. The mode is set for the loop and restored after it, on
+/// whichever thread runs the chunk, so results do not depend on the thread count.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
+    {
+        let _flush = FlushDenormals::new();
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            #[allow(unsafe_code)]
+            return unsafe { avx2(f) };
         }
-        // SAFETY: the CPU has the features `avx2` is compiled for.
-        #[allow(unsafe_code)]
-        return unsafe { avx2(f) };
+        f()
     }
+    #[cfg(not(target_arch = "x86_64"))]
     f()
+}
+
+/// SSE's flush-to-zero and denormals-are-zero modes (MXCSR bits 15 and 6) while it lives;
+/// the previous MXCSR comes back when it is dropped.
+#[cfg(target_arch = "x86_64")]
+struct FlushDenormals {
+    saved: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl FlushDenormals {
+    const FTZ_DAZ: u32 = 0x8040;
+
+    fn new() -> Self {
+        let mut saved: u32 = 0;
+        let flushed: u32;
+        // SAFETY: `stmxcsr` stores the 32-bit MXCSR into `saved`, a live local; `ldmxcsr`
+        // loads a copy with only the FTZ and DAZ bits added, which changes how denormal
+        // results and inputs are treated, not rounding, exceptions or memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut saved, options(nostack));
+            flushed = saved | Self::FTZ_DAZ;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &flushed, options(nostack, readonly));
+        }
+        Self { saved }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for FlushDenormals {
+    fn drop(&mut self) {
+        // SAFETY: restores the MXCSR saved by `new` on this thread.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.saved, options(nostack, readonly));
+        }
+    }
 }
 
 /// Rows of the batch each chunk of the recurrence takes. The recurrence of one sequence

@@ -990,7 +990,9 @@ fn gradient_table(series: &[Series], panels: &[Panel]) -> String {
         "\n### Gradient reaching the first step\n\n‖∂L/∂h_0‖ / ‖∂L/∂h_(T−1)‖ of the first \
          layer (geometric mean over seeds): near 1 the error signal reaches the start of the \
          sequence; many decades below 1 it vanishes before it gets there (a norm that underflowed \
-         f32 counts as 1.4e-45; – where the run diverged).\n\n| setting | \
+         f32 counts as 1.4e-45: the kernels flush values below 1.2e-38 to zero, so such a \
+         norm was below 1.2e-38, or below 1.4e-45 in runs trained before 2026-11-27; – where \
+         the run diverged).\n\n| setting | \
          series | first step | end of training |\n|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
