@@ -261,6 +261,15 @@ impl Checkpoint {
     }
 }
 
+/// The step a checkpoint file holds, without checking whose it is (for `rnnlab status`).
+pub fn step_of(path: &Path) -> Option<usize> {
+    let bytes = std::fs::read(path).ok()?;
+    let file = SafeTensors::deserialize(&bytes).ok()?;
+    let state = file.tensor("state").ok()?;
+    let first: [u8; 8] = state.data().get(..8)?.try_into().ok()?;
+    Some(f64::from_le_bytes(first) as usize)
+}
+
 /// Tensors by name: dtype, shape and little-endian bytes. Sorted, so the checksum and
 /// the file are the same for the same state.
 type Tensors = std::collections::BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;

@@ -450,6 +450,22 @@ impl Claim {
 /// Counts the runs of an experiment folder by status.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let dir = ExperimentDir::at(&args.dir);
+    let tuning = dir.path().join("tuning");
+    if tuning.is_dir() && !dir.path().join("tuning.yaml").exists() {
+        // Tuning comes before the plan of the evaluation runs exists.
+        let trials = std::fs::read_dir(tuning.join("runs"))
+            .map(|runs| {
+                runs.filter_map(Result::ok)
+                    .filter(|run| run.path().join("summary.yaml").exists())
+                    .count()
+            })
+            .unwrap_or(0);
+        println!(
+            "tuning in progress: {trials} trial runs complete in {}",
+            tuning.display()
+        );
+        return Ok(());
+    }
     let ids = read_plan(&dir).map_err(|err| {
         UsageError(format!(
             "{}: not an experiment's results folder ({err:#})",
@@ -476,11 +492,20 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         running.len(),
         pending.len()
     );
+    // Unfinished runs with a checkpoint show how far they got.
+    let progress = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .map(|id| match checkpoint::step_of(&dir.run(id).checkpoint()) {
+                Some(step) => format!("{id} (step {step})"),
+                None => id.clone(),
+            })
+            .collect()
+    };
     for (label, ids) in [
-        ("diverged", &diverged),
-        ("failed", &failed),
-        ("running", &running),
-        ("pending", &pending),
+        ("diverged", diverged),
+        ("failed", progress(&failed)),
+        ("running", progress(&running)),
+        ("pending", progress(&pending)),
     ] {
         if !ids.is_empty() {
             println!("{label}: {}", ids.join(" "));

@@ -241,10 +241,15 @@ fn a_damaged_checkpoint_is_refused_and_the_run_starts_over() {
     ];
     ok(&rnnlab(&args));
     let runs = run_dirs(&out.join("ckpt"));
-    // A finished run's checkpoint stays; make the runs unfinished and damage it: one
-    // truncated, one with a flipped byte.
-    for (k, run) in runs.iter().enumerate() {
+    for run in &runs {
         std::fs::remove_file(run.join("summary.yaml")).unwrap();
+    }
+    // Unfinished runs show the step of their checkpoint.
+    let status = ok(&rnnlab(&["status", out.join("ckpt").to_str().unwrap()]));
+    assert!(status.contains("pending 2"), "{status}");
+    assert_eq!(status.matches("(step 40)").count(), 2, "{status}");
+    // Damage the checkpoints: one truncated, one with a flipped byte.
+    for (k, run) in runs.iter().enumerate() {
         let path = run.join("checkpoint.safetensors");
         let mut bytes = std::fs::read(&path).unwrap();
         if k == 0 {
