@@ -94,6 +94,11 @@ fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
             "{stem}.svg lacks {text:?}"
         );
     }
+    // Titles are words, not the experiment's file slug.
+    assert!(
+        !all_text.iter().any(|t| t.starts_with("grid:") || t.starts_with("single:")),
+        "{stem}.svg: a title starts with the experiment slug"
+    );
 }
 
 #[test]
@@ -142,7 +147,13 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
             "training step",
         ],
     );
-    check_figure(&plots, "loss_curves", &["validation loss (MSE)"]);
+    // Loss lines are geometric means (they span decades), metric lines means.
+    check_figure(
+        &plots,
+        "loss_curves",
+        &["validation loss (MSE)", "geometric mean over seeds"],
+    );
+    check_figure(&plots, "learning_curves", &["(mean over seeds"]);
     check_figure(
         &plots,
         "final_vs_seq_len",

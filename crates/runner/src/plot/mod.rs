@@ -355,18 +355,18 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
             })
         })
         .collect();
-    let (stem, what) = match measure {
-        Measure::Metric => ("learning_curves", "task metric"),
-        Measure::Loss => ("loss_curves", "loss"),
+    let (stem, what, average) = match measure {
+        Measure::Metric => ("learning_curves", "task metric", "mean"),
+        Measure::Loss => ("loss_curves", "loss", "geometric mean"),
     };
     Figure {
         stem: stem.into(),
+        // Losses span decades: their line is the geometric mean, the metric's the mean.
         title: format!(
-            "{}: validation {what} during training (mean over seeds, band: min to max)",
-            results.name
+            "Validation {what} during training ({average} over seeds, band: min to max)"
         ),
         caption: format!(
-            "Validation {what} against the training step, one line per cell (mean over \
+            "Validation {what} against the training step, one line per cell ({average} over \
              seeds, shaded from the worst to the best seed); dashed grey: the trivial \
              predictor."
         ),
@@ -496,10 +496,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
     };
     Figure {
         stem: stem.into(),
-        title: format!(
-            "{}: final validation metric against {what} (line: mean; dots: seeds)",
-            results.name
-        ),
+        title: format!("Final validation metric against {what} (line: mean; dots: seeds)"),
         caption: format!(
             "Final validation metric against {what}: the line joins the means over seeds, \
              each dot is one seed; dashed grey: the trivial predictor."
@@ -555,10 +552,7 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
         .collect();
     Figure {
         stem: "solved_vs_seq_len".into(),
-        title: format!(
-            "{}: seeds that solved the task (darker: more)",
-            results.name
-        ),
+        title: "Seeds that solved the task (darker: more)".into(),
         caption: "How many seeds met the task's solved criterion (adding: MSE < 0.01; copy \
                   and temporal order: accuracy > 0.99) at some evaluation, per cell and \
                   sequence length."
@@ -625,10 +619,7 @@ fn gradient_flow(results: &Results) -> Figure {
     }
     Figure {
         stem: "gradient_flow".into(),
-        title: format!(
-            "{}: gradient reaching each time step, first layer (geometric mean over seeds)",
-            results.name
-        ),
+        title: "Gradient reaching each time step, first layer (geometric mean over seeds)".into(),
         caption: "‖∂L/∂h_t‖ (the total derivative of the loss with respect to the first \
                   layer's hidden state at step t, through the recurrence, averaged over the \
                   batch) against t, at the first training step and at the end of training; \
@@ -695,10 +686,7 @@ fn throughput(results: &Results, key: &str) -> Figure {
         });
     Figure {
         stem: "throughput".into(),
-        title: format!(
-            "{}: training throughput (forward, backward and update{threads})",
-            results.name
-        ),
+        title: format!("Training throughput (forward, backward and update{threads})"),
         caption: format!(
             "Training sequences per second (whole steps: forward, backward, optimiser) \
              against {}, one dot per run; log scale.",
