@@ -96,7 +96,9 @@ fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
     }
     // Titles are words, not the experiment's file slug.
     assert!(
-        !all_text.iter().any(|t| t.starts_with("grid:") || t.starts_with("single:")),
+        !all_text
+            .iter()
+            .any(|t| t.starts_with("grid:") || t.starts_with("single:")),
         "{stem}.svg: a title starts with the experiment slug"
     );
 }

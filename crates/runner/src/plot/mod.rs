@@ -24,6 +24,7 @@ use anyhow::Context;
 use plotters::style::RGBColor;
 
 use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, label_hash};
+use crate::store::RunStatus;
 use rnnlab_cells::registry;
 
 /// Figure width in pixels.
@@ -446,8 +447,10 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
             let lines = by_series(&series, &panel.runs)
                 .into_iter()
                 .map(|(s, runs)| {
+                    // A diverged run has no final metric to show: it is left out.
                     let dots = runs
                         .iter()
+                        .filter(|run| run.summary.status != RunStatus::Diverged)
                         .map(|run| {
                             let x = match x_kind {
                                 XKind::Parameters => run.summary.parameters as f64,
@@ -499,7 +502,8 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
         title: format!("Final validation metric against {what} (line: mean; dots: seeds)"),
         caption: format!(
             "Final validation metric against {what}: the line joins the means over seeds, \
-             each dot is one seed; dashed grey: the trivial predictor."
+             each dot is one seed (diverged runs are left out); dashed grey: the trivial \
+             predictor."
         ),
         legend: legend(&series, true),
         cols,
@@ -576,7 +580,12 @@ fn gradient_flow(results: &Results) -> Figure {
                 .map(|(s, runs)| {
                     // Geometric mean over seeds at each t: the norms span decades.
                     let mut by_t: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
-                    for run in runs {
+                    // A diverged run's last row is from before it diverged: not the end
+                    // of training.
+                    let finished = runs
+                        .iter()
+                        .filter(|run| !pick_last || run.summary.status != RunStatus::Diverged);
+                    for run in finished {
                         let row = if pick_last {
                             run.gradflow.last()
                         } else {
@@ -623,7 +632,8 @@ fn gradient_flow(results: &Results) -> Figure {
         caption: "‖∂L/∂h_t‖ (the total derivative of the loss with respect to the first \
                   layer's hidden state at step t, through the recurrence, averaged over the \
                   batch) against t, at the first training step and at the end of training; \
-                  log scale. A line falling towards small t is a vanishing gradient."
+                  log scale. A line falling towards small t is a vanishing gradient. Diverged \
+                  runs are left out of the end of training."
             .into(),
         legend: legend(&series, false),
         cols: 2,
