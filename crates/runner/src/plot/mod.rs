@@ -338,7 +338,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                 },
                 y: match measure {
                     Measure::Metric => Axis {
-                        label: format!("validation {}", task.metric_name()),
+                        label: format!("validation {}", metric_label(&task)),
                         log: None,
                         range: Some((0.0, 1.0)),
                     },
@@ -428,6 +428,16 @@ fn mean_band(
     }
 }
 
+/// The task metric in words for an axis: `accuracy (|error| < 0.04)` rather than the
+/// column name `accuracy_0.04`.
+fn metric_label(task: &rnnlab_tasks::Task) -> String {
+    let name = task.metric_name();
+    match name.strip_prefix("accuracy_") {
+        Some(tolerance) => format!("accuracy (|error| < {tolerance})"),
+        None => name.replace('_', " "),
+    }
+}
+
 fn loss_name(task: &rnnlab_tasks::Task) -> &'static str {
     match task.loss() {
         rnnlab_tasks::Loss::Mse => "MSE",
@@ -483,7 +493,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
                     },
                 },
                 y: Axis {
-                    label: format!("final validation {}", task.metric_name()),
+                    label: format!("final validation {}", metric_label(&task)),
                     log: None,
                     range: Some((0.0, 1.0)),
                 },
