@@ -149,17 +149,17 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
             "training step",
         ],
     );
-    // Loss lines are geometric means (they span decades), metric lines means.
+    // Curves are every seed (thin) and their median (thick), not a mean no seed had.
     check_figure(
         &plots,
         "loss_curves",
-        &["validation loss (MSE)", "geometric mean over seeds"],
+        &["validation loss (MSE)", "thick: median over seeds; thin: each seed"],
     );
     // Metrics in words, not column names.
     check_figure(
         &plots,
         "learning_curves",
-        &["(mean over seeds", "validation accuracy (|error| < 0.04)"],
+        &["median over seeds", "validation accuracy (|error| < 0.04)"],
     );
     check_figure(
         &plots,

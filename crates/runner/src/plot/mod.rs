@@ -110,6 +110,8 @@ pub struct LineSpec {
     pub dots: Vec<(f64, f64)>,
     /// Marks each point of the line (for lines over a few x values).
     pub markers: bool,
+    /// One thin line per seed, drawn under the main line.
+    pub seeds: Vec<Vec<(f64, f64)>>,
 }
 
 /// A heatmap panel: rows × columns of values in [0, 1] with a text in each cell.
@@ -309,24 +311,32 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
             let lines = by_series(&series, &panel.runs)
                 .into_iter()
                 .map(|(s, runs)| {
-                    let mut by_step: std::collections::BTreeMap<usize, Vec<f64>> =
-                        Default::default();
-                    for run in &runs {
-                        for &(step, loss, metric) in &run.curve {
-                            let value = match measure {
-                                Measure::Metric => metric,
-                                Measure::Loss => loss,
-                            };
-                            if value.is_finite() {
-                                by_step.entry(step).or_default().push(value);
-                            }
-                        }
+                    let value = |&(step, loss, metric): &(usize, f64, f64)| {
+                        let v = match measure {
+                            Measure::Metric => metric,
+                            Measure::Loss => loss,
+                        };
+                        v.is_finite().then_some((step as f64, v))
+                    };
+                    let seeds: Vec<Vec<(f64, f64)>> = runs
+                        .iter()
+                        .map(|run| run.curve.iter().filter_map(value).collect())
+                        .collect();
+                    let mut by_step: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+                    for &(step, v) in seeds.iter().flatten() {
+                        by_step.entry(step.to_bits()).or_default().push(v);
                     }
-                    mean_band(
-                        style_of(&s),
-                        by_step.into_iter().map(|(step, vs)| (step as f64, vs)),
-                        measure == Measure::Loss,
-                    )
+                    LineSpec {
+                        style: style_of(&s),
+                        points: by_step
+                            .into_iter()
+                            .map(|(bits, vs)| (f64::from_bits(bits), median(&vs)))
+                            .collect(),
+                        band: Vec::new(),
+                        dots: Vec::new(),
+                        markers: false,
+                        seeds,
+                    }
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {
@@ -356,24 +366,36 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
             })
         })
         .collect();
-    let (stem, what, average) = match measure {
-        Measure::Metric => ("learning_curves", "task metric", "mean"),
-        Measure::Loss => ("loss_curves", "loss", "geometric mean"),
+    let (stem, what) = match measure {
+        Measure::Metric => ("learning_curves", "task metric"),
+        Measure::Loss => ("loss_curves", "loss"),
     };
     Figure {
         stem: stem.into(),
-        // Losses span decades: their line is the geometric mean, the metric's the mean.
         title: format!(
-            "Validation {what} during training ({average} over seeds, band: min to max)"
+            "Validation {what} during training (thick: median over seeds; thin: each seed)"
         ),
         caption: format!(
-            "Validation {what} against the training step, one line per cell ({average} over \
-             seeds, shaded from the worst to the best seed); dashed grey: the trivial \
-             predictor."
+            "Validation {what} against the training step: per cell a thin line for each seed \
+             and a thick line through their median at each step (with few seeds, or seeds \
+             that split into solved and unsolved, a mean would draw a curve no seed had); \
+             dashed grey: the trivial predictor."
         ),
         legend: legend(&series, true),
         cols,
         panels: specs,
+    }
+}
+
+/// The median (of an even count, the mean of the middle two).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        0.5 * (sorted[mid - 1] + sorted[mid])
     }
 }
 
@@ -425,6 +447,7 @@ fn mean_band(
         band,
         dots: Vec::new(),
         markers: false,
+        seeds: Vec::new(),
     }
 }
 

@@ -266,6 +266,7 @@ fn draw_lines<DB: DrawingBackend>(
             .map(|p| p.1)
             .chain(l.dots.iter().map(|p| p.1))
             .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
+            .chain(l.seeds.iter().flatten().map(|p| p.1))
     });
     let x_axis = fit_scale(&panel.x, xs.clone());
     let y_axis = fit_scale(&panel.y, ys.clone().chain(panel.baseline));
@@ -335,6 +336,21 @@ fn draw_lines<DB: DrawingBackend>(
                     outline,
                     line.style.color.mix(0.16).filled(),
                 )))
+                .map_err(drawing)?;
+        }
+    }
+    // Every seed's thin line first, so the thick lines stay on top.
+    for line in &panel.lines {
+        for seed in &line.seeds {
+            let points: Vec<(f64, f64)> = seed
+                .iter()
+                .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(
+                    points,
+                    line.style.color.mix(0.45).stroke_width(1),
+                ))
                 .map_err(drawing)?;
         }
     }
