@@ -112,6 +112,8 @@ pub struct LineSpec {
     pub markers: bool,
     /// One thin line per seed, drawn under the main line.
     pub seeds: Vec<Vec<(f64, f64)>>,
+    /// A × where a seed diverged: at the step it diverged, at its last value.
+    pub crosses: Vec<(f64, f64)>,
 }
 
 /// A heatmap panel: rows × columns of values in [0, 1] with a text in each cell.
@@ -322,6 +324,14 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                         .iter()
                         .map(|run| run.curve.iter().filter_map(value).collect())
                         .collect();
+                    let crosses = runs
+                        .iter()
+                        .zip(&seeds)
+                        .filter_map(|(run, curve)| {
+                            let step = run.summary.diverged_at?;
+                            Some((step as f64, curve.last()?.1))
+                        })
+                        .collect();
                     let mut by_step: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
                     for &(step, v) in seeds.iter().flatten() {
                         by_step.entry(step.to_bits()).or_default().push(v);
@@ -336,6 +346,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                         dots: Vec::new(),
                         markers: false,
                         seeds,
+                        crosses,
                     }
                 })
                 .collect();
@@ -378,8 +389,9 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
         caption: format!(
             "Validation {what} against the training step: per cell a thin line for each seed \
              and a thick line through their median at each step (with few seeds, or seeds \
-             that split into solved and unsolved, a mean would draw a curve no seed had); \
-             dashed grey: the trivial predictor."
+             that split into solved and unsolved, a mean would draw a curve no seed had); × \
+             where a seed diverged (at that step, at its last evaluated value); dashed grey: \
+             the trivial predictor."
         ),
         legend: legend(&series, true),
         cols,
@@ -448,6 +460,7 @@ fn mean_band(
         dots: Vec::new(),
         markers: false,
         seeds: Vec::new(),
+        crosses: Vec::new(),
     }
 }
 

@@ -259,6 +259,7 @@ fn draw_lines<DB: DrawingBackend>(
             .iter()
             .map(|p| p.0)
             .chain(l.dots.iter().map(|p| p.0))
+            .chain(l.crosses.iter().map(|p| p.0))
     });
     let ys = panel.lines.iter().flat_map(|l| {
         l.points
@@ -267,6 +268,7 @@ fn draw_lines<DB: DrawingBackend>(
             .chain(l.dots.iter().map(|p| p.1))
             .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
             .chain(l.seeds.iter().flatten().map(|p| p.1))
+            .chain(l.crosses.iter().map(|p| p.1))
     });
     let x_axis = fit_scale(&panel.x, xs.clone());
     let y_axis = fit_scale(&panel.y, ys.clone().chain(panel.baseline));
@@ -385,6 +387,18 @@ fn draw_lines<DB: DrawingBackend>(
                 )
                 .map_err(drawing)?;
         }
+        let crosses: Vec<(f64, f64)> = line
+            .crosses
+            .iter()
+            .filter_map(|&(x, y)| Some((to_axis(&panel.x, x)?, to_axis(&panel.y, y)?)))
+            .collect();
+        chart
+            .draw_series(
+                crosses
+                    .into_iter()
+                    .map(|p| Cross::new(p, 9, line.style.color.stroke_width(3))),
+            )
+            .map_err(drawing)?;
         let dots: Vec<(f64, f64)> = line
             .dots
             .iter()
