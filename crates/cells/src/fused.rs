@@ -366,8 +366,19 @@ pub(crate) trait Kernel: Send + Sync + 'static {
     /// The op's name in candle's graph.
     const NAME: &'static str;
 
-    /// Shape of the op's output.
-    fn out_shape(&self) -> Shape;
+    /// The sizes the op runs at.
+    fn dims(&self) -> Dims;
+
+    /// Shape of the op's output: the hidden states `(B, T, H)` unless the cell adds more.
+    fn out_shape(&self) -> Shape {
+        let Dims {
+            batch,
+            seq_len,
+            hidden,
+            ..
+        } = self.dims();
+        Shape::from((batch, seq_len, hidden))
+    }
 
     /// The output; saves what the backward needs in the kernel.
     fn forward<T: Real>(&self, x: &[T], state0: &[T], params: &[T]) -> Result<Vec<T>>;

@@ -1,6 +1,6 @@
 //! The GRU, in both reset conventions.
 
-use candle_core::{Result, Shape, Tensor, bail};
+use candle_core::{Result, Tensor, bail};
 use candle_nn::ops::sigmoid;
 use rayon::prelude::*;
 
@@ -367,8 +367,8 @@ impl GruOp {
 impl Kernel for GruOp {
     const NAME: &'static str = "fused-gru";
 
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
+    fn dims(&self) -> Dims {
+        self.dims
     }
 
     fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {

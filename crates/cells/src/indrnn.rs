@@ -1,6 +1,6 @@
 //! The independently recurrent network (IndRNN), Li et al. 2018.
 
-use candle_core::{Result, Shape, Tensor, bail};
+use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
@@ -169,8 +169,8 @@ impl IndRnnOp {
 impl Kernel for IndRnnOp {
     const NAME: &'static str = "fused-indrnn";
 
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
+    fn dims(&self) -> Dims {
+        self.dims
     }
 
     fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {

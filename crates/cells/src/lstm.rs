@@ -642,6 +642,10 @@ impl LstmOp {
 impl Kernel for LstmOp {
     const NAME: &'static str = "fused-lstm";
 
+    fn dims(&self) -> Dims {
+        self.dims
+    }
+
     fn out_shape(&self) -> Shape {
         let Dims {
             batch,

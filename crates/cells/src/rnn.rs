@@ -1,6 +1,6 @@
 //! The vanilla (Elman) RNN.
 
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
@@ -190,8 +190,8 @@ impl RnnOp {
 impl Kernel for RnnOp {
     const NAME: &'static str = "fused-rnn";
 
-    fn out_shape(&self) -> Shape {
-        Shape::from((self.dims.batch, self.dims.seq_len, self.dims.hidden))
+    fn dims(&self) -> Dims {
+        self.dims
     }
 
     fn forward<T: Real>(&self, x: &[T], h0: &[T], params: &[T]) -> Result<Vec<T>> {
