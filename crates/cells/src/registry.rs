@@ -14,6 +14,7 @@ pub static CELLS: &[&CellKind] = &[
     &crate::gru::GRU,
     &crate::lstm::PEEPHOLE_LSTM,
     &crate::indrnn::INDRNN,
+    &crate::mingru::MINGRU,
 ];
 
 /// The entry named `name` in configs.
