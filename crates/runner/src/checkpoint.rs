@@ -66,11 +66,12 @@ pub fn owner(run_id: &str) -> String {
 impl Checkpoint {
     /// Writes the checkpoint of run `owner` to `path`, whole or not at all.
     pub fn save(&self, path: &Path, owner: &str) -> anyhow::Result<()> {
-        let tensors = self.tensors();
+        let keys = metric_keys(&self.record.metrics);
+        let tensors = self.tensors(&keys);
         let mut metadata = HashMap::from([
             ("format".to_owned(), FORMAT.to_owned()),
             ("owner".to_owned(), owner.to_owned()),
-            ("metric_keys".to_owned(), metric_keys(&self.record.metrics)),
+            ("metric_keys".to_owned(), keys),
         ]);
         metadata.insert("checksum".to_owned(), checksum(&tensors, &metadata));
         let views = tensors
@@ -124,7 +125,8 @@ impl Checkpoint {
         Self::from_tensors(&tensors, field("metric_keys")?, task)
     }
 
-    fn tensors(&self) -> Tensors {
+    /// The tensors; metric rows name their key by its index in `metric_keys`.
+    fn tensors(&self, metric_keys: &str) -> Tensors {
         let mut out = Tensors::new();
         for ((name, shape, values), (first, second)) in self.params.iter().zip(&self.slots) {
             out.insert(format!("param.{name}"), f32s(shape, values));
@@ -141,8 +143,7 @@ impl Checkpoint {
             r.training_time,
         ];
         out.insert("state".into(), f64s(&[scalars.len()], &scalars));
-        let keys = metric_keys(&r.metrics);
-        let keys: Vec<&str> = keys.split(',').collect();
+        let keys: Vec<&str> = metric_keys.split(',').collect();
         let steps: Vec<i64> = r.metrics.iter().map(|m| m.step as i64).collect();
         let key_index: Vec<i64> = r
             .metrics

@@ -101,11 +101,16 @@ fn gib(bytes: f64) -> String {
 
 /// This machine's memory in bytes (`MemTotal` of `/proc/meminfo`); `None` where Linux's
 /// view is not available, and then nothing is refused.
+///
+/// Read once per process: every planned run (thousands in a tuning) checks against it.
 pub fn machine_memory() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
+    static MEMORY: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024.0)
+    })
 }
 
 /// Resets this process's peak resident memory (`VmHWM`) to its current resident size,

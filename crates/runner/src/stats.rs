@@ -43,6 +43,19 @@ impl Spread {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count; NaN-free input
+/// assumed, infinities allowed).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        0.5 * (sorted[mid - 1] + sorted[mid])
+    }
+}
+
 /// Welch's unequal-variance t-test: the two-sided p-value that samples `a` and `b` have
 /// the same mean. `None` when either has fewer than two values or both have no
 /// variance.

@@ -364,10 +364,14 @@ fn line_of(text: &str, key: &str) -> String {
 
 /// The slot of a dotted key (`model.hidden`) in a resolved run, which must exist.
 fn set_dotted<'a>(value: &'a mut Value, key: &str) -> Result<&'a mut Value, String> {
-    let keys = leaf_keys(
-        &serde_yaml::to_value(schema_run()).expect("serialisable"),
-        "",
-    );
+    // Every key a run has, computed once: this runs for every setting of every planned run.
+    static KEYS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        leaf_keys(
+            &serde_yaml::to_value(schema_run()).expect("serialisable"),
+            "",
+        )
+    });
+    let keys = &*KEYS;
     if !keys
         .iter()
         .any(|k| k == key || k.starts_with(&format!("{key}.")))

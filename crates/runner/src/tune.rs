@@ -18,6 +18,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::error::UsageError;
 use crate::run::train_all;
+use crate::stats::median;
 use crate::store::{ExperimentDir, RunStatus, read_summary, write_text};
 use crate::sweep::{Draw, Experiment, PlannedRun, Tuning, scalar};
 
@@ -174,18 +175,6 @@ fn final_loss(dir: &ExperimentDir, run: &PlannedRun) -> anyhow::Result<f64> {
         RunStatus::Done if summary.final_loss.is_finite() => summary.final_loss,
         _ => f64::INFINITY,
     })
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        0.5 * (sorted[mid - 1] + sorted[mid])
-    }
 }
 
 /// `tuning.yaml`: the search, and per point every trial's losses per rung and the choice.

@@ -24,6 +24,7 @@ use anyhow::Context;
 use plotters::style::RGBColor;
 
 use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, label_hash};
+use crate::stats::median;
 use crate::store::RunStatus;
 use rnnlab_cells::registry;
 
@@ -396,18 +397,6 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
         legend: legend(&series, true),
         cols,
         panels: specs,
-    }
-}
-
-/// The median (of an even count, the mean of the middle two).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        0.5 * (sorted[mid - 1] + sorted[mid])
     }
 }
 
