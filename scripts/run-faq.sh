@@ -2,10 +2,14 @@
 # Regenerates results/faq: trains every FAQ and article experiment (skipping runs that
 # are already complete), then draws their figures and writes their reports.
 #
-#   scripts/run-faq.sh            the full suite (about an hour on 2 cores)
-#   QUICK=1 scripts/run-faq.sh    every grid with 100 steps (minutes), into results/faq-quick
+#   scripts/run-faq.sh            the full suite (hours on 2 cores; resumable: run it again
+#                                 after an interruption and it goes on where it stopped)
+#   QUICK=1 scripts/run-faq.sh    every grid, tuning included, with 27 steps, into
+#                                 results/faq-quick
 #   FORCE=1 scripts/run-faq.sh    retrain complete runs too (same numbers, bit for bit)
 #   JOBS=4 OUT=elsewhere scripts/run-faq.sh
+#   RNNLAB=/path/to/rnnlab scripts/run-faq.sh   use that binary instead of building one
+#   ONLY="faq-units faq-exploding" scripts/run-faq.sh   just those experiments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,18 +17,21 @@ jobs=${JOBS:-2}
 quick=${QUICK:-0}
 if [ "$quick" = 1 ]; then out=${OUT:-results/faq-quick}; else out=${OUT:-results/faq}; fi
 
-cargo build --release -p rnnlab
-rnnlab=target/release/rnnlab
+if [ -z "${RNNLAB:-}" ]; then
+    cargo build --release -p rnnlab
+fi
+rnnlab=${RNNLAB:-target/release/rnnlab}
+all="faq-lstm-vs-gru faq-units faq-long-sequences faq-exploding article-keras-lstm article-keras-gru article-keras-budget faq-peephole"
 
 started=$(date +%s)
-for name in faq-lstm-vs-gru faq-peephole faq-long-sequences faq-units article-keras-lstm article-keras-gru; do
+for name in ${ONLY:-$all}; do
     file=experiments/$name.yaml
     args=()
     if [ "${FORCE:-0}" = 1 ]; then args+=(--force); fi
     if [ "$quick" = 1 ]; then
         case $name in
-            article-*) args+=(--set train.epochs=1 --set train.samples=320 --set train.eval_samples=200) ;;
-            *) args+=(--set train.steps=100 --set train.eval_every=50 --set train.eval_samples=200) ;;
+            article-*) args+=(--set train.epochs=1 --set train.samples=320 --set train.eval_samples=100) ;;
+            *) args+=(--set train.steps=27 --set train.eval_every=9 --set train.eval_samples=100) ;;
         esac
     fi
     echo "== $name" >&2

@@ -38,8 +38,8 @@ pub enum InitScheme {
     Identity,
 }
 
-/// An initialisation: a scheme and a forget-gate bias offset.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// An initialisation: a scheme, a forget-gate bias offset and a recurrent gain.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Init {
     /// How weights are drawn.
     pub scheme: InitScheme,
@@ -47,6 +47,20 @@ pub struct Init {
     /// vectors and the offset must not count twice). Jozefowicz et al. 2015 recommend 1.
     /// Cells without a forget gate (RNN, GRU, the no-forget-gate LSTM) ignore it.
     pub forget_bias: f64,
+    /// Multiplies every recurrent weight as drawn (default 1). With an orthogonal or
+    /// identity recurrent matrix it sets the spectral radius, as in Pascanu et al. 2013's
+    /// exploding-gradient experiments (radius > 1).
+    pub recurrent_gain: f64,
+}
+
+impl Default for Init {
+    fn default() -> Self {
+        Self {
+            scheme: InitScheme::default(),
+            forget_bias: 0.0,
+            recurrent_gain: 1.0,
+        }
+    }
 }
 
 impl Init {
@@ -90,7 +104,10 @@ impl Init {
         hidden_size: usize,
     ) -> Result<()> {
         for spec in cell.layer_params(input_size, hidden_size) {
-            let values = self.draw(draw, &spec, hidden_size);
+            let mut values = self.draw(draw, &spec, hidden_size);
+            if let ParamRole::RecurrentWeight { .. } | ParamRole::RecurrentDiagonal = spec.role {
+                values.iter_mut().for_each(|v| *v *= self.recurrent_gain);
+            }
             draw.put(&spec.name_in(layer), values, &spec.shape)?;
         }
         Ok(())
@@ -247,6 +264,7 @@ mod tests {
         let init = Init {
             scheme,
             forget_bias,
+            ..Init::default()
         };
         init.params(
             &lstm_config(LstmOptions::default()),
@@ -311,6 +329,7 @@ mod tests {
         let init = Init {
             scheme: InitScheme::Identity,
             forget_bias: 1.0,
+            ..Init::default()
         };
         let params = init
             .params(&lstm_config(cifg), 1, DType::F64, &Device::Cpu)
@@ -369,6 +388,34 @@ mod tests {
             std > 3e-4 && std < 3e-3,
             "N(0, 0.001²) draws have rms {std}"
         );
+    }
+
+    #[test]
+    fn recurrent_gain_scales_only_the_recurrent_weights() {
+        let gained = Init {
+            scheme: InitScheme::Orthogonal,
+            recurrent_gain: 1.5,
+            ..Init::default()
+        }
+        .params(
+            &lstm_config(LstmOptions::default()),
+            11,
+            DType::F64,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let plain = draw(InitScheme::Orthogonal, 0.0);
+        // 1.5 × an orthogonal block: its Gram matrix is 2.25 I, so every singular value
+        // (and the spectral radius) is 1.5.
+        let w = values(&gained, "weight_hh_l1");
+        let gram_scaled: Vec<Vec<f64>> = gram(&w[..16], 4, 4)
+            .into_iter()
+            .map(|row| row.into_iter().map(|v| v / 2.25).collect())
+            .collect();
+        assert_identity(&gram_scaled);
+        for name in ["weight_ih_l0", "bias_ih_l0", HEAD_WEIGHT] {
+            assert_eq!(values(&gained, name), values(&plain, name), "{name}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn params(cell: &CellConfig, scheme: InitScheme, seed: u64) -> Params {
     let init = Init {
         scheme,
         forget_bias: 1.0,
+        ..Init::default()
     };
     init.params(&config(cell), seed, DType::F32, &Device::Cpu)
         .unwrap()

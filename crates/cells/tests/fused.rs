@@ -50,6 +50,7 @@ fn measure(
     let init = Init {
         scheme: InitScheme::Pytorch,
         forget_bias: 0.7,
+        ..Init::default()
     };
     let params = init.params(&config, 5, dtype, &Device::Cpu).unwrap();
     let layer = cell.build(&params, 0, input, hidden).unwrap();

@@ -20,7 +20,7 @@
 //!     model.forget_bias: { choice: [0.0, 1.0] }
 //!   trials: 9                      # configurations per point (the same for every point)
 //!   seeds: [100, 101]              # tuning seeds, disjoint from `seeds`
-//!   min_steps: 100                 # first rung (default train.steps / 9)
+//!   min_steps: 100                 # shortest rung (default train.steps / 9)
 //!   eta: 3                         # keep 1/eta per rung, train eta× longer
 //! ```
 //!
@@ -76,9 +76,11 @@ pub(crate) struct RawExperiment {
 
 /// `tuning:` — every grid point (arm × setting) is tuned on its own, with the same
 /// search and budget, by successive halving (Jamieson & Talwalkar 2016): `trials`
-/// configurations drawn from `space` train `min_steps` steps on every tuning seed; the
+/// configurations drawn from `space` train on every tuning seed for the first rung; the
 /// best 1/`eta` by median final validation loss continue `eta` times longer (from their
-/// checkpoints), and so on up to `train.steps`; the best at the end is the point's
+/// checkpoints), and so on up to `train.steps`. The rungs are `train.steps`,
+/// `train.steps`/`eta`, `train.steps`/`eta`², … down to the shortest that is at least
+/// `min_steps` (3000 steps, eta 3, min_steps 333: rungs 333, 1000, 3000); the best at the end is the point's
 /// configuration for the evaluation `seeds`. Every trial and the choices are written to
 /// `tuning.yaml`.
 ///
@@ -103,7 +105,8 @@ pub struct RawTuning {
     pub trials: usize,
     /// Seeds the trials train on; none of them may be an evaluation seed.
     pub seeds: Vec<u64>,
-    /// Steps of the first rung (default: `train.steps` / 9, at least 1).
+    /// The shortest rung may not be shorter than this (default: `train.steps` / 9, at
+    /// least 1).
     #[serde(default)]
     pub min_steps: Option<usize>,
     /// Each rung keeps 1/`eta` of the trials and trains them `eta` times longer (default 3).
@@ -176,6 +179,12 @@ pub struct RawModel {
     /// Added once to the forget gate's bias (LSTM family; default 0).
     #[serde(default)]
     pub forget_bias: f64,
+    /// Multiplies every recurrent weight as initialised (default 1): with `init:
+    /// orthogonal` or `identity` it is the recurrent matrix's spectral radius (Pascanu et
+    /// al. 2013's exploding gradients need it above 1). Left out of the saved config when
+    /// 1, so earlier run ids stay as they were.
+    #[serde(default = "unit_gain", skip_serializing_if = "is_unit_gain")]
+    pub recurrent_gain: f64,
     /// GRU only: where the reset gate acts (default `after`, as PyTorch).
     #[serde(default)]
     pub gru_reset: ResetName,
@@ -278,6 +287,14 @@ pub struct RawAblation {
     /// No tanh on the cell output: `h = o ⊙ c` (Greff et al.'s NOAF).
     #[serde(skip_serializing_if = "is_false")]
     pub no_output_activation: bool,
+}
+
+fn unit_gain() -> f64 {
+    1.0
+}
+
+fn is_unit_gain(gain: &f64) -> bool {
+    *gain == 1.0
 }
 
 fn is_false(value: &bool) -> bool {
@@ -512,6 +529,36 @@ fn at_most(key: &str, value: usize, max: usize) -> Result<usize, Invalid> {
 }
 
 impl RawRun {
+    /// Every field as YAML, defaults included: what readers show. The saved form leaves
+    /// out fields added later while they hold their defaults (so that earlier run ids
+    /// stay as they were); a report still names their values.
+    pub fn full_value(&self) -> serde_yaml::Value {
+        let mut value = serde_yaml::to_value(self).expect("a run serialises to YAML");
+        let ablation = &self.model.ablation;
+        let later: [(&[&str], serde_yaml::Value); 3] = [
+            (
+                &["model", "recurrent_gain"],
+                self.model.recurrent_gain.into(),
+            ),
+            (
+                &["model", "ablation", "no_input_activation"],
+                ablation.no_input_activation.into(),
+            ),
+            (
+                &["model", "ablation", "no_output_activation"],
+                ablation.no_output_activation.into(),
+            ),
+        ];
+        for (path, field) in later {
+            let (last, parents) = path.split_last().expect("a non-empty path");
+            let slot = parents.iter().fold(&mut value, |v, part| &mut v[*part]);
+            if let serde_yaml::Value::Mapping(map) = slot {
+                map.entry((*last).into()).or_insert(field);
+            }
+        }
+        value
+    }
+
     /// Validates into what the trainer needs.
     pub fn validate(&self, seed: u64) -> Result<RunConfig, Invalid> {
         let task = self.task.validate()?;
@@ -596,6 +643,12 @@ impl RawModel {
                 "`model.forget_bias` must be a finite number".into(),
             ));
         }
+        if !(self.recurrent_gain.is_finite() && self.recurrent_gain > 0.0) {
+            return Err(Invalid(format!(
+                "`model.recurrent_gain` is {}: it must be a positive number",
+                self.recurrent_gain
+            )));
+        }
         let head = match task.kind() {
             TaskKind::PerStepClassification => HeadKind::EveryStep,
             _ => HeadKind::LastStep,
@@ -618,6 +671,7 @@ impl RawModel {
             rnnlab_cells::Init {
                 scheme,
                 forget_bias: self.forget_bias,
+                recurrent_gain: self.recurrent_gain,
             },
         ))
     }

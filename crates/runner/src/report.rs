@@ -403,8 +403,8 @@ fn grid(results: &Results) -> String {
     md.push_str("| key | values | shown as |\n|---|---|---|\n");
     for key in &results.keys {
         let role = match key.role {
-            Role::Cell => "the cell (colour)",
-            Role::Panel => "panels (crossed with every cell)",
+            Role::Cell => "part of the cell (colour)",
+            Role::Panel => "panels (one per value)",
             Role::Series => "series (varied for some cells only)",
         };
         let _ = writeln!(

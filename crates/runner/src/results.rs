@@ -5,9 +5,12 @@
 //! A run's **cell** is what its `model.cell`, `model.gru_reset` and `model.ablation.*`
 //! make it (`lstm`, `gru (reset before)`, `lstm (no forget gate)`, ...); each cell has one
 //! colour in every figure. Every other key that differs between runs is either
-//! - a **panel** key, when it is crossed with the cells (every cell was run at every
-//!   value: `task.seq_len` in a sweep): figures get one panel per value and the report
-//!   compares the cells within each panel; or
+//! - a **panel** key, when it is a task key (`task.seq_len`: a setting, even where some
+//!   cells skip some values) or crossed with the cells (every cell was run at every
+//!   value): figures get one panel per value and the report compares the cells within
+//!   each panel;
+//! - part of the **cell**, when each cell has a single value of it (the IRNN's SGD next
+//!   to the LSTM's Adam): it describes the arm and splits nothing; or
 //! - a **series** key, when only some cells vary it (`model.forget_bias` of the LSTM
 //!   next to a GRU): it splits that cell into several series (`lstm forget_bias=0`).
 
@@ -63,6 +66,8 @@ pub struct RunResult {
     pub curve: Vec<(usize, f64, f64)>,
     /// Gradient flow: (step, g_t for t = 0..T), first layer.
     pub gradflow: Vec<(usize, Vec<f64>)>,
+    /// The global gradient norm before clipping at every training step: (step, norm).
+    pub grad_norm: Vec<(usize, f64)>,
 }
 
 /// How a varying key is shown (see the module docs).
@@ -149,7 +154,8 @@ impl Results {
                 .run
                 .validate(saved.seed)
                 .map_err(|err| anyhow::anyhow!("{}: {err}", folder.config().display()))?;
-            let resolved = serde_yaml::to_value(&saved.run)?;
+            let resolved = saved.run.full_value();
+            let metrics = tables.rows(id, Table::Metrics)?;
             let run = RunResult {
                 id: id.clone(),
                 seed: saved.seed,
@@ -158,7 +164,8 @@ impl Results {
                 series: String::new(),
                 values: BTreeMap::new(),
                 summary,
-                curve: read_curve(&tables.rows(id, Table::Metrics)?)?,
+                curve: read_curve(&metrics)?,
+                grad_norm: read_grad_norm(&metrics)?,
                 gradflow: read_gradflow(&tables.rows(id, Table::Gradflow)?)?,
             };
             loaded.push((run, saved.swept, resolved));
@@ -210,8 +217,15 @@ impl Results {
             });
         }
         let mut runs: Vec<RunResult> = loaded.into_iter().map(|(run, _, _)| run).collect();
-        // A key is crossed with the cells when every cell took every value of it.
-        for key in keys.iter_mut().filter(|k| k.role == Role::Panel) {
+        // A task key is a setting: a panel per value, even where some cells skip some
+        // values (an expensive cell run only at the longest T). Any other key is part of
+        // the arm when each cell has one value of it (the IRNN's SGD beside the LSTM's
+        // Adam), is crossed with the cells when every cell took every value, and
+        // otherwise splits the cells it varies within into series.
+        for key in keys
+            .iter_mut()
+            .filter(|k| k.role == Role::Panel && !k.name.starts_with("task."))
+        {
             let mut per_cell: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
             for run in &runs {
                 per_cell
@@ -219,7 +233,9 @@ impl Results {
                     .or_default()
                     .insert(run.values[&key.name].as_str());
             }
-            if per_cell.values().any(|seen| seen.len() != key.values.len()) {
+            if per_cell.values().all(|seen| seen.len() == 1) {
+                key.role = Role::Cell;
+            } else if per_cell.values().any(|seen| seen.len() != key.values.len()) {
                 key.role = Role::Series;
             }
         }
@@ -433,6 +449,20 @@ fn read_curve(frame: &DataFrame) -> anyhow::Result<Vec<(usize, f64, f64)>> {
         .into_iter()
         .map(|(step, (loss, metric))| (step, loss, metric))
         .collect())
+}
+
+/// Training (step, pre-clip gradient norm) from a run's `metrics` rows.
+fn read_grad_norm(frame: &DataFrame) -> anyhow::Result<Vec<(usize, f64)>> {
+    let steps = frame.column("step")?.u64()?;
+    let splits = frame.column("split")?.str()?;
+    let metrics = frame.column("metric")?.str()?;
+    let values = frame.column("value")?.f64()?;
+    let mut rows: Vec<(usize, f64)> = (0..frame.height())
+        .filter(|&i| splits.get(i) == Some("train") && metrics.get(i) == Some("grad_norm"))
+        .filter_map(|i| Some((steps.get(i)? as usize, values.get(i)?)))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    Ok(rows)
 }
 
 /// (step, norms over t) from a run's `gradflow` rows.

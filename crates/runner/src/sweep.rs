@@ -313,15 +313,17 @@ fn validate_tuning(tuning: &RawTuning, base: &Value, seeds: &[u64]) -> Result<Tu
         .min_steps
         .unwrap_or((steps / 9).max(1))
         .clamp(1, steps);
-    let mut rungs = vec![first];
-    while *rungs.last().expect("one rung") < steps {
-        let next = rungs
-            .last()
-            .expect("one rung")
-            .saturating_mul(tuning.eta)
-            .min(steps);
+    // Rungs count down from the full budget (steps, steps/eta, steps/eta², …) so that
+    // every rung is a round fraction of it: 333, 1000, 3000 rather than 333, 999, 2997.
+    let mut rungs = vec![steps];
+    while let Some(next) = rungs
+        .last()
+        .map(|&r| r / tuning.eta)
+        .filter(|&next| next >= first && next > 0)
+    {
         rungs.push(next);
     }
+    rungs.reverse();
     Ok(Tuning {
         space,
         trials: tuning.trials,
@@ -401,6 +403,7 @@ fn schema_run() -> RawRun {
     run.train.checkpoint_every = Some(1);
     run.model.ablation.no_input_activation = true;
     run.model.ablation.no_output_activation = true;
+    run.model.recurrent_gain = 2.0;
     run
 }
 
@@ -460,6 +463,31 @@ mod tests {
         let run = example_run();
         assert_eq!(run_id(&run, 0), "71d3570f36a4");
         assert_eq!(run_id(&run, 1), "6c1c8f0214fb");
+    }
+
+    #[test]
+    fn rungs_count_down_from_the_full_budget() {
+        let rungs = |steps: usize, min_steps: Option<usize>, eta: usize| {
+            let mut run = example_run();
+            run.train.steps = Some(steps);
+            let tuning: RawTuning = serde_yaml::from_str(&format!(
+                "{{ space: {{ train.lr: {{ choice: [0.01] }} }}, seeds: [9], eta: {eta} }}"
+            ))
+            .unwrap();
+            let tuning = RawTuning {
+                min_steps,
+                ..tuning
+            };
+            let base = serde_yaml::to_value(run).unwrap();
+            validate_tuning(&tuning, &base, &[0]).unwrap().rungs
+        };
+        // Default shortest rung steps / 9: 3000 / 3 / 3 = 333.
+        assert_eq!(rungs(3000, None, 3), vec![333, 1000, 3000]);
+        // 3000 / 27 = 111 >= 100, 3000 / 81 = 37 < 100.
+        assert_eq!(rungs(3000, Some(100), 3), vec![111, 333, 1000, 3000]);
+        assert_eq!(rungs(1000, Some(100), 2), vec![125, 250, 500, 1000]);
+        assert_eq!(rungs(5, None, 3), vec![1, 5]);
+        assert_eq!(rungs(2, None, 3), vec![2]);
     }
 
     #[test]

@@ -13,15 +13,17 @@ fn experiments() -> PathBuf {
 }
 
 /// Every shipped file and the size of its grid.
-const GRIDS: [(&str, usize); 8] = [
+const GRIDS: [(&str, usize); 10] = [
     ("quick", 16),
     ("lstm-vs-gru", 48),
-    ("faq-lstm-vs-gru", 108),
+    ("faq-lstm-vs-gru", 150),
     ("faq-peephole", 72),
-    ("faq-units", 48),
-    ("faq-long-sequences", 72),
+    ("faq-units", 60),
+    ("faq-long-sequences", 50),
+    ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
+    ("article-keras-budget", 24),
 ];
 
 #[test]
@@ -104,11 +106,15 @@ fn the_faq_experiments_run_end_to_end_with_a_tiny_budget() {
         let dir = out.join(name);
         let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
         assert!(report.contains("## Findings"), "{name}");
-        let seq_len_swept = *name != "faq-units";
+        let seq_len_swept = !matches!(
+            *name,
+            "faq-units" | "faq-exploding" | "article-keras-budget"
+        );
         for figure in [
             "learning_curves",
             "loss_curves",
             "gradient_flow",
+            "grad_norm",
             "final_vs_seq_len",
         ]
         .into_iter()

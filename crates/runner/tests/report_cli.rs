@@ -130,6 +130,7 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
             "final_vs_hidden",
             "final_vs_parameters",
             "final_vs_seq_len",
+            "grad_norm",
             "gradient_flow",
             "learning_curves",
             "loss_curves",
@@ -209,7 +210,12 @@ fn figures_without_data_are_skipped() {
     let dir = results.join("single");
     assert_eq!(
         figure_stems(&dir.join("plots")),
-        ["gradient_flow", "learning_curves", "loss_curves"]
+        [
+            "grad_norm",
+            "gradient_flow",
+            "learning_curves",
+            "loss_curves"
+        ]
     );
     check_figure(
         &dir.join("plots"),

@@ -195,6 +195,8 @@ pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
 /// - `final_vs_seq_len` and `solved_vs_seq_len`, when T is swept for every cell;
 /// - `final_vs_hidden` and `final_vs_parameters`, when the hidden size is;
 /// - `gradient_flow`: ‖∂L/∂h_t‖ against t at the first and the last recorded step;
+/// - `grad_norm`: the global gradient norm before clipping against the step (exploding
+///   gradients show as spikes);
 /// - `throughput`: training samples/s against the hidden size (or T).
 pub fn figures(results: &Results) -> Vec<Figure> {
     if results.runs.is_empty() {
@@ -216,6 +218,7 @@ pub fn figures(results: &Results) -> Vec<Figure> {
         figures.push(final_vs(results, "model.hidden", XKind::Parameters));
     }
     figures.push(gradient_flow(results));
+    figures.push(grad_norms(results));
     if let Some(key) = ["model.hidden", "task.seq_len"]
         .into_iter()
         .find(|k| results.panel_key(k).is_some_and(|k| k.numeric()))
@@ -311,53 +314,19 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
         .map(|panel| {
             let task = panel.task();
             let (base_loss, base_metric) = baseline(&task);
-            let lines = by_series(&series, &panel.runs)
-                .into_iter()
-                .map(|(s, runs)| {
-                    let value = |&(step, loss, metric): &(usize, f64, f64)| {
-                        let v = match measure {
-                            Measure::Metric => metric,
-                            Measure::Loss => loss,
-                        };
-                        v.is_finite().then_some((step as f64, v))
-                    };
-                    let seeds: Vec<Vec<(f64, f64)>> = runs
-                        .iter()
-                        .map(|run| run.curve.iter().filter_map(value).collect())
-                        .collect();
-                    let crosses = runs
-                        .iter()
-                        .zip(&seeds)
-                        .filter_map(|(run, curve)| {
-                            let step = run.summary.diverged_at?;
-                            Some((step as f64, curve.last()?.1))
-                        })
-                        .collect();
-                    let mut by_step: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-                    for &(step, v) in seeds.iter().flatten() {
-                        by_step.entry(step.to_bits()).or_default().push(v);
-                    }
-                    LineSpec {
-                        style: style_of(&s),
-                        points: by_step
-                            .into_iter()
-                            .map(|(bits, vs)| (f64::from_bits(bits), median(&vs)))
-                            .collect(),
-                        band: Vec::new(),
-                        dots: Vec::new(),
-                        markers: false,
-                        seeds,
-                        crosses,
-                    }
-                })
-                .collect();
+            let value = |&(step, loss, metric): &(usize, f64, f64)| {
+                let v = match measure {
+                    Measure::Metric => metric,
+                    Measure::Loss => loss,
+                };
+                v.is_finite().then_some((step as f64, v))
+            };
+            let lines = step_lines(&series, &panel.runs, |run| {
+                run.curve.iter().filter_map(value).collect()
+            });
             PanelSpec::Lines(LinesPanel {
                 title: panel_title(results, panel),
-                x: Axis {
-                    label: "training step".into(),
-                    log: None,
-                    range: None,
-                },
+                x: step_axis(),
                 y: match measure {
                     Measure::Metric => Axis {
                         label: format!("validation {}", metric_label(&task)),
@@ -395,6 +364,129 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
              the trivial predictor."
         ),
         legend: legend(&series, true),
+        cols,
+        panels: specs,
+    }
+}
+
+/// The x axis of curves over training.
+fn step_axis() -> Axis {
+    Axis {
+        label: "training step".into(),
+        log: None,
+        range: None,
+    }
+}
+
+/// Per series of `runs`: a thin line per seed through `curve(run)`, a thick one through
+/// their median at each step, and a × where a seed diverged.
+fn step_lines(
+    series: &[Series],
+    runs: &[&RunResult],
+    curve: impl Fn(&RunResult) -> Vec<(f64, f64)>,
+) -> Vec<LineSpec> {
+    by_series(series, runs)
+        .into_iter()
+        .map(|(s, runs)| {
+            let seeds = runs.iter().map(|run| curve(run)).collect();
+            seeds_and_median(style_of(&s), &runs, seeds)
+        })
+        .collect()
+}
+
+/// A thin line per seed, a thick one through their median at each step, and a × where
+/// a seed diverged (at that step, at its last drawn value).
+fn seeds_and_median(style: Style, runs: &[&RunResult], seeds: Vec<Vec<(f64, f64)>>) -> LineSpec {
+    let crosses = runs
+        .iter()
+        .zip(&seeds)
+        .filter_map(|(run, curve)| {
+            let step = run.summary.diverged_at?;
+            Some((step as f64, curve.last()?.1))
+        })
+        .collect();
+    let mut by_step: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for &(step, v) in seeds.iter().flatten() {
+        by_step.entry(step.to_bits()).or_default().push(v);
+    }
+    LineSpec {
+        style,
+        points: by_step
+            .into_iter()
+            .map(|(bits, vs)| (f64::from_bits(bits), median(&vs)))
+            .collect(),
+        band: Vec::new(),
+        dots: Vec::new(),
+        markers: false,
+        seeds,
+        crosses,
+    }
+}
+
+/// Windows the gradient-norm figure draws per run: its spikes survive as window maxima
+/// while the SVG stays small.
+const GRAD_NORM_WINDOWS: usize = 150;
+
+/// The largest value of each window of `width` steps, at the window's last step.
+fn window_maxima(values: &[(usize, f64)], width: usize) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut current: Option<(usize, usize, f64)> = None;
+    for &(step, v) in values.iter().filter(|(_, v)| v.is_finite() && *v > 0.0) {
+        let window = (step.max(1) - 1) / width;
+        current = match current {
+            Some((w, _, max)) if w == window => Some((w, step, max.max(v))),
+            Some((_, last, max)) => {
+                out.push((last as f64, max));
+                Some((window, step, v))
+            }
+            None => Some((window, step, v)),
+        };
+    }
+    out.extend(current.map(|(_, last, max)| (last as f64, max)));
+    out
+}
+
+/// The pre-clip gradient norm against the training step: thin per seed, thick median.
+fn grad_norms(results: &Results) -> Figure {
+    let series = results.series();
+    let (keys, cols) = layout(results, &[]);
+    let panels = results.panels(&keys);
+    let last_step = results
+        .runs
+        .iter()
+        .filter_map(|r| r.grad_norm.last().map(|g| g.0))
+        .max()
+        .unwrap_or(1);
+    let width = last_step.div_ceil(GRAD_NORM_WINDOWS).max(1);
+    let specs = panels
+        .iter()
+        .map(|panel| {
+            let lines = step_lines(&series, &panel.runs, |run| {
+                window_maxima(&run.grad_norm, width)
+            });
+            PanelSpec::Lines(LinesPanel {
+                title: panel_title(results, panel),
+                x: step_axis(),
+                y: Axis {
+                    label: "gradient norm before clipping".into(),
+                    log: Some(10.0),
+                    range: None,
+                },
+                lines,
+                baseline: None,
+            })
+        })
+        .collect();
+    Figure {
+        stem: "grad_norm".into(),
+        title: "Gradient norm before clipping (thick: median over seeds; thin: each seed)".into(),
+        caption: format!(
+            "The global L2 norm of the gradient before clipping, as the largest value in each \
+             window of {width} training steps (so that single-step spikes, the signature of \
+             exploding gradients, stay visible): per cell a thin line for each seed and a \
+             thick line through their median; × where a seed diverged."
+        ),
+        legend: legend(&series, false),
         cols,
         panels: specs,
     }
@@ -750,6 +842,24 @@ fn throughput(results: &Results, key: &str) -> Figure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_maxima_keeps_each_windows_spike_at_its_last_step() {
+        // Windows of 3 steps: 1..=3, 4..=6, 7; a non-finite norm is skipped.
+        let norms = [
+            (1, 1.0),
+            (2, 9.0),
+            (3, 2.0),
+            (4, 0.5),
+            (5, f64::NAN),
+            (6, 0.7),
+            (7, 4.0),
+        ];
+        assert_eq!(
+            window_maxima(&norms, 3),
+            vec![(3.0, 9.0), (6.0, 0.7), (7.0, 4.0)]
+        );
+    }
 
     #[test]
     fn every_known_cell_has_its_own_colour() {
