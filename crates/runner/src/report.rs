@@ -24,7 +24,7 @@ use serde_yaml::Value;
 
 use crate::plot::{Figure, pretty, write_plots};
 use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline};
-use crate::stats::{Spread, Welch, fisher_exact, holm, sign_test};
+use crate::stats::{Spread, Welch, fisher_exact, holm, median, sign_test};
 use crate::store::{RunStatus, Table, write_parquet, write_text};
 
 /// p below this is a clear difference.
@@ -53,6 +53,10 @@ pub fn write_report(results: &Results) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// A series whose median loss over its last third of training fell below this fraction
+/// (a fall of more than 20 %) had not flattened when the budget ran out.
+const STILL_FALLING: f64 = 0.8;
+
 /// What one series achieved in one panel.
 struct Outcome<'a> {
     series: Series,
@@ -78,6 +82,33 @@ impl Outcome<'_> {
             .filter(|v| v.is_finite())
             .collect();
         Spread::of(&values)
+    }
+
+    /// Median over the seeds that did not diverge of the final validation loss divided
+    /// by the loss two thirds of the way through training: well below 1 means the loss
+    /// was still falling when the budget ran out.
+    fn last_third_ratio(&self) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .runs
+            .iter()
+            .filter(|r| r.summary.status != RunStatus::Diverged)
+            .filter_map(|r| {
+                let &(last_step, last, _) = r.curve.last()?;
+                let mark = last_step * 2 / 3;
+                let &(_, earlier, _) = r
+                    .curve
+                    .iter()
+                    .min_by_key(|(step, _, _)| step.abs_diff(mark))?;
+                (last.is_finite() && earlier.is_finite() && earlier > 0.0).then(|| last / earlier)
+            })
+            .collect();
+        (!ratios.is_empty()).then(|| median(&ratios))
+    }
+
+    /// Still falling at the end (by more than [`STILL_FALLING`] over the last third) on a
+    /// task not solved by every seed: a longer budget may change the ranking.
+    fn still_falling(&self) -> bool {
+        self.solved < self.runs.len() && self.last_third_ratio().is_some_and(|r| r < STILL_FALLING)
     }
 
     fn median_steps_to_solve(&self) -> Option<usize> {
@@ -438,7 +469,9 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
         "\n## Summary\n\nMean ± standard deviation over seeds of the final validation \
          evaluation; loss as the geometric mean. Solved: seeds that met the task's criterion \
          (adding: MSE < 0.01; copy, temporal order: accuracy > 0.99); steps: median \
-         over the seeds that solved it.\n\n",
+         over the seeds that solved it. Last third: the final loss over the loss two thirds \
+         of the way through training (median over seeds); marked *still falling* below \
+         0.8 on a task not solved by every seed.\n\n",
     );
     let mut header: Vec<String> = panel_keys.iter().map(|k| k.name.clone()).collect();
     header.extend(
@@ -450,6 +483,7 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
             "final loss",
             "solved",
             "steps to solve",
+            "last third",
             "wall s",
             "samples/s",
             "parameters",
@@ -458,6 +492,7 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
     );
     let _ = writeln!(md, "| {} |", header.join(" | "));
     let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
+    let mut falling: Vec<String> = Vec::new();
     for panel in panels {
         for outcome in outcomes(series, panel) {
             let mut row: Vec<String> = panel.values.iter().map(|(_, v)| v.clone()).collect();
@@ -499,11 +534,36 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
                     .median_steps_to_solve()
                     .map_or("–".into(), |s| s.to_string()),
             );
+            row.push(outcome.last_third_ratio().map_or("–".into(), |r| {
+                if outcome.still_falling() {
+                    format!("{} *still falling*", sig(r))
+                } else {
+                    sig(r)
+                }
+            }));
+            if outcome.still_falling() {
+                falling.push(format!("{} ({})", outcome.series.label, panel.title()));
+            }
             row.push(wall.map_or("–".into(), |s| format!("{:.1}", s.mean)));
             row.push(rate.map_or("–".into(), |s| format!("{:.0}", s.mean)));
             row.push(first.summary.parameters.to_string());
             let _ = writeln!(md, "| {} |", row.join(" | "));
         }
+    }
+    md.push('\n');
+    if falling.is_empty() {
+        md.push_str(
+            "Every series had solved its task on every seed or flattened (its loss fell by \
+             less than 20 % over the last third of training).\n",
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "**Still falling when the budget ran out** (loss down by more than 20 % over \
+             the last third of training, task not solved by every seed), so a longer budget \
+             may change how they compare: {}.",
+            falling.join("; ")
+        );
     }
     md
 }
@@ -996,4 +1056,83 @@ fn gradient_table(series: &[Series], panels: &[Panel]) -> String {
          series | first step | end of training |\n|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Summary;
+    use rnnlab_tasks::{Task, TaskConfig};
+
+    fn run(curve: &[(usize, f64)], solved: bool) -> RunResult {
+        let &(steps, final_loss) = curve.last().unwrap();
+        RunResult {
+            id: "run".into(),
+            seed: 0,
+            task: Task::new(TaskConfig::Adding { seq_len: 10 }).unwrap(),
+            cell: "lstm".into(),
+            series: "lstm".into(),
+            values: BTreeMap::new(),
+            summary: Summary {
+                status: RunStatus::Done,
+                diverged_at: None,
+                steps,
+                final_loss,
+                metric: "accuracy_0.04".into(),
+                final_metric: 0.5,
+                best_loss: final_loss,
+                steps_to_solve: solved.then_some(steps),
+                wall_s: 1.0,
+                samples_per_s: 1.0,
+                parameters: 1,
+                peak_rss_mb: None,
+            },
+            curve: curve.iter().map(|&(s, l)| (s, l, 0.5)).collect(),
+            gradflow: Vec::new(),
+            grad_norm: Vec::new(),
+        }
+    }
+
+    fn outcome(runs: &[RunResult]) -> Outcome<'_> {
+        Outcome {
+            series: Series {
+                label: "lstm".into(),
+                cell: "lstm".into(),
+                variant: 0,
+            },
+            runs: runs.iter().collect(),
+            log_losses: Vec::new(),
+            diverged: 0,
+            solved: runs
+                .iter()
+                .filter(|r| r.summary.steps_to_solve.is_some())
+                .count(),
+        }
+    }
+
+    #[test]
+    fn a_loss_that_falls_over_the_last_third_is_marked_unless_solved() {
+        // Evaluations at 0, 100, ..., 300: two thirds of 300 is step 200. Seeds fall
+        // 0.10 → 0.05, 0.10 → 0.09 and 0.10 → 0.02 over the last third: ratios 0.5, 0.9
+        // and 0.2, median 0.5 < 0.8.
+        let falling = [
+            run(&[(0, 1.0), (100, 0.2), (200, 0.10), (300, 0.05)], false),
+            run(&[(0, 1.0), (100, 0.2), (200, 0.10), (300, 0.09)], false),
+            run(&[(0, 1.0), (100, 0.2), (200, 0.10), (300, 0.02)], false),
+        ];
+        assert_eq!(outcome(&falling).last_third_ratio(), Some(0.5));
+        assert!(outcome(&falling).still_falling());
+        // The same curves on a task every seed solved are done, not unfinished.
+        let solved: Vec<RunResult> = falling
+            .iter()
+            .map(|r| {
+                let points: Vec<(usize, f64)> = r.curve.iter().map(|c| (c.0, c.1)).collect();
+                run(&points, true)
+            })
+            .collect();
+        assert!(!outcome(&solved).still_falling());
+        // 0.10 → 0.085 is a fall of 15 %: flat enough.
+        let flat = [run(&[(0, 1.0), (150, 0.10), (300, 0.085)], false)];
+        assert!(!outcome(&flat).still_falling());
+    }
 }
