@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Result, Tensor, bail};
 
 /// The recurrent state carried between time steps: hidden state `h` `(batch, hidden)`
-/// and, for the LSTM family, the cell state `c` `(batch, hidden)`.
+/// and, for the LSTM family, the cell state `c` `(batch, hidden)` (wider for a cell that
+/// also carries earlier values, see [`Cell::cell_state_size`]).
 #[derive(Debug, Clone)]
 pub struct State {
     /// Hidden state `h_t` (what the next layer and the head see).
@@ -27,6 +28,17 @@ pub trait Cell: Send + Sync {
 
     /// Whether the state has a cell state `c` (the LSTM family).
     fn has_cell_state(&self) -> bool;
+
+    /// Width of `c`: 0 without a cell state, else the hidden size, or more for a cell
+    /// that carries other values with it (the LSTM with full gate recurrence carries its
+    /// last gates: `[c | i | f | o]`).
+    fn cell_state_size(&self) -> usize {
+        if self.has_cell_state() {
+            self.hidden_size()
+        } else {
+            0
+        }
+    }
 
     /// The all-zero state for `batch` sequences (PyTorch's default `h0`, `c0`).
     fn zero_state(&self, batch: usize) -> Result<State>;
@@ -94,9 +106,10 @@ pub(crate) fn check_state(cell: &(impl Cell + ?Sized), state: &State, batch: usi
     if state.h.dims() != expected {
         bail!("h has shape {:?}, expected {expected:?}", state.h.dims());
     }
+    let expected_c = [batch, cell.cell_state_size()];
     match (&state.c, cell.has_cell_state()) {
-        (Some(c), true) if c.dims() != expected => {
-            bail!("c has shape {:?}, expected {expected:?}", c.dims())
+        (Some(c), true) if c.dims() != expected_c => {
+            bail!("c has shape {:?}, expected {expected_c:?}", c.dims())
         }
         (None, true) => bail!("this cell needs a cell state c"),
         (Some(_), false) => bail!("this cell has no cell state, but c was given"),

@@ -136,7 +136,7 @@ impl Init {
             }
             // The diagonal of an identity (and of the positive orthogonal) matrix.
             (ParamRole::RecurrentDiagonal, _) => vec![1.0; len],
-            (ParamRole::Bias { .. } | ParamRole::Peephole, _) => {
+            (ParamRole::Bias { .. } | ParamRole::Peephole | ParamRole::GateRecurrence, _) => {
                 let mut values = vec![0.0; len];
                 self.add_forget_bias(spec, hidden, &mut values);
                 values

@@ -179,14 +179,22 @@ impl<S: CellMath> Cell for Layer<S> {
     }
 
     fn has_cell_state(&self) -> bool {
-        self.spec.has_cell_state()
+        self.cell_state_size() > 0
+    }
+
+    fn cell_state_size(&self) -> usize {
+        self.spec.cell_state_size(self.weights.hidden)
     }
 
     fn zero_state(&self, batch: usize) -> Result<State> {
         let first = self.weights.get(0)?;
-        let zeros = Tensor::zeros((batch, self.weights.hidden), first.dtype(), first.device())?;
-        let c = self.spec.has_cell_state().then(|| zeros.clone());
-        Ok(State { h: zeros, c })
+        let (dtype, device) = (first.dtype(), first.device());
+        let h = Tensor::zeros((batch, self.weights.hidden), dtype, device)?;
+        let c = match self.cell_state_size() {
+            0 => None,
+            width => Some(Tensor::zeros((batch, width), dtype, device)?),
+        };
+        Ok(State { h, c })
     }
 
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {

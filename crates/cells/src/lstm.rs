@@ -28,11 +28,20 @@ use crate::spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gat
 /// forget gates look at the old cell state, the output gate at the new one, and `g` has
 /// none. Ablations: no input gate `i = 1`, no forget gate `f = 1`, no output gate
 /// `o = 1`, coupled `i = 1 − f`, no input activation `g = W_g x + b + R_g h` (no tanh),
-/// no output activation `h = o ⊙ c` (no tanh).
+/// no output activation `h = o ⊙ c` (no tanh), and full gate recurrence (Greff et al.'s
+/// FGR): every gate also sees the gates of the previous step,
+///
+/// ```text
+/// [i_t; f_t; o_t] pre-activations += G · [i_{t−1}; f_{t−1}; o_{t−1}]    (G: 3H × 3H)
+/// ```
+///
+/// with the gates before the first step taken as 0; the state then carries them,
+/// `c = [c_t | i_t | f_t | o_t]` `(B, 4H)`.
 ///
 /// Parameters: `weight_ih_l{k}` `(G·H, I)`, `weight_hh_l{k}` `(G·H, H)`, `bias_ih_l{k}`,
 /// `bias_hh_l{k}` `(G·H)` with `G` the gates that have rows ([`LstmOptions::gate_rows`]),
-/// and `peephole_{i,f,o}_l{k}` `(H)`.
+/// `peephole_{i,f,o}_l{k}` `(H)`, and with full gate recurrence `weight_gg_l{k}`
+/// `(3H, 3H)` (rows: the gate it feeds, columns: the previous gate; i, f, o order).
 ///
 /// The peephole LSTM is this type with [`LstmOptions::peephole`] ([`PeepholeLstm`]).
 pub type Lstm = Layer<LstmOptions>;
@@ -62,6 +71,8 @@ pub struct LstmOptions {
     pub input_activation: bool,
     /// `h = o ⊙ tanh(c)` (false: `h = o ⊙ c`, "NOAF").
     pub output_activation: bool,
+    /// Recurrent connections from the previous step's `i, f, o` into this step's ("FGR").
+    pub full_gate_recurrence: bool,
 }
 
 impl Default for LstmOptions {
@@ -74,6 +85,7 @@ impl Default for LstmOptions {
             peepholes: false,
             input_activation: true,
             output_activation: true,
+            full_gate_recurrence: false,
         }
     }
 }
@@ -155,6 +167,7 @@ pub static LSTM: CellKind = CellKind {
         ("lstm (coupled gates)", [160, 160, 30]),
         ("lstm (no input activation)", [231, 41, 138]),
         ("lstm (no output activation)", [166, 118, 29]),
+        ("lstm (full gate recurrence)", [90, 90, 200]),
     ],
     examples: || {
         LstmOptions::every_variant(false)
@@ -169,7 +182,10 @@ pub static PEEPHOLE_LSTM: CellKind = CellKind {
     name: "peephole_lstm",
     summary: "peephole LSTM (Gers & Schmidhuber 2000): the LSTM whose gates see the cell state",
     configure: |options| LstmOptions::from_config(options, true),
-    colors: &[("peephole_lstm (coupled gates)", [23, 190, 207])],
+    colors: &[
+        ("peephole_lstm (coupled gates)", [23, 190, 207]),
+        ("peephole_lstm (full gate recurrence)", [120, 60, 140]),
+    ],
     examples: || {
         LstmOptions::every_variant(true)
             .into_iter()
@@ -195,6 +211,7 @@ impl LstmOptions {
             peepholes: peepholes || options.peepholes,
             input_activation: !options.no_input_activation,
             output_activation: !options.no_output_activation,
+            full_gate_recurrence: options.full_gate_recurrence,
         };
         lstm.validate()
             .map_err(|err| format!("`model.ablation`: {err}"))?;
@@ -239,6 +256,10 @@ impl LstmOptions {
                 output_activation: false,
                 ..base
             },
+            Self {
+                full_gate_recurrence: true,
+                ..base
+            },
         ]
     }
 
@@ -250,6 +271,20 @@ impl LstmOptions {
             peephole[gate as usize] = Some(weights.get(4 + k)?);
         }
         Ok(peephole)
+    }
+
+    /// `weight_gg` `(3H, 3H)` of `weights`, after the peepholes, with full gate recurrence.
+    fn gate_recurrence<'a>(&self, weights: &'a LayerWeights) -> Result<Option<&'a Tensor>> {
+        if !self.full_gate_recurrence {
+            return Ok(None);
+        }
+        weights.get(4 + self.peephole_gates().len()).map(Some)
+    }
+
+    /// Rows of the fused op's output after the hidden states: the final cell state and,
+    /// with full gate recurrence, the last step's `i, f, o`.
+    fn state_rows(&self) -> usize {
+        if self.full_gate_recurrence { 4 } else { 1 }
     }
 }
 
@@ -263,6 +298,7 @@ impl CellSpec for LstmOptions {
             (self.coupled_input_forget, "coupled gates"),
             (!self.input_activation, "no input activation"),
             (!self.output_activation, "no output activation"),
+            (self.full_gate_recurrence, "full gate recurrence"),
         ] {
             if on {
                 changes.push(name);
@@ -280,8 +316,12 @@ impl CellSpec for LstmOptions {
         }
     }
 
-    fn has_cell_state(&self) -> bool {
-        true
+    fn cell_state_size(&self, hidden: usize) -> usize {
+        if self.full_gate_recurrence {
+            4 * hidden
+        } else {
+            hidden
+        }
     }
 
     fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
@@ -291,6 +331,14 @@ impl CellSpec for LstmOptions {
         for gate in self.peephole_gates() {
             let name = format!("peephole_{}", gate.letter());
             specs.push(ParamSpec::new(&name, &[hidden], ParamRole::Peephole));
+        }
+        if self.full_gate_recurrence {
+            let gates = 3 * hidden;
+            specs.push(ParamSpec::new(
+                "weight_gg",
+                &[gates, gates],
+                ParamRole::GateRecurrence,
+            ));
         }
         specs
     }
@@ -309,6 +357,16 @@ impl CellSpec for LstmOptions {
         if self.coupled_input_forget && !self.forget_gate {
             bail!("coupled_input_forget needs the forget gate (i = 1 - f)");
         }
+        if self.full_gate_recurrence
+            && (!self.input_gate
+                || !self.forget_gate
+                || !self.output_gate
+                || self.coupled_input_forget)
+        {
+            bail!(
+                "full_gate_recurrence connects the input, forget and output gates: it needs all three, uncoupled"
+            );
+        }
         Ok(())
     }
 }
@@ -322,17 +380,23 @@ impl CellMath for LstmOptions {
     ) -> Result<(Tensor, State, GradFlow)> {
         let c0 = state.c.as_ref().expect("checked: LSTM state has c");
         let state0 = Tensor::cat(&[&state.h, c0], 1)?;
-        // Output (B, T + 1, H): the hidden states of every step, then the final cell state.
+        // Output (B, T + 1, H): the hidden states of every step, then the final cell state
+        // (and with full gate recurrence the last i, f, o: (B, T + 4, H)).
         let (out, flow) = fused::apply(xs, &state0, weights, |dims, flow| LstmOp {
             dims,
             options: *self,
             saved: Saved::default(),
             flow,
         })?;
-        let seq_len = out.dim(1)? - 1;
+        let rows = self.state_rows();
+        let seq_len = out.dim(1)? - rows;
         let hs = out.narrow(1, 0, seq_len)?;
         let h = fused::step_of(&out, seq_len - 1)?;
-        let c = fused::step_of(&out, seq_len)?;
+        let c = if rows == 1 {
+            fused::step_of(&out, seq_len)?
+        } else {
+            out.narrow(1, seq_len, rows)?.flatten_from(1)?
+        };
         Ok((hs, State { h, c: Some(c) }, flow))
     }
 
@@ -348,11 +412,25 @@ impl CellMath for LstmOptions {
             };
             sigmoid(&pre)
         };
-        let c_prev = state.c.as_ref().expect("checked: LSTM state has c");
+        let carried = state.c.as_ref().expect("checked: LSTM state has c");
+        let c_prev = &carried.narrow(1, 0, hidden)?;
         let gates = (affine(x, weight_ih, bias_ih)? + affine(&state.h, weight_hh, bias_hh)?)?;
         let mut pre: [Option<Tensor>; 4] = [None, None, None, None];
         for (index, gate) in self.gate_rows().into_iter().enumerate() {
             pre[gate as usize] = Some(block(&gates, index, hidden)?);
+        }
+        if let Some(weight_gg) = self.gate_recurrence(weights)? {
+            // G · [i; f; o]_{t−1}, split back over the three gates.
+            let previous = carried.narrow(1, hidden, 3 * hidden)?;
+            let recurrent = previous.matmul(&weight_gg.t()?)?;
+            for (k, gate) in [Gate::Input, Gate::Forget, Gate::Output]
+                .into_iter()
+                .enumerate()
+            {
+                let slot = &mut pre[gate as usize];
+                let own = slot.take().expect("validated: FGR has i, f and o");
+                *slot = Some((own + block(&recurrent, k, hidden)?)?);
+            }
         }
         let [pre_i, pre_f, pre_g, pre_o] = pre;
 
@@ -384,9 +462,14 @@ impl CellMath for LstmOptions {
         } else {
             c.clone()
         };
-        let h = match pre_o {
-            Some(pre) => (gate(Gate::Output, pre, &c)? * squashed)?,
+        let o = pre_o.map(|pre| gate(Gate::Output, pre, &c)).transpose()?;
+        let h = match &o {
+            Some(o) => (o * squashed)?,
             None => squashed,
+        };
+        let c = match (self.full_gate_recurrence, &i, &f, &o) {
+            (true, Some(i), Some(f), Some(o)) => Tensor::cat(&[&c, i, f, o], 1)?,
+            _ => c,
         };
         Ok(State { h, c: Some(c) })
     }
@@ -439,16 +522,148 @@ struct ParamOffsets {
     gated: GatedOffsets,
     /// Start of each present peephole vector, indexed by [`Gate`].
     peephole: [Option<usize>; 4],
+    /// Start of `weight_gg` (full gate recurrence).
+    gate_recurrence: Option<usize>,
 }
 
 impl ParamOffsets {
     fn new(dims: Dims, options: &LstmOptions) -> Self {
         let gated = GatedOffsets::new(options, dims.input, dims.hidden);
         let mut peephole = [None; 4];
-        for (gate, &start) in options.peephole_gates().iter().zip(&gated.extra) {
+        let peepholes = options.peephole_gates();
+        for (gate, &start) in peepholes.iter().zip(&gated.extra) {
             peephole[*gate as usize] = Some(start);
         }
-        Self { gated, peephole }
+        let gate_recurrence = options
+            .full_gate_recurrence
+            .then(|| gated.extra[peepholes.len()]);
+        Self {
+            gated,
+            peephole,
+            gate_recurrence,
+        }
+    }
+
+    /// `weight_gg` `(3H, 3H)` in `params`, with full gate recurrence.
+    fn weight_gg<'a, T>(&self, params: &'a [T], hidden: usize) -> Option<&'a [T]> {
+        self.gate_recurrence
+            .map(|o| &params[o..o + 9 * hidden * hidden])
+    }
+}
+
+/// Full gate recurrence in a batch chunk's time loop (all four gates present, so a row
+/// of gate values is `[i | f | g | o]`): the previous step's `i, f, o` gathered into one
+/// `(B, 3H)` block and multiplied with `weight_gg` `G` `(3H, 3H)`.
+struct GateRecurrence<'a, T> {
+    weight: &'a [T],
+    hidden: usize,
+    batch: usize,
+    /// `[i | f | o]` of the previous step, per batch row.
+    previous: Vec<T>,
+    /// Forward: `previous · Gᵀ`; backward: this step's `i, f, o` pre-activation gradients.
+    current: Vec<T>,
+}
+
+impl<'a, T: Real> GateRecurrence<'a, T> {
+    fn new(weight: Option<&'a [T]>, batch: usize, hidden: usize) -> Option<Self> {
+        Some(Self {
+            weight: weight?,
+            hidden,
+            batch,
+            previous: vec![T::ZERO; batch * 3 * hidden],
+            current: vec![T::ZERO; batch * 3 * hidden],
+        })
+    }
+
+    /// `[i | f | o]` of a row `[i | f | g | o]` into `dst` `(3H)`.
+    fn gather(row: &[T], hidden: usize, dst: &mut [T]) {
+        dst[..2 * hidden].copy_from_slice(&row[..2 * hidden]);
+        dst[2 * hidden..3 * hidden].copy_from_slice(&row[3 * hidden..4 * hidden]);
+    }
+
+    /// Gathers step `t`'s `[i | f | o]` from `gates` into `dst` for every batch row.
+    fn gather_step(&self, gates: &[T], t: usize, seq_len: usize, dst: &mut [T]) {
+        let (h, gh) = (self.hidden, 4 * self.hidden);
+        for b in 0..self.batch {
+            let row = (b * seq_len + t) * gh;
+            Self::gather(
+                &gates[row..row + gh],
+                h,
+                &mut dst[b * 3 * h..(b + 1) * 3 * h],
+            );
+        }
+    }
+
+    /// The gates before step `t`: the carried ones (`state0` rows `[h | c | i | f | o]`)
+    /// at `t = 0`, else step `t − 1`'s activations.
+    fn load_previous(&mut self, gates: &[T], state0: &[T], t: usize, seq_len: usize) {
+        let h = self.hidden;
+        let mut previous = std::mem::take(&mut self.previous);
+        if t == 0 {
+            for (b, dst) in previous.chunks_exact_mut(3 * h).enumerate() {
+                dst.copy_from_slice(&state0[b * 5 * h + 2 * h..(b + 1) * 5 * h]);
+            }
+        } else {
+            self.gather_step(gates, t - 1, seq_len, &mut previous);
+        }
+        self.previous = previous;
+    }
+
+    /// Adds `G · [i; f; o]_{t−1}` to step `t`'s `i, f, o` pre-activations.
+    fn forward_step(&mut self, gates: &mut [T], state0: &[T], t: usize, seq_len: usize) {
+        let (h, n) = (self.hidden, 3 * self.hidden);
+        self.load_previous(gates, state0, t, seq_len);
+        matmul_serial(
+            (self.batch, n, n),
+            &mut self.current,
+            n,
+            (&self.previous, n, 1),
+            (self.weight, 1, n),
+            false,
+        );
+        for (b, product) in self.current.chunks_exact(n).enumerate() {
+            let row = (b * seq_len + t) * 4 * h;
+            let pre = &mut gates[row..row + 4 * h];
+            let (ifg_pre, o_pre) = pre.split_at_mut(3 * h);
+            ifg_pre[..2 * h]
+                .iter_mut()
+                .chain(o_pre.iter_mut())
+                .zip(product)
+                .for_each(|(v, &p)| *v += p);
+        }
+    }
+
+    /// Once `gates[:, t]` holds pre-activation gradients (and `gates[:, t − 1]` still the
+    /// activations): `d_previous` ← `d_pre_t · G`, what the previous gates receive, and
+    /// `d_weight` += `d_pre_tᵀ · [i; f; o]_{t−1}`.
+    fn backward_step(
+        &mut self,
+        (gates, state0): (&[T], &[T]),
+        (t, seq_len): (usize, usize),
+        d_previous: &mut [T],
+        d_weight: &mut [T],
+    ) {
+        let n = 3 * self.hidden;
+        self.load_previous(gates, state0, t, seq_len);
+        let mut current = std::mem::take(&mut self.current);
+        self.gather_step(gates, t, seq_len, &mut current);
+        matmul_serial(
+            (self.batch, n, n),
+            d_previous,
+            n,
+            (&current, n, 1),
+            (self.weight, n, 1),
+            false,
+        );
+        matmul_serial(
+            (n, n, self.batch),
+            d_weight,
+            n,
+            (&current, 1, n),
+            (&self.previous, n, 1),
+            true,
+        );
+        self.current = current;
     }
 }
 
@@ -478,14 +693,20 @@ struct BackwardChunk<'a, T> {
 }
 
 impl LstmOp {
+    /// Floats per batch row of the initial state: `[h | c]`, or `[h | c | i | f | o]`.
+    fn state_width(&self) -> usize {
+        self.dims.hidden + self.options.cell_state_size(self.dims.hidden)
+    }
+
     /// The time loop for the batch rows of `chunk`: recurrent GEMM and pointwise pass
-    /// per step, then the final cell state after the hidden states.
+    /// per step, then the final cell state (and last gates) after the hidden states.
     #[inline(always)]
     fn forward_chunk<T: Real>(
         &self,
         chunk: ForwardChunk<'_, T>,
         weight_hh_t: &[T],
         peephole: [Option<&[T]>; 4],
+        weight_gg: Option<&[T]>,
     ) {
         let ForwardChunk {
             gates,
@@ -498,13 +719,15 @@ impl LstmOp {
         } = self.dims;
         let layout = Layout4::new(&self.options);
         let gh = layout.count * hidden;
-        let batch = state0.len() / (2 * hidden);
-        let out_rs = (seq_len + 1) * hidden;
+        let sw = self.state_width();
+        let batch = state0.len() / sw;
+        let out_rs = (seq_len + self.options.state_rows()) * hidden;
         let mut tanh_cell = vec![T::ZERO; hidden];
+        let mut gate_rec = GateRecurrence::new(weight_gg, batch, hidden);
         for t in 0..seq_len {
             // gates[:, t] += h_{t−1} · W_hhᵀ
             let (h_prev, h_rs) = if t == 0 {
-                (state0, 2 * hidden)
+                (state0, sw)
             } else {
                 (&out[(t - 1) * hidden..], out_rs)
             };
@@ -516,12 +739,15 @@ impl LstmOp {
                 (weight_hh_t, gh, 1),
                 true,
             );
+            if let Some(rec) = gate_rec.as_mut() {
+                rec.forward_step(gates, state0, t, seq_len);
+            }
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
                 let (before, rest) = cells.split_at_mut(cell);
                 let c_prev = if t == 0 {
-                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                    &state0[b * sw + hidden..b * sw + 2 * hidden]
                 } else {
                     &before[cell - hidden..]
                 };
@@ -545,20 +771,26 @@ impl LstmOp {
         }
         for b in 0..batch {
             let last = (b * seq_len + seq_len - 1) * hidden;
-            out[b * out_rs + seq_len * hidden..(b + 1) * out_rs]
-                .copy_from_slice(&cells[last..last + hidden]);
+            let tail = &mut out[b * out_rs + seq_len * hidden..(b + 1) * out_rs];
+            tail[..hidden].copy_from_slice(&cells[last..last + hidden]);
+            if gate_rec.is_some() {
+                let row = (b * seq_len + seq_len - 1) * gh;
+                GateRecurrence::gather(&gates[row..row + gh], hidden, &mut tail[hidden..]);
+            }
         }
     }
 
     /// The reverse time loop for the batch rows of `chunk`: fills the chunk's gate
-    /// gradients and `[∂h0 | ∂c0]`, and returns its peephole gradients and gradient flow.
+    /// gradients and its initial-state gradient, and returns its peephole and gate
+    /// recurrence gradients and its gradient flow.
     #[inline(always)]
     fn backward_chunk<T: Real>(
         &self,
         chunk: BackwardChunk<'_, T>,
         weight_hh: &[T],
         peephole: [Option<&[T]>; 4],
-    ) -> ([Vec<T>; 4], FlowNorms) {
+        weight_gg: Option<&[T]>,
+    ) -> ChunkGrads<T> {
         let BackwardChunk {
             gates,
             d_state0,
@@ -571,13 +803,36 @@ impl LstmOp {
         } = self.dims;
         let layout = Layout4::new(&self.options);
         let gh = layout.count * hidden;
-        let batch = state0.len() / (2 * hidden);
-        let out_rs = (seq_len + 1) * hidden;
+        let sw = self.state_width();
+        let batch = state0.len() / sw;
+        let out_rs = (seq_len + self.options.state_rows()) * hidden;
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
         let mut d_c = vec![T::ZERO; batch * hidden];
+        let mut gate_rec = GateRecurrence::new(weight_gg, batch, hidden);
+        // ∂L/∂[i | f | o] of the step before the one being processed (full gate recurrence).
+        let mut d_previous = vec![
+            T::ZERO;
+            if gate_rec.is_some() {
+                batch * 3 * hidden
+            } else {
+                0
+            }
+        ];
+        let mut d_weight_gg = vec![
+            T::ZERO;
+            if gate_rec.is_some() {
+                9 * hidden * hidden
+            } else {
+                0
+            }
+        ];
         for b in 0..batch {
             let at = b * out_rs + seq_len * hidden;
             d_c[b * hidden..(b + 1) * hidden].copy_from_slice(&grad_out[at..at + hidden]);
+            if gate_rec.is_some() {
+                d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]
+                    .copy_from_slice(&grad_out[at + hidden..at + 4 * hidden]);
+            }
         }
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_h = vec![T::ZERO; hidden];
@@ -588,7 +843,7 @@ impl LstmOp {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
                 let c_prev = if t == 0 {
-                    &state0[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+                    &state0[b * sw + hidden..b * sw + 2 * hidden]
                 } else {
                     &cells[cell - hidden..cell]
                 };
@@ -616,6 +871,9 @@ impl LstmOp {
                     d_c: &mut d_c[b * hidden..(b + 1) * hidden],
                     peephole,
                     d_peep: &mut d_peep,
+                    d_gates_later: gate_rec
+                        .is_some()
+                        .then(|| &d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]),
                 };
                 step_backward(step, self.options);
             }
@@ -628,15 +886,39 @@ impl LstmOp {
                 (weight_hh, hidden, 1),
                 false,
             );
+            if let Some(rec) = gate_rec.as_mut() {
+                rec.backward_step(
+                    (gates, state0),
+                    (t, seq_len),
+                    &mut d_previous,
+                    &mut d_weight_gg,
+                );
+            }
         }
         for b in 0..batch {
-            let at = b * 2 * hidden;
+            let at = b * sw;
             d_state0[at..at + hidden].copy_from_slice(&d_h_rec[b * hidden..(b + 1) * hidden]);
             d_state0[at + hidden..at + 2 * hidden]
                 .copy_from_slice(&d_c[b * hidden..(b + 1) * hidden]);
+            if gate_rec.is_some() {
+                d_state0[at + 2 * hidden..at + 5 * hidden]
+                    .copy_from_slice(&d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]);
+            }
         }
-        (d_peep, flow)
+        ChunkGrads {
+            d_peep,
+            d_weight_gg,
+            flow,
+        }
     }
+}
+
+/// What one batch chunk's backward returns besides its slices of the gate and state
+/// gradients: its shares of the peephole and `weight_gg` gradients and its flow norms.
+struct ChunkGrads<T> {
+    d_peep: [Vec<T>; 4],
+    d_weight_gg: Vec<T>,
+    flow: FlowNorms,
 }
 
 impl Kernel for LstmOp {
@@ -653,7 +935,7 @@ impl Kernel for LstmOp {
             hidden,
             ..
         } = self.dims;
-        Shape::from((batch, seq_len + 1, hidden))
+        Shape::from((batch, seq_len + self.options.state_rows(), hidden))
     }
 
     fn forward<T: Real>(&self, x: &[T], state0: &[T], params: &[T]) -> Result<Vec<T>> {
@@ -667,6 +949,7 @@ impl Kernel for LstmOp {
         let gh = layout.count * hidden;
         let offsets = ParamOffsets::new(self.dims, &self.options);
         let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
+        let weight_gg = offsets.weight_gg(params, hidden);
         // Input projection of every step, with both biases folded in.
         let (mut gates, weight_hh_t) = offsets.gated.prologue(
             Self::NAME,
@@ -674,7 +957,7 @@ impl Kernel for LstmOp {
             gh,
             (batch * seq_len, input, hidden),
         )?;
-        let out_rs = (seq_len + 1) * hidden;
+        let out_rs = (seq_len + self.options.state_rows()) * hidden;
         let mut out = vec![T::ZERO; batch * out_rs];
         let mut cells = vec![T::ZERO; batch * seq_len * hidden];
         let rows = chunk_rows(batch);
@@ -682,7 +965,7 @@ impl Kernel for LstmOp {
             .par_chunks_mut(rows * seq_len * gh)
             .zip(out.par_chunks_mut(rows * out_rs))
             .zip(cells.par_chunks_mut(rows * seq_len * hidden))
-            .zip(state0.par_chunks(rows * 2 * hidden))
+            .zip(state0.par_chunks(rows * self.state_width()))
             .for_each(|(((gates, out), cells), state0)| {
                 let chunk = ForwardChunk {
                     gates,
@@ -690,14 +973,15 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                wide(|| self.forward_chunk(chunk, &weight_hh_t, peephole));
+                wide(|| self.forward_chunk(chunk, &weight_hh_t, peephole, weight_gg));
             });
         *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved { gates, cells }));
         Ok(out)
     }
 
     /// Backward through time; `grad_out` is `(B, T + 1, H)`: hidden states, then the
-    /// final cell state. The state gradient is `[∂h0 | ∂c0]`.
+    /// final cell state (then the last i, f, o with full gate recurrence). The state
+    /// gradient is `[∂h0 | ∂c0]` (then the initial gates').
     fn backward<T: Real>(
         &self,
         x: &[T],
@@ -717,6 +1001,7 @@ impl Kernel for LstmOp {
         let offsets = ParamOffsets::new(self.dims, &self.options);
         let weight_hh = &params[offsets.gated.weight_hh..offsets.gated.bias_ih];
         let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
+        let weight_gg = offsets.weight_gg(params, hidden);
         // The activations are taken, not borrowed: the gate gradients overwrite them.
         let saved = self.saved.lock().expect("saved activations").take();
         let Some(Ok(saved)) = saved.map(|s| s.downcast::<LstmSaved<T>>()) else {
@@ -728,16 +1013,17 @@ impl Kernel for LstmOp {
             gates: mut d_gates,
             cells,
         } = *saved;
-        let out_rs = (seq_len + 1) * hidden;
+        let out_rs = (seq_len + self.options.state_rows()) * hidden;
+        let sw = self.state_width();
 
-        let mut d_state0 = vec![T::ZERO; batch * 2 * hidden];
+        let mut d_state0 = vec![T::ZERO; batch * sw];
         let chunk = chunk_rows(batch);
-        let chunks: Vec<([Vec<T>; 4], FlowNorms)> = d_gates
+        let chunks: Vec<ChunkGrads<T>> = d_gates
             .par_chunks_mut(chunk * seq_len * gh)
-            .zip(d_state0.par_chunks_mut(chunk * 2 * hidden))
+            .zip(d_state0.par_chunks_mut(chunk * sw))
             .zip(grad_out.par_chunks(chunk * out_rs))
             .zip(cells.par_chunks(chunk * seq_len * hidden))
-            .zip(state0.par_chunks(chunk * 2 * hidden))
+            .zip(state0.par_chunks(chunk * sw))
             .map(|((((gates, d_state0), grad_out), cells), state0)| {
                 let chunk = BackwardChunk {
                     gates,
@@ -746,16 +1032,28 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                wide(|| self.backward_chunk(chunk, weight_hh, peephole))
+                wide(|| self.backward_chunk(chunk, weight_hh, peephole, weight_gg))
             })
             .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
-        for (peep, _) in &chunks {
-            for (total, part) in d_peep.iter_mut().zip(peep) {
+        let mut d_weight_gg = vec![
+            T::ZERO;
+            if weight_gg.is_some() {
+                9 * hidden * hidden
+            } else {
+                0
+            }
+        ];
+        for part in &chunks {
+            for (total, part) in d_peep.iter_mut().zip(&part.d_peep) {
                 total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
             }
+            d_weight_gg
+                .iter_mut()
+                .zip(&part.d_weight_gg)
+                .for_each(|(t, &p)| *t += p);
         }
-        FlowNorms::finish(chunks.iter().map(|(_, norms)| norms), self.dims, &self.flow);
+        FlowNorms::finish(chunks.iter().map(|part| &part.flow), self.dims, &self.flow);
 
         // Weight gradients over all B·T rows at once; the cell states are no longer
         // needed, so their buffer holds the shifted hidden states.
@@ -765,7 +1063,7 @@ impl Kernel for LstmOp {
             x,
             params,
             Some(cells),
-            (state0, 2 * hidden),
+            (state0, sw),
             (out, out_rs),
             (batch, seq_len, input, hidden),
         );
@@ -773,6 +1071,9 @@ impl Kernel for LstmOp {
             if let Some(o) = offsets.peephole[gate as usize] {
                 d_params[o..o + hidden].copy_from_slice(&d_peep[gate as usize]);
             }
+        }
+        if let Some(o) = offsets.gate_recurrence {
+            d_params[o..o + d_weight_gg.len()].copy_from_slice(&d_weight_gg);
         }
         Ok((d_x, d_state0, d_params))
     }
@@ -879,6 +1180,8 @@ struct StepBackward<'a, T> {
     d_c: &'a mut [T],
     peephole: [Option<&'a [T]>; 4],
     d_peep: &'a mut [Vec<T>; 4],
+    /// Full gate recurrence: ∂L/∂[i | f | o] of this step through the next step's gates.
+    d_gates_later: Option<&'a [T]>,
 }
 
 /// One batch row of one step backwards: gradients of the pre-activations (in place of
@@ -894,6 +1197,7 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         d_c,
         peephole,
         d_peep,
+        d_gates_later,
     } = s;
     let [mut i, mut f, g, mut o] = gates;
     let g = g.expect("g always has rows");
@@ -901,12 +1205,13 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
     // The plain LSTM (the common case) gets a branch-free loop that vectorises.
     let plain =
         !options.coupled_input_forget && options.input_activation && options.output_activation;
-    if let (Some(i), Some(f), Some(o), true, [None, None, None, None]) = (
+    if let (Some(i), Some(f), Some(o), true, [None, None, None, None], None) = (
         i.as_deref_mut(),
         f.as_deref_mut(),
         o.as_deref_mut(),
         plain,
         peephole,
+        d_gates_later,
     ) {
         let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
         let (c_prev, tc, d_c) = (&c_prev[..n], &tc[..n], &mut d_c[..n]);
@@ -922,6 +1227,13 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         return;
     }
     let p = |gate: Gate| peephole[gate as usize];
+    // What a gate's activation receives through the next step's gates: [i | f | o].
+    let later = |gate: Gate, j: usize| match (d_gates_later, gate) {
+        (None, _) => T::ZERO,
+        (Some(d), Gate::Input) => d[j],
+        (Some(d), Gate::Forget) => d[n + j],
+        (Some(d), _) => d[2 * n + j],
+    };
     for j in 0..n {
         let (i_j, f_j, o_j, g_j) = (
             i.as_deref().map(|v| v[j]),
@@ -937,7 +1249,7 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         };
         let mut dc = d_c[j] + d_h[j] * o_j.unwrap_or(T::ONE) * squash;
         if let (Some(o_j), Some(o)) = (o_j, o.as_deref_mut()) {
-            let d_pre = d_h[j] * tc[j] * o_j * (T::ONE - o_j);
+            let d_pre = (d_h[j] * tc[j] + later(Gate::Output, j)) * o_j * (T::ONE - o_j);
             o[j] = d_pre;
             if let Some(p_o) = p(Gate::Output) {
                 dc += d_pre * p_o[j];
@@ -957,7 +1269,7 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         };
         let mut dc_prev = dc;
         if let (Some(f_j), Some(f)) = (f_j, f.as_deref_mut()) {
-            let mut d_f = dc * c_prev[j];
+            let mut d_f = dc * c_prev[j] + later(Gate::Forget, j);
             if options.coupled_input_forget {
                 d_f -= d_i;
             }
@@ -970,7 +1282,7 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
             }
         }
         if let (Some(i_j), Some(i)) = (i_j, i.as_deref_mut()) {
-            let d_pre = d_i * i_j * (T::ONE - i_j);
+            let d_pre = (d_i + later(Gate::Input, j)) * i_j * (T::ONE - i_j);
             i[j] = d_pre;
             if let Some(p_i) = p(Gate::Input) {
                 dc_prev += d_pre * p_i[j];
@@ -989,22 +1301,30 @@ mod tests {
     use crate::Cell;
     use crate::Params;
 
+    /// One unit with one input: zero weights, `bias_ih` (i, f, g, o) = `bias`, zero
+    /// `bias_hh`.
+    fn one_unit(bias: [f64; 4]) -> Params {
+        let dev = Device::Cpu;
+        let mut params = Params::new();
+        let zeros = Tensor::zeros((4, 1), candle_core::DType::F64, &dev).unwrap();
+        params.insert("weight_ih_l0", Var::from_tensor(&zeros).unwrap());
+        params.insert("weight_hh_l0", Var::from_tensor(&zeros).unwrap());
+        let bias = Tensor::new(&bias, &dev).unwrap();
+        params.insert("bias_ih_l0", Var::from_tensor(&bias).unwrap());
+        params.insert(
+            "bias_hh_l0",
+            Var::from_tensor(&bias.zeros_like().unwrap()).unwrap(),
+        );
+        params
+    }
+
     #[test]
     fn one_step_by_hand() {
         // Zero weights; biases (i, f, g, o) = (0, ln 3, atanh 0.5, 0) give
         // i = 0.5, f = 0.75, g = 0.5, o = 0.5. With c₀ = 0.4:
         // c = 0.75·0.4 + 0.5·0.5 = 0.55, h = 0.5·tanh(0.55) = 0.250 260 105 595 117 7.
         let dev = Device::Cpu;
-        let mut params = Params::new();
-        let zeros = Tensor::zeros((4, 1), candle_core::DType::F64, &dev).unwrap();
-        params.insert("weight_ih_l0", Var::from_tensor(&zeros).unwrap());
-        params.insert("weight_hh_l0", Var::from_tensor(&zeros).unwrap());
-        let bias = Tensor::new(&[0.0f64, 3f64.ln(), 0.5f64.atanh(), 0.0], &dev).unwrap();
-        params.insert("bias_ih_l0", Var::from_tensor(&bias).unwrap());
-        params.insert(
-            "bias_hh_l0",
-            Var::from_tensor(&bias.zeros_like().unwrap()).unwrap(),
-        );
+        let params = one_unit([0.0, 3f64.ln(), 0.5f64.atanh(), 0.0]);
         let lstm = Lstm::new(LstmOptions::default(), &params, 0, 1, 1).unwrap();
         let state = State {
             h: Tensor::new(&[[0.9f64]], &dev).unwrap(),
@@ -1017,5 +1337,43 @@ mod tests {
         let h = next.h.to_vec2::<f64>().unwrap()[0][0];
         assert!((c - 0.55).abs() < 1e-15, "c = {c}");
         assert!((h - 0.250_260_105_595_117_7).abs() < 1e-15, "h = {h}");
+    }
+
+    #[test]
+    fn one_step_with_full_gate_recurrence_by_hand() {
+        // Zero input and recurrent weights; biases (i, f, g, o) = (0, 0, atanh 0.5, 0).
+        // The carried gates (i, f, o) = (0.5, 0.5, 0.5) reach this step's through
+        // weight_gg: the f row (0, 2 ln 3, 0) and the o row (2 ln 3, 0, 0) each add
+        // 2 ln 3 · 0.5 = ln 3, so i = 0.5, f = σ(ln 3) = 0.75, g = 0.5, o = 0.75. With
+        // c₀ = 0.4: c = 0.75·0.4 + 0.5·0.5 = 0.55, h = 0.75·tanh(0.55) = 0.375 390 158 392 676 4,
+        // and the state carries [c | i | f | o] = [0.55, 0.5, 0.75, 0.75].
+        let dev = Device::Cpu;
+        let mut params = one_unit([0.0, 0.0, 0.5f64.atanh(), 0.0]);
+        let l3 = 2.0 * 3f64.ln();
+        let weight_gg =
+            Tensor::new(&[[0.0f64, 0.0, 0.0], [0.0, l3, 0.0], [l3, 0.0, 0.0]], &dev).unwrap();
+        params.insert("weight_gg_l0", Var::from_tensor(&weight_gg).unwrap());
+        let options = LstmOptions {
+            full_gate_recurrence: true,
+            ..LstmOptions::default()
+        };
+        let lstm = Lstm::new(options, &params, 0, 1, 1).unwrap();
+        let state = State {
+            h: Tensor::new(&[[0.9f64]], &dev).unwrap(),
+            c: Some(Tensor::new(&[[0.4f64, 0.5, 0.5, 0.5]], &dev).unwrap()),
+        };
+        let x = Tensor::new(&[[[1.0f64]]], &dev).unwrap();
+        // The fused kernel (one step as a sequence) and the step form agree with the hand.
+        let (_, fused) = lstm.sequence(&x, &state).unwrap();
+        let stepped = lstm.step(&x.squeeze(1).unwrap(), &state).unwrap();
+        for next in [fused, stepped] {
+            let carried = next.c.unwrap().to_vec2::<f64>().unwrap()[0].clone();
+            let want = [0.55, 0.5, 0.75, 0.75];
+            for (got, want) in carried.iter().zip(want) {
+                assert!((got - want).abs() < 1e-15, "carried {carried:?}");
+            }
+            let h = next.h.to_vec2::<f64>().unwrap()[0][0];
+            assert!((h - 0.375_390_158_392_676_4).abs() < 1e-15, "h = {h}");
+        }
     }
 }

@@ -15,9 +15,11 @@ pub trait CellSpec: fmt::Debug + Send + Sync {
     /// change the math (`gru (reset before)`).
     fn label(&self) -> String;
 
-    /// Whether the state carries a cell state `c` (the LSTM family).
-    fn has_cell_state(&self) -> bool {
-        false
+    /// Width of the cell state `c` the state carries with `hidden` units: `hidden` for
+    /// the LSTM family (more when it also carries earlier gates), 0 for cells without.
+    fn cell_state_size(&self, hidden: usize) -> usize {
+        let _ = hidden;
+        0
     }
 
     /// One layer's parameters with `input` features and `hidden` units, in the order
@@ -94,6 +96,10 @@ pub enum ParamRole {
     },
     /// A peephole vector `(H)`.
     Peephole,
+    /// Recurrent connections between gates (Greff et al.'s full gate recurrence): like
+    /// a peephole, drawn as PyTorch draws weights under its scheme and zero otherwise,
+    /// so that the other schemes start from the cell without them.
+    GateRecurrence,
 }
 
 /// The PyTorch-style layout `[weight_ih (G·H, I), weight_hh (G·H, H), bias_ih (G·H),
@@ -206,6 +212,8 @@ pub struct CellOptions {
     pub no_input_activation: bool,
     /// `ablation.no_output_activation`.
     pub no_output_activation: bool,
+    /// `ablation.full_gate_recurrence`.
+    pub full_gate_recurrence: bool,
 }
 
 impl CellOptions {

@@ -93,7 +93,7 @@ fn gradient_check(label: &str, cell: &CellConfig) {
     let h0 = Var::from_tensor(&(wave(&[BATCH, HIDDEN], 4.0) * 0.5).unwrap()).unwrap();
     let c0 = layer
         .has_cell_state()
-        .then(|| Var::from_tensor(&wave(&[BATCH, HIDDEN], 5.0)).unwrap());
+        .then(|| Var::from_tensor(&wave(&[BATCH, layer.cell_state_size()], 5.0)).unwrap());
     let evaluate = || {
         scalar(&loss(
             layer.as_ref(),

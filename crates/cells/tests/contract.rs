@@ -75,9 +75,20 @@ fn shapes_and_states() {
         assert_eq!(layer.has_cell_state(), is_lstm, "{name}");
         let state = layer.zero_state(4).unwrap();
         assert_eq!(state.h.dims(), &[4, HIDDEN], "{name}");
+        // The LSTM with full gate recurrence carries its last i, f, o beside c.
+        let carried = if name.contains("full gate recurrence") {
+            4 * HIDDEN
+        } else {
+            HIDDEN
+        };
+        assert_eq!(
+            layer.cell_state_size(),
+            if is_lstm { carried } else { 0 },
+            "{name}"
+        );
         assert_eq!(
             state.c.as_ref().map(|c| c.dims().to_vec()),
-            is_lstm.then(|| vec![4, HIDDEN])
+            is_lstm.then(|| vec![4, carried])
         );
 
         let (out, last) = layer.sequence(&input(4, 6), &state).unwrap();

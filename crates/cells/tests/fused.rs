@@ -58,7 +58,7 @@ fn measure(
     let h0 = Var::from_tensor(&wave(&[batch, hidden], 2.0, dtype)).unwrap();
     let c0 = layer
         .has_cell_state()
-        .then(|| Var::from_tensor(&wave(&[batch, hidden], 3.0, dtype)).unwrap());
+        .then(|| Var::from_tensor(&wave(&[batch, layer.cell_state_size()], 3.0, dtype)).unwrap());
     let state = State {
         h: h0.as_tensor().clone(),
         c: c0.as_ref().map(|c| c.as_tensor().clone()),

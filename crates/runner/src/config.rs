@@ -287,6 +287,10 @@ pub struct RawAblation {
     /// No tanh on the cell output: `h = o ⊙ c` (Greff et al.'s NOAF).
     #[serde(skip_serializing_if = "is_false")]
     pub no_output_activation: bool,
+    /// Recurrent connections from the previous step's input, forget and output gates
+    /// into this step's (Greff et al.'s FGR; `weight_gg` `(3H, 3H)`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub full_gate_recurrence: bool,
 }
 
 fn unit_gain() -> f64 {
@@ -535,7 +539,7 @@ impl RawRun {
     pub fn full_value(&self) -> serde_yaml::Value {
         let mut value = serde_yaml::to_value(self).expect("a run serialises to YAML");
         let ablation = &self.model.ablation;
-        let later: [(&[&str], serde_yaml::Value); 3] = [
+        let later: [(&[&str], serde_yaml::Value); 4] = [
             (
                 &["model", "recurrent_gain"],
                 self.model.recurrent_gain.into(),
@@ -547,6 +551,10 @@ impl RawRun {
             (
                 &["model", "ablation", "no_output_activation"],
                 ablation.no_output_activation.into(),
+            ),
+            (
+                &["model", "ablation", "full_gate_recurrence"],
+                ablation.full_gate_recurrence.into(),
             ),
         ];
         for (path, field) in later {
@@ -610,6 +618,7 @@ impl RawModel {
             peepholes: a.peepholes,
             no_input_activation: a.no_input_activation,
             no_output_activation: a.no_output_activation,
+            full_gate_recurrence: a.full_gate_recurrence,
         }
     }
 

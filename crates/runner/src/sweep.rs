@@ -403,6 +403,7 @@ fn schema_run() -> RawRun {
     run.train.checkpoint_every = Some(1);
     run.model.ablation.no_input_activation = true;
     run.model.ablation.no_output_activation = true;
+    run.model.ablation.full_gate_recurrence = true;
     run.model.recurrent_gain = 2.0;
     run
 }

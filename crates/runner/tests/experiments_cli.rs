@@ -17,7 +17,7 @@ const GRIDS: [(&str, usize); 10] = [
     ("quick", 16),
     ("lstm-vs-gru", 48),
     ("faq-lstm-vs-gru", 150),
-    ("faq-peephole", 90),
+    ("faq-peephole", 100),
     ("faq-units", 60),
     ("faq-long-sequences", 50),
     ("faq-exploding", 30),
