@@ -595,7 +595,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
                 x: match x_kind {
                     XKind::SeqLen => Axis {
                         label: "sequence length T (steps)".into(),
-                        log: None,
+                        log: Some(2.0),
                         range: None,
                     },
                     XKind::Hidden => Axis {

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -119,13 +121,88 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> a
     }
     let rows = figure.panels.len().div_ceil(figure.cols.max(1));
     let areas = body.split_evenly((rows, figure.cols.max(1)));
+    let (x_log, y_log) = shared_scales(figure);
     for (area, panel) in areas.iter().zip(&figure.panels) {
         match panel {
-            PanelSpec::Lines(lines) => draw_lines(area, lines)?,
+            PanelSpec::Lines(lines) => {
+                let lines = LinesPanel {
+                    x: Axis {
+                        log: lines.x.log.filter(|_| x_log),
+                        ..lines.x.clone()
+                    },
+                    y: Axis {
+                        log: lines.y.log.filter(|_| y_log),
+                        ..lines.y.clone()
+                    },
+                    ..lines.clone()
+                };
+                draw_lines(area, &lines)?
+            }
             PanelSpec::Heatmap(heatmap) => draw_heatmap(area, heatmap)?,
         }
     }
     Ok(())
+}
+
+/// The x and y values of a panel's lines (means, dots, bands, seeds, crosses).
+fn panel_values(panel: &LinesPanel) -> (Vec<f64>, Vec<f64>) {
+    let mut xs = Vec::new();
+    let mut ys: Vec<f64> = panel.baseline.into_iter().collect();
+    for l in &panel.lines {
+        for &(x, y) in l.points.iter().chain(&l.dots).chain(&l.crosses) {
+            xs.push(x);
+            ys.push(y);
+        }
+        for &(x, lo, hi) in &l.band {
+            xs.push(x);
+            ys.extend([lo, hi]);
+        }
+        for &(x, y) in l.seeds.iter().flatten() {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    (xs, ys)
+}
+
+/// Whether the figure's x and y axes stay logarithmic. Panels are compared, so they share
+/// the scale kind: an axis asked to be logarithmic is, in every panel, when the values
+/// of all panels together span at least a factor of its base; over less, a linear axis
+/// reads better.
+fn shared_scales(figure: &Figure) -> (bool, bool) {
+    let lines: Vec<&LinesPanel> = figure
+        .panels
+        .iter()
+        .filter_map(|p| match p {
+            PanelSpec::Lines(l) => Some(l),
+            PanelSpec::Heatmap(_) => None,
+        })
+        .collect();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for panel in &lines {
+        let (x, y) = panel_values(panel);
+        xs.extend(x);
+        ys.extend(y);
+    }
+    let first = lines.first();
+    (
+        spans_a_factor(first.and_then(|l| l.x.log), &xs),
+        spans_a_factor(first.and_then(|l| l.y.log), &ys),
+    )
+}
+
+/// Whether the positive `values` span at least a factor of `base` (false without one).
+fn spans_a_factor(base: Option<f64>, values: &[f64]) -> bool {
+    let Some(base) = base else {
+        return false;
+    };
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| **v > 0.0 && v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    lo.is_finite() && hi / lo >= base * (1.0 - 1e-9)
 }
 
 /// A straight legend swatch in pixel coordinates, dashed as the style says.
@@ -166,27 +243,6 @@ fn to_axis(axis: &Axis, v: f64) -> Option<f64> {
     }
 }
 
-/// A log axis stays logarithmic only when its data span at least a factor of its base;
-/// over less, a linear axis reads better (no 31623 ticks).
-fn fit_scale(axis: &Axis, values: impl Iterator<Item = f64>) -> Axis {
-    let Some(base) = axis.log else {
-        return axis.clone();
-    };
-    let (lo, hi) = values
-        .filter(|v| *v > 0.0 && v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-    if lo.is_finite() && hi / lo < base * (1.0 - 1e-9) {
-        Axis {
-            log: None,
-            ..axis.clone()
-        }
-    } else {
-        axis.clone()
-    }
-}
-
 /// The axis range: fixed, or the data's with 5 % padding (a decade at least on a log axis
 /// when the data are flat).
 fn axis_range(axis: &Axis, values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -214,20 +270,120 @@ fn axis_range(axis: &Axis, values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - span * 0.05, hi + span * 0.05)
 }
 
-/// A tick label: the value itself, back from log space if needed, in few digits. A log
-/// axis that spans two whole powers of its base labels only those (4, 8, 16 rather than
-/// 4, 4.59, 5.28).
-fn tick_label(axis: &Axis, (lo, hi): (f64, f64), v: f64) -> String {
-    match axis.log {
-        Some(base) => {
-            let whole_powers = hi.floor() - lo.ceil() >= 1.0;
-            if whole_powers && (v - v.round()).abs() > 1e-9 {
-                String::new()
-            } else {
-                pretty(base.powf(v))
-            }
+/// Ticks an axis from `lo` to `hi` (axis coordinates) gets, with their labels:
+/// - linear: a 1, 2 or 5 × 10^k step giving 4 to 8 ticks;
+/// - log base 10: the decades when three or more fit (at most 8 labelled), else
+///   1-2-5 × 10^k when three or more fit, else linear steps in the data's own units;
+/// - log base 2: the data's own values when there are few (the swept T = 25, 50, 100),
+///   else the powers of two.
+fn ticks(axis: &Axis, (lo, hi): (f64, f64), data: &[f64]) -> Vec<(f64, String)> {
+    let linear = |lo: f64, hi: f64| -> Vec<(f64, String)> {
+        let step = nice_step(hi - lo);
+        let decimals = (-(step.log10() + 1e-9).floor()).max(0.0) as usize;
+        let first = (lo / step).ceil() as i64;
+        let last = (hi / step).floor() as i64;
+        (first..=last)
+            .map(|k| {
+                let v = k as f64 * step;
+                (v, format!("{v:.decimals$}"))
+            })
+            .collect()
+    };
+    let Some(base) = axis.log else {
+        return linear(lo, hi);
+    };
+    let at = |v: f64| (v.log(base), pretty(v));
+    let (vlo, vhi) = (base.powf(lo), base.powf(hi));
+    if base == 2.0 {
+        let mut seen: Vec<f64> = data
+            .iter()
+            .copied()
+            .filter(|v| *v >= vlo && *v <= vhi)
+            .collect();
+        seen.sort_by(f64::total_cmp);
+        seen.dedup();
+        if (2..=10).contains(&seen.len()) {
+            return seen.into_iter().map(at).collect();
         }
-        None => pretty(v),
+    }
+    let powers: Vec<f64> = ((lo.ceil() as i64)..=(hi.floor() as i64))
+        .map(|k| base.powi(k as i32))
+        .collect();
+    if powers.len() >= 3 {
+        let every = powers.len().div_ceil(8);
+        return powers.into_iter().step_by(every).map(at).collect();
+    }
+    if base == 10.0 {
+        let one_two_five: Vec<f64> = ((lo.floor() as i32)..=(hi.ceil() as i32))
+            .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
+            .filter(|v| *v >= vlo && *v <= vhi)
+            .collect();
+        if one_two_five.len() >= 3 {
+            return one_two_five.into_iter().map(at).collect();
+        }
+    }
+    linear(vlo, vhi)
+        .into_iter()
+        .filter(|(v, _)| *v > 0.0)
+        .map(|(v, label)| (v.log(base), label))
+        .collect()
+}
+
+/// A plotting coordinate (linear in axis coordinates) whose ticks are exactly the given
+/// ones, each with its own label.
+struct Ticked {
+    linear: RangedCoordf64,
+    ticks: Vec<(f64, String)>,
+}
+
+impl Ticked {
+    fn new(range: std::ops::Range<f64>, ticks: Vec<(f64, String)>) -> Self {
+        Self {
+            linear: range.into(),
+            ticks,
+        }
+    }
+}
+
+impl Ranged for Ticked {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.linear.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.ticks.iter().map(|t| t.0).collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.linear.range()
+    }
+}
+
+impl ValueFormatter<f64> for Ticked {
+    fn format_ext(&self, value: &f64) -> String {
+        self.ticks
+            .iter()
+            .find(|t| t.0 == *value)
+            .map_or_else(String::new, |t| t.1.clone())
+    }
+}
+
+/// A 1, 2 or 5 × 10^k step that cuts `span` into 4 to 8 pieces.
+fn nice_step(span: f64) -> f64 {
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&step| span / step <= 8.0)
+        .unwrap_or(10.0 * magnitude);
+    if step > 0.0 && step.is_finite() {
+        step
+    } else {
+        1.0
     }
 }
 
@@ -270,33 +426,23 @@ fn draw_lines<DB: DrawingBackend>(
             .chain(l.seeds.iter().flatten().map(|p| p.1))
             .chain(l.crosses.iter().map(|p| p.1))
     });
-    let x_axis = fit_scale(&panel.x, xs.clone());
-    let y_axis = fit_scale(&panel.y, ys.clone().chain(panel.baseline));
-    let panel = &LinesPanel {
-        x: x_axis,
-        y: y_axis,
-        ..panel.clone()
-    };
+    let x_data: Vec<f64> = xs.clone().collect();
     let (x0, x1) = axis_range(&panel.x, xs);
     let (y0, y1) = axis_range(&panel.y, ys.chain(panel.baseline));
+    let x_ticks = ticks(&panel.x, (x0, x1), &x_data);
+    let y_ticks = ticks(&panel.y, (y0, y1), &[]);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 26))
         .margin(14)
         .margin_right(30)
         .x_label_area_size(64)
         .y_label_area_size(96)
-        .build_cartesian_2d(x0..x1, y0..y1)
+        .build_cartesian_2d(Ticked::new(x0..x1, x_ticks), Ticked::new(y0..y1, y_ticks))
         .map_err(drawing)?;
-    let x_format = |v: &f64| tick_label(&panel.x, (x0, x1), *v);
-    let y_format = |v: &f64| tick_label(&panel.y, (y0, y1), *v);
     chart
         .configure_mesh()
         .x_desc(&panel.x.label)
         .y_desc(&panel.y.label)
-        .x_labels(8)
-        .y_labels(8)
-        .x_label_formatter(&x_format)
-        .y_label_formatter(&y_format)
         .label_style((FONT, 19))
         .axis_desc_style((FONT, 22))
         .light_line_style(TRANSPARENT)
@@ -506,6 +652,49 @@ mod tests {
         assert_eq!(pretty(31622.7), "31623");
         assert_eq!(pretty(1e-5), "1e-5");
         assert_eq!(pretty(2.5e6), "2.5e6");
+    }
+
+    fn labels(axis: Option<f64>, (lo, hi): (f64, f64), data: &[f64]) -> Vec<String> {
+        let axis = Axis {
+            label: String::new(),
+            log: axis,
+            range: None,
+        };
+        ticks(&axis, (lo, hi), data)
+            .into_iter()
+            .map(|t| t.1)
+            .collect()
+    }
+
+    #[test]
+    fn ticks_are_round_numbers_whatever_the_span() {
+        // Linear 0..1: steps of 0.2.
+        assert_eq!(
+            labels(None, (0.0, 1.0), &[]),
+            ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+        );
+        // Five decades 1e-4..1e1 (axis coordinates are log10): the decades.
+        assert_eq!(
+            labels(Some(10.0), (-4.2, 1.1), &[]),
+            ["1e-4", "0.001", "0.01", "0.1", "1", "10"]
+        );
+        // 0.15..1.6 holds one decade: 1-2-5 instead (not 0.158, 0.251, 0.398).
+        let (lo, hi) = (0.15f64.log10(), 1.6f64.log10());
+        assert_eq!(labels(Some(10.0), (lo, hi), &[]), ["0.2", "0.5", "1"]);
+        // 1.37..1.41: round steps in the data's units, enough digits to tell them apart.
+        let (lo, hi) = (1.372f64.log10(), 1.409f64.log10());
+        assert_eq!(
+            labels(Some(10.0), (lo, hi), &[]),
+            [
+                "1.375", "1.380", "1.385", "1.390", "1.395", "1.400", "1.405"
+            ]
+        );
+        // A log2 T axis is ticked at the swept lengths.
+        let (lo, hi) = (20f64.log2(), 120f64.log2());
+        assert_eq!(
+            labels(Some(2.0), (lo, hi), &[25.0, 50.0, 100.0, 50.0]),
+            ["25", "50", "100"]
+        );
     }
 
     #[test]
