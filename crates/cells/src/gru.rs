@@ -43,6 +43,7 @@ pub enum GruReset {
 /// `model.cell: gru` (with `model.gru_reset: after | before`).
 pub static GRU: CellKind = CellKind {
     name: "gru",
+    display: "GRU",
     summary: "GRU (Cho et al. 2014; torch.nn.GRU), reset gate after W_hn or before (gru_reset)",
     configure: |options| {
         let reset = if options.reset_before {

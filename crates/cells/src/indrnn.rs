@@ -31,6 +31,7 @@ pub struct IndRnnSpec;
 /// `model.cell: indrnn`.
 pub static INDRNN: CellKind = CellKind {
     name: "indrnn",
+    display: "IndRNN",
     summary: "IndRNN (Li et al. 2018): h = relu(W x + b + u ⊙ h), a diagonal recurrence",
     configure: |options| {
         options.only_defaults("indrnn")?;

@@ -106,6 +106,8 @@ impl<S: CellMath> BuildLayer for S {
 pub struct CellKind {
     /// The name in configs (`model.cell`).
     pub name: &'static str,
+    /// The name in figures and reports (`LSTM`, `tanh RNN`).
+    pub display: &'static str,
     /// One line for listings: what the cell is, with its citation.
     pub summary: &'static str,
     /// The cell this name means with `options`, or which option does not apply.

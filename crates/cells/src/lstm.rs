@@ -156,6 +156,7 @@ impl Gate {
 /// `model.cell: lstm` (with `model.ablation`).
 pub static LSTM: CellKind = CellKind {
     name: "lstm",
+    display: "LSTM",
     summary: "LSTM (Hochreiter & Schmidhuber 1997, forget gate of Gers et al. 2000; torch.nn.LSTM) and the ablations of Greff et al. 2017 (gates, coupling, activations)",
     configure: |options| LstmOptions::from_config(options, false),
     colors: &[
@@ -180,6 +181,7 @@ pub static LSTM: CellKind = CellKind {
 /// `model.cell: peephole_lstm`: the LSTM with `ablation.peepholes` on.
 pub static PEEPHOLE_LSTM: CellKind = CellKind {
     name: "peephole_lstm",
+    display: "peephole LSTM",
     summary: "peephole LSTM (Gers & Schmidhuber 2000): the LSTM whose gates see the cell state",
     configure: |options| LstmOptions::from_config(options, true),
     colors: &[

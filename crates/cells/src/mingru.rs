@@ -34,6 +34,7 @@ pub struct MinGruSpec;
 /// `model.cell: mingru`.
 pub static MINGRU: CellKind = CellKind {
     name: "mingru",
+    display: "minGRU",
     summary: "minGRU (Feng et al. 2024): h = (1 − z) ⊙ h + z ⊙ (W_h x + b_h), z = σ(W_z x + b_z)",
     configure: |options| {
         options.only_defaults("mingru")?;

@@ -38,6 +38,17 @@ pub fn parse(name: &str, options: &CellOptions) -> Result<CellConfig, String> {
     }
 }
 
+/// A cell label as figures and reports show it: the config name in front replaced by
+/// the entry's display name (`gru (reset before)` → `GRU (reset before)`); a label no
+/// entry starts stays as it is.
+pub fn display_label(label: &str) -> String {
+    let (base, rest) = label.split_at(label.find(" (").unwrap_or(label.len()));
+    match find(base) {
+        Some(kind) => format!("{}{rest}", kind.display),
+        None => label.to_owned(),
+    }
+}
+
 /// Every configuration the cell test suites run, from every entry.
 pub fn examples() -> Vec<CellConfig> {
     CELLS.iter().flat_map(|kind| (kind.examples)()).collect()
@@ -64,6 +75,13 @@ mod tests {
         let labels: Vec<_> = label_colors().map(|(label, _)| label).collect();
         let unique: std::collections::BTreeSet<_> = labels.iter().collect();
         assert_eq!(unique.len(), labels.len());
+        assert_eq!(display_label("gru (reset before)"), "GRU (reset before)");
+        assert_eq!(display_label("peephole_lstm"), "peephole LSTM");
+        assert_eq!(
+            display_label("lstm (no forget gate)"),
+            "LSTM (no forget gate)"
+        );
+        assert_eq!(display_label("unknown (x)"), "unknown (x)");
         // Each entry's name configures to a cell whose label has a colour.
         for kind in CELLS {
             let config = (kind.configure)(&Default::default()).unwrap();

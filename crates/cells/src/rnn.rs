@@ -34,6 +34,7 @@ pub enum Nonlinearity {
 /// `model.cell: rnn`.
 pub static RNN: CellKind = CellKind {
     name: "rnn",
+    display: "tanh RNN",
     summary: "vanilla tanh RNN (Elman 1990; torch.nn.RNN)",
     configure: |options| {
         options.only_defaults("rnn")?;
@@ -46,6 +47,7 @@ pub static RNN: CellKind = CellKind {
 /// `model.cell: rnn_relu` (the IRNN of Le et al. 2015 with `init: identity`).
 pub static RNN_RELU: CellKind = CellKind {
     name: "rnn_relu",
+    display: "ReLU RNN",
     summary: "vanilla ReLU RNN (the IRNN of Le et al. 2015 with init: identity)",
     configure: |options: &CellOptions| {
         options.only_defaults("rnn_relu")?;

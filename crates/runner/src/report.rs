@@ -22,7 +22,7 @@ use anyhow::Context;
 use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series as Column_};
 use serde_yaml::Value;
 
-use crate::plot::{Figure, pretty, write_plots};
+use crate::plot::{Figure, metric_label, pretty, write_plots};
 use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline};
 use crate::stats::{Spread, Welch, fisher_exact, holm, median, sign_test};
 use crate::store::{RunStatus, Table, write_parquet, write_text};
@@ -521,7 +521,7 @@ fn summary_table(results: &Results, series: &[Series], panels: &[Panel]) -> Stri
                     String::new()
                 }
             ));
-            row.push(first.task.metric_name().to_owned());
+            row.push(metric_label(&first.task));
             row.push(
                 outcome
                     .metric()
@@ -680,7 +680,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, 
                 let _ = write!(
                     line,
                     " Also not distinguishable from it: {}.",
-                    tied.join(", ")
+                    tied.join("; ")
                 );
             }
             let at_baseline: Vec<&str> = ranked
@@ -689,7 +689,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, 
                 .map(|o| o.series.label.as_str())
                 .collect();
             if !at_baseline.is_empty() {
-                let _ = write!(line, " At the baseline: {}.", at_baseline.join(", "));
+                let _ = write!(line, " At the baseline: {}.", at_baseline.join("; "));
             }
         }
         let diverged: Vec<String> = ranked
@@ -698,7 +698,7 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, 
             .map(|o| format!("{} ({}/{})", o.series.label, o.diverged, o.runs.len()))
             .collect();
         if !diverged.is_empty() {
-            let _ = write!(line, " Diverged: {}.", diverged.join(", "));
+            let _ = write!(line, " Diverged: {}.", diverged.join("; "));
         }
         md.push_str(&line);
         md.push('\n');
@@ -774,9 +774,9 @@ fn finding_rows(family: &Family, all: &[Vec<Outcome>], titles: &[String]) -> Vec
     rows
 }
 
-/// `loss 0.0012 (×/÷ 1.3), accuracy_0.04 0.95, solved 3/3 in ~800 steps`.
+/// `loss 0.0012 (×/÷ 1.3), accuracy (|error| < 0.04) 0.95, solved 3/3 in ~800 steps`.
 fn describe(outcome: &Outcome, base_loss: f64) -> String {
-    let metric_name = outcome.runs[0].task.metric_name();
+    let metric_name = metric_label(&outcome.runs[0].task);
     let mut text = format!("loss {}", loss_text(outcome));
     if let Some(loss) = outcome.loss() {
         let _ = write!(text, " ({} of the baseline's)", pct(loss / base_loss));
@@ -855,7 +855,7 @@ fn reference_series<'a>(
             std::cmp::Reverse(s.label.clone()),
         )
     });
-    series.iter().find(|s| s.label == "lstm").or(most_wins)
+    series.iter().find(|s| s.cell == "lstm").or(most_wins)
 }
 
 /// The reference series against each other series across settings: a sign test on the

@@ -108,12 +108,46 @@ pub fn short_key(key: &str) -> &str {
     }
 }
 
-/// `key=value` as figures and tables show it (`T=100`, `clip=none`; a task is its name).
+/// A key's value in words, as figures and reports show it: `T = 100`, `64 units`,
+/// `clipping: norm 1`, `temporal order`; numbers without a trailing `.0`. Keys without
+/// words of their own read `name = value`.
 pub fn key_value(key: &str, value: &str) -> String {
-    if key == "task.kind" {
-        value.to_owned()
-    } else {
-        format!("{}={value}", short_key(key))
+    let number = value
+        .parse::<f64>()
+        .map_or_else(|_| value.to_owned(), crate::plot::pretty);
+    match key {
+        "task.kind" => value.replace('_', " "),
+        "task.seq_len" => format!("T = {number}"),
+        "task.classes" => format!("{number} classes"),
+        "model.hidden" => format!("{number} units"),
+        "model.layers" => format!("{number} layers"),
+        "model.forget_bias" => format!("forget bias {number}"),
+        "model.recurrent_gain" => format!("recurrent gain {number}"),
+        "model.init" => format!("{value} init"),
+        "train.optimizer" => match value {
+            "sgd" => "SGD".into(),
+            "adam" => "Adam".into(),
+            "rmsprop" => "RMSprop".into(),
+            other => other.to_owned(),
+        },
+        "train.lr" => format!("lr {number}"),
+        "train.batch_size" => format!("batch {number}"),
+        "train.steps" => format!("{number} steps"),
+        "train.epochs" => format!("{number} epochs"),
+        "train.samples" => format!("{number} sequences"),
+        "train.clip" if value == "none" => "no clipping".into(),
+        "train.clip" => {
+            // `norm 1.0` → `clipping: norm 1`
+            let words: Vec<String> = value
+                .split(' ')
+                .map(|w| {
+                    w.parse::<f64>()
+                        .map_or_else(|_| w.to_owned(), crate::plot::pretty)
+                })
+                .collect();
+            format!("clipping: {}", words.join(" "))
+        }
+        _ => format!("{} = {number}", short_key(key).replace('_', " ")),
     }
 }
 
@@ -324,17 +358,17 @@ impl Results {
     }
 }
 
-/// The series label of `run` among `runs`: its cell, plus the series keys that vary
-/// within that cell (`gru hidden=74`).
+/// The series label of `run` among `runs`: its cell's display name, plus the series
+/// keys that vary within that cell (`GRU, 74 units`).
 fn series_label(runs: &[RunResult], keys: &[Key], run: &RunResult) -> String {
-    let mut label = run.cell.clone();
+    let mut label = registry::display_label(&run.cell);
     for key in keys.iter().filter(|k| k.role == Role::Series) {
         let varies = runs
             .iter()
             .filter(|r| r.cell == run.cell)
             .any(|r| r.values[&key.name] != run.values[&key.name]);
         if varies {
-            label.push(' ');
+            label.push_str(", ");
             label.push_str(&key_value(&key.name, &run.values[&key.name]));
         }
     }
@@ -510,8 +544,13 @@ mod tests {
         assert_eq!(display(Some(&clip)), "norm 1.0");
         let none: Value = serde_yaml::from_str("{ norm: null, value: null }").unwrap();
         assert_eq!(display(Some(&none)), "none");
-        assert_eq!(key_value("task.seq_len", "100"), "T=100");
-        assert_eq!(key_value("task.kind", "copy"), "copy");
-        assert_eq!(key_value("model.forget_bias", "1.0"), "forget_bias=1.0");
+        assert_eq!(key_value("task.seq_len", "100"), "T = 100");
+        assert_eq!(key_value("task.kind", "temporal_order"), "temporal order");
+        assert_eq!(key_value("model.forget_bias", "1.0"), "forget bias 1");
+        assert_eq!(key_value("model.hidden", "64"), "64 units");
+        assert_eq!(key_value("train.clip", "norm 1.0"), "clipping: norm 1");
+        assert_eq!(key_value("train.clip", "none"), "no clipping");
+        assert_eq!(key_value("train.optimizer", "sgd"), "SGD");
+        assert_eq!(key_value("model.gru_reset", "before"), "gru reset = before");
     }
 }

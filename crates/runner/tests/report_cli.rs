@@ -143,9 +143,9 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
         &plots,
         "learning_curves",
         &[
-            "lstm",
-            "gru",
-            "T=6, hidden=8",
+            "LSTM",
+            "GRU",
+            "T = 6, 8 units",
             "trivial baseline",
             "training step",
         ],
@@ -168,10 +168,10 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
     check_figure(
         &plots,
         "final_vs_seq_len",
-        &["hidden=4", "sequence length T (steps)"],
+        &["4 units", "sequence length T (steps)"],
     );
     check_figure(&plots, "solved_vs_seq_len", &["/2", "sequence length T"]);
-    check_figure(&plots, "final_vs_hidden", &["T=9", "hidden units"]);
+    check_figure(&plots, "final_vs_hidden", &["T = 9", "hidden units"]);
     check_figure(&plots, "final_vs_parameters", &["trainable parameters"]);
     check_figure(
         &plots,
@@ -292,21 +292,21 @@ fn the_findings_follow_the_data() {
         set_losses(&dir, "gru", t, 0.1);
     }
     let first = report(&dir);
-    let line = finding(&first, "T=6");
-    assert!(line.contains("lowest loss: **lstm**"), "{line}");
+    let line = finding(&first, "T = 6");
+    assert!(line.contains("lowest loss: **LSTM**"), "{line}");
     assert!(line.contains("100× its loss"), "{line}");
     assert!(line.contains("a clear difference (p = "), "{line}");
     assert!(line.contains("Holm-adjusted"), "{line}");
     assert!(
-        first.contains("- lstm has the lowest loss in 2 of 2 settings (2 of them clearly ahead"),
+        first.contains("- LSTM has the lowest loss in 2 of 2 settings (2 of them clearly ahead"),
         "{first}"
     );
     // Two settings out of two is all a sign test can say: p = 2 · (1/2)² = 0.5.
     assert!(
         first.contains(
-            "- lstm vs gru: lstm's loss is lower in 2 of 2 settings (sign test p = 0.5, \
-             Holm-adjusted 0.5); clearly lower in 2, clearly higher in 0; gru's loss over \
-             lstm's: median 100×"
+            "- LSTM vs GRU: LSTM's loss is lower in 2 of 2 settings (sign test p = 0.5, \
+             Holm-adjusted 0.5); clearly lower in 2, clearly higher in 0; GRU's loss over \
+             LSTM's: median 100×"
         ),
         "{first}"
     );
@@ -337,17 +337,17 @@ fn the_findings_follow_the_data() {
     set_losses(&dir, "lstm", 6, 0.1);
     set_losses(&dir, "gru", 6, 0.1);
     let second = report(&dir);
-    let line = finding(&second, "T=9");
-    assert!(line.contains("lowest loss: **gru**"), "{line}");
+    let line = finding(&second, "T = 9");
+    assert!(line.contains("lowest loss: **GRU**"), "{line}");
     assert!(line.contains("10× its loss"), "{line}");
-    let line = finding(&second, "T=6");
+    let line = finding(&second, "T = 6");
     assert!(
         line.contains("not distinguishable with 2 and 2 seeds (p = 1, Holm-adjusted 1;"),
         "{line}"
     );
     // Equal losses at T=6 count for neither side: 1 setting, lower in none.
     assert!(
-        second.contains("- lstm vs gru: lstm's loss is lower in 0 of 1 settings (sign test p = 1, Holm-adjusted 1); clearly lower in 0, clearly higher in 1"),
+        second.contains("- LSTM vs GRU: LSTM's loss is lower in 0 of 1 settings (sign test p = 1, Holm-adjusted 1); clearly lower in 0, clearly higher in 1"),
         "{second}"
     );
     assert_ne!(first, second);
@@ -401,7 +401,7 @@ fn diverged_runs_have_no_end_of_training_gradient() {
     let row = |report: &str| {
         report
             .lines()
-            .find(|l| l.starts_with("| all | lstm |"))
+            .find(|l| l.starts_with("| all | LSTM |"))
             .unwrap_or_else(|| panic!("no gradient row in\n{report}"))
             .to_owned()
     };

@@ -395,7 +395,9 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
     );
     let report = std::fs::read_to_string(out.join("cells/REPORT.md")).unwrap();
     for kind in kinds {
-        let label = (kind.configure)(&Default::default()).unwrap().label();
+        let label = rnnlab_cells::registry::display_label(
+            &(kind.configure)(&Default::default()).unwrap().label(),
+        );
         assert!(
             report.contains(&format!("| {label} |")),
             "{label} is not in the report's table"

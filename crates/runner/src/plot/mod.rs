@@ -547,7 +547,7 @@ fn mean_band(
 
 /// The task metric in words for an axis: `accuracy (|error| < 0.04)` rather than the
 /// column name `accuracy_0.04`.
-fn metric_label(task: &rnnlab_tasks::Task) -> String {
+pub(crate) fn metric_label(task: &rnnlab_tasks::Task) -> String {
     let name = task.metric_name();
     match name.strip_prefix("accuracy_") {
         Some(tolerance) => format!("accuracy (|error| < {tolerance})"),
