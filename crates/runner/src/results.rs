@@ -28,7 +28,7 @@ use crate::sweep::scalar;
 use rnnlab_cells::registry;
 
 /// Everything plots and reports need from one experiment folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Results {
     /// The experiment folder.
     pub dir: ExperimentDir,
@@ -45,7 +45,7 @@ pub struct Results {
 }
 
 /// One complete run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RunResult {
     /// The run id.
     pub id: String,
@@ -298,6 +298,18 @@ impl Results {
     /// The panel key called `name`, if the experiment crosses it with the cells.
     pub fn panel_key(&self, name: &str) -> Option<&Key> {
         self.keys_with(Role::Panel).find(|k| k.name == name)
+    }
+
+    /// The runs whose `key` is `value` (its only value left): one part of a figure
+    /// too big for a page.
+    pub fn only(&self, key: &str, value: &str) -> Self {
+        let mut part = self.clone();
+        part.runs
+            .retain(|r| r.values.get(key).is_some_and(|v| v == value));
+        for k in part.keys.iter_mut().filter(|k| k.name == key) {
+            k.values = vec![value.to_owned()];
+        }
+        part
     }
 
     /// The experiment's question, from the manifest.

@@ -14,6 +14,9 @@
 
 mod png;
 mod render;
+mod style;
+
+use style::BASELINE_GREY;
 
 pub use render::pretty;
 use render::render;
@@ -23,19 +26,12 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::style::RGBColor;
 
-use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline, label_hash};
+use crate::results::{
+    MIN_F32, Panel, Results, Role, RunResult, Series, baseline, key_value, label_hash,
+};
 use crate::stats::median;
 use crate::store::RunStatus;
 use rnnlab_cells::registry;
-
-/// Figure width in pixels.
-const WIDTH: u32 = 1800;
-/// Height of one row of panels.
-const PANEL_HEIGHT: u32 = 520;
-/// The font family every text uses (registered from the bundled DejaVu Sans).
-const FONT: &str = "sans-serif";
-/// The grey of the baseline.
-const BASELINE_GREY: RGBColor = RGBColor(120, 120, 120);
 
 /// One figure, ready to draw on any backend.
 #[derive(Debug, Clone)]
@@ -199,6 +195,58 @@ pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
 ///   gradients show as spikes);
 /// - `throughput`: training samples/s against the hidden size (or T).
 pub fn figures(results: &Results) -> Vec<Figure> {
+    let all = figures_of(results);
+    let Some(key) = results
+        .keys_with(Role::Panel)
+        .find(|k| k.values.len() > 1 && all.iter().any(|f| f.panels.len() > MAX_PANELS))
+    else {
+        return all;
+    };
+    let parts: Vec<(&String, Vec<Figure>)> = key
+        .values
+        .iter()
+        .map(|v| (v, figures_of(&results.only(&key.name, v))))
+        .collect();
+    let mut out = Vec::new();
+    for figure in all {
+        if figure.panels.len() <= MAX_PANELS {
+            out.push(figure);
+            continue;
+        }
+        for (value, figures) in &parts {
+            if let Some(part) = figures.iter().find(|f| f.stem == figure.stem) {
+                out.push(Figure {
+                    stem: format!("{}_{}", part.stem, slug(value)),
+                    title: format!("{}: {}", key_value(&key.name, value), part.title),
+                    ..part.clone()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Most panels one figure holds (3 × 3, readable at a page's width): a figure with more
+/// is split into one figure per value of the first panel key (`loss_curves_adding`,
+/// `loss_curves_copy`, …).
+const MAX_PANELS: usize = 9;
+
+/// `temporal_order` → `temporal_order`, `0.01` → `0_01`: a value as part of a file name.
+fn slug(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Every figure the results support, however many panels each has.
+fn figures_of(results: &Results) -> Vec<Figure> {
     if results.runs.is_empty() {
         return Vec::new();
     }

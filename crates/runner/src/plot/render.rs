@@ -11,10 +11,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::png::write_palette_png;
-use super::{
-    Axis, BASELINE_GREY, FONT, Figure, HeatmapPanel, LinesPanel, PANEL_HEIGHT, PanelSpec, Style,
-    WIDTH,
+use super::style::{
+    AXIS_SIZE, BASELINE_GREY, FONT, LEGEND_ROW, LEGEND_SIZE, PANEL_HEIGHT, PANEL_TITLE_SIZE,
+    TICK_SIZE, TITLE_SIZE, WIDTH,
 };
+use super::{Axis, Figure, HeatmapPanel, LinesPanel, PanelSpec, Style};
 use crate::store::{write_atomic, write_text};
 
 /// Draws `figure` as `<stem>.png` and `<stem>.svg` in `folder`, each written whole.
@@ -62,10 +63,6 @@ fn register_font() {
         );
     });
 }
-
-const TITLE_SIZE: f64 = 34.0;
-const LEGEND_SIZE: f64 = 24.0;
-const LEGEND_ROW: u32 = 36;
 
 /// Legend items laid out in rows across the figure: (row, x) of each.
 fn legend_layout(figure: &Figure) -> Vec<(u32, i32)> {
@@ -432,19 +429,19 @@ fn draw_lines<DB: DrawingBackend>(
     let x_ticks = ticks(&panel.x, (x0, x1), &x_data);
     let y_ticks = ticks(&panel.y, (y0, y1), &[]);
     let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FONT, 26))
+        .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
         .margin(14)
         .margin_right(30)
-        .x_label_area_size(64)
-        .y_label_area_size(96)
+        .x_label_area_size(76)
+        .y_label_area_size(112)
         .build_cartesian_2d(Ticked::new(x0..x1, x_ticks), Ticked::new(y0..y1, y_ticks))
         .map_err(drawing)?;
     chart
         .configure_mesh()
         .x_desc(&panel.x.label)
         .y_desc(&panel.y.label)
-        .label_style((FONT, 19))
-        .axis_desc_style((FONT, 22))
+        .label_style((FONT, TICK_SIZE))
+        .axis_desc_style((FONT, AXIS_SIZE))
         .light_line_style(TRANSPARENT)
         .bold_line_style(RGBColor(225, 225, 225))
         .draw()
@@ -572,10 +569,10 @@ fn draw_heatmap<DB: DrawingBackend>(
         .max()
         .unwrap_or(0);
     let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FONT, 26))
+        .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
         .margin(14)
         .margin_right(30)
-        .x_label_area_size(64)
+        .x_label_area_size(76)
         .y_label_area_size((longest + 24).min(360) as u32)
         .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
         .map_err(drawing)?;
@@ -604,8 +601,8 @@ fn draw_heatmap<DB: DrawingBackend>(
         .y_labels(nrows * 2 + 1)
         .x_label_formatter(&col_name)
         .y_label_formatter(&row_name)
-        .label_style((FONT, 20))
-        .axis_desc_style((FONT, 22))
+        .label_style((FONT, TICK_SIZE))
+        .axis_desc_style((FONT, AXIS_SIZE))
         .draw()
         .map_err(drawing)?;
     for (r, row) in panel.cells.iter().enumerate() {
@@ -627,7 +624,7 @@ fn draw_heatmap<DB: DrawingBackend>(
                 .draw_series(std::iter::once(Text::new(
                     text.clone(),
                     (x + 0.5, y + 0.5),
-                    (FONT, 26)
+                    (FONT, PANEL_TITLE_SIZE)
                         .into_font()
                         .color(&ink)
                         .pos(Pos::new(HPos::Center, VPos::Center)),
