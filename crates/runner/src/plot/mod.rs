@@ -540,22 +540,25 @@ fn grad_norms(results: &Results) -> Figure {
     }
 }
 
-/// One dot per run and a line through the mean at each x (geometric for a quantity that
-/// spans decades), for figures over a few x values.
-fn seed_line(style: Style, dots: Vec<(f64, f64)>, geometric: bool) -> LineSpec {
+/// One dot per run and a line through the median at each x, for figures over a few x
+/// values (with few seeds a mean draws a value no seed had).
+fn seed_line(style: Style, dots: Vec<(f64, f64)>) -> LineSpec {
     // Keyed by the bits of x: for the positive x of these figures, bit order is numeric.
     let mut by_x: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
     for &(x, y) in &dots {
         by_x.entry(x.to_bits()).or_default().push(y);
     }
-    let by_x = by_x
-        .into_iter()
-        .map(|(bits, ys)| (f64::from_bits(bits), ys));
     LineSpec {
+        style,
+        points: by_x
+            .into_iter()
+            .map(|(bits, ys)| (f64::from_bits(bits), median(&ys)))
+            .collect(),
         band: Vec::new(),
         dots,
         markers: true,
-        ..mean_band(style, by_x, geometric)
+        seeds: Vec::new(),
+        crosses: Vec::new(),
     }
 }
 
@@ -611,62 +614,90 @@ fn loss_name(task: &rnnlab_tasks::Task) -> &'static str {
     }
 }
 
+/// One seed's x, final metric and final loss.
+type Final = (f64, f64, f64);
+
 fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
     let series = results.series();
-    let (keys, cols) = layout(results, &[key]);
+    let (keys, _) = layout(results, &[key]);
     let panels = results.panels(&keys);
-    let specs = panels
-        .iter()
-        .map(|panel| {
-            let task = panel.task();
-            let lines = by_series(&series, &panel.runs)
-                .into_iter()
-                .map(|(s, runs)| {
-                    // A diverged run has no final metric to show: it is left out.
-                    let dots = runs
-                        .iter()
-                        .filter(|run| run.summary.status != RunStatus::Diverged)
-                        .map(|run| {
-                            let x = match x_kind {
-                                XKind::Parameters => run.summary.parameters as f64,
-                                _ => run.values[key].parse::<f64>().unwrap_or(f64::NAN),
-                            };
-                            (x, run.summary.final_metric)
-                        })
-                        .filter(|(x, y)| x.is_finite() && y.is_finite())
-                        .collect();
-                    seed_line(style_of(&s), dots, false)
-                })
-                .collect();
-            PanelSpec::Lines(LinesPanel {
-                title: panel_title(results, panel),
-                x: match x_kind {
-                    XKind::SeqLen => Axis {
-                        label: "sequence length T (steps)".into(),
-                        log: Some(2.0),
-                        range: None,
-                    },
-                    XKind::Hidden => Axis {
-                        label: "hidden units".into(),
-                        log: Some(2.0),
-                        range: None,
-                    },
-                    XKind::Parameters => Axis {
-                        label: "trainable parameters".into(),
-                        log: Some(10.0),
-                        range: None,
-                    },
-                },
-                y: Axis {
-                    label: format!("final validation {}", metric_label(&task)),
-                    log: None,
-                    range: Some((0.0, 1.0)),
-                },
-                lines,
-                baseline: Some(baseline(&task).1),
+    let x_axis = match x_kind {
+        XKind::SeqLen => Axis {
+            label: "sequence length T (steps)".into(),
+            log: Some(2.0),
+            range: None,
+        },
+        XKind::Hidden => Axis {
+            label: "hidden units".into(),
+            log: Some(2.0),
+            range: None,
+        },
+        XKind::Parameters => Axis {
+            label: "trainable parameters".into(),
+            log: Some(10.0),
+            range: None,
+        },
+    };
+    let mut specs = Vec::new();
+    for panel in &panels {
+        let task = panel.task();
+        // Per series, each seed's (x, final metric, final loss); a diverged run has no
+        // final values to show and is left out.
+        let finals: Vec<(Series, Vec<Final>)> = by_series(&series, &panel.runs)
+            .into_iter()
+            .map(|(s, runs)| {
+                let values = runs
+                    .iter()
+                    .filter(|run| run.summary.status != RunStatus::Diverged)
+                    .map(|run| {
+                        let x = match x_kind {
+                            XKind::Parameters => run.summary.parameters as f64,
+                            _ => run.values[key].parse::<f64>().unwrap_or(f64::NAN),
+                        };
+                        (x, run.summary.final_metric, run.summary.final_loss)
+                    })
+                    .filter(|(x, _, _)| x.is_finite())
+                    .collect();
+                (s, values)
             })
-        })
-        .collect();
+            .collect();
+        let lines = |pick: fn(&Final) -> f64| -> Vec<LineSpec> {
+            finals
+                .iter()
+                .map(|(s, values)| {
+                    let dots = values
+                        .iter()
+                        .map(|v| (v.0, pick(v)))
+                        .filter(|(_, y)| y.is_finite())
+                        .collect();
+                    seed_line(style_of(s), dots)
+                })
+                .collect()
+        };
+        let (base_loss, base_metric) = baseline(&task);
+        specs.push(PanelSpec::Lines(LinesPanel {
+            title: panel_title(results, panel),
+            x: x_axis.clone(),
+            y: Axis {
+                label: format!("final validation {}", metric_label(&task)),
+                log: None,
+                range: Some((0.0, 1.0)),
+            },
+            lines: lines(|v| v.1),
+            baseline: Some(base_metric),
+        }));
+        specs.push(PanelSpec::Lines(LinesPanel {
+            title: panel_title(results, panel),
+            x: x_axis.clone(),
+            y: Axis {
+                label: format!("final validation loss ({})", loss_name(&task)),
+                log: Some(10.0),
+                range: None,
+            },
+            lines: lines(|v| v.2),
+            baseline: Some(base_loss),
+        }));
+    }
     let (stem, what) = match x_kind {
         XKind::SeqLen => ("final_vs_seq_len", "sequence length"),
         XKind::Hidden => ("final_vs_hidden", "hidden units"),
@@ -674,14 +705,16 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
     };
     Figure {
         stem: stem.into(),
-        title: format!("Final validation metric against {what} (line: mean; dots: seeds)"),
+        title: format!(
+            "Final validation metric and loss against {what} (line: median; dots: seeds)"
+        ),
         caption: format!(
-            "Final validation metric against {what}: the line joins the means over seeds, \
-             each dot is one seed (diverged runs are left out); dashed grey: the trivial \
-             predictor."
+            "Final validation metric (left) and loss (right, log scale) against {what}: the \
+             line joins the medians over seeds, each dot is one seed (diverged runs are left \
+             out); dashed grey: the trivial predictor."
         ),
         legend: legend(&series, true),
-        cols,
+        cols: 2,
         panels: specs,
     }
 }
@@ -838,7 +871,7 @@ fn throughput(results: &Results, key: &str) -> Figure {
                         })
                         .filter(|(x, y)| x.is_finite() && *y > 0.0)
                         .collect();
-                    seed_line(style_of(&s), dots, true)
+                    seed_line(style_of(&s), dots)
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {
@@ -874,7 +907,7 @@ fn throughput(results: &Results, key: &str) -> Figure {
         title: format!("Training throughput (forward, backward and update{threads})"),
         caption: format!(
             "Training sequences per second (whole steps: forward, backward, optimiser) \
-             against {}, one dot per run; log scale.",
+             against {}, one dot per run and a line through their median; log scale.",
             if hidden {
                 "the hidden size"
             } else {

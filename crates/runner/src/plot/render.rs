@@ -175,17 +175,20 @@ fn shared_scales(figure: &Figure) -> (bool, bool) {
             PanelSpec::Heatmap(_) => None,
         })
         .collect();
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for panel in &lines {
-        let (x, y) = panel_values(panel);
-        xs.extend(x);
-        ys.extend(y);
-    }
-    let first = lines.first();
-    (
-        spans_a_factor(first.and_then(|l| l.x.log), &xs),
-        spans_a_factor(first.and_then(|l| l.y.log), &ys),
-    )
+    // Only the panels that ask for a log axis take part (a metric panel beside a loss
+    // panel keeps its linear axis).
+    let keeps_log = |axis: fn(&LinesPanel) -> &Axis, xy: usize| {
+        let asking: Vec<&&LinesPanel> = lines.iter().filter(|l| axis(l).log.is_some()).collect();
+        let values: Vec<f64> = asking
+            .iter()
+            .flat_map(|l| {
+                let (xs, ys) = panel_values(l);
+                if xy == 0 { xs } else { ys }
+            })
+            .collect();
+        spans_a_factor(asking.first().and_then(|l| axis(l).log), &values)
+    };
+    (keeps_log(|l| &l.x, 0), keeps_log(|l| &l.y, 1))
 }
 
 /// Whether the positive `values` span at least a factor of `base` (false without one).
