@@ -15,6 +15,7 @@ pub static CELLS: &[&CellKind] = &[
     &crate::lstm::PEEPHOLE_LSTM,
     &crate::indrnn::INDRNN,
     &crate::mingru::MINGRU,
+    &crate::minlstm::MINLSTM,
 ];
 
 /// The entry named `name` in configs.
