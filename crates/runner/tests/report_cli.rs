@@ -52,13 +52,13 @@ fn figure_stems(plots: &Path) -> Vec<String> {
     stems
 }
 
-/// The PNG decodes to 1800 px wide with real content; the SVG parses, has the same
-/// size and carries the texts.
+/// The PNG decodes to 2100 px wide (7 in at 300 dpi) with real content; the SVG parses,
+/// has the same size, carries the texts, and none smaller than 7 pt at 7 in.
 fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
     let png = image::open(plots.join(format!("{stem}.png")))
         .unwrap_or_else(|e| panic!("{stem}.png does not decode: {e}"))
         .to_rgb8();
-    assert_eq!(png.width(), 1800, "{stem}.png");
+    assert_eq!(png.width(), 2100, "{stem}.png");
     assert!(png.height() >= 500 && png.height() <= 8000, "{stem}.png");
     let inked = png.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     let share = inked as f64 / (png.width() * png.height()) as f64;
@@ -78,7 +78,15 @@ fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
         .unwrap_or_else(|e| panic!("{stem}.svg does not parse: {e}"));
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
-    assert_eq!(root.attribute("width"), Some("1800"));
+    assert_eq!(root.attribute("width"), Some("2100"));
+    // 7 pt at 300 dpi is 29.2 px.
+    for node in doc.descendants().filter(|n| n.has_attribute("font-size")) {
+        let size: f64 = node.attribute("font-size").unwrap().parse().unwrap();
+        assert!(
+            size >= 29.0,
+            "{stem}.svg: text of {size} px is below 7 pt at 7 in"
+        );
+    }
     assert_eq!(
         root.attribute("height").map(|h| h.parse::<u32>().unwrap()),
         Some(png.height())

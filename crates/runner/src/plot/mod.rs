@@ -306,10 +306,17 @@ fn layout<'a>(results: &'a Results, except: &[&str]) -> (Vec<&'a crate::results:
         .collect();
     let cols = match keys.len() {
         0 => 1,
-        1 => keys[0].values.len().min(3),
-        _ => keys.last().map_or(1, |k| k.values.len()).min(4),
+        1 => balanced_columns(keys[0].values.len()),
+        _ => balanced_columns(keys.last().map_or(1, |k| k.values.len())),
     };
     (keys, cols)
+}
+
+/// Columns for `n` panels: as few rows as [`style::MAX_COLUMNS`] allows, filled evenly
+/// (4 panels as 2 × 2, not 3 + 1).
+fn balanced_columns(n: usize) -> usize {
+    let rows = n.max(1).div_ceil(style::MAX_COLUMNS);
+    n.max(1).div_ceil(rows)
 }
 
 fn panel_title(results: &Results, panel: &Panel) -> String {
@@ -923,6 +930,12 @@ fn throughput(results: &Results, key: &str) -> Figure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panels_fill_rows_evenly() {
+        let columns: Vec<usize> = (1..=10).map(balanced_columns).collect();
+        assert_eq!(columns, [1, 2, 3, 2, 3, 3, 3, 3, 3, 3]);
+    }
 
     #[test]
     fn window_maxima_keeps_each_windows_spike_at_its_last_step() {

@@ -12,8 +12,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::png::write_palette_png;
 use super::style::{
-    AXIS_SIZE, BASELINE_GREY, FONT, LEGEND_ROW, LEGEND_SIZE, PANEL_HEIGHT, PANEL_TITLE_SIZE,
-    TICK_SIZE, TITLE_SIZE, WIDTH,
+    AXIS_SIZE, BASELINE_GREY, FONT, LABEL_AREAS, LEGEND_ROW, LEGEND_SIZE, PANEL_HEIGHT,
+    PANEL_TITLE_SIZE, TICK_SIZE, TITLE_SIZE, WIDTH,
 };
 use super::{Axis, Figure, HeatmapPanel, LinesPanel, PanelSpec, Style};
 use crate::store::{write_atomic, write_text};
@@ -82,8 +82,11 @@ fn legend_layout(figure: &Figure) -> Vec<(u32, i32)> {
 
 fn header_height(figure: &Figure) -> u32 {
     let rows = legend_layout(figure).last().map_or(0, |&(row, _)| row + 1);
-    70 + rows * LEGEND_ROW + 10
+    LEGEND_TOP as u32 + rows * LEGEND_ROW + 10
 }
+
+/// Where the legend's first row starts: below the title.
+const LEGEND_TOP: i32 = TITLE_SIZE as i32 + 36;
 
 /// Text width in pixels, from the font's advances (what plotters uses to lay out).
 fn text_width(text: &str, size: f64) -> i32 {
@@ -104,7 +107,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> a
     ))
     .map_err(drawing)?;
     for ((label, style), (row, x)) in figure.legend.iter().zip(legend_layout(figure)) {
-        let y = 70 + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
+        let y = LEGEND_TOP + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
         draw_segment(&top, (x, y), (x + 48, y), *style)?;
         top.draw(&Text::new(
             label.clone(),
@@ -435,8 +438,8 @@ fn draw_lines<DB: DrawingBackend>(
         .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
         .margin(14)
         .margin_right(30)
-        .x_label_area_size(76)
-        .y_label_area_size(112)
+        .x_label_area_size(LABEL_AREAS.0)
+        .y_label_area_size(LABEL_AREAS.1)
         .build_cartesian_2d(Ticked::new(x0..x1, x_ticks), Ticked::new(y0..y1, y_ticks))
         .map_err(drawing)?;
     chart
@@ -568,15 +571,15 @@ fn draw_heatmap<DB: DrawingBackend>(
     let longest = panel
         .rows
         .iter()
-        .map(|r| text_width(r, 20.0))
+        .map(|r| text_width(r, f64::from(TICK_SIZE)))
         .max()
         .unwrap_or(0);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
         .margin(14)
         .margin_right(30)
-        .x_label_area_size(76)
-        .y_label_area_size((longest + 24).min(360) as u32)
+        .x_label_area_size(LABEL_AREAS.0)
+        .y_label_area_size((longest + 30).min(WIDTH as i32 / 3) as u32)
         .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
         .map_err(drawing)?;
     let col_name = |v: &f64| {
