@@ -356,13 +356,28 @@ fn tuning(results: &Results) -> String {
         show(&tuning["eta"]),
         list(&tuning["seeds"]),
     );
+    let (mut at_edge, mut points) = (Vec::new(), 0);
     for point in tuning["points"].as_sequence().into_iter().flatten() {
+        points += 1;
+        let mut edge = false;
         let chosen = point["chosen"].as_mapping().map_or(String::new(), |m| {
             m.iter()
-                .map(|(k, v)| format!("{}={}", show(k), sig_value(v)))
+                .map(|(k, v)| {
+                    let side = candidate_edge(point, k, v);
+                    edge |= side.is_some();
+                    format!(
+                        "{}={}{}",
+                        show(k),
+                        sig_value(v),
+                        side.map_or(String::new(), |side| format!(" ({side} candidate)"))
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        if edge {
+            at_edge.push(show(&point["point"]));
+        }
         let trial = point["chosen_trial"].as_u64();
         let median = point["trials"]
             .as_sequence()
@@ -371,7 +386,44 @@ fn tuning(results: &Results) -> String {
             .map_or("–".into(), sig);
         let _ = writeln!(md, "| {} | {chosen} | {median} |", show(&point["point"]));
     }
+    if at_edge.is_empty() {
+        md.push_str(
+            "\nEvery point chose a value inside the range of its candidates, not the smallest \
+             or largest drawn.\n",
+        );
+    } else {
+        let _ = writeln!(
+            md,
+            "\n**{} of {points} points chose the smallest or largest candidate** of a tuned \
+             key, so their best setting may lie outside the range searched (widen the space \
+             there before reading their comparisons as final): {}.",
+            at_edge.len(),
+            at_edge.join("; ")
+        );
+    }
     md
+}
+
+/// `Some("smallest")` or `Some("largest")` when `point`'s chosen `value` of `key` is the
+/// extreme of its trials' numeric values, else `None`.
+fn candidate_edge(point: &Value, key: &Value, value: &Value) -> Option<&'static str> {
+    let chosen = value.as_f64()?;
+    let values: Vec<f64> = point["trials"]
+        .as_sequence()?
+        .iter()
+        .filter_map(|t| t["settings"].get(key)?.as_f64())
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if values.len() < 2 || lo == hi {
+        None
+    } else if chosen <= lo {
+        Some("smallest")
+    } else if chosen >= hi {
+        Some("largest")
+    } else {
+        None
+    }
 }
 
 /// A tuned value in few digits (floats), or as written.
@@ -1108,6 +1160,27 @@ mod tests {
                 .filter(|r| r.summary.steps_to_solve.is_some())
                 .count(),
         }
+    }
+
+    #[test]
+    fn a_choice_at_the_extreme_of_the_candidates_is_named() {
+        let point: Value = serde_yaml::from_str(
+            "trials:
+               - { settings: { train.lr: 0.001 } }
+               - { settings: { train.lr: 0.01 } }
+               - { settings: { train.lr: 0.03 } }",
+        )
+        .unwrap();
+        let key = Value::from("train.lr");
+        let edge = |lr: f64| candidate_edge(&point, &key, &Value::from(lr));
+        assert_eq!(edge(0.001), Some("smallest"));
+        assert_eq!(edge(0.03), Some("largest"));
+        assert_eq!(edge(0.01), None);
+        // A key the trials do not vary has no edge.
+        assert_eq!(
+            candidate_edge(&point, &Value::from("train.steps"), &Value::from(3)),
+            None
+        );
     }
 
     #[test]
