@@ -427,4 +427,10 @@ fn diverged_runs_have_no_end_of_training_gradient() {
     assert!(after.ends_with("| – |"), "{after}");
     // The first step's gradient is still reported.
     assert_eq!(before.split('|').nth(3), after.split('|').nth(3));
+    // The legends count them.
+    check_figure(
+        &dir.join("plots"),
+        "learning_curves",
+        &["LSTM (2 of 2 runs diverged)"],
+    );
 }

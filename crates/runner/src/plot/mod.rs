@@ -343,10 +343,26 @@ fn by_series<'a>(series: &[Series], runs: &[&'a RunResult]) -> Vec<(Series, Vec<
         .collect()
 }
 
-fn legend(series: &[Series], with_baseline: bool) -> Vec<(String, Style)> {
+/// The legend: each series (with how many of its runs diverged, when any did: figures
+/// leave them out of every median and mark them ×), then the baseline if drawn.
+fn legend(results: &Results, series: &[Series], with_baseline: bool) -> Vec<(String, Style)> {
     let mut legend: Vec<(String, Style)> = series
         .iter()
-        .map(|s| (s.label.clone(), style_of(s)))
+        .map(|s| {
+            let runs = results.runs.iter().filter(|r| r.series == s.label);
+            let (diverged, all) = runs.fold((0, 0), |(d, n), r| {
+                (
+                    d + usize::from(r.summary.status == RunStatus::Diverged),
+                    n + 1,
+                )
+            });
+            let label = if diverged > 0 {
+                format!("{} ({diverged} of {all} runs diverged)", s.label)
+            } else {
+                s.label.clone()
+            };
+            (label, style_of(s))
+        })
         .collect();
     if with_baseline {
         legend.push((
@@ -418,7 +434,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
              where a seed diverged (at that step, at its last evaluated value); dashed grey: \
              the trivial predictor."
         ),
-        legend: legend(&series, true),
+        legend: legend(results, &series, true),
         cols,
         panels: specs,
     }
@@ -541,7 +557,7 @@ fn grad_norms(results: &Results) -> Figure {
              exploding gradients, stay visible): per cell a thin line for each seed and a \
              thick line through their median; × where a seed diverged."
         ),
-        legend: legend(&series, false),
+        legend: legend(results, &series, false),
         cols,
         panels: specs,
     }
@@ -720,7 +736,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
              line joins the medians over seeds, each dot is one seed (diverged runs are left \
              out); dashed grey: the trivial predictor."
         ),
-        legend: legend(&series, true),
+        legend: legend(results, &series, true),
         cols: 2,
         panels: specs,
     }
@@ -850,7 +866,7 @@ fn gradient_flow(results: &Results) -> Figure {
                   log scale. A line falling towards small t is a vanishing gradient. Diverged \
                   runs are left out of the end of training."
             .into(),
-        legend: legend(&series, false),
+        legend: legend(results, &series, false),
         cols: 2,
         panels: specs,
     }
@@ -921,7 +937,7 @@ fn throughput(results: &Results, key: &str) -> Figure {
                 "the sequence length"
             }
         ),
-        legend: legend(&series, false),
+        legend: legend(results, &series, false),
         cols,
         panels: specs,
     }
