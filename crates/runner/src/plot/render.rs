@@ -314,7 +314,20 @@ fn ticks(axis: &Axis, (lo, hi): (f64, f64), data: &[f64]) -> Vec<(f64, String)> 
         .collect();
     if powers.len() >= 3 {
         let every = powers.len().div_ceil(8);
-        return powers.into_iter().step_by(every).map(at).collect();
+        // Decades read alike: all as numbers (0.01 … 1000), or all as powers once one
+        // would need an exponent (1e2 … 1e6 rather than 100 … 10000, 1e5, 1e6).
+        let plain = powers.iter().all(|v| (1e-3..1e5).contains(v));
+        return powers
+            .into_iter()
+            .step_by(every)
+            .map(|v| {
+                if plain || base != 10.0 {
+                    at(v)
+                } else {
+                    (v.log10(), format!("1e{}", v.log10().round()))
+                }
+            })
+            .collect();
     }
     if base == 10.0 {
         let one_two_five: Vec<f64> = ((lo.floor() as i32)..=(hi.ceil() as i32))
@@ -676,10 +689,15 @@ mod tests {
             labels(None, (0.0, 1.0), &[]),
             ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
         );
-        // Five decades 1e-4..1e1 (axis coordinates are log10): the decades.
+        // Five decades 1e-4..1e1 (axis coordinates are log10): the decades, all as powers
+        // since 1e-4 needs one.
         assert_eq!(
             labels(Some(10.0), (-4.2, 1.1), &[]),
-            ["1e-4", "0.001", "0.01", "0.1", "1", "10"]
+            ["1e-4", "1e-3", "1e-2", "1e-1", "1e0", "1e1"]
+        );
+        assert_eq!(
+            labels(Some(10.0), (-2.1, 3.2), &[]),
+            ["0.01", "0.1", "1", "10", "100", "1000"]
         );
         // 0.15..1.6 holds one decade: 1-2-5 instead (not 0.158, 0.251, 0.398).
         let (lo, hi) = (0.15f64.log10(), 1.6f64.log10());
