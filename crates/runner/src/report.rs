@@ -313,7 +313,11 @@ fn render(results: &Results, figures: &[Figure]) -> (String, Vec<FindingRow>) {
     md.push_str(&summary_table(results, &series, &panels));
     let (text, rows) = findings(results, &series, &panels);
     md.push_str(&text);
-    md.push_str("\n## Figures\n\n");
+    md.push_str(
+        "\n## Figures\n\nEach figure is 2100 px wide (7 in, two columns, at 300 dpi) with an SVG \
+         beside it; one of at most 3 panels also comes one column wide \
+         (`plots/<name>_column.png` and `.svg`: 3.5 in at 300 dpi, the panels stacked).\n\n",
+    );
     for figure in figures {
         let _ = writeln!(
             md,

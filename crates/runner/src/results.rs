@@ -300,14 +300,14 @@ impl Results {
         self.keys_with(Role::Panel).find(|k| k.name == name)
     }
 
-    /// The runs whose `key` is `value` (its only value left): one part of a figure
-    /// too big for a page.
-    pub fn only(&self, key: &str, value: &str) -> Self {
+    /// The runs whose `key` is one of `values` (the only values left): one part of a
+    /// figure too big for a page.
+    pub fn only(&self, key: &str, values: &[String]) -> Self {
         let mut part = self.clone();
         part.runs
-            .retain(|r| r.values.get(key).is_some_and(|v| v == value));
+            .retain(|r| r.values.get(key).is_some_and(|v| values.contains(v)));
         for k in part.keys.iter_mut().filter(|k| k.name == key) {
-            k.values = vec![value.to_owned()];
+            k.values.retain(|v| values.contains(v));
         }
         part
     }

@@ -52,6 +52,22 @@ fn figure_stems(plots: &Path) -> Vec<String> {
     stems
 }
 
+/// The one-column version of `stem`: 1050 px wide (3.5 in at 300 dpi) and no text
+/// smaller than 7 pt there, like the two-column figure.
+fn check_column(plots: &Path, stem: &str) {
+    let png = image::open(plots.join(format!("{stem}_column.png")))
+        .unwrap_or_else(|e| panic!("{stem}_column.png does not decode: {e}"))
+        .to_rgb8();
+    assert_eq!(png.width(), 1050, "{stem}_column.png");
+    let svg = std::fs::read_to_string(plots.join(format!("{stem}_column.svg"))).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    assert_eq!(doc.root_element().attribute("width"), Some("1050"));
+    for node in doc.descendants().filter(|n| n.has_attribute("font-size")) {
+        let size: f64 = node.attribute("font-size").unwrap().parse().unwrap();
+        assert!(size >= 29.0, "{stem}_column.svg: text of {size} px");
+    }
+}
+
 /// The PNG decodes to 2100 px wide (7 in at 300 dpi) with real content; the SVG parses,
 /// has the same size, carries the texts, and none smaller than 7 pt at 7 in.
 fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
@@ -143,10 +159,16 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
             "learning_curves",
             "loss_curves",
             "solved_vs_seq_len",
+            // Figures of at most 3 panels also come one column wide.
+            "solved_vs_seq_len_column",
             "throughput",
+            "throughput_column",
         ]
     );
-    assert_eq!(printed.lines().count(), stems.len());
+    check_column(&plots, "throughput");
+    // `rnnlab plot` names each figure once (its column version sits beside it).
+    let columns = stems.iter().filter(|s| s.ends_with("_column")).count();
+    assert_eq!(printed.lines().count(), stems.len() - columns);
     check_figure(
         &plots,
         "learning_curves",
@@ -191,7 +213,7 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
     ok(&rnnlab(&["report", dir.to_str().unwrap()]));
     let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
     assert!(report.starts_with("# grid\n\n> Which cell learns the tiny adding task"));
-    for stem in &stems {
+    for stem in stems.iter().filter(|s| !s.ends_with("_column")) {
         assert!(
             report.contains(&format!("![{stem}](plots/{stem}.png)")),
             "{stem}"
@@ -220,11 +242,16 @@ fn figures_without_data_are_skipped() {
         figure_stems(&dir.join("plots")),
         [
             "grad_norm",
+            "grad_norm_column",
             "gradient_flow",
+            "gradient_flow_column",
             "learning_curves",
-            "loss_curves"
+            "learning_curves_column",
+            "loss_curves",
+            "loss_curves_column",
         ]
     );
+    check_column(&dir.join("plots"), "learning_curves");
     check_figure(
         &dir.join("plots"),
         "learning_curves",

@@ -178,8 +178,18 @@ pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let figures = figures(results);
     for figure in &figures {
-        render(figure, &folder)
+        render(figure, &folder, style::WIDTH)
             .with_context(|| format!("drawing {}/{}", folder.display(), figure.stem))?;
+        // A small figure also gets a one-column version, its panels stacked.
+        if figure.panels.len() <= style::COLUMN_PANELS {
+            let column = Figure {
+                stem: format!("{}_column", figure.stem),
+                cols: 1,
+                ..figure.clone()
+            };
+            render(&column, &folder, style::COLUMN_WIDTH)
+                .with_context(|| format!("drawing {}/{}", folder.display(), column.stem))?;
+        }
     }
     Ok(figures)
 }
@@ -202,10 +212,16 @@ pub fn figures(results: &Results) -> Vec<Figure> {
     else {
         return all;
     };
-    let parts: Vec<(&String, Vec<Figure>)> = key
+    // Each value of the key alone, to count the panels it needs in each figure.
+    let singles: Vec<(&String, Vec<Figure>)> = key
         .values
         .iter()
-        .map(|v| (v, figures_of(&results.only(&key.name, v))))
+        .map(|v| {
+            (
+                v,
+                figures_of(&results.only(&key.name, std::slice::from_ref(v))),
+            )
+        })
         .collect();
     let mut out = Vec::new();
     for figure in all {
@@ -213,22 +229,51 @@ pub fn figures(results: &Results) -> Vec<Figure> {
             out.push(figure);
             continue;
         }
-        for (value, figures) in &parts {
-            if let Some(part) = figures.iter().find(|f| f.stem == figure.stem) {
-                out.push(Figure {
-                    stem: format!("{}_{}", part.stem, slug(value)),
-                    title: format!("{}: {}", key_value(&key.name, value), part.title),
-                    ..part.clone()
-                });
+        // Consecutive values of a numeric key, as many to a part as fit in MAX_PANELS
+        // panels; a categorical key (the task) gets a part per value.
+        let numeric = key.numeric();
+        let mut groups: Vec<(Vec<String>, usize)> = Vec::new();
+        for (value, figures) in &singles {
+            let Some(single) = figures.iter().find(|f| f.stem == figure.stem) else {
+                continue;
+            };
+            let panels = single.panels.len();
+            match groups.last_mut() {
+                Some((values, total)) if numeric && *total + panels <= MAX_PANELS => {
+                    values.push((*value).clone());
+                    *total += panels;
+                }
+                _ => groups.push((vec![(*value).clone()], panels)),
             }
+        }
+        for (values, _) in groups {
+            let part = figures_of(&results.only(&key.name, &values));
+            let Some(part) = part.into_iter().find(|f| f.stem == figure.stem) else {
+                continue;
+            };
+            let (first, last) = (&values[0], &values[values.len() - 1]);
+            let (suffix, name) = if values.len() == 1 {
+                (slug(first), key_value(&key.name, first))
+            } else {
+                (
+                    format!("{}-{}", slug(first), slug(last)),
+                    format!("{} to {last}", key_value(&key.name, first)),
+                )
+            };
+            out.push(Figure {
+                stem: format!("{}_{suffix}", part.stem),
+                title: format!("{name}: {}", part.title),
+                ..part
+            });
         }
     }
     out
 }
 
 /// Most panels one figure holds (3 × 3, readable at a page's width): a figure with more
-/// is split into one figure per value of the first panel key (`loss_curves_adding`,
-/// `loss_curves_copy`, …).
+/// is split by the first panel key, one figure per value of a categorical key
+/// (`loss_curves_adding`, `loss_curves_copy`, …), consecutive values grouped for a
+/// numeric one (`gradient_flow_8-64`, `gradient_flow_128-256`).
 const MAX_PANELS: usize = 9;
 
 /// `temporal_order` → `temporal_order`, `0.01` → `0_01`: a value as part of a file name.

@@ -13,22 +13,23 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::png::write_palette_png;
 use super::style::{
     AXIS_SIZE, BASELINE_GREY, FONT, LABEL_AREAS, LEGEND_ROW, LEGEND_SIZE, PANEL_HEIGHT,
-    PANEL_TITLE_SIZE, TICK_SIZE, TITLE_SIZE, WIDTH,
+    PANEL_TITLE_SIZE, TICK_SIZE, TITLE_SIZE,
 };
 use super::{Axis, Figure, HeatmapPanel, LinesPanel, PanelSpec, Style};
 use crate::store::{write_atomic, write_text};
 
-/// Draws `figure` as `<stem>.png` and `<stem>.svg` in `folder`, each written whole.
-pub(super) fn render(figure: &Figure, folder: &Path) -> anyhow::Result<()> {
+/// Draws `figure`, `width` pixels wide, as `<stem>.png` and `<stem>.svg` in `folder`,
+/// each written whole.
+pub(super) fn render(figure: &Figure, folder: &Path, width: u32) -> anyhow::Result<()> {
     register_font();
     let rows = figure.panels.len().div_ceil(figure.cols.max(1)) as u32;
-    let header = header_height(figure);
-    let size = (WIDTH, header + rows * PANEL_HEIGHT);
+    let header = header_height(figure, width);
+    let size = (width, header + rows * PANEL_HEIGHT);
 
     let mut pixels = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
-        draw(&root, figure)?;
+        draw(&root, figure, width)?;
         root.present().map_err(drawing)?;
     }
     write_atomic(&folder.join(format!("{}.png", figure.stem)), |temp| {
@@ -38,7 +39,7 @@ pub(super) fn render(figure: &Figure, folder: &Path) -> anyhow::Result<()> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        draw(&root, figure)?;
+        draw(&root, figure, width)?;
         root.present().map_err(drawing)?;
     }
     write_text(&folder.join(format!("{}.svg", figure.stem)), &svg)
@@ -64,29 +65,51 @@ fn register_font() {
     });
 }
 
-/// Legend items laid out in rows across the figure: (row, x) of each.
-fn legend_layout(figure: &Figure) -> Vec<(u32, i32)> {
+/// Legend items laid out in rows across a figure `width` pixels wide: (row, x) of each.
+fn legend_layout(figure: &Figure, width: u32) -> Vec<(u32, i32)> {
     let mut placed = Vec::new();
     let (mut row, mut x) = (0u32, 30i32);
     for (label, _) in &figure.legend {
-        let width = 60 + text_width(label, LEGEND_SIZE) + 36;
-        if x + width > WIDTH as i32 - 20 && x > 30 {
+        let item = 60 + text_width(label, LEGEND_SIZE) + 36;
+        if x + item > width as i32 - 20 && x > 30 {
             row += 1;
             x = 30;
         }
         placed.push((row, x));
-        x += width;
+        x += item;
     }
     placed
 }
 
-fn header_height(figure: &Figure) -> u32 {
-    let rows = legend_layout(figure).last().map_or(0, |&(row, _)| row + 1);
-    LEGEND_TOP as u32 + rows * LEGEND_ROW + 10
+/// The title broken into lines that fit a figure `width` pixels wide.
+fn title_lines(figure: &Figure, width: u32) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in figure.title.split(' ') {
+        match lines.last_mut() {
+            Some(line) if text_width(&format!("{line} {word}"), TITLE_SIZE) < width as i32 - 60 => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
 }
 
+/// Height of one title line.
+const TITLE_LINE: i32 = TITLE_SIZE as i32 + 12;
+
 /// Where the legend's first row starts: below the title.
-const LEGEND_TOP: i32 = TITLE_SIZE as i32 + 36;
+fn legend_top(figure: &Figure, width: u32) -> i32 {
+    18 + title_lines(figure, width).len() as i32 * TITLE_LINE + 18
+}
+
+fn header_height(figure: &Figure, width: u32) -> u32 {
+    let rows = legend_layout(figure, width)
+        .last()
+        .map_or(0, |&(row, _)| row + 1);
+    legend_top(figure, width) as u32 + rows * LEGEND_ROW + 10
+}
 
 /// Text width in pixels, from the font's advances (what plotters uses to lay out).
 fn text_width(text: &str, size: f64) -> i32 {
@@ -96,18 +119,25 @@ fn text_width(text: &str, size: f64) -> i32 {
         .map_or(text.len() as i32 * 12, |(w, _)| w as i32)
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> anyhow::Result<()> {
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    figure: &Figure,
+    width: u32,
+) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(drawing)?;
-    let header = header_height(figure);
+    let header = header_height(figure, width);
     let (top, body) = root.split_vertically(header);
-    top.draw(&Text::new(
-        figure.title.clone(),
-        (30, 18),
-        (FONT, TITLE_SIZE).into_font().color(&BLACK),
-    ))
-    .map_err(drawing)?;
-    for ((label, style), (row, x)) in figure.legend.iter().zip(legend_layout(figure)) {
-        let y = LEGEND_TOP + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
+    for (k, line) in title_lines(figure, width).into_iter().enumerate() {
+        top.draw(&Text::new(
+            line,
+            (30, 18 + k as i32 * TITLE_LINE),
+            (FONT, TITLE_SIZE).into_font().color(&BLACK),
+        ))
+        .map_err(drawing)?;
+    }
+    let legend_top = legend_top(figure, width);
+    for ((label, style), (row, x)) in figure.legend.iter().zip(legend_layout(figure, width)) {
+        let y = legend_top + (row * LEGEND_ROW) as i32 + LEGEND_ROW as i32 / 2 - 4;
         draw_segment(&top, (x, y), (x + 48, y), *style)?;
         top.draw(&Text::new(
             label.clone(),
@@ -592,7 +622,7 @@ fn draw_heatmap<DB: DrawingBackend>(
         .margin(14)
         .margin_right(30)
         .x_label_area_size(LABEL_AREAS.0)
-        .y_label_area_size((longest + 30).min(WIDTH as i32 / 3) as u32)
+        .y_label_area_size((longest + 30).min(area.dim_in_pixel().0 as i32 / 2) as u32)
         .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
         .map_err(drawing)?;
     let col_name = |v: &f64| {

@@ -8,8 +8,12 @@
 
 use plotters::style::RGBColor;
 
-/// Figure width in pixels.
+/// Figure width in pixels (two columns of a paper).
 pub const WIDTH: u32 = 2100;
+/// Width of the one-column version of a small figure: 3.5 in at 300 dpi.
+pub const COLUMN_WIDTH: u32 = 1050;
+/// The most panels a figure may have to get a one-column version (stacked).
+pub const COLUMN_PANELS: usize = 3;
 /// Height of one row of panels.
 pub const PANEL_HEIGHT: u32 = 660;
 /// Most panels across a figure.
