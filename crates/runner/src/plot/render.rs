@@ -152,23 +152,42 @@ fn draw<DB: DrawingBackend>(
     let rows = figure.panels.len().div_ceil(figure.cols.max(1));
     let areas = body.split_evenly((rows, figure.cols.max(1)));
     let (x_log, y_log) = shared_scales(figure);
-    for (area, panel) in areas.iter().zip(&figure.panels) {
-        match panel {
-            PanelSpec::Lines(lines) => {
-                let lines = LinesPanel {
-                    x: Axis {
-                        log: lines.x.log.filter(|_| x_log),
-                        ..lines.x.clone()
-                    },
-                    y: Axis {
-                        log: lines.y.log.filter(|_| y_log),
-                        ..lines.y.clone()
-                    },
-                    ..lines.clone()
-                };
-                draw_lines(area, &lines)?
+    let panels: Vec<Option<LinesPanel>> = figure
+        .panels
+        .iter()
+        .map(|panel| match panel {
+            PanelSpec::Lines(lines) => Some(LinesPanel {
+                x: Axis {
+                    log: lines.x.log.filter(|_| x_log),
+                    ..lines.x.clone()
+                },
+                y: Axis {
+                    log: lines.y.log.filter(|_| y_log),
+                    ..lines.y.clone()
+                },
+                ..lines.clone()
+            }),
+            PanelSpec::Heatmap(_) => None,
+        })
+        .collect();
+    // Panels that show the same quantity (the same y label) share its y range, so that
+    // the reader compares heights across them.
+    let shared_y = |label: &str| {
+        let same: Vec<&LinesPanel> = panels
+            .iter()
+            .flatten()
+            .filter(|p| p.y.label == label)
+            .collect();
+        let values: Vec<f64> = same.iter().flat_map(|p| panel_values(p).1).collect();
+        axis_range(&same[0].y, values.into_iter())
+    };
+    for ((area, panel), lines) in areas.iter().zip(&figure.panels).zip(&panels) {
+        match (panel, lines) {
+            (PanelSpec::Lines(_), Some(lines)) => {
+                draw_lines(area, lines, shared_y(&lines.y.label))?
             }
-            PanelSpec::Heatmap(heatmap) => draw_heatmap(area, heatmap)?,
+            (PanelSpec::Heatmap(heatmap), _) => draw_heatmap(area, heatmap)?,
+            (PanelSpec::Lines(_), None) => {}
         }
     }
     Ok(())
@@ -452,29 +471,14 @@ pub fn pretty(value: f64) -> String {
     }
 }
 
+/// Draws a panel of lines with the y range `(y0, y1)` (axis coordinates).
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &LinesPanel,
+    (y0, y1): (f64, f64),
 ) -> anyhow::Result<()> {
-    let xs = panel.lines.iter().flat_map(|l| {
-        l.points
-            .iter()
-            .map(|p| p.0)
-            .chain(l.dots.iter().map(|p| p.0))
-            .chain(l.crosses.iter().map(|p| p.0))
-    });
-    let ys = panel.lines.iter().flat_map(|l| {
-        l.points
-            .iter()
-            .map(|p| p.1)
-            .chain(l.dots.iter().map(|p| p.1))
-            .chain(l.band.iter().flat_map(|b| [b.1, b.2]))
-            .chain(l.seeds.iter().flatten().map(|p| p.1))
-            .chain(l.crosses.iter().map(|p| p.1))
-    });
-    let x_data: Vec<f64> = xs.clone().collect();
-    let (x0, x1) = axis_range(&panel.x, xs);
-    let (y0, y1) = axis_range(&panel.y, ys.chain(panel.baseline));
+    let x_data = panel_values(panel).0;
+    let (x0, x1) = axis_range(&panel.x, x_data.iter().copied());
     let x_ticks = ticks(&panel.x, (x0, x1), &x_data);
     let y_ticks = ticks(&panel.y, (y0, y1), &[]);
     let mut chart = ChartBuilder::on(area)
