@@ -447,23 +447,31 @@ impl Claim {
     }
 }
 
-/// Counts the runs of an experiment folder by status.
+/// Counts the runs of an experiment folder by status (and, while it is tuned, the trial
+/// runs of the rung under way).
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let dir = ExperimentDir::at(&args.dir);
-    let tuning = dir.path().join("tuning");
-    if tuning.is_dir() && !dir.path().join("tuning.yaml").exists() {
+    let trials = ExperimentDir::at(&dir.path().join("tuning"));
+    if trials.path().is_dir() && !dir.path().join("tuning.yaml").exists() {
         // Tuning comes before the plan of the evaluation runs exists.
-        let trials = std::fs::read_dir(tuning.join("runs"))
-            .map(|runs| {
-                runs.filter_map(Result::ok)
-                    .filter(|run| run.path().join("summary.yaml").exists())
-                    .count()
-            })
-            .unwrap_or(0);
-        println!(
-            "tuning in progress: {trials} trial runs complete in {}",
-            tuning.display()
-        );
+        let rung: Option<serde_yaml::Value> = std::fs::read_to_string(trials.rung())
+            .ok()
+            .and_then(|text| serde_yaml::from_str(&text).ok());
+        let ids = read_plan(&trials).ok();
+        match (rung, ids) {
+            (Some(rung), Some(ids)) => {
+                let field = |key: &str| scalar(&rung[key]);
+                println!(
+                    "tuning rung {} of {} ({} steps), trial runs in {}:",
+                    field("rung"),
+                    field("of"),
+                    field("steps"),
+                    trials.path().display()
+                );
+                print_counts(&trials, ids)?;
+            }
+            _ => println!("tuning in progress in {}", trials.path().display()),
+        }
         return Ok(());
     }
     let ids = read_plan(&dir).map_err(|err| {
@@ -472,6 +480,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             args.dir.display()
         ))
     })?;
+    print_counts(&dir, ids)
+}
+
+/// Prints how many of the runs `ids` of `dir` are done, diverged, failed, running and
+/// pending, and which are not done (with the step of their checkpoint).
+fn print_counts(dir: &ExperimentDir, ids: Vec<String>) -> anyhow::Result<()> {
     let (mut done, mut diverged, mut failed, mut running, mut pending) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in ids {

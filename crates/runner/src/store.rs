@@ -142,6 +142,12 @@ impl ExperimentDir {
         self.0.join("manifest.yaml")
     }
 
+    /// `rung.yaml`: in the tuning folder, the successive-halving rung under way (`rung`,
+    /// `of`, `steps`) while `plan.yaml` lists its trial runs.
+    pub fn rung(&self) -> PathBuf {
+        self.0.join("rung.yaml")
+    }
+
     /// An experiment-level table.
     pub fn table(&self, table: Table) -> PathBuf {
         self.0.join(table.file_name())
@@ -321,11 +327,14 @@ pub fn write_parquet(path: &Path, mut frame: DataFrame) -> anyhow::Result<()> {
 }
 
 /// `plan.yaml`: the run ids of the grid with their swept values and seeds.
-pub fn write_plan(experiment_dir: &ExperimentDir, runs: &[PlannedRun]) -> anyhow::Result<()> {
+pub fn write_plan<'a>(
+    experiment_dir: &ExperimentDir,
+    runs: impl IntoIterator<Item = &'a PlannedRun>,
+) -> anyhow::Result<()> {
     let path = experiment_dir.path();
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     let entries: Vec<Value> = runs
-        .iter()
+        .into_iter()
         .map(|run| {
             let mut entry = Mapping::new();
             entry.insert("id".into(), run.id.clone().into());

@@ -19,7 +19,7 @@ use serde_yaml::{Mapping, Value};
 use crate::error::UsageError;
 use crate::run::train_all;
 use crate::stats::median;
-use crate::store::{ExperimentDir, RunStatus, read_summary, write_text};
+use crate::store::{ExperimentDir, RunStatus, read_summary, write_plan, write_text};
 use crate::sweep::{Draw, Experiment, PlannedRun, Tuning, scalar};
 
 /// The chosen settings of each grid point, in point order.
@@ -73,6 +73,16 @@ pub fn tune(
             tuning.seeds.len()
         );
         let refs: Vec<&PlannedRun> = runs.iter().map(|(_, _, run)| run).collect();
+        // What `rnnlab status` shows while the rung trains.
+        write_plan(&trials_dir, refs.iter().copied())?;
+        write_text(
+            &trials_dir.rung(),
+            &format!(
+                "rung: {}\nof: {}\nsteps: {steps}\n",
+                rung + 1,
+                tuning.rungs.len()
+            ),
+        )?;
         let (_, _, failed) = train_all(&trials_dir, &refs, jobs, force)?;
         if !failed.is_empty() {
             bail!(

@@ -203,3 +203,34 @@ fn a_killed_tuning_resumes_to_the_same_choices_and_numbers() {
         }
     }
 }
+
+#[test]
+fn status_shows_the_rung_under_way_while_tuning() {
+    let (file, results) = setup("status", TUNED);
+    let out = results.to_str().unwrap();
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out,
+        "--no-report",
+    ]));
+    // Without tuning.yaml the folder reads as still tuning, at its last rung: 2 arms × 1
+    // surviving trial × 2 seeds = 4 trial runs of 90 steps (rungs 10, 30, 90).
+    std::fs::remove_file(results.join("tuned/tuning.yaml")).unwrap();
+    let printed = ok(&rnnlab(&[
+        "status",
+        results.join("tuned").to_str().unwrap(),
+    ]));
+    assert!(
+        printed.contains("tuning rung 3 of 3 (90 steps)"),
+        "{printed}"
+    );
+    let counts = printed.lines().nth(1).unwrap();
+    let total: usize = counts
+        .split(", ")
+        .map(|part| part.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(total, 4, "{printed}");
+    assert!(counts.contains("pending 0"), "{printed}");
+}
