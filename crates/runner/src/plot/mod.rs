@@ -257,7 +257,11 @@ pub fn figures(results: &Results) -> Vec<Figure> {
             } else {
                 (
                     format!("{}-{}", slug(first), slug(last)),
-                    format!("{} to {last}", key_value(&key.name, first)),
+                    format!(
+                        "{} to {}",
+                        key_value(&key.name, first),
+                        key_value(&key.name, last)
+                    ),
                 )
             };
             out.push(Figure {
