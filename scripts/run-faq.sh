@@ -36,7 +36,14 @@ for name in ${ONLY:-$all}; do
     fi
     echo "== $name" >&2
     t0=$(date +%s)
-    "$rnnlab" run "$file" --out "$out" --jobs "$jobs" "${args[@]}"
-    echo "$name: $(( $(date +%s) - t0 )) s" >&2
+    status=0
+    "$rnnlab" run "$file" --out "$out" --jobs "$jobs" "${args[@]}" || status=$?
+    seconds=$(( $(date +%s) - t0 ))
+    echo "$name: $seconds s" >&2
+    # The suite resumes across sessions: each invocation's wall time is kept, so the
+    # total is the sum of the lines (started, experiment, seconds, exit status).
+    mkdir -p "$out"
+    printf '%s\t%s\t%s\t%s\n' "$(date -u -d "@$t0" +%FT%TZ)" "$name" "$seconds" "$status" >> "$out/run-faq-times.tsv"
+    if [ "$status" != 0 ]; then exit "$status"; fi
 done
 echo "all: $(( $(date +%s) - started )) s" >&2
