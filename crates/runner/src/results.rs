@@ -133,6 +133,7 @@ pub fn key_value(key: &str, value: &str) -> String {
         "train.lr" => format!("lr {number}"),
         "train.batch_size" => format!("batch {number}"),
         "train.steps" => format!("{number} steps"),
+        "train.epochs" if number == "1" => "1 epoch".into(),
         "train.epochs" => format!("{number} epochs"),
         "train.samples" => format!("{number} sequences"),
         "train.clip" if value == "none" => "no clipping".into(),
