@@ -107,10 +107,11 @@ impl ScanStep for MinLstmSpec {
         let (i, candidate) = rest.split_at_mut(n);
         for j in 0..n {
             let (fj, ij) = (f[j], i[j]);
-            let sum = fj + ij;
-            let share = ij / sum;
+            // One division: 1 / s, then p = i / s and the 1 / s² of both derivatives.
+            let inv = T::ONE / (fj + ij);
+            let share = ij * inv;
             let d_share = d_h[j] * (candidate[j] - h_prev[j]);
-            let d_over = d_share / (sum * sum);
+            let d_over = d_share * inv * inv;
             d_prev[j] = d_h[j] * (T::ONE - share);
             candidate[j] = d_h[j] * share;
             i[j] = d_over * fj * ij * (T::ONE - ij);

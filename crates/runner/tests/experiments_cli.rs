@@ -13,13 +13,14 @@ fn experiments() -> PathBuf {
 }
 
 /// Every shipped file and the size of its grid.
-const GRIDS: [(&str, usize); 10] = [
+const GRIDS: [(&str, usize); 11] = [
     ("quick", 16),
     ("lstm-vs-gru", 48),
     ("faq-lstm-vs-gru", 150),
     ("faq-peephole", 100),
     ("faq-units", 60),
     ("faq-long-sequences", 50),
+    ("faq-long-memory", 125),
     ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
