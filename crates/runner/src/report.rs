@@ -23,7 +23,7 @@ use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series as Column
 use serde_yaml::Value;
 
 use crate::plot::{Figure, metric_label, pretty, write_plots};
-use crate::results::{MIN_F32, Panel, Results, Role, RunResult, Series, baseline};
+use crate::results::{F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline};
 use crate::stats::{Spread, Welch, fisher_exact, holm, median, sign_test};
 use crate::store::{RunStatus, Table, write_parquet, write_text};
 
@@ -1075,8 +1075,8 @@ fn gradient_table(series: &[Series], panels: &[Panel]) -> String {
                             r.gradflow.first()?
                         };
                         let (first, end) = (*norms.first()?, *norms.last()?);
-                        // Below f32's smallest subnormal the norm is 0: count it there.
-                        let first = if first == 0.0 { MIN_F32 } else { first };
+                        // Below f32's smallest normal number the kernels flush to 0.
+                        let first = first.max(F32_FLOOR);
                         (end > 0.0 && first.is_finite() && end.is_finite())
                             .then(|| (first / end).log10())
                     })

@@ -535,9 +535,9 @@ fn read_gradflow(frame: &DataFrame) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
         .collect())
 }
 
-/// The smallest positive f32 (a subnormal): where a gradient norm that underflowed to 0
-/// is drawn and counted.
-pub const MIN_F32: f64 = 1.401_298_464_324_817e-45;
+/// f32's smallest normal number: the fused kernels flush smaller values to zero
+/// (FTZ/DAZ), so a gradient norm below it, underflowed or not, is drawn and counted here.
+pub const F32_FLOOR: f64 = 1.175_494_350_822_287_5e-38;
 
 /// The loss and metric of the task's trivial predictor (always 1, blanks then uniform,
 /// chance) on 2000 validation sequences: the dashed baseline of the figures.

@@ -27,7 +27,7 @@ use anyhow::Context;
 use plotters::style::RGBColor;
 
 use crate::results::{
-    MIN_F32, Panel, Results, Role, RunResult, Series, baseline, key_value, label_hash,
+    F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline, key_value, label_hash,
 };
 use crate::stats::median;
 use crate::store::RunStatus;
@@ -875,7 +875,7 @@ fn gradient_flow(results: &Results) -> Figure {
                             for (t, &n) in norms.iter().enumerate() {
                                 // An underflowed norm sits at the floor, not out of the mean.
                                 if n.is_finite() && n >= 0.0 {
-                                    by_t.entry(t).or_default().push(n.max(MIN_F32));
+                                    by_t.entry(t).or_default().push(n.max(F32_FLOOR));
                                 }
                             }
                         }
@@ -912,8 +912,10 @@ fn gradient_flow(results: &Results) -> Figure {
         caption: "‖∂L/∂h_t‖ (the total derivative of the loss with respect to the first \
                   layer's hidden state at step t, through the recurrence, averaged over the \
                   batch) against t, at the first training step and at the end of training; \
-                  log scale. A line falling towards small t is a vanishing gradient. Diverged \
-                  runs are left out of the end of training."
+                  log scale. A line falling towards small t is a vanishing gradient; values \
+                  below 1.2e-38 (f32's smallest normal number, under which the kernels \
+                  flush to zero) are drawn at that floor. Diverged runs are left out of the \
+                  end of training."
             .into(),
         legend: legend(results, &series, false),
         cols: 2,
