@@ -252,6 +252,15 @@ fn figures_without_data_are_skipped() {
         ]
     );
     check_column(&dir.join("plots"), "learning_curves");
+    // A figure left from an earlier drawing (since split, or no longer supported) goes;
+    // other files stay.
+    let plots = dir.join("plots");
+    std::fs::write(plots.join("loss_curves_copy.png"), b"stale").unwrap();
+    std::fs::write(plots.join("notes.txt"), b"mine").unwrap();
+    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    assert!(!plots.join("loss_curves_copy.png").exists());
+    assert!(plots.join("notes.txt").exists());
+    assert!(plots.join("loss_curves.png").exists());
     check_figure(
         &dir.join("plots"),
         "learning_curves",

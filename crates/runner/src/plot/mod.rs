@@ -177,9 +177,11 @@ pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
     let folder = results.dir.plots();
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let figures = figures(results);
+    let mut drawn = Vec::new();
     for figure in &figures {
         render(figure, &folder, style::WIDTH)
             .with_context(|| format!("drawing {}/{}", folder.display(), figure.stem))?;
+        drawn.push(figure.stem.clone());
         // A small figure also gets a one-column version, its panels stacked.
         if figure.panels.len() <= style::COLUMN_PANELS {
             let column = Figure {
@@ -189,9 +191,35 @@ pub fn write_plots(results: &Results) -> anyhow::Result<Vec<Figure>> {
             };
             render(&column, &folder, style::COLUMN_WIDTH)
                 .with_context(|| format!("drawing {}/{}", folder.display(), column.stem))?;
+            drawn.push(column.stem);
         }
     }
+    remove_stale(&folder, &drawn)?;
     Ok(figures)
+}
+
+/// Removes the figures in `folder` that this drawing did not make (a figure the data no
+/// longer supports, or one since split per task), so the folder shows only the current
+/// results.
+fn remove_stale(folder: &Path, drawn: &[String]) -> anyhow::Result<()> {
+    for entry in
+        std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))?
+    {
+        let path = entry?.path();
+        let figure = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("png" | "svg")
+        );
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if figure && !drawn.iter().any(|d| d == stem) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the stale figure {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The figures the experiment supports:
