@@ -23,9 +23,10 @@ use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series as Column
 use serde_yaml::Value;
 
 use crate::plot::{Figure, metric_label, pretty, write_plots};
-use crate::results::{F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline};
+use crate::results::{F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline, key_value};
 use crate::stats::{Spread, Welch, fisher_exact, holm, median, sign_test};
 use crate::store::{RunStatus, Table, write_parquet, write_text};
+use rnnlab_cells::registry::display_label;
 
 /// p below this is a clear difference.
 const ALPHA: f64 = 0.05;
@@ -380,7 +381,7 @@ fn tuning(results: &Results) -> String {
                 .join(", ")
         });
         if edge {
-            at_edge.push(show(&point["point"]));
+            at_edge.push(point_in_words(&show(&point["point"])));
         }
         let trial = point["chosen_trial"].as_u64();
         let median = point["trials"]
@@ -388,7 +389,11 @@ fn tuning(results: &Results) -> String {
             .and_then(|trials| trials.iter().find(|t| t["trial"].as_u64() == trial))
             .and_then(|t| t["rungs"].as_sequence()?.last()?["median"].as_f64())
             .map_or("–".into(), sig);
-        let _ = writeln!(md, "| {} | {chosen} | {median} |", show(&point["point"]));
+        let _ = writeln!(
+            md,
+            "| {} | {chosen} | {median} |",
+            point_in_words(&show(&point["point"]))
+        );
     }
     if at_edge.is_empty() {
         md.push_str(
@@ -406,6 +411,25 @@ fn tuning(results: &Results) -> String {
         );
     }
     md
+}
+
+/// A grid point as `tuning.yaml` names it (`task.kind=adding task.seq_len=100
+/// model.cell=lstm`) in the words of the figures (`adding, T = 100, LSTM`).
+fn point_in_words(point: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for token in point.split(' ') {
+        match (token.split_once('='), parts.last_mut()) {
+            (Some(("model.cell", cell)), _) => parts.push(display_label(cell)),
+            (Some((key, value)), _) => parts.push(key_value(key, value)),
+            // A value with spaces (`train.clip=norm 1.0`) continues the last part.
+            (None, Some(last)) => {
+                last.push(' ');
+                last.push_str(token);
+            }
+            (None, None) => parts.push(token.to_owned()),
+        }
+    }
+    parts.join(", ")
 }
 
 /// `Some("smallest")` or `Some("largest")` when `point`'s chosen `value` of `key` is the
@@ -1164,6 +1188,20 @@ mod tests {
                 .filter(|r| r.summary.steps_to_solve.is_some())
                 .count(),
         }
+    }
+
+    #[test]
+    fn tuned_points_read_in_words() {
+        assert_eq!(
+            point_in_words(
+                "task.kind=temporal_order task.seq_len=50 model.cell=gru model.hidden=74"
+            ),
+            "temporal order, T = 50, GRU, 74 units"
+        );
+        assert_eq!(
+            point_in_words("model.ablation.coupled_gates=true model.forget_bias=0.0"),
+            "coupled gates, forget bias 0"
+        );
     }
 
     #[test]

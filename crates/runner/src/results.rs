@@ -148,6 +148,15 @@ pub fn key_value(key: &str, value: &str) -> String {
                 .collect();
             format!("clipping: {}", words.join(" "))
         }
+        // An ablation is its name when on (`no input gate`, `coupled gates`).
+        k if k.starts_with("model.ablation.") => {
+            let words = short_key(key).replace('_', " ");
+            if value == "true" {
+                words
+            } else {
+                format!("{words}: {value}")
+            }
+        }
         _ => format!("{} = {number}", short_key(key).replace('_', " ")),
     }
 }
