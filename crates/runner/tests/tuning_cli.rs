@@ -104,7 +104,7 @@ fn each_arm_is_tuned_to_its_own_rate_and_a_diverging_arm_is_rescued() {
     ok(&rnnlab(&["report", out.join("tuned").to_str().unwrap()]));
     let report = std::fs::read_to_string(out.join("tuned/REPORT.md")).unwrap();
     assert!(report.contains("## Tuning"), "{report}");
-    assert!(report.contains("| model.cell=lstm | train.lr="), "{report}");
+    assert!(report.contains("| LSTM | train.lr="), "{report}");
     // Evaluation runs use their arm's choice on the evaluation seeds, and none diverges.
     let evaluated = runs(&out.join("tuned"));
     assert_eq!(evaluated.len(), 4);
