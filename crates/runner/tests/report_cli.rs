@@ -62,9 +62,14 @@ fn check_column(plots: &Path, stem: &str) {
     let svg = std::fs::read_to_string(plots.join(format!("{stem}_column.svg"))).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     assert_eq!(doc.root_element().attribute("width"), Some("1050"));
+    assert_text_at_least_7pt(&doc, &format!("{stem}_column.svg"));
+}
+
+/// Every text of `doc` is at least 7 pt printed at 300 dpi (29.2 px).
+fn assert_text_at_least_7pt(doc: &roxmltree::Document, name: &str) {
     for node in doc.descendants().filter(|n| n.has_attribute("font-size")) {
         let size: f64 = node.attribute("font-size").unwrap().parse().unwrap();
-        assert!(size >= 29.0, "{stem}_column.svg: text of {size} px");
+        assert!(size >= 29.0, "{name}: text of {size} px is below 7 pt");
     }
 }
 
@@ -95,14 +100,7 @@ fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
     assert_eq!(root.attribute("width"), Some("2100"));
-    // 7 pt at 300 dpi is 29.2 px.
-    for node in doc.descendants().filter(|n| n.has_attribute("font-size")) {
-        let size: f64 = node.attribute("font-size").unwrap().parse().unwrap();
-        assert!(
-            size >= 29.0,
-            "{stem}.svg: text of {size} px is below 7 pt at 7 in"
-        );
-    }
+    assert_text_at_least_7pt(&doc, &format!("{stem}.svg"));
     assert_eq!(
         root.attribute("height").map(|h| h.parse::<u32>().unwrap()),
         Some(png.height())
