@@ -21,7 +21,8 @@ if [ -z "${RNNLAB:-}" ]; then
     cargo build --release -p rnnlab
 fi
 rnnlab=${RNNLAB:-target/release/rnnlab}
-all="faq-lstm-vs-gru faq-units faq-long-sequences faq-exploding article-keras-lstm article-keras-gru article-keras-budget faq-peephole"
+# Cheapest first, so that an interrupted suite has as many complete experiments as it can.
+all="faq-exploding article-keras-lstm article-keras-gru article-keras-budget faq-peephole faq-units faq-long-sequences faq-lstm-vs-gru"
 
 started=$(date +%s)
 for name in ${ONLY:-$all}; do

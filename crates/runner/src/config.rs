@@ -76,12 +76,15 @@ pub(crate) struct RawExperiment {
 
 /// `tuning:` — every grid point (arm × setting) is tuned on its own, with the same
 /// search and budget, by successive halving (Jamieson & Talwalkar 2016): `trials`
-/// configurations drawn from `space` train on every tuning seed for the first rung; the
+/// configurations drawn from `space` (a Latin hypercube: every key's range cut into
+/// `trials` equal strata, one candidate in each) train on every tuning seed for the first
+/// rung; the
 /// best 1/`eta` by median final validation loss continue `eta` times longer (from their
 /// checkpoints), and so on up to `train.steps`. The rungs are `train.steps`,
 /// `train.steps`/`eta`, `train.steps`/`eta`², … down to the shortest that is at least
-/// `min_steps` (3000 steps, eta 3, min_steps 333: rungs 333, 1000, 3000); the best at the end is the point's
-/// configuration for the evaluation `seeds`. Every trial and the choices are written to
+/// `min_steps` (3000 steps, eta 3, min_steps 333: rungs 333, 1000, 3000). Set `min_steps`
+/// past the plateau a task's loss sits on early in training, or the first rung ranks
+/// noise. The best at the end is the point's configuration for the evaluation `seeds`. Every trial and the choices are written to
 /// `tuning.yaml`.
 ///
 /// ```yaml
@@ -100,7 +103,7 @@ pub struct RawTuning {
     /// Dotted keys of `base` and how to draw them: `{ log_uniform: [lo, hi] }`,
     /// `{ uniform: [lo, hi] }` or `{ choice: [a, b, ...] }`.
     pub space: Mapping,
-    /// Configurations drawn per grid point (default 9).
+    /// Configurations drawn per grid point, one per stratum of each key's range (default 9).
     #[serde(default = "default_trials")]
     pub trials: usize,
     /// Seeds the trials train on; none of them may be an evaluation seed.

@@ -49,6 +49,13 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             tuning.eta,
             tuning.seeds
         )?;
+        for (trial, settings) in crate::tune::draw_trials(tuning).iter().enumerate() {
+            let values: Vec<String> = settings
+                .iter()
+                .map(|(key, value)| format!("{key}={}", scalar(value)))
+                .collect();
+            writeln!(out, "  trial {trial}: {}", values.join(" "))?;
+        }
     }
     // A closed pipe (`rnnlab plan … | head`) is not an error.
     match std::io::stdout().lock().write_all(out.as_bytes()) {

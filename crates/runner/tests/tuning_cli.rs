@@ -100,6 +100,27 @@ fn each_arm_is_tuned_to_its_own_rate_and_a_diverging_arm_is_rescued() {
         chosen[0], chosen[1],
         "the two arms got the same rate: {chosen:?}"
     );
+    // `rnnlab plan` lists the candidates that trained, one per sixth of the log range
+    // ln(1e-3)..ln(2): [1e-3, 3.55e-3), …, [0.563, 2).
+    let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
+    let listed: Vec<f64> = plan
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("trial ")?.split_once(": train.lr="))
+        .map(|(_, lr)| lr.parse().unwrap())
+        .collect();
+    let trained: Vec<f64> = tuning["points"][0]["trials"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| t["settings"]["train.lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(listed, trained, "{plan}");
+    let mut strata: Vec<usize> = listed
+        .iter()
+        .map(|lr| ((lr / 1e-3).ln() / 2000f64.ln() * 6.0) as usize)
+        .collect();
+    strata.sort_unstable();
+    assert_eq!(strata, vec![0, 1, 2, 3, 4, 5], "{listed:?}");
     // The report shows the choices.
     ok(&rnnlab(&["report", out.join("tuned").to_str().unwrap()]));
     let report = std::fs::read_to_string(out.join("tuned/REPORT.md")).unwrap();
