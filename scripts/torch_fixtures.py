@@ -2,7 +2,7 @@
 """Write the PyTorch reference fixtures that `crates/cells/tests/parity.rs` checks.
 
 Each case is one safetensors file in `crates/cells/tests/fixtures/`. Metadata (string map):
-`cell` (rnn | lstm | gru), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
+`cell` (rnn | lstm | gru | indrnn | mingru | minlstm), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
 (after | before, GRU only) and `nonlinearity` (tanh | relu, RNN only). Tensors (f32):
 the `state_dict` of the torch module, `input` (B,T,I) batch-first, `h0` (L,B,H),
 `c0` (L,B,H) for LSTM, the expected `output` (B,T,H), `h_n`, `c_n` (LSTM), a random
@@ -12,6 +12,13 @@ the `state_dict` of the torch module, `input` (B,T,I) batch-first, `h0` (L,B,H),
 Everything is computed in float64 and stored as float32. The reset-before GRU
 (Cho et al. 2014), which torch lacks, is written here with torch autograd ops; the
 same code run with reset-after is checked against `torch.nn.GRU` first.
+
+The cells torch lacks are written from their papers with autograd ops: the IndRNN
+(Li et al. 2018, eq. 2), and minGRU and minLSTM (Feng et al. 2024) as the paper's
+sequential mode (its listings, without the positivity map g that only its log-space
+mode needs), checked first against the same recurrence solved in closed form over the
+whole sequence, the parallel scan h_t = a*_t (h_0 + sum_k b_k / a*_k) with
+a*_t = prod_{k<=t} a_k (Heinsen 2023), which reads no h_{t-1}.
 
 Run:  python3 -m venv .venv && .venv/bin/pip install torch safetensors
       .venv/bin/python scripts/torch_fixtures.py
@@ -36,7 +43,74 @@ CELLS = [
     ("lstm", "lstm", {}),
     ("gru_after", "gru", {"gru_reset": "after"}),
     ("gru_before", "gru", {"gru_reset": "before"}),
+    ("indrnn", "indrnn", {}),
+    ("mingru", "mingru", {}),
+    ("minlstm", "minlstm", {}),
 ]
+
+# Rows of `weight_ih` per unit: IndRNN h; minGRU z, h~; minLSTM f, i, h~.
+BLOCKS = {"indrnn": 1, "mingru": 2, "minlstm": 3}
+
+
+class PaperCell(torch.nn.Module):
+    """IndRNN, minGRU or minLSTM stacks with torch's parameter names and layouts."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers):
+        super().__init__()
+        self.cell, self.num_layers = cell, num_layers
+        # Twice torch's U(-1/sqrt(H), 1/sqrt(H)), as the torch modules get below.
+        bound = 2.0 / hidden_size**0.5
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size
+            rows = BLOCKS[cell] * hidden_size
+            uniform = lambda *shape, bound=bound: torch.nn.Parameter(
+                torch.empty(*shape, dtype=torch.float64).uniform_(-bound, bound)
+            )
+            setattr(self, f"weight_ih_l{layer}", uniform(rows, width))
+            if cell == "indrnn":
+                # The recurrent diagonal u in (-1, 1): both signs, no blow-up over 17 steps.
+                setattr(self, f"weight_hh_l{layer}", uniform(hidden_size, bound=1.0))
+            setattr(self, f"bias_ih_l{layer}", uniform(rows))
+
+    def step(self, layer, x_t, h):
+        pre = x_t @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")
+        if self.cell == "indrnn":
+            return torch.relu(pre + getattr(self, f"weight_hh_l{layer}") * h)
+        if self.cell == "mingru":
+            k_z, tilde_h = pre.chunk(2, dim=-1)
+            z = torch.sigmoid(k_z)
+            return (1 - z) * h + z * tilde_h
+        k_f, k_i, tilde_h = pre.chunk(3, dim=-1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        return f / (f + i) * h + i / (f + i) * tilde_h
+
+    def forward(self, x, h0):
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            h, outputs = h0[layer], []
+            for t in range(layer_input.shape[1]):
+                h = self.step(layer, layer_input[:, t], h)
+                outputs.append(h)
+            layer_input = torch.stack(outputs, dim=1)
+            finals.append(h)
+        return layer_input, torch.stack(finals)
+
+    def scan(self, x, h0):
+        """minGRU / minLSTM as h_t = a_t h_{t-1} + b_t solved for all t at once."""
+        layer_input = x
+        for layer in range(self.num_layers):
+            pre = layer_input @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")
+            if self.cell == "mingru":
+                k_z, tilde_h = pre.chunk(2, dim=-1)
+                z = torch.sigmoid(k_z)
+                a, b = 1 - z, z * tilde_h
+            else:
+                k_f, k_i, tilde_h = pre.chunk(3, dim=-1)
+                f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+                a, b = f / (f + i), i / (f + i) * tilde_h
+            a_star = torch.cumprod(a, dim=1)
+            layer_input = a_star * (h0[layer].unsqueeze(1) + torch.cumsum(b / a_star, dim=1))
+        return layer_input
 
 
 def manual_gru(module, x, h0, reset):
@@ -76,16 +150,19 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
         batch_first=True,
         dtype=torch.float64,
     )
-    if cell == "rnn":
+    if cell in BLOCKS:
+        module = PaperCell(cell, INPUT_SIZE, HIDDEN_SIZE, num_layers)
+    elif cell == "rnn":
         module = torch.nn.RNN(nonlinearity=extra["nonlinearity"], **kwargs)
     elif cell == "lstm":
         module = torch.nn.LSTM(**kwargs)
     else:
         module = torch.nn.GRU(**kwargs)
     # Widen the default U(-1/sqrt(H), 1/sqrt(H)) so that gates leave their linear range.
-    with torch.no_grad():
-        for p in module.parameters():
-            p.mul_(2.0)
+    if cell not in BLOCKS:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(2.0)
 
     x = torch.randn(batch, seq_len, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
     h0 = (0.5 * torch.randn(num_layers, batch, HIDDEN_SIZE, dtype=torch.float64)).requires_grad_()
@@ -106,6 +183,9 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
             output, h_n = manual_gru(module, x, h0, "before")
     else:
         output, h_n = module(x, h0)
+        if cell in ("mingru", "minlstm"):
+            scanned = module.scan(x, h0)
+            assert torch.allclose(scanned, output, atol=1e-10), f"{cell}: scan != sequential"
 
     grad_output = torch.randn_like(output)
     loss = (output * grad_output).sum()

@@ -1,5 +1,6 @@
 //! Parity with PyTorch: every fixture in `tests/fixtures/` (written by
-//! `scripts/torch_fixtures.py` from `torch.nn.RNN/LSTM/GRU` in float64) is run through our
+//! `scripts/torch_fixtures.py` in float64 from `torch.nn.RNN/LSTM/GRU`, and from autograd
+//! transcriptions of the IndRNN, minGRU and minLSTM papers) is run through our
 //! cells, and outputs, final states and all gradients must agree within 1e-4
 //! (absolute + relative). Adding a case is dropping a file in the folder.
 
@@ -7,7 +8,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor, Var};
-use rnnlab_cells::{CellConfig, GruReset, LstmOptions, Nonlinearity, Params, Stack, State};
+use rnnlab_cells::{
+    CellConfig, GruReset, IndRnnSpec, LstmOptions, MinGruSpec, MinLstmSpec, Nonlinearity, Params,
+    Stack, State,
+};
 use safetensors::SafeTensors;
 
 const TOLERANCE: f64 = 1e-4;
@@ -68,6 +72,9 @@ impl Fixture {
                 "before" => GruReset::Before,
                 other => panic!("{}: unknown gru_reset {other}", self.name),
             }),
+            "indrnn" => CellConfig::new(IndRnnSpec),
+            "mingru" => CellConfig::new(MinGruSpec),
+            "minlstm" => CellConfig::new(MinLstmSpec),
             other => panic!("{}: unknown cell {other}", self.name),
         }
     }
@@ -169,7 +176,7 @@ fn mismatches(fixture: &Fixture) -> Vec<String> {
 fn every_fixture_matches_pytorch() {
     let fixtures = fixtures();
     assert!(
-        fixtures.len() >= 30,
+        fixtures.len() >= 48,
         "expected the committed fixtures, found {}",
         fixtures.len()
     );
@@ -189,7 +196,16 @@ fn every_fixture_matches_pytorch() {
 #[test]
 fn fixtures_cover_the_required_cases() {
     let fixtures = fixtures();
-    for cell in ["rnn_tanh", "rnn_relu", "lstm", "gru_after", "gru_before"] {
+    for cell in [
+        "rnn_tanh",
+        "rnn_relu",
+        "lstm",
+        "gru_after",
+        "gru_before",
+        "indrnn",
+        "mingru",
+        "minlstm",
+    ] {
         for (layers, batch, seq_len) in [(1, 3, 17), (2, 1, 1), (2, 3, 17), (1, 1, 1)] {
             let name = format!("{cell}_l{layers}_b{batch}_t{seq_len}.safetensors");
             assert!(
