@@ -55,15 +55,27 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .filter(|(k, _)| args.shard.takes(*k))
         .map(|(_, r)| r)
         .collect();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    write_manifest(
-        &dir,
-        &args.file,
-        &experiment.description,
-        jobs,
-        (cores / jobs).max(1),
-    )
-    .with_context(|| format!("writing the manifest of {}", experiment.name))?;
+    // The manifest says where and from which commit the runs trained: an invocation that
+    // finds every run complete (a report regenerated on another machine) leaves it alone.
+    let pending = args.force
+        || !dir.manifest().exists()
+        || mine
+            .iter()
+            .map(|run| read_summary(&dir.run(&run.id)))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .iter()
+            .any(Option::is_none);
+    if pending {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        write_manifest(
+            &dir,
+            &args.file,
+            &experiment.description,
+            jobs,
+            (cores / jobs).max(1),
+        )
+        .with_context(|| format!("writing the manifest of {}", experiment.name))?;
+    }
     let (trained, skipped, failed) = train_all(&dir, &mine, jobs, args.force)?;
     let shown = dir.path().display();
     compact(&dir).with_context(|| format!("compacting the tables of {shown}"))?;

@@ -779,7 +779,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
             title: panel_title(results, panel),
             x: x_axis.clone(),
             y: Axis {
-                label: format!("final validation {}", metric_label(&task)),
+                label: format!("final {}", metric_label(&task)),
                 log: None,
                 range: Some((0.0, 1.0)),
             },
@@ -790,7 +790,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
             title: panel_title(results, panel),
             x: x_axis.clone(),
             y: Axis {
-                label: format!("final validation loss ({})", loss_name(&task)),
+                label: format!("final loss ({})", loss_name(&task)),
                 log: Some(10.0),
                 range: None,
             },
