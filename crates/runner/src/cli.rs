@@ -9,6 +9,16 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnnlab_cells::{CellKind, registry};
 
+/// Writes a command's output to stdout; a closed pipe (`rnnlab status DIR | head`) is
+/// not an error.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Reproducible comparison studies of recurrent cells (RNN, LSTM, GRU, peephole LSTM and
 /// LSTM ablations) on synthetic long-dependency tasks.
 #[derive(Debug, Parser)]
@@ -42,6 +52,9 @@ pub enum Command {
     Plot(StatusArgs),
     /// Write `DIR/REPORT.md` (tables, figures, findings), drawing the figures first.
     Report(StatusArgs),
+    /// Submit an experiment to Slurm: a job array whose tasks share the runs
+    /// (`rnnlab run --shard I/N`), then a job that writes the report when the array ends.
+    Slurm(SlurmArgs),
     /// Time one training step (forward, last-step head, MSE, backward, Adam) on the
     /// adding-task shape, for rnnlab's fused cells and candle-nn's built-in ones.
     Bench(BenchArgs),
@@ -81,6 +94,47 @@ pub struct RunArgs {
     /// Do not draw the figures and write `REPORT.md` at the end.
     #[arg(long)]
     pub no_report: bool,
+}
+
+/// `rnnlab slurm`: options named as `sbatch`'s own.
+#[derive(Debug, Clone, Args)]
+pub struct SlurmArgs {
+    /// The experiment YAML file.
+    pub file: PathBuf,
+    /// Where results go (`<out>/<experiment name>/`); the compute nodes must see it at
+    /// the same path (a shared filesystem).
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Array tasks; task I trains the runs of `--shard I/N` (tuning trials go to
+    /// whichever task is free).
+    #[arg(long, default_value_t = NonZeroUsize::new(4).expect("4 > 0"))]
+    pub tasks: NonZeroUsize,
+    /// CPUs per array task (`sbatch --cpus-per-task`), also its runs trained at once
+    /// (`rnnlab run --jobs`).
+    #[arg(long, default_value_t = NonZeroUsize::MIN)]
+    pub cpus_per_task: NonZeroUsize,
+    /// Time limit per task (`sbatch --time`, e.g. `2:00:00`).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Partition (`sbatch --partition`).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Account (`sbatch --account`).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Memory per node (`sbatch --mem`, e.g. `4G`).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Any other `sbatch` option for both jobs, as written (`--extra=--qos=long`);
+    /// repeatable.
+    #[arg(long, value_name = "OPTION", allow_hyphen_values = true)]
+    pub extra: Vec<String>,
+    /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Write the batch scripts into `<out>/<experiment>/slurm/` without submitting them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--shard I/N`: the runs `k` (0-based, in plan order) with `k mod N = I − 1`.

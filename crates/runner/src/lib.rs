@@ -16,6 +16,7 @@ pub mod report;
 pub mod resources;
 pub mod results;
 pub mod run;
+pub mod slurm;
 pub mod stats;
 pub mod store;
 pub mod sweep;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => run::status(&args),
         Command::Plot(args) => plot::plot(&args.dir),
         Command::Report(args) => report::report(&args.dir),
+        Command::Slurm(args) => slurm::submit(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

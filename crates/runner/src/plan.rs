@@ -1,7 +1,6 @@
 //! `rnnlab plan`: the grid of an experiment, without training.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use crate::cli::PlanArgs;
 use crate::error::UsageError;
@@ -57,9 +56,5 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             writeln!(out, "  trial {trial}: {}", values.join(" "))?;
         }
     }
-    // A closed pipe (`rnnlab plan … | head`) is not an error.
-    match std::io::stdout().lock().write_all(out.as_bytes()) {
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(err.into()),
-        _ => Ok(()),
-    }
+    crate::cli::print(&out)
 }

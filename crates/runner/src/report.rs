@@ -36,6 +36,13 @@ const AT_BASELINE: f64 = 0.9;
 
 /// `rnnlab report DIR`.
 pub fn report(dir: &Path) -> anyhow::Result<()> {
+    // Shards that finished side by side may each have compacted before the other's last
+    // run was complete; the report reads every complete run.
+    let experiment = crate::store::ExperimentDir::at(dir);
+    if experiment.plan().exists() {
+        crate::compact::compact(&experiment)
+            .with_context(|| format!("compacting the tables of {}", dir.display()))?;
+    }
     let results = Results::open(dir)?;
     let path = write_report(&results)?;
     println!("{}", path.display());
@@ -483,6 +490,20 @@ fn provenance(results: &Results) -> String {
         results.planned,
         train_s
     );
+    if !results.failed.is_empty() {
+        let failed: Vec<String> = results
+            .failed
+            .iter()
+            .map(|(id, error)| format!("`{id}` ({error})"))
+            .collect();
+        let _ = write!(
+            text,
+            " **{} failed** and are left out: {} (each error in `runs/<id>/failed.yaml`; \
+             `rnnlab run` again retries them).",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
     if let Some(cpu) = get("cpu") {
         let _ = write!(text, " Machine: {cpu}");
         if let Some(threads) = get("threads") {

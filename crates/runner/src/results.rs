@@ -40,6 +40,9 @@ pub struct Results {
     pub planned: usize,
     /// The complete runs, in plan order.
     pub runs: Vec<RunResult>,
+    /// Runs of the plan that failed and are not complete: id and the error's first line
+    /// (from `runs/<id>/failed.yaml`).
+    pub failed: Vec<(String, String)>,
     /// The keys that differ between complete runs (the seed aside), in plan order.
     pub keys: Vec<Key>,
 }
@@ -187,10 +190,16 @@ impl Results {
             .file_name()
             .map_or_else(|| "experiment".into(), |n| n.to_string_lossy().into_owned());
         let mut loaded = Vec::new();
+        let mut failed = Vec::new();
         let mut tables = Tables::new(&layout);
         for id in &ids {
             let folder = layout.run(id);
             let Some(summary) = read_summary(&folder)? else {
+                if let Ok(text) = std::fs::read_to_string(folder.failed()) {
+                    let record: Value = serde_yaml::from_str(&text).unwrap_or_default();
+                    let error = record["error"].as_str().unwrap_or("unknown error");
+                    failed.push((id.clone(), error.lines().next().unwrap_or("").to_owned()));
+                }
                 continue;
             };
             let saved = read_config(&folder)?;
@@ -296,6 +305,7 @@ impl Results {
             manifest,
             planned: ids.len(),
             runs,
+            failed,
             keys,
         })
     }

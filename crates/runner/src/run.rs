@@ -10,6 +10,7 @@
 //! holds the error), the sweep goes on, and `rnnlab run` exits non-zero at the end
 //! naming the failed runs; the next `rnnlab run` tries them again.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -463,6 +464,7 @@ impl Claim {
 /// runs of the rung under way).
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let dir = ExperimentDir::at(&args.dir);
+    let mut out = String::new();
     let trials = ExperimentDir::at(&dir.path().join("tuning"));
     if trials.path().is_dir() && !dir.path().join("tuning.yaml").exists() {
         // Tuning comes before the plan of the evaluation runs exists.
@@ -473,31 +475,34 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         match (rung, ids) {
             (Some(rung), Some(ids)) => {
                 let field = |key: &str| scalar(&rung[key]);
-                println!(
+                writeln!(
+                    out,
                     "tuning rung {} of {} ({} steps), trial runs in {}:",
                     field("rung"),
                     field("of"),
                     field("steps"),
                     trials.path().display()
-                );
-                print_counts(&trials, ids)?;
+                )?;
+                count_runs(&trials, ids, &mut out)?;
             }
-            _ => println!("tuning in progress in {}", trials.path().display()),
+            _ => writeln!(out, "tuning in progress in {}", trials.path().display())?,
         }
-        return Ok(());
+    } else {
+        let ids = read_plan(&dir).map_err(|err| {
+            UsageError(format!(
+                "{}: not an experiment's results folder ({err:#})",
+                args.dir.display()
+            ))
+        })?;
+        count_runs(&dir, ids, &mut out)?;
     }
-    let ids = read_plan(&dir).map_err(|err| {
-        UsageError(format!(
-            "{}: not an experiment's results folder ({err:#})",
-            args.dir.display()
-        ))
-    })?;
-    print_counts(&dir, ids)
+    crate::slurm::describe_jobs(&dir, &mut out)?;
+    crate::cli::print(&out)
 }
 
-/// Prints how many of the runs `ids` of `dir` are done, diverged, failed, running and
+/// Writes how many of the runs `ids` of `dir` are done, diverged, failed, running and
 /// pending, and which are not done (with the step of their checkpoint).
-fn print_counts(dir: &ExperimentDir, ids: Vec<String>) -> anyhow::Result<()> {
+fn count_runs(dir: &ExperimentDir, ids: Vec<String>, out: &mut String) -> anyhow::Result<()> {
     let (mut done, mut diverged, mut failed, mut running, mut pending) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for id in ids {
@@ -510,14 +515,15 @@ fn print_counts(dir: &ExperimentDir, ids: Vec<String>) -> anyhow::Result<()> {
             None => pending.push(id),
         }
     }
-    println!(
+    writeln!(
+        out,
         "done {}, diverged {}, failed {}, running {}, pending {}",
         done.len(),
         diverged.len(),
         failed.len(),
         running.len(),
         pending.len()
-    );
+    )?;
     // Unfinished runs with a checkpoint show how far they got.
     let progress = |ids: &[String]| -> Vec<String> {
         ids.iter()
@@ -534,7 +540,7 @@ fn print_counts(dir: &ExperimentDir, ids: Vec<String>) -> anyhow::Result<()> {
         ("pending", progress(&pending)),
     ] {
         if !ids.is_empty() {
-            println!("{label}: {}", ids.join(" "));
+            writeln!(out, "{label}: {}", ids.join(" "))?;
         }
     }
     Ok(())

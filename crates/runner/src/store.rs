@@ -163,6 +163,12 @@ impl ExperimentDir {
         self.0.join("plots")
     }
 
+    /// `slurm/`: the batch scripts `rnnlab slurm` wrote, `jobs.yaml` (what it
+    /// submitted) and the jobs' logs.
+    pub fn slurm(&self) -> PathBuf {
+        self.0.join("slurm")
+    }
+
     /// The folder of run `id`.
     pub fn run(&self, id: &str) -> RunDir {
         RunDir(self.0.join("runs").join(id))

@@ -85,15 +85,33 @@ pub fn tune(
                 tuning.rungs.len()
             ),
         )?;
-        let (_, _, failed) = train_all(&trials_dir, &refs, jobs, force)?;
-        if !failed.is_empty() {
-            bail!(
-                "{} tuning runs failed: {} (errors in {}/runs/<id>/failed.yaml; `rnnlab run` \
-                 again retries them)",
-                failed.len(),
-                failed.join(" "),
-                trials_dir.path().display()
-            );
+        // Shards of one sweep (`--shard`, Slurm array tasks) tune together: each trains
+        // the trials nobody holds, then waits for those another process holds, taking
+        // over any whose process died (its lock is gone), so all reach the same record.
+        let mut retrain = force;
+        loop {
+            let (_, _, failed) = train_all(&trials_dir, &refs, jobs, retrain)?;
+            retrain = false;
+            if !failed.is_empty() {
+                bail!(
+                    "{} tuning runs failed: {} (errors in {}/runs/<id>/failed.yaml; `rnnlab \
+                     run` again retries them)",
+                    failed.len(),
+                    failed.join(" "),
+                    trials_dir.path().display()
+                );
+            }
+            let mut elsewhere = 0;
+            for run in &refs {
+                if read_summary(&trials_dir.run(&run.id))?.is_none() {
+                    elsewhere += 1;
+                }
+            }
+            if elsewhere == 0 {
+                break;
+            }
+            tracing::info!("tuning: waiting for {elsewhere} trial runs another process trains");
+            std::thread::sleep(std::time::Duration::from_secs(2));
         }
         for (point, survivors) in alive.iter_mut().enumerate() {
             for &trial in survivors.iter() {
