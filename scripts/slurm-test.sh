@@ -44,6 +44,7 @@ stop() {
 }
 trap stop EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+section() { echo "== $* ($((SECONDS - started)) s)"; }
 
 # munge with its own key and socket, so that a munged the machine may run is left alone.
 dd if=/dev/urandom of="$work/munge.key" bs=1024 count=1 status=none
@@ -158,7 +159,7 @@ once_each() {
     echo "  every run finished training exactly once"
 }
 
-echo "== a sweep as a job array of 3 tasks, and its report job"
+section "a sweep as a job array of 3 tasks, and its report job"
 submit "$work/quick.yaml" --out "$work/slurm" --tasks 3 --cpus-per-task 1
 wait_jobs "$array_job,$report_job"
 "$rnnlab" status "$work/slurm/quick"
@@ -167,7 +168,7 @@ wait_jobs "$array_job,$report_job"
 same_results "$work/slurm/quick" "$work/local/quick"
 once_each "$work/slurm/quick"
 
-echo "== one task cancelled mid-run, then the sweep submitted again"
+section "one task cancelled mid-run, then the sweep submitted again"
 submit "$work/cut.yaml" --out "$work/slurm" --tasks 3 --cpus-per-task 1
 for _ in $(seq 120); do
     if ls "$work"/slurm/cut/runs/*/checkpoint.safetensors >/dev/null 2>&1 \
@@ -186,7 +187,67 @@ grep -q '^done 6,' "$work/status.txt" || fail "runs left after the resubmission:
 same_results "$work/slurm/cut" "$work/local/cut"
 once_each "$work/slurm/cut"
 
-echo "== a complete sweep submits nothing"
+section "a task requeued mid-run (scontrol requeue) resumes its runs"
+sed -e 's/^name: cut/name: requeued/' "$work/cut.yaml" > "$work/requeued.yaml"
+submit "$work/requeued.yaml" --out "$work/slurm" --tasks 3 --cpus-per-task 1
+for _ in $(seq 120); do
+    if ls "$work"/slurm/requeued/runs/*/checkpoint.safetensors >/dev/null 2>&1 \
+        && squeue -h -j "${array_job}_1" -t R 2>/dev/null | grep -q .; then break; fi
+    sleep 0.5
+done
+scontrol requeue "${array_job}_1"
+# Slurm holds a requeued job back for a while (its begin time moves ~2 minutes ahead);
+# the test lets it start as soon as it is pending again.
+for _ in $(seq 60); do
+    if squeue -h -j "${array_job}_1" -t PD 2>/dev/null | grep -q .; then
+        scontrol update JobId="${array_job}_1" StartTime=now 2>/dev/null && break
+    fi
+    sleep 0.5
+done
+wait_jobs "$array_job,$report_job"
+"$rnnlab" status "$work/slurm/requeued" > "$work/status.txt"
+grep -q '^done 6,' "$work/status.txt" || fail "runs left after the requeue: $(cat "$work/status.txt")"
+scontrol show job "${array_job}_1" | grep -q 'Restarts=1' \
+    || fail "task 1 was not requeued: $(scontrol show job "${array_job}_1")"
+sed -e 's/^name: requeued/name: cut/' "$work/requeued.yaml" | cmp -s - "$work/cut.yaml" \
+    || fail "requeued.yaml is not cut.yaml renamed"
+for run in "$work"/slurm/requeued/runs/*/; do
+    # Same configuration and seed as in `cut` (the id hashes neither the name nor paths).
+    id=$(basename "$run")
+    cmp -s "$run/weights.safetensors" "$work/local/cut/runs/$id/weights.safetensors" \
+        || fail "requeued run $id differs from the local run"
+done
+once_each "$work/slurm/requeued"
+
+section "a tuned sweep: the tasks share the tuning trials, then shard the evaluation"
+cat > "$work/tuned.yaml" <<YAML
+name: tuned
+description: two arms, each tuned, for the Slurm test
+seeds: [0, 1]
+base:
+  task: { kind: adding, seq_len: 10 }
+  model: { cell: lstm, hidden: 8 }
+  train: { optimizer: adam, lr: 1.0e-3, steps: 90, batch_size: 16, eval_every: 30, eval_samples: 64 }
+sweep:
+  model.cell: [lstm, gru]
+tuning:
+  space:
+    train.lr: { log_uniform: [1.0e-3, 1.0e-1] }
+  trials: 6
+  seeds: [100, 101]
+  min_steps: 10
+  eta: 3
+YAML
+submit "$work/tuned.yaml" --out "$work/slurm" --tasks 3 --cpus-per-task 1
+wait_jobs "$array_job,$report_job"
+"$rnnlab" run "$work/tuned.yaml" --out "$work/local" --jobs 2 --no-report >/dev/null 2>&1
+cmp -s "$work/slurm/tuned/tuning.yaml" "$work/local/tuned/tuning.yaml" \
+    || fail "tuning.yaml differs: $(diff "$work/slurm/tuned/tuning.yaml" "$work/local/tuned/tuning.yaml" | head)"
+same_results "$work/slurm/tuned" "$work/local/tuned"
+once_each "$work/slurm/tuned"
+[ -s "$work/slurm/tuned/REPORT.md" ] || fail "no report for the tuned sweep"
+
+section "a complete sweep submits nothing"
 "$rnnlab" slurm "$work/cut.yaml" --out "$work/slurm" --tasks 3 > "$work/again.txt"
 grep -q 'nothing submitted' "$work/again.txt" || fail "rnnlab slurm submitted a complete sweep"
 [ "$(grep -c array_job "$work/slurm/cut/slurm/jobs.yaml")" = 2 ] || fail "jobs.yaml: $(cat "$work/slurm/cut/slurm/jobs.yaml")"
