@@ -2,12 +2,12 @@
 """Write the PyTorch reference fixtures that `crates/cells/tests/parity.rs` checks.
 
 Each case is one safetensors file in `crates/cells/tests/fixtures/`. Metadata (string map):
-`cell` (rnn | lstm | gru | indrnn | mingru | minlstm), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
+`cell` (rnn | lstm | gru | indrnn | mingru | minlstm | lru), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
 (after | before, GRU only) and `nonlinearity` (tanh | relu, RNN only). Tensors (f32):
 the `state_dict` of the torch module, `input` (B,T,I) batch-first, `h0` (L,B,H),
-`c0` (L,B,H) for LSTM, the expected `output` (B,T,H), `h_n`, `c_n` (LSTM), a random
+`c0` (L,B,H) for LSTM ((L,B,2H), [Re x | Im x], for the LRU), the expected `output` (B,T,H), `h_n`, `c_n`, a random
 `grad_output` (B,T,H) and, for loss = sum(output * grad_output), `grad.input`,
-`grad.h0`, `grad.c0` (LSTM) and `grad.<param>` for every parameter.
+`grad.h0`, `grad.c0` (LSTM, LRU) and `grad.<param>` for every parameter.
 
 Everything is computed in float64 and stored as float32. The reset-before GRU
 (Cho et al. 2014), which torch lacks, is written here with torch autograd ops; the
@@ -46,6 +46,7 @@ CELLS = [
     ("indrnn", "indrnn", {}),
     ("mingru", "mingru", {}),
     ("minlstm", "minlstm", {}),
+    ("lru", "lru", {}),
 ]
 
 # Rows of `weight_ih` per unit: IndRNN h; minGRU z, h~; minLSTM f, i, h~.
@@ -141,6 +142,52 @@ def manual_gru(module, x, h0, reset):
     return layer_input, torch.stack(finals)
 
 
+class LruReference(torch.nn.Module):
+    """The LRU (Orvieto et al. 2023) in torch's complex arithmetic, as rnnlab lays out its
+    parameters: nu_log, theta_log (H), weight_ih (3H, I) = [B_re; B_im; D], bias (H),
+    weight_c (H, 2H) = [C_re | -C_im]; the state c is [Re x | Im x]."""
+
+    def __init__(self, input_size, hidden_size, num_layers):
+        super().__init__()
+        self.num_layers, self.hidden = num_layers, hidden_size
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size
+            # The paper's ring: |lambda| uniform in area in [0.9, 0.999], phase in [0, 2 pi].
+            u1, u2 = torch.rand(hidden_size, dtype=torch.float64), torch.rand(hidden_size, dtype=torch.float64)
+            nu_log = torch.log(-0.5 * torch.log(u1 * (0.999**2 - 0.9**2) + 0.9**2))
+            theta_log = torch.log(2 * torch.pi * u2)
+            param = lambda t: torch.nn.Parameter(t)
+            setattr(self, f"nu_log_l{layer}", param(nu_log))
+            setattr(self, f"theta_log_l{layer}", param(theta_log))
+            normal = lambda *shape, std: param(std * torch.randn(*shape, dtype=torch.float64))
+            setattr(self, f"weight_ih_l{layer}", normal(3 * hidden_size, width, std=0.7))
+            setattr(self, f"bias_l{layer}", normal(hidden_size, std=0.3))
+            setattr(self, f"weight_c_l{layer}", normal(hidden_size, 2 * hidden_size, std=0.5))
+
+    def forward(self, u, h0, c0):
+        H = self.hidden
+        layer_input, finals_h, finals_c = u, [], []
+        for layer in range(self.num_layers):
+            p = lambda name: getattr(self, f"{name}_l{layer}")
+            lam = torch.exp(-torch.exp(p("nu_log")) + 1j * torch.exp(p("theta_log")))
+            gamma = torch.sqrt(1 - lam.abs() ** 2)
+            w = p("weight_ih")
+            B, D = torch.complex(w[:H], w[H : 2 * H]), w[2 * H :]
+            C = torch.complex(p("weight_c")[:, :H], -p("weight_c")[:, H:])
+            x = torch.complex(c0[layer][:, :H], c0[layer][:, H:])
+            outputs, h = [], h0[layer]
+            for t in range(layer_input.shape[1]):
+                u_t = layer_input[:, t]
+                x = lam * x + gamma * (u_t.to(torch.complex128) @ B.T)
+                y = (x @ C.T).real + u_t @ D.T + p("bias")
+                h = torch.nn.functional.gelu(y, approximate="tanh")
+                outputs.append(h)
+            layer_input = torch.stack(outputs, dim=1)
+            finals_h.append(h)
+            finals_c.append(torch.cat([x.real, x.imag], dim=-1))
+        return layer_input, torch.stack(finals_h), torch.stack(finals_c)
+
+
 def make_case(cell, extra, num_layers, batch, seq_len, seed):
     torch.manual_seed(seed)
     kwargs = dict(
@@ -150,7 +197,9 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
         batch_first=True,
         dtype=torch.float64,
     )
-    if cell in BLOCKS:
+    if cell == "lru":
+        module = LruReference(INPUT_SIZE, HIDDEN_SIZE, num_layers)
+    elif cell in BLOCKS:
         module = PaperCell(cell, INPUT_SIZE, HIDDEN_SIZE, num_layers)
     elif cell == "rnn":
         module = torch.nn.RNN(nonlinearity=extra["nonlinearity"], **kwargs)
@@ -159,7 +208,7 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
     else:
         module = torch.nn.GRU(**kwargs)
     # Widen the default U(-1/sqrt(H), 1/sqrt(H)) so that gates leave their linear range.
-    if cell not in BLOCKS:
+    if cell not in BLOCKS and cell != "lru":
         with torch.no_grad():
             for p in module.parameters():
                 p.mul_(2.0)
@@ -169,7 +218,12 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
     c0 = (0.5 * torch.randn(num_layers, batch, HIDDEN_SIZE, dtype=torch.float64)).requires_grad_()
 
     tensors = {}
-    if cell == "lstm":
+    if cell == "lru":
+        c0 = (0.5 * torch.randn(num_layers, batch, 2 * HIDDEN_SIZE, dtype=torch.float64)).requires_grad_()
+        output, h_n, c_n = module(x, h0, c0)
+        tensors["c0"] = c0
+        tensors["c_n"] = c_n
+    elif cell == "lstm":
         output, (h_n, c_n) = module(x, (h0, c0))
         tensors["c0"] = c0
         tensors["c_n"] = c_n
@@ -190,9 +244,12 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
     grad_output = torch.randn_like(output)
     loss = (output * grad_output).sum()
     params = dict(module.named_parameters())
-    wrt = [x, h0] + ([c0] if cell == "lstm" else []) + list(params.values())
-    grads = torch.autograd.grad(loss, wrt)
-    names = ["input", "h0"] + (["c0"] if cell == "lstm" else []) + list(params)
+    has_c = cell in ("lstm", "lru")
+    wrt = [x, h0] + ([c0] if has_c else []) + list(params.values())
+    # The LRU never reads h0: its gradient is zero (autograd reports none).
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+    names = ["input", "h0"] + (["c0"] if has_c else []) + list(params)
 
     tensors.update(params)
     tensors.update(input=x, h0=h0, output=output, h_n=h_n, grad_output=grad_output)

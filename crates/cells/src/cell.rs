@@ -40,11 +40,33 @@ pub trait Cell: Send + Sync {
         }
     }
 
+    /// Whether the gradient flow is measured on `c` rather than on `h`: true for a cell
+    /// whose recurrence runs through `c` alone (the LRU's complex state), `h` being a
+    /// per-step readout of it.
+    fn flow_on_cell_state(&self) -> bool {
+        false
+    }
+
     /// The all-zero state for `batch` sequences (PyTorch's default `h0`, `c0`).
     fn zero_state(&self, batch: usize) -> Result<State>;
 
     /// One time step: input `x` `(batch, input)` and the previous state give the next.
     fn step(&self, x: &Tensor, state: &State) -> Result<State>;
+
+    /// [`Cell::step`] with `probe` applied to the value whose gradient is the gradient
+    /// flow (`h_t`, or `c_t` where [`Cell::flow_on_cell_state`]) before anything reads
+    /// it, so that its gradient is the total derivative: how [`crate::unroll`] measures
+    /// the flow of the unrolled graph.
+    fn step_probed(
+        &self,
+        x: &Tensor,
+        state: &State,
+        probe: &dyn Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<State> {
+        let mut next = self.step(x, state)?;
+        next.h = probe(next.h)?;
+        Ok(next)
+    }
 
     /// A whole sequence: input `(batch, seq, input)` and the initial state give the
     /// hidden states of every step `(batch, seq, hidden)` and the final state. A

@@ -118,6 +118,23 @@ impl Init {
         let bound = 1.0 / (hidden as f64).sqrt();
         let (len, rows) = (spec.len(), spec.shape[0]);
         match (spec.role, self.scheme) {
+            // The LRU's parametrisation of its eigenvalues, whatever the scheme.
+            (ParamRole::RingRadius, _) => {
+                let (lo, hi) = (crate::lru::R_MIN.powi(2), crate::lru::R_MAX.powi(2));
+                (0..len)
+                    .map(|_| {
+                        let u: f64 = draw.rng.random();
+                        (-0.5 * (u * (hi - lo) + lo).ln()).ln()
+                    })
+                    .collect()
+            }
+            (ParamRole::RingPhase, _) => (0..len)
+                .map(|_| {
+                    (crate::lru::MAX_PHASE * draw.rng.random::<f64>())
+                        .max(f64::MIN_POSITIVE)
+                        .ln()
+                })
+                .collect(),
             (_, InitScheme::Pytorch) => {
                 let mut values = draw.uniform(len, bound);
                 self.add_forget_bias(spec, hidden, &mut values);

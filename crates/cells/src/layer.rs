@@ -133,6 +133,20 @@ pub trait CellMath: CellSpec + Clone + 'static {
     /// One time step: input `x` `(batch, input)` and the previous state give the next.
     fn step(&self, weights: &LayerWeights, x: &Tensor, state: &State) -> Result<State>;
 
+    /// [`Self::step`] with `probe` applied to the value the gradient flow is measured on
+    /// (see [`crate::Cell::step_probed`]).
+    fn step_probed(
+        &self,
+        weights: &LayerWeights,
+        x: &Tensor,
+        state: &State,
+        probe: &dyn Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<State> {
+        let mut next = self.step(weights, x, state)?;
+        next.h = probe(next.h)?;
+        Ok(next)
+    }
+
     /// The whole sequence `xs (B, T, I)`, `T ≥ 1`, on the CPU in f32 or f64, through the
     /// fused kernel (shapes already checked).
     fn fused(
@@ -188,6 +202,10 @@ impl<S: CellMath> Cell for Layer<S> {
         self.spec.cell_state_size(self.weights.hidden)
     }
 
+    fn flow_on_cell_state(&self) -> bool {
+        self.spec.flow_on_cell_state()
+    }
+
     fn zero_state(&self, batch: usize) -> Result<State> {
         let first = self.weights.get(0)?;
         let (dtype, device) = (first.dtype(), first.device());
@@ -202,6 +220,16 @@ impl<S: CellMath> Cell for Layer<S> {
     fn step(&self, x: &Tensor, state: &State) -> Result<State> {
         crate::cell::check_state(self, state, x.dim(0)?)?;
         self.spec.step(&self.weights, x, state)
+    }
+
+    fn step_probed(
+        &self,
+        x: &Tensor,
+        state: &State,
+        probe: &dyn Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<State> {
+        crate::cell::check_state(self, state, x.dim(0)?)?;
+        self.spec.step_probed(&self.weights, x, state, probe)
     }
 
     fn sequence_traced(&self, xs: &Tensor, state: &State) -> Result<(Tensor, State, GradFlow)> {

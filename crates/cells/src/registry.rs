@@ -16,6 +16,7 @@ pub static CELLS: &[&CellKind] = &[
     &crate::indrnn::INDRNN,
     &crate::mingru::MINGRU,
     &crate::minlstm::MINLSTM,
+    &crate::lru::LRU,
 ];
 
 /// The entry named `name` in configs.

@@ -22,6 +22,11 @@ pub trait CellSpec: fmt::Debug + Send + Sync {
         0
     }
 
+    /// See [`crate::Cell::flow_on_cell_state`].
+    fn flow_on_cell_state(&self) -> bool {
+        false
+    }
+
     /// One layer's parameters with `input` features and `hidden` units, in the order
     /// they are drawn at initialisation and packed for the fused kernel. Parameter
     /// counts, initialisation and kernel offsets all derive from this list.
@@ -96,6 +101,12 @@ pub enum ParamRole {
     },
     /// A peephole vector `(H)`.
     Peephole,
+    /// The LRU's `ν` `(H)`: drawn by every scheme so that `|λ| = exp(−exp(ν))` is
+    /// uniform in the area of the ring `R_MIN ≤ |λ| ≤ R_MAX` (Orvieto et al. 2023).
+    RingRadius,
+    /// The LRU's `θ` `(H)`: drawn by every scheme so that `arg λ = exp(θ)` is uniform in
+    /// `[0, MAX_PHASE]`.
+    RingPhase,
     /// Recurrent connections between gates (Greff et al.'s full gate recurrence): like
     /// a peephole, drawn as PyTorch draws weights under its scheme and zero otherwise,
     /// so that the other schemes start from the cell without them.

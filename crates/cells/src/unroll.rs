@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, b
 use crate::cell::{Cell, FlowSink, GradFlow, State, check_sequence};
 use crate::fused::slice;
 
-/// Identity on `h_t` whose backward records `g_t` (candle keeps no gradients of
+/// Identity on `h_t` (or `c_t`, see [`Cell::flow_on_cell_state`]) whose backward records `g_t` (candle keeps no gradients of
 /// intermediate tensors, so the unrolled graph measures its gradient flow this way).
 struct FlowProbe {
     sink: FlowSink,
@@ -57,15 +57,18 @@ pub fn unroll<C: Cell + ?Sized>(
         // backward (quadratic in T): fine for a reference, which is why it is not the
         // hot path.
         let x = xs.narrow(1, t, 1)?.squeeze(1)?;
-        state = cell.step(&x, &state)?;
-        if xs.device().is_cpu() {
-            let probe = FlowProbe {
-                sink: sink.clone(),
-                step: t,
-                seq_len,
+        state = if xs.device().is_cpu() {
+            let probe = |value: Tensor| {
+                value.contiguous()?.apply_op1(FlowProbe {
+                    sink: sink.clone(),
+                    step: t,
+                    seq_len,
+                })
             };
-            state.h = state.h.contiguous()?.apply_op1(probe)?;
-        }
+            cell.step_probed(&x, &state, &probe)?
+        } else {
+            cell.step(&x, &state)?
+        };
         hs.push(state.h.clone());
     }
     Ok((Tensor::stack(&hs, 1)?, state, GradFlow::recorded(sink)))

@@ -71,25 +71,23 @@ fn shapes_and_states() {
             (INPUT, HIDDEN),
             "{name}"
         );
-        // The LSTM family carries a cell state; minLSTM, whose only state is h, does not.
-        let is_lstm = name.contains("lstm") && name != "minlstm";
-        assert_eq!(layer.has_cell_state(), is_lstm, "{name}");
+        // The LSTM family carries a cell state (with full gate recurrence also its last
+        // i, f, o); minLSTM, whose only state is h, does not; the LRU carries its complex
+        // state as [Re x | Im x].
+        let carried = match name.as_str() {
+            "lru" => 2 * HIDDEN,
+            "minlstm" => 0,
+            n if n.contains("full gate recurrence") => 4 * HIDDEN,
+            n if n.contains("lstm") => HIDDEN,
+            _ => 0,
+        };
+        assert_eq!(layer.has_cell_state(), carried > 0, "{name}");
         let state = layer.zero_state(4).unwrap();
         assert_eq!(state.h.dims(), &[4, HIDDEN], "{name}");
-        // The LSTM with full gate recurrence carries its last i, f, o beside c.
-        let carried = if name.contains("full gate recurrence") {
-            4 * HIDDEN
-        } else {
-            HIDDEN
-        };
-        assert_eq!(
-            layer.cell_state_size(),
-            if is_lstm { carried } else { 0 },
-            "{name}"
-        );
+        assert_eq!(layer.cell_state_size(), carried, "{name}");
         assert_eq!(
             state.c.as_ref().map(|c| c.dims().to_vec()),
-            is_lstm.then(|| vec![4, carried])
+            (carried > 0).then(|| vec![4, carried])
         );
 
         let (out, last) = layer.sequence(&input(4, 6), &state).unwrap();

@@ -1,6 +1,6 @@
 //! Parity with PyTorch: every fixture in `tests/fixtures/` (written by
 //! `scripts/torch_fixtures.py` in float64 from `torch.nn.RNN/LSTM/GRU`, and from autograd
-//! transcriptions of the IndRNN, minGRU and minLSTM papers) is run through our
+//! transcriptions of the IndRNN, minGRU, minLSTM and LRU papers) is run through our
 //! cells, and outputs, final states and all gradients must agree within 1e-4
 //! (absolute + relative). Adding a case is dropping a file in the folder.
 
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use rnnlab_cells::{
-    CellConfig, GruReset, IndRnnSpec, LstmOptions, MinGruSpec, MinLstmSpec, Nonlinearity, Params,
-    Stack, State,
+    CellConfig, GruReset, IndRnnSpec, LruSpec, LstmOptions, MinGruSpec, MinLstmSpec, Nonlinearity,
+    Params, Stack, State,
 };
 use safetensors::SafeTensors;
 
@@ -75,6 +75,7 @@ impl Fixture {
             "indrnn" => CellConfig::new(IndRnnSpec),
             "mingru" => CellConfig::new(MinGruSpec),
             "minlstm" => CellConfig::new(MinLstmSpec),
+            "lru" => CellConfig::new(LruSpec),
             other => panic!("{}: unknown cell {other}", self.name),
         }
     }
@@ -91,12 +92,16 @@ fn mismatches(fixture: &Fixture) -> Vec<String> {
     let layers = fixture.size("num_layers");
     let hidden = vec![fixture.size("hidden_size"); layers];
     let cell = fixture.cell();
-    let is_lstm = cell.label() == "lstm";
+    // The LSTM's c, or the LRU's complex state [Re x | Im x].
+    let has_c = fixture.tensors.contains_key("c0");
 
     let state_dict: HashMap<String, Tensor> = fixture
         .tensors
         .iter()
-        .filter(|(name, _)| name.starts_with("weight_") || name.starts_with("bias_"))
+        .filter(|(name, _)| {
+            !name.starts_with("grad")
+                && !["input", "h0", "c0", "output", "h_n", "c_n"].contains(&name.as_str())
+        })
         .map(|(name, tensor)| (name.clone(), tensor.clone()))
         .collect();
     let params = Params::from_tensors(&state_dict).unwrap();
@@ -104,7 +109,7 @@ fn mismatches(fixture: &Fixture) -> Vec<String> {
 
     let input = Var::from_tensor(fixture.tensor("input")).unwrap();
     let h0 = Var::from_tensor(fixture.tensor("h0")).unwrap();
-    let c0 = is_lstm.then(|| Var::from_tensor(fixture.tensor("c0")).unwrap());
+    let c0 = has_c.then(|| Var::from_tensor(fixture.tensor("c0")).unwrap());
     let states: Vec<State> = (0..layers)
         .map(|layer| State {
             h: h0.get(layer).unwrap(),
@@ -176,7 +181,7 @@ fn mismatches(fixture: &Fixture) -> Vec<String> {
 fn every_fixture_matches_pytorch() {
     let fixtures = fixtures();
     assert!(
-        fixtures.len() >= 48,
+        fixtures.len() >= 54,
         "expected the committed fixtures, found {}",
         fixtures.len()
     );
@@ -205,6 +210,7 @@ fn fixtures_cover_the_required_cases() {
         "indrnn",
         "mingru",
         "minlstm",
+        "lru",
     ] {
         for (layers, batch, seq_len) in [(1, 3, 17), (2, 1, 1), (2, 3, 17), (1, 1, 1)] {
             let name = format!("{cell}_l{layers}_b{batch}_t{seq_len}.safetensors");

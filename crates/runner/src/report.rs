@@ -23,16 +23,15 @@ use polars::prelude::{Column, DataFrame, IntoColumn, NamedFrom, Series as Column
 use serde_yaml::Value;
 
 use crate::plot::{Figure, metric_label, pretty, write_plots};
-use crate::results::{F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline, key_value};
+use crate::results::{
+    AT_BASELINE, F32_FLOOR, Panel, Results, Role, RunResult, Series, baseline, key_value,
+};
 use crate::stats::{Spread, Welch, fisher_exact, holm, median, sign_test};
 use crate::store::{RunStatus, Table, write_parquet, write_text};
 use rnnlab_cells::registry::display_label;
 
 /// p below this is a clear difference.
 const ALPHA: f64 = 0.05;
-/// A final loss above this fraction of the trivial predictor's counts as "at the
-/// baseline" (nothing of the dependency learned).
-const AT_BASELINE: f64 = 0.9;
 
 /// `rnnlab report DIR`.
 pub fn report(dir: &Path) -> anyhow::Result<()> {
@@ -368,9 +367,12 @@ fn tuning(results: &Results) -> String {
         show(&tuning["eta"]),
         list(&tuning["seeds"]),
     );
-    let (mut at_edge, mut points) = (Vec::new(), 0);
+    let (mut at_edge, mut points, mut plateau) = (Vec::new(), 0, Vec::new());
     for point in tuning["points"].as_sequence().into_iter().flatten() {
         points += 1;
+        if point["all_kept_at_baseline"].as_sequence().is_some() {
+            plateau.push(point_in_words(&show(&point["point"])));
+        }
         let mut edge = false;
         let chosen = point["chosen"].as_mapping().map_or(String::new(), |m| {
             m.iter()
@@ -415,6 +417,18 @@ fn tuning(results: &Results) -> String {
              there before reading their comparisons as final): {}.",
             at_edge.len(),
             at_edge.join("; ")
+        );
+    }
+    if !plateau.is_empty() {
+        let _ = writeln!(
+            md,
+            "
+**{} of {points} points had no candidate off the baseline at a rung before the \
+             last**, so all their candidates went on (a ranking there is noise): {}. Where \
+             the chosen loss is still at the baseline, no candidate learned the task within \
+             the budget.",
+            plateau.len(),
+            plateau.join("; ")
         );
     }
     md

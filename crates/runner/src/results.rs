@@ -122,7 +122,18 @@ pub fn key_value(key: &str, value: &str) -> String {
         "task.kind" => value.replace('_', " "),
         "task.seq_len" => format!("T = {number}"),
         "task.classes" => format!("{number} classes"),
-        "model.hidden" => format!("{number} units"),
+        "model.hidden" => match value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+            // A stack: `[64, 64]` → `2 layers of 64 units`, `[128, 64]` → `128 + 64 units`.
+            Some(list) => {
+                let widths: Vec<&str> = list.split(", ").collect();
+                if widths.iter().all(|w| *w == widths[0]) {
+                    format!("{} layers of {} units", widths.len(), widths[0])
+                } else {
+                    format!("{} units", widths.join(" + "))
+                }
+            }
+            None => format!("{number} units"),
+        },
         "model.layers" => format!("{number} layers"),
         "model.forget_bias" => format!("forget bias {number}"),
         "model.recurrent_gain" => format!("recurrent gain {number}"),
@@ -558,6 +569,10 @@ fn read_gradflow(frame: &DataFrame) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
 /// (FTZ/DAZ), so a gradient norm below it, underflowed or not, is drawn and counted here.
 pub const F32_FLOOR: f64 = 1.175_494_350_822_287_5e-38;
 
+/// A final loss above this fraction of the trivial predictor's counts as "at the
+/// baseline" (nothing of the dependency learned), in reports and in tuning.
+pub const AT_BASELINE: f64 = 0.9;
+
 /// The loss and metric of the task's trivial predictor (always 1, blanks then uniform,
 /// chance) on 2000 validation sequences: the dashed baseline of the figures.
 pub fn baseline(task: &Task) -> (f64, f64) {
@@ -580,6 +595,11 @@ mod tests {
         assert_eq!(key_value("task.kind", "temporal_order"), "temporal order");
         assert_eq!(key_value("model.forget_bias", "1.0"), "forget bias 1");
         assert_eq!(key_value("model.hidden", "64"), "64 units");
+        assert_eq!(
+            key_value("model.hidden", "[64, 64]"),
+            "2 layers of 64 units"
+        );
+        assert_eq!(key_value("model.hidden", "[128, 64]"), "128 + 64 units");
         assert_eq!(key_value("train.clip", "norm 1.0"), "clipping: norm 1");
         assert_eq!(key_value("train.clip", "none"), "no clipping");
         assert_eq!(key_value("train.optimizer", "sgd"), "SGD");

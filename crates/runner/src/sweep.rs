@@ -347,7 +347,17 @@ fn describe(point: &[(String, Value)]) -> String {
 
 /// A value as one line of YAML.
 pub fn scalar(value: &Value) -> String {
-    serde_yaml::to_string(value).map_or_else(|_| "?".into(), |s| s.trim().replace('\n', " "))
+    match value {
+        // Flow style, as written in experiment files: `[64, 64]`, not `- 64 - 64`.
+        Value::Sequence(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(scalar).collect::<Vec<_>>().join(", ")
+            )
+        }
+        _ => serde_yaml::to_string(value)
+            .map_or_else(|_| "?".into(), |s| s.trim().replace('\n', " ")),
+    }
 }
 
 /// `line N: ` where `key:` first appears in the file, for messages about swept keys.

@@ -6,7 +6,8 @@
 //! candidates cover the range evenly). Rung `r` trains
 //! every surviving trial for `rungs[r]` steps on every tuning seed; a trial's score is the
 //! median final validation loss over those seeds (a diverged seed counts as infinite);
-//! the best 1/`eta` go on to the next rung, where they continue from their checkpoints
+//! the best 1/`eta` go on to the next rung (all of them where no trial has left the
+//! task's baseline yet: the ranking there is noise), where they continue from their checkpoints
 //! (a longer budget continues the shorter run, bit for bit). The best trial of the last
 //! rung, at the full budget, is the point's configuration. Trials are ordinary runs in
 //! `<experiment>/tuning/runs/`, so a killed tuning resumes like a sweep and reaches the
@@ -19,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_yaml::{Mapping, Value};
 
 use crate::error::UsageError;
+use crate::results::{AT_BASELINE, baseline};
 use crate::run::train_all;
 use crate::stats::median;
 use crate::store::{ExperimentDir, RunStatus, read_summary, write_plan, write_text};
@@ -53,6 +55,16 @@ pub fn tune(
     let mut alive: Vec<Vec<usize>> = vec![(0..trials.len()).collect(); points];
     // Per point and trial: the (steps, losses per seed, median) of every rung it ran.
     let mut record: Record = vec![vec![Vec::new(); trials.len()]; points];
+    // Per point, the rungs at which no trial had left the task's baseline.
+    let mut plateaus: Vec<Vec<usize>> = vec![Vec::new(); points];
+    let base_losses: Vec<f64> = (0..points)
+        .map(|point| {
+            let run = experiment
+                .plan_run(point, &trials[0], tuning.seeds[0])
+                .map_err(|err| UsageError(format!("tuning: {err}")))?;
+            Ok(baseline(&run.config.task).0)
+        })
+        .collect::<anyhow::Result<_>>()?;
     for (rung, &steps) in tuning.rungs.iter().enumerate() {
         let mut runs: Vec<(usize, usize, PlannedRun)> = Vec::new();
         for (point, survivors) in alive.iter().enumerate() {
@@ -130,7 +142,13 @@ pub fn tune(
             let score = |t: &usize| record[point][*t].last().map_or(f64::INFINITY, |r| r.median);
             survivors.sort_by(|a, b| score(a).total_cmp(&score(b)).then(a.cmp(b)));
             if rung + 1 < tuning.rungs.len() {
-                survivors.truncate(survivors.len().div_ceil(tuning.eta));
+                // Where every trial is still at the baseline (the loss plateau the
+                // long-dependency tasks start on) the ranking is noise: all go on.
+                if score(&survivors[0]) > AT_BASELINE * base_losses[point] {
+                    plateaus[point].push(steps);
+                } else {
+                    survivors.truncate(survivors.len().div_ceil(tuning.eta));
+                }
             }
         }
     }
@@ -143,7 +161,9 @@ pub fn tune(
         .with_context(|| format!("creating {}", dir.path().display()))?;
     write_text(
         &path,
-        &serde_yaml::to_string(&describe(experiment, tuning, &trials, &record, &alive))?,
+        &serde_yaml::to_string(&describe(
+            experiment, tuning, &trials, &record, &alive, &plateaus,
+        ))?,
     )
     .with_context(|| format!("writing {}", path.display()))?;
     Ok(choices)
@@ -236,6 +256,7 @@ fn describe(
     trials: &[Vec<(String, Value)>],
     record: &Record,
     alive: &[Vec<usize>],
+    plateaus: &[Vec<usize>],
 ) -> Value {
     let settings = |settings: &[(String, Value)]| -> Mapping {
         settings
@@ -276,6 +297,17 @@ fn describe(
                 Value::Mapping(settings(&trials[alive[point][0]])),
             );
             entry.insert("chosen_trial".into(), Value::from(alive[point][0] as u64));
+            if !plateaus[point].is_empty() {
+                entry.insert(
+                    "all_kept_at_baseline".into(),
+                    Value::Sequence(
+                        plateaus[point]
+                            .iter()
+                            .map(|&s| Value::from(s as u64))
+                            .collect(),
+                    ),
+                );
+            }
             let rows = trials
                 .iter()
                 .enumerate()

@@ -96,10 +96,31 @@ fn each_arm_is_tuned_to_its_own_rate_and_a_diverging_arm_is_rescued() {
         assert_eq!(point["chosen_trial"].as_u64(), Some(best.1), "{point:?}");
         chosen.push(point["chosen"]["train.lr"].as_f64().unwrap());
     }
-    assert_ne!(
-        chosen[0], chosen[1],
-        "the two arms got the same rate: {chosen:?}"
-    );
+    // Rungs 10, 30, 90: a rung where no trial had left the baseline passes every trial
+    // on; any other passes a third of them (rounded up).
+    for point in tuning["points"].as_sequence().unwrap() {
+        let kept_all: Vec<u64> = point["all_kept_at_baseline"]
+            .as_sequence()
+            .map_or(Vec::new(), |s| {
+                s.iter().map(|v| v.as_u64().unwrap()).collect()
+            });
+        let reached = |rungs: usize| {
+            point["trials"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter(|t| t["rungs"].as_sequence().unwrap().len() >= rungs)
+                .count()
+        };
+        for (rung, steps) in [10u64, 30].into_iter().enumerate() {
+            let (now, next) = (reached(rung + 1), reached(rung + 2));
+            if kept_all.contains(&steps) {
+                assert_eq!(next, now, "{point:?}");
+            } else {
+                assert_eq!(next, now.div_ceil(3), "{point:?}");
+            }
+        }
+    }
     // `rnnlab plan` lists the candidates that trained, one per sixth of the log range
     // ln(1e-3)..ln(2): [1e-3, 3.55e-3), …, [0.563, 2).
     let plan = ok(&rnnlab(&["plan", file.to_str().unwrap()]));
@@ -236,8 +257,22 @@ fn status_shows_the_rung_under_way_while_tuning() {
         out,
         "--no-report",
     ]));
-    // Without tuning.yaml the folder reads as still tuning, at its last rung: 2 arms × 1
-    // surviving trial × 2 seeds = 4 trial runs of 90 steps (rungs 10, 30, 90).
+    // Without tuning.yaml the folder reads as still tuning, at its last rung (rungs 10,
+    // 30, 90): every trial that reached 90 steps, on 2 seeds.
+    let record = yaml(&results.join("tuned/tuning.yaml"));
+    let at_last_rung: usize = record["points"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|point| {
+            point["trials"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter(|t| t["rungs"].as_sequence().unwrap().len() == 3)
+                .count()
+        })
+        .sum();
     std::fs::remove_file(results.join("tuned/tuning.yaml")).unwrap();
     let printed = ok(&rnnlab(&[
         "status",
@@ -252,6 +287,74 @@ fn status_shows_the_rung_under_way_while_tuning() {
         .split(", ")
         .map(|part| part.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
         .sum();
-    assert_eq!(total, 4, "{printed}");
+    assert_eq!(total, 2 * at_last_rung, "{printed}");
     assert!(counts.contains("pending 0"), "{printed}");
+}
+
+/// A GRU on 2-class temporal order (T = 10) sits at chance for its first 20 steps at
+/// every rate; by 60 steps one rate has learned the task. Rungs 20, 60, 180.
+const PLATEAU: &str = "name: plateau
+description: no candidate leaves the baseline at the first rung
+seeds: [0]
+base:
+  task: { kind: temporal_order, seq_len: 10, classes: 2 }
+  model: { cell: gru, hidden: 16 }
+  train: { optimizer: adam, lr: 1.0e-2, steps: 180, batch_size: 32, eval_every: 20, eval_samples: 128 }
+tuning:
+  space:
+    train.lr: { log_uniform: [1.0e-4, 1.0e-1] }
+  trials: 6
+  seeds: [100, 101]
+  min_steps: 20
+  eta: 3
+";
+
+#[test]
+fn no_candidate_is_dropped_while_all_are_at_the_baseline() {
+    let (file, out) = setup("plateau", PLATEAU);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let tuning = yaml(&out.join("plateau/tuning.yaml"));
+    let point = &tuning["points"][0];
+    // At 20 steps every trial is at chance (ln 2 = 0.693; the bar is 0.9 × that), so all
+    // six go on; at 60 one has learned, and a third of them go on to 180.
+    assert_eq!(
+        point["all_kept_at_baseline"],
+        serde_yaml::from_str::<Value>("[20]").unwrap()
+    );
+    let trials = point["trials"].as_sequence().unwrap();
+    let medians = |rung: usize| -> Vec<Option<f64>> {
+        trials
+            .iter()
+            .map(|t| t["rungs"][rung]["median"].as_f64())
+            .collect()
+    };
+    let (first, second) = (medians(0), medians(1));
+    assert!(
+        first.iter().all(|m| m.unwrap() > 0.9 * 2f64.ln()),
+        "{first:?}"
+    );
+    assert!(
+        second.iter().all(Option::is_some),
+        "all six reached 60 steps"
+    );
+    assert_eq!(medians(2).iter().flatten().count(), 2);
+    // The winner learned, and at 20 steps it ranked below the third that halving
+    // without this rule would have kept: the rule is what found it.
+    let chosen = point["chosen_trial"].as_u64().unwrap() as usize;
+    assert!(medians(2)[chosen].unwrap() < 0.1, "{point:?}");
+    let better_at_first = first
+        .iter()
+        .filter(|m| m.unwrap() < first[chosen].unwrap())
+        .count();
+    assert!(better_at_first >= 2, "{first:?}");
+    let report = std::fs::read_to_string(out.join("plateau/REPORT.md")).unwrap();
+    assert!(
+        report.contains("**1 of 1 points had no candidate off the baseline"),
+        "{report}"
+    );
 }
