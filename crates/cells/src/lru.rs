@@ -43,7 +43,7 @@ pub(crate) const MAX_PHASE: f64 = std::f64::consts::TAU;
 /// `[Re x | Im x]`). The state carries `h` and `c = [Re x | Im x]`.
 pub type Lru = Layer<LruSpec>;
 
-/// The LRU's options (none: the ring is [`R_MIN`]..[`R_MAX`], phases up to [`MAX_PHASE`]).
+/// The LRU's options (none: the ring is 0.9 ≤ |λ| ≤ 0.999, phases up to 2π).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LruSpec;
 
