@@ -100,6 +100,8 @@ fn check_figure(plots: &Path, stem: &str, texts: &[&str]) {
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
     assert_eq!(root.attribute("width"), Some("2100"));
+    // At most 3 rows of panels: within 8 in (2400 px) of a page's height.
+    assert!(png.height() <= 2400, "{stem}: {} px tall", png.height());
     assert_text_at_least_7pt(&doc, &format!("{stem}.svg"));
     assert_eq!(
         root.attribute("height").map(|h| h.parse::<u32>().unwrap()),
@@ -153,7 +155,10 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
             "final_vs_parameters",
             "final_vs_seq_len",
             "grad_norm",
-            "gradient_flow",
+            // 4 settings × (first step, end of training) in 2 columns would be 4 rows:
+            // split per T, at most 3 rows to a figure.
+            "gradient_flow_6",
+            "gradient_flow_9",
             "learning_curves",
             "loss_curves",
             "solved_vs_seq_len",
@@ -203,8 +208,13 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
     check_figure(&plots, "final_vs_parameters", &["trainable parameters"]);
     check_figure(
         &plots,
-        "gradient_flow",
-        &["first step", "end of training", "time step t"],
+        "gradient_flow_9",
+        &[
+            "T = 9: Gradient reaching",
+            "first step",
+            "end of training",
+            "time step t",
+        ],
     );
     check_figure(&plots, "throughput", &["sequences/s"]);
 

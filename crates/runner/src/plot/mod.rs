@@ -236,7 +236,7 @@ pub fn figures(results: &Results) -> Vec<Figure> {
     let all = figures_of(results);
     let Some(key) = results
         .keys_with(Role::Panel)
-        .find(|k| k.values.len() > 1 && all.iter().any(|f| f.panels.len() > MAX_PANELS))
+        .find(|k| k.values.len() > 1 && all.iter().any(|f| f.panels.len() > f.max_panels()))
     else {
         return all;
     };
@@ -253,12 +253,12 @@ pub fn figures(results: &Results) -> Vec<Figure> {
         .collect();
     let mut out = Vec::new();
     for figure in all {
-        if figure.panels.len() <= MAX_PANELS {
+        if figure.panels.len() <= figure.max_panels() {
             out.push(figure);
             continue;
         }
-        // Consecutive values of a numeric key, as many to a part as fit in MAX_PANELS
-        // panels; a categorical key (the task) gets a part per value.
+        // Consecutive values of a numeric key, as many to a part as fit in the figure's
+        // rows; a categorical key (the task) gets a part per value.
         let numeric = key.numeric();
         let mut groups: Vec<(Vec<String>, usize)> = Vec::new();
         for (value, figures) in &singles {
@@ -267,7 +267,7 @@ pub fn figures(results: &Results) -> Vec<Figure> {
             };
             let panels = single.panels.len();
             match groups.last_mut() {
-                Some((values, total)) if numeric && *total + panels <= MAX_PANELS => {
+                Some((values, total)) if numeric && *total + panels <= figure.max_panels() => {
                     values.push((*value).clone());
                     *total += panels;
                 }
@@ -302,11 +302,19 @@ pub fn figures(results: &Results) -> Vec<Figure> {
     out
 }
 
-/// Most panels one figure holds (3 × 3, readable at a page's width): a figure with more
-/// is split by the first panel key, one figure per value of a categorical key
-/// (`loss_curves_adding`, `loss_curves_copy`, …), consecutive values grouped for a
-/// numeric one (`gradient_flow_8-64`, `gradient_flow_128-256`).
-const MAX_PANELS: usize = 9;
+/// Most rows of panels one figure holds (3, so at most 3 × 3 panels: readable at a
+/// page's width and within its height): a figure with more is split by the first panel
+/// key, one figure per value of a categorical key (`loss_curves_adding`,
+/// `loss_curves_copy`, …), consecutive values grouped for a numeric one
+/// (`gradient_flow_8-64`, `gradient_flow_128-256`).
+const MAX_ROWS: usize = 3;
+
+impl Figure {
+    /// The panels it may hold: [`MAX_ROWS`] rows of its columns.
+    fn max_panels(&self) -> usize {
+        MAX_ROWS * self.cols
+    }
+}
 
 /// `temporal_order` → `temporal_order`, `0.01` → `0_01`: a value as part of a file name.
 fn slug(value: &str) -> String {
