@@ -331,6 +331,28 @@ impl Results {
         self.keys_with(Role::Panel).find(|k| k.name == name)
     }
 
+    /// The panel key called `name` if it also varies within a panel: some setting of the
+    /// other panel keys has two or more of its values (T swept per task, not one T per
+    /// task), so that a figure against it has more than one x.
+    pub fn axis_key(&self, name: &str) -> Option<&Key> {
+        let key = self.panel_key(name)?;
+        let others: Vec<&str> = self
+            .keys_with(Role::Panel)
+            .filter(|k| k.name != name)
+            .map(|k| k.name.as_str())
+            .collect();
+        let mut seen: BTreeMap<Vec<&str>, BTreeSet<&str>> = BTreeMap::new();
+        for run in &self.runs {
+            let panel = others
+                .iter()
+                .map(|k| run.values.get(*k).map_or("", String::as_str))
+                .collect();
+            let x = run.values.get(name).map_or("", String::as_str);
+            seen.entry(panel).or_default().insert(x);
+        }
+        seen.values().any(|xs| xs.len() > 1).then_some(key)
+    }
+
     /// The runs whose `key` is one of `values` (the only values left): one part of a
     /// figure too big for a page.
     pub fn only(&self, key: &str, values: &[String]) -> Self {

@@ -478,3 +478,46 @@ fn diverged_runs_have_no_end_of_training_gradient() {
         &["LSTM (2 of 2 runs diverged)"],
     );
 }
+
+/// One length per task: T differs between panels but never within one, so no figure is
+/// drawn against T (each would have a single x).
+const ONE_T_PER_TASK: &str = "name: pertask
+description: Two cells on two tasks, one length each.
+seeds: [0, 1]
+base:
+  task: { kind: adding, seq_len: 6 }
+  model: { cell: lstm, hidden: 4 }
+  train: { steps: 6, batch_size: 8, eval_every: 3, eval_samples: 32 }
+variants:
+  - { task.kind: adding, task.seq_len: 6, model.cell: lstm }
+  - { task.kind: adding, task.seq_len: 6, model.cell: gru }
+  - { task.kind: temporal_order, task.seq_len: 10, model.cell: lstm }
+  - { task.kind: temporal_order, task.seq_len: 10, model.cell: gru }
+";
+
+#[test]
+fn no_figure_against_a_length_that_each_panel_has_once() {
+    let (file, results) = setup("pertask", ONE_T_PER_TASK);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let dir = results.join("pertask");
+    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    let stems: Vec<String> = figure_stems(&dir.join("plots"))
+        .into_iter()
+        .filter(|s| !s.ends_with("_column"))
+        .collect();
+    assert_eq!(
+        stems,
+        [
+            "grad_norm",
+            "gradient_flow",
+            "learning_curves",
+            "loss_curves"
+        ]
+    );
+}

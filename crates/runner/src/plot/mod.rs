@@ -339,12 +339,12 @@ fn figures_of(results: &Results) -> Vec<Figure> {
         learning_curves(results, Measure::Metric),
         learning_curves(results, Measure::Loss),
     ];
-    if let Some(seq_len) = results.panel_key("task.seq_len") {
+    if let Some(seq_len) = results.axis_key("task.seq_len") {
         figures.push(final_vs(results, "task.seq_len", XKind::SeqLen));
         figures.push(solved_vs(results, &seq_len.name));
     }
     if results
-        .panel_key("model.hidden")
+        .axis_key("model.hidden")
         .is_some_and(|k| k.numeric())
     {
         figures.push(final_vs(results, "model.hidden", XKind::Hidden));
@@ -354,7 +354,7 @@ fn figures_of(results: &Results) -> Vec<Figure> {
     figures.push(grad_norms(results));
     if let Some(key) = ["model.hidden", "task.seq_len"]
         .into_iter()
-        .find(|k| results.panel_key(k).is_some_and(|k| k.numeric()))
+        .find(|k| results.axis_key(k).is_some_and(|k| k.numeric()))
     {
         figures.push(throughput(results, key));
     }
