@@ -187,10 +187,7 @@ fn every_figure_kind_is_drawn_and_the_report_links_them() {
     check_figure(
         &plots,
         "loss_curves",
-        &[
-            "validation loss (MSE)",
-            "thick: median over seeds; thin: each seed",
-        ],
+        &["loss (MSE)", "thick: median over seeds; thin: each seed"],
     );
     // Metrics in words, not column names.
     check_figure(

@@ -490,7 +490,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                         range: Some((0.0, 1.0)),
                     },
                     Measure::Loss => Axis {
-                        label: format!("validation loss ({})", loss_name(&task)),
+                        label: format!("loss ({})", loss_name(&task)),
                         log: Some(10.0),
                         range: None,
                     },
@@ -717,8 +717,11 @@ pub(crate) fn metric_label(task: &rnnlab_tasks::Task) -> String {
 fn loss_name(task: &rnnlab_tasks::Task) -> &'static str {
     match task.loss() {
         rnnlab_tasks::Loss::Mse => "MSE",
-        rnnlab_tasks::Loss::CrossEntropy => "cross-entropy, nats",
-        rnnlab_tasks::Loss::BinaryCrossEntropy => "binary cross-entropy, nats",
+        // Two classes are the binary case of the same loss; one name keeps the axis
+        // label short enough for a panel's height.
+        rnnlab_tasks::Loss::CrossEntropy | rnnlab_tasks::Loss::BinaryCrossEntropy => {
+            "cross-entropy, nats"
+        }
     }
 }
 
