@@ -204,12 +204,16 @@ impl LruOp {
         )
     }
 
-    fn unit_constants<T: Real>(&self, params: &[T]) -> Vec<(f64, f64, f64)> {
+    /// `(Re λ, Im λ, γ)` of every unit, computed in f64 and stored as `T`.
+    fn unit_constants<T: Real>(&self, params: &[T]) -> Vec<(T, T, T)> {
         let ([nu, theta, ..], _) = self.ranges();
         let f = |range: std::ops::Range<usize>| -> Vec<f64> {
             params[range].iter().map(|v| v.to_f64()).collect()
         };
         eigenvalues(&f(nu), &f(theta))
+            .into_iter()
+            .map(|(re, im, g)| (T::from_f64(re), T::from_f64(im), T::from_f64(g)))
+            .collect()
     }
 }
 
@@ -241,11 +245,7 @@ impl Kernel for LruOp {
         if params.len() != total || x.len() != batch * seq_len * input {
             bail!("fused LRU: inputs do not match the layer's sizes");
         }
-        let units: Vec<(T, T, T)> = self
-            .unit_constants(params)
-            .into_iter()
-            .map(|(re, im, g)| (T::from_f64(re), T::from_f64(im), T::from_f64(g)))
-            .collect();
+        let units = self.unit_constants(params);
         let zeros = vec![T::ZERO; 3 * hidden];
         let projected = input_projection(x, &params[w_ih], &zeros, batch * seq_len, input);
         // The recurrence, per batch chunk: states (B, T, 2H) = [Re x_t | Im x_t].
@@ -345,10 +345,6 @@ impl Kernel for LruOp {
             y,
         } = *act;
         let units = self.unit_constants(params);
-        let units_t: Vec<(T, T, T)> = units
-            .iter()
-            .map(|&(re, im, g)| (T::from_f64(re), T::from_f64(im), T::from_f64(g)))
-            .collect();
         let steps = batch * seq_len;
         let out_rs = (seq_len + 2) * hidden;
         // ∂L/∂y, and ∂L/∂x_T from the final-state rows of the output.
@@ -420,7 +416,7 @@ impl Kernel for LruOp {
                                 }
                                 flow.add(t, squared_sum(&d_x));
                                 let p_t = &mut p[t * 3 * hidden..(t + 1) * 3 * hidden];
-                                for (j, &(l_re, l_im, g)) in units_t.iter().enumerate() {
+                                for (j, &(l_re, l_im, g)) in units.iter().enumerate() {
                                     let (dr, di) = (d_x[j], d_x[hidden + j]);
                                     let (xr, xi) = (prev[j], prev[hidden + j]);
                                     let sum = &mut sums[j];
