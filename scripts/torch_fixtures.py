@@ -2,8 +2,9 @@
 """Write the PyTorch reference fixtures that `crates/cells/tests/parity.rs` checks.
 
 Each case is one safetensors file in `crates/cells/tests/fixtures/`. Metadata (string map):
-`cell` (rnn | lstm | gru | indrnn | mingru | minlstm | lru), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
-(after | before, GRU only) and `nonlinearity` (tanh | relu, RNN only). Tensors (f32):
+`cell` (rnn | lstm | gru | indrnn | mingru | minlstm | lru | exprnn), `num_layers`, `input_size`, `hidden_size`, `gru_reset`
+(after | before, GRU only), `nonlinearity` (tanh | relu, RNN only) and `scan`
+(log_space, minGRU and minLSTM in their log-space form). Tensors (f32):
 the `state_dict` of the torch module, `input` (B,T,I) batch-first, `h0` (L,B,H),
 `c0` (L,B,H) for LSTM ((L,B,2H), [Re x | Im x], for the LRU), the expected `output` (B,T,H), `h_n`, `c_n`, a random
 `grad_output` (B,T,H) and, for loss = sum(output * grad_output), `grad.input`,
@@ -18,7 +19,8 @@ The cells torch lacks are written from their papers with autograd ops: the IndRN
 sequential mode (its listings, without the positivity map g that only its log-space
 mode needs), checked first against the same recurrence solved in closed form over the
 whole sequence, the parallel scan h_t = a*_t (h_0 + sum_k b_k / a*_k) with
-a*_t = prod_{k<=t} a_k (Heinsen 2023), which reads no h_{t-1}.
+a*_t = prod_{k<=t} a_k (Heinsen 2023), which reads no h_{t-1}. The expRNN's
+orthogonal matrix comes from torch.linalg.matrix_exp (checked orthogonal to 1e-12 first).
 
 Run:  python3 -m venv .venv && .venv/bin/pip install torch safetensors
       .venv/bin/python scripts/torch_fixtures.py
@@ -28,6 +30,7 @@ import argparse
 import pathlib
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/cells/tests/fixtures"
@@ -47,18 +50,31 @@ CELLS = [
     ("mingru", "mingru", {}),
     ("minlstm", "minlstm", {}),
     ("lru", "lru", {}),
+    ("exprnn", "exprnn", {}),
+    ("mingru_log", "mingru", {"scan": "log_space"}),
+    ("minlstm_log", "minlstm", {"scan": "log_space"}),
 ]
 
 # Rows of `weight_ih` per unit: IndRNN h; minGRU z, h~; minLSTM f, i, h~.
 BLOCKS = {"indrnn": 1, "mingru": 2, "minlstm": 3}
 
 
-class PaperCell(torch.nn.Module):
-    """IndRNN, minGRU or minLSTM stacks with torch's parameter names and layouts."""
+def g(x):
+    """Feng et al.'s positivity map for the log-space mode's candidate."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
 
-    def __init__(self, cell, input_size, hidden_size, num_layers):
+
+def log_g(x):
+    return torch.where(x >= 0, (torch.relu(x) + 0.5).log(), -F.softplus(-x))
+
+
+class PaperCell(torch.nn.Module):
+    """IndRNN, minGRU or minLSTM stacks with torch's parameter names and layouts;
+    `log_space` puts minGRU's and minLSTM's candidate through g (their log-space mode)."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, log_space=False):
         super().__init__()
-        self.cell, self.num_layers = cell, num_layers
+        self.cell, self.num_layers, self.log_space = cell, num_layers, log_space
         # Twice torch's U(-1/sqrt(H), 1/sqrt(H)), as the torch modules get below.
         bound = 2.0 / hidden_size**0.5
         for layer in range(num_layers):
@@ -77,13 +93,14 @@ class PaperCell(torch.nn.Module):
         pre = x_t @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")
         if self.cell == "indrnn":
             return torch.relu(pre + getattr(self, f"weight_hh_l{layer}") * h)
+        candidate = g if self.log_space else (lambda p: p)
         if self.cell == "mingru":
             k_z, tilde_h = pre.chunk(2, dim=-1)
             z = torch.sigmoid(k_z)
-            return (1 - z) * h + z * tilde_h
+            return (1 - z) * h + z * candidate(tilde_h)
         k_f, k_i, tilde_h = pre.chunk(3, dim=-1)
         f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
-        return f / (f + i) * h + i / (f + i) * tilde_h
+        return f / (f + i) * h + i / (f + i) * candidate(tilde_h)
 
     def forward(self, x, h0):
         layer_input, finals = x, []
@@ -112,6 +129,27 @@ class PaperCell(torch.nn.Module):
             a_star = torch.cumprod(a, dim=1)
             layer_input = a_star * (h0[layer].unsqueeze(1) + torch.cumsum(b / a_star, dim=1))
         return layer_input
+
+    def log_scan(self, x, h0):
+        """The log-space mode, as Feng et al.'s listings (softplus forms of log a and
+        log b, torch.logcumsumexp), except that h0 enters linearly, exp(A_t) h0, rather
+        than through g inside the logcumsumexp: so it may be 0 or negative."""
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            pre = layer_input @ getattr(self, f"weight_ih_l{layer}").T + getattr(self, f"bias_ih_l{layer}")
+            if self.cell == "mingru":
+                k, p = pre.chunk(2, dim=-1)
+                log_a, log_b = -F.softplus(k), -F.softplus(-k) + log_g(p)
+            else:
+                k_f, k_i, p = pre.chunk(3, dim=-1)
+                diff = F.softplus(-k_f) - F.softplus(-k_i)
+                log_a, log_b = -F.softplus(diff), -F.softplus(-diff) + log_g(p)
+            a_star = torch.cumsum(log_a, dim=1)
+            layer_input = torch.exp(a_star) * h0[layer].unsqueeze(1) + torch.exp(
+                a_star + torch.logcumsumexp(log_b - a_star, dim=1)
+            )
+            finals.append(layer_input[:, -1])
+        return layer_input, torch.stack(finals)
 
 
 def manual_gru(module, x, h0, reset):
@@ -188,6 +226,47 @@ class LruReference(torch.nn.Module):
         return layer_input, torch.stack(finals_h), torch.stack(finals_c)
 
 
+class ExpRnnReference(torch.nn.Module):
+    """The expRNN (Lezcano-Casado & Martinez-Rubio 2019) as their OrthogonalRNN computes
+    it, W = matrix_exp(A - A^T) by torch.linalg.matrix_exp (Pade approximants, not
+    rnnlab's Taylor polynomial), modrelu(z) = sign(z) relu(|z| + b), no input bias; A's
+    strictly upper triangle stored packed row by row as log_weight_hh (H(H-1)/2)."""
+
+    def __init__(self, input_size, hidden_size, num_layers):
+        super().__init__()
+        self.num_layers, self.hidden = num_layers, hidden_size
+        param = lambda t: torch.nn.Parameter(t)
+        normal = lambda *shape, std: param(std * torch.randn(*shape, dtype=torch.float64))
+        for layer in range(num_layers):
+            width = input_size if layer == 0 else hidden_size
+            setattr(self, f"weight_ih_l{layer}", normal(hidden_size, width, std=0.7))
+            # A general generator (not the Henaff blocks), so every entry's gradient counts.
+            setattr(self, f"log_weight_hh_l{layer}", normal(hidden_size * (hidden_size - 1) // 2, std=0.6))
+            # Biases of both signs, some below -|z|, so that modrelu switches units off.
+            setattr(self, f"bias_l{layer}", normal(hidden_size, std=0.5))
+
+    def recurrent(self, layer):
+        H = self.hidden
+        rows, cols = torch.triu_indices(H, H, offset=1)
+        A = torch.zeros(H, H, dtype=torch.float64)
+        A = A.index_put((rows, cols), getattr(self, f"log_weight_hh_l{layer}"))
+        return torch.linalg.matrix_exp(A - A.T)
+
+    def forward(self, x, h0):
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            W = self.recurrent(layer)
+            w_ih, b = getattr(self, f"weight_ih_l{layer}"), getattr(self, f"bias_l{layer}")
+            outputs, h = [], h0[layer]
+            for t in range(layer_input.shape[1]):
+                z = layer_input[:, t] @ w_ih.T + h @ W.T
+                h = torch.sign(z) * torch.relu(torch.abs(z) + b)
+                outputs.append(h)
+            layer_input = torch.stack(outputs, dim=1)
+            finals.append(h)
+        return layer_input, torch.stack(finals)
+
+
 def make_case(cell, extra, num_layers, batch, seq_len, seed):
     torch.manual_seed(seed)
     kwargs = dict(
@@ -199,8 +278,14 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
     )
     if cell == "lru":
         module = LruReference(INPUT_SIZE, HIDDEN_SIZE, num_layers)
+    elif cell == "exprnn":
+        module = ExpRnnReference(INPUT_SIZE, HIDDEN_SIZE, num_layers)
+        for layer in range(num_layers):
+            W = module.recurrent(layer).detach()
+            eye = torch.eye(HIDDEN_SIZE, dtype=torch.float64)
+            assert torch.allclose(W.T @ W, eye, atol=1e-12), "matrix_exp of a skew matrix is not orthogonal"
     elif cell in BLOCKS:
-        module = PaperCell(cell, INPUT_SIZE, HIDDEN_SIZE, num_layers)
+        module = PaperCell(cell, INPUT_SIZE, HIDDEN_SIZE, num_layers, extra.get("scan") == "log_space")
     elif cell == "rnn":
         module = torch.nn.RNN(nonlinearity=extra["nonlinearity"], **kwargs)
     elif cell == "lstm":
@@ -208,7 +293,7 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
     else:
         module = torch.nn.GRU(**kwargs)
     # Widen the default U(-1/sqrt(H), 1/sqrt(H)) so that gates leave their linear range.
-    if cell not in BLOCKS and cell != "lru":
+    if cell not in BLOCKS and cell not in ("lru", "exprnn"):
         with torch.no_grad():
             for p in module.parameters():
                 p.mul_(2.0)
@@ -235,6 +320,10 @@ def make_case(cell, extra, num_layers, batch, seq_len, seed):
             assert torch.allclose(manual_h, h_n, atol=1e-12), "manual GRU != torch.nn.GRU"
         else:
             output, h_n = manual_gru(module, x, h0, "before")
+    elif extra.get("scan") == "log_space":
+        output, h_n = module.log_scan(x, h0)
+        sequential, _ = module(x, h0)
+        assert torch.allclose(sequential, output, atol=1e-10), f"{cell}: log-space != sequential with g"
     else:
         output, h_n = module(x, h0)
         if cell in ("mingru", "minlstm"):

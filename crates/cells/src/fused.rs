@@ -13,7 +13,7 @@
 //! vectorise); f64 uses the exact functions, for finite-difference tests.
 
 use std::any::Any;
-use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
+use std::ops::{Add, AddAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 use std::sync::Mutex;
 
 use candle_core::{
@@ -32,6 +32,7 @@ pub(crate) trait Real:
     + Neg<Output = Self>
     + AddAssign
     + SubAssign
+    + MulAssign
     + PartialOrd
 {
     const ZERO: Self;
@@ -39,6 +40,8 @@ pub(crate) trait Real:
     fn tanh_(self) -> Self;
     fn sigmoid_(self) -> Self;
     fn max_(self, other: Self) -> Self;
+    fn exp_(self) -> Self;
+    fn ln_(self) -> Self;
 }
 
 impl Real for f32 {
@@ -59,6 +62,16 @@ impl Real for f32 {
     fn max_(self, other: Self) -> Self {
         if self > other { self } else { other }
     }
+
+    #[inline(always)]
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+
+    #[inline(always)]
+    fn ln_(self) -> Self {
+        self.ln()
+    }
 }
 
 impl Real for f64 {
@@ -75,6 +88,14 @@ impl Real for f64 {
 
     fn max_(self, other: Self) -> Self {
         if self > other { self } else { other }
+    }
+
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+
+    fn ln_(self) -> Self {
+        self.ln()
     }
 }
 

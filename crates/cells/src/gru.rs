@@ -57,6 +57,7 @@ pub static GRU: CellKind = CellKind {
                     .into(),
             );
         }
+        options.refuse_scan("gru")?;
         Ok(CellConfig::new(reset))
     },
     colors: &[("gru", [213, 94, 0]), ("gru (reset before)", [230, 159, 0])],

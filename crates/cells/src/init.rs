@@ -135,6 +135,16 @@ impl Init {
                         .ln()
                 })
                 .collect(),
+            (ParamRole::SkewGenerator, _) => {
+                let mut values = vec![0.0; len];
+                for k in 0..hidden / 2 {
+                    let i = 2 * k;
+                    values[crate::exprnn::packed_index(i, i + 1, hidden)] =
+                        draw.uniform(1, std::f64::consts::PI)[0];
+                }
+                values
+            }
+            (ParamRole::ModReluBias, _) => draw.uniform(len, crate::exprnn::MODRELU_BIAS_BOUND),
             (_, InitScheme::Pytorch) => {
                 let mut values = draw.uniform(len, bound);
                 self.add_forget_bias(spec, hidden, &mut values);

@@ -28,6 +28,7 @@
 //! ```
 
 mod cell;
+mod exprnn;
 mod fused;
 mod gru;
 mod indrnn;
@@ -46,6 +47,7 @@ mod spec;
 mod unroll;
 
 pub use cell::{Cell, GradFlow, State};
+pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, TAYLOR_DEGREE, recurrent_matrix};
 pub use gru::{GRU, Gru, GruReset};
 pub use indrnn::{INDRNN, IndRnn, IndRnnSpec};
 pub use init::{Init, InitScheme};
@@ -57,5 +59,6 @@ pub use minlstm::{MINLSTM, MinLstm, MinLstmSpec};
 pub use model::{HEAD_BIAS, HEAD_WEIGHT, Head, HeadKind, Model, ModelConfig, Stack};
 pub use params::Params;
 pub use rnn::{Nonlinearity, RNN, RNN_RELU, VanillaRnn};
+pub use scan::ScanForm;
 pub use spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gated_layer};
 pub use unroll::unroll;

@@ -1,4 +1,5 @@
-//! minGRU (Feng et al. 2024, "Were RNNs All We Needed?"), in its sequential form.
+//! minGRU (Feng et al. 2024, "Were RNNs All We Needed?"), in its sequential and
+//! log-space forms.
 
 use candle_core::{Result, Tensor};
 use candle_nn::ops::sigmoid;
@@ -6,7 +7,7 @@ use candle_nn::ops::sigmoid;
 use crate::cell::{GradFlow, State};
 use crate::fused::Real;
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::scan::{self, ScanStep};
+use crate::scan::{self, ScanForm, ScanStep};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 
 /// minGRU layer (Feng et al. 2024): the GRU with gates that read only the input, so that
@@ -18,15 +19,20 @@ use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 /// h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
 /// ```
 ///
-/// This is the sequential form (Feng et al.'s Algorithm 1); `∂h_t/∂h_{t−1}` is the
-/// diagonal `1 − z_t`, so the gradient reaching early steps is a product of forget
-/// factors the input alone sets. Parameters: `weight_ih_l{k}` `(2H, I)` (rows z, then
-/// h̃) and `bias_ih_l{k}` `(2H)`; no recurrent weights.
+/// By default this is the sequential form (Feng et al.'s Algorithm 1); with
+/// [`ScanForm::LogSpace`], their log-space mode (the candidate through `g`, see
+/// [`ScanForm`]). `∂h_t/∂h_{t−1}` is the diagonal `1 − z_t`, so the gradient reaching
+/// early steps is a product of forget factors the input alone sets. Parameters:
+/// `weight_ih_l{k}` `(2H, I)` (rows z, then h̃) and `bias_ih_l{k}` `(2H)`; no recurrent
+/// weights.
 pub type MinGru = Layer<MinGruSpec>;
 
-/// minGRU's options (none).
+/// minGRU's options: how the recurrence is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MinGruSpec;
+pub struct MinGruSpec {
+    /// Sequential (default) or log-space.
+    pub form: ScanForm,
+}
 
 /// `model.cell: mingru`.
 pub static MINGRU: CellKind = CellKind {
@@ -34,16 +40,23 @@ pub static MINGRU: CellKind = CellKind {
     display: "minGRU",
     summary: "minGRU (Feng et al. 2024): h = (1 − z) ⊙ h + z ⊙ (W_h x + b_h), z = σ(W_z x + b_z)",
     configure: |options| {
-        options.only_defaults("mingru")?;
-        Ok(CellConfig::new(MinGruSpec))
+        options.only_defaults_but_scan("mingru")?;
+        Ok(CellConfig::new(MinGruSpec { form: options.scan }))
     },
-    colors: &[("mingru", [0, 128, 128])],
-    examples: || vec![CellConfig::new(MinGruSpec)],
+    colors: &[
+        ("mingru", [0, 128, 128]),
+        ("mingru (log-space)", [80, 190, 190]),
+    ],
+    examples: || {
+        [ScanForm::Sequential, ScanForm::LogSpace]
+            .map(|form| CellConfig::new(MinGruSpec { form }))
+            .to_vec()
+    },
 };
 
 impl CellSpec for MinGruSpec {
     fn label(&self) -> String {
-        "mingru".into()
+        format!("mingru{}", self.form.label_suffix())
     }
 
     fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
@@ -61,7 +74,7 @@ impl CellMath for MinGruSpec {
         let hidden = weights.hidden;
         let pre = affine(x, weights.get(0)?, weights.get(1)?)?;
         let z = sigmoid(&block(&pre, 0, hidden)?)?;
-        let candidate = block(&pre, 1, hidden)?;
+        let candidate = scan::candidate(&block(&pre, 1, hidden)?, self.form)?;
         // (1 − z) ⊙ h + z ⊙ h̃, written as h + z ⊙ (h̃ − h) as the kernel does.
         let h = (&state.h + (z * (candidate - &state.h)?)?)?;
         Ok(State { h, c: None })
@@ -102,6 +115,18 @@ impl ScanStep for MinGruSpec {
             z[j] = d_z * zj * (T::ONE - zj);
         }
     }
+
+    fn form(&self) -> ScanForm {
+        self.form
+    }
+
+    fn log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
+        scan::mingru_log_coefficients(gates, log_a, log_b);
+    }
+
+    fn log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
+        scan::mingru_log_backward(gates, d_log_a, d_log_b);
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +146,7 @@ mod tests {
         let bias = Tensor::new(&[0.0f64, 0.1], &dev).unwrap();
         params.insert("weight_ih_l0", Var::from_tensor(&weight).unwrap());
         params.insert("bias_ih_l0", Var::from_tensor(&bias).unwrap());
-        let cell = MinGru::new(MinGruSpec, &params, 0, 1, 1).unwrap();
+        let cell = MinGru::new(MinGruSpec::default(), &params, 0, 1, 1).unwrap();
         let state = State {
             h: Tensor::new(&[[0.3f64]], &dev).unwrap(),
             c: None,

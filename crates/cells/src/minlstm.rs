@@ -1,4 +1,5 @@
-//! minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"), in its sequential form.
+//! minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"), in its sequential and
+//! log-space forms.
 
 use candle_core::{Result, Tensor};
 use candle_nn::ops::sigmoid;
@@ -6,7 +7,7 @@ use candle_nn::ops::sigmoid;
 use crate::cell::{GradFlow, State};
 use crate::fused::Real;
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::scan::{self, ScanStep};
+use crate::scan::{self, ScanForm, ScanStep};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 
 /// minLSTM layer (Feng et al. 2024): the LSTM with gates that read only the input, no
@@ -20,15 +21,20 @@ use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 /// h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ h̃_t
 /// ```
 ///
-/// This is the sequential form (Feng et al.'s Algorithm 3 run step by step). Since
-/// `f' = 1 − i'`, the kernel computes `h_t = h_{t−1} + i'_t ⊙ (h̃_t − h_{t−1})`.
+/// By default this is the sequential form (Feng et al.'s Algorithm 3 run step by step;
+/// since `f' = 1 − i'`, the kernel computes `h_t = h_{t−1} + i'_t ⊙ (h̃_t − h_{t−1})`);
+/// with [`ScanForm::LogSpace`], their log-space mode (the candidate through `g`, see
+/// [`ScanForm`]).
 /// Parameters: `weight_ih_l{k}` `(3H, I)` (rows f, i, then h̃) and `bias_ih_l{k}`
 /// `(3H)`, whose f rows take the forget-bias offset; no recurrent weights.
 pub type MinLstm = Layer<MinLstmSpec>;
 
-/// minLSTM's options (none).
+/// minLSTM's options: how the recurrence is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MinLstmSpec;
+pub struct MinLstmSpec {
+    /// Sequential (default) or log-space.
+    pub form: ScanForm,
+}
 
 /// `model.cell: minlstm`.
 pub static MINLSTM: CellKind = CellKind {
@@ -36,16 +42,23 @@ pub static MINLSTM: CellKind = CellKind {
     display: "minLSTM",
     summary: "minLSTM (Feng et al. 2024): h = f' ⊙ h + i' ⊙ (W_h x + b_h), f', i' = σ(W_f x + b_f), σ(W_i x + b_i) normalised to sum to 1",
     configure: |options| {
-        options.only_defaults("minlstm")?;
-        Ok(CellConfig::new(MinLstmSpec))
+        options.only_defaults_but_scan("minlstm")?;
+        Ok(CellConfig::new(MinLstmSpec { form: options.scan }))
     },
-    colors: &[("minlstm", [90, 160, 60])],
-    examples: || vec![CellConfig::new(MinLstmSpec)],
+    colors: &[
+        ("minlstm", [90, 160, 60]),
+        ("minlstm (log-space)", [160, 210, 120]),
+    ],
+    examples: || {
+        [ScanForm::Sequential, ScanForm::LogSpace]
+            .map(|form| CellConfig::new(MinLstmSpec { form }))
+            .to_vec()
+    },
 };
 
 impl CellSpec for MinLstmSpec {
     fn label(&self) -> String {
-        "minlstm".into()
+        format!("minlstm{}", self.form.label_suffix())
     }
 
     fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
@@ -64,7 +77,7 @@ impl CellMath for MinLstmSpec {
         let pre = affine(x, weights.get(0)?, weights.get(1)?)?;
         let f = sigmoid(&block(&pre, 0, hidden)?)?;
         let i = sigmoid(&block(&pre, 1, hidden)?)?;
-        let candidate = block(&pre, 2, hidden)?;
+        let candidate = scan::candidate(&block(&pre, 2, hidden)?, self.form)?;
         let i_norm = (&i / (&f + &i)?)?;
         // f' ⊙ h + i' ⊙ h̃ with f' = 1 − i', written as the kernel does.
         let h = (&state.h + (i_norm * (candidate - &state.h)?)?)?;
@@ -118,6 +131,18 @@ impl ScanStep for MinLstmSpec {
             f[j] = -(d_over * ij) * fj * (T::ONE - fj);
         }
     }
+
+    fn form(&self) -> ScanForm {
+        self.form
+    }
+
+    fn log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
+        scan::minlstm_log_coefficients(gates, log_a, log_b);
+    }
+
+    fn log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
+        scan::minlstm_log_backward(gates, d_log_a, d_log_b);
+    }
 }
 
 #[cfg(test)]
@@ -138,7 +163,7 @@ mod tests {
         let bias = Tensor::new(&[0.0f64, 3f64.ln(), 0.1], &dev).unwrap();
         params.insert("weight_ih_l0", Var::from_tensor(&weight).unwrap());
         params.insert("bias_ih_l0", Var::from_tensor(&bias).unwrap());
-        let cell = MinLstm::new(MinLstmSpec, &params, 0, 1, 1).unwrap();
+        let cell = MinLstm::new(MinLstmSpec::default(), &params, 0, 1, 1).unwrap();
         let state = State {
             h: Tensor::new(&[[0.3f64]], &dev).unwrap(),
             c: None,

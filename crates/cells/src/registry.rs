@@ -17,6 +17,7 @@ pub static CELLS: &[&CellKind] = &[
     &crate::mingru::MINGRU,
     &crate::minlstm::MINLSTM,
     &crate::lru::LRU,
+    &crate::exprnn::EXPRNN,
 ];
 
 /// The entry named `name` in configs.

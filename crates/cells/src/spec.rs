@@ -107,6 +107,13 @@ pub enum ParamRole {
     /// The LRU's `θ` `(H)`: drawn by every scheme so that `arg λ = exp(θ)` is uniform in
     /// `[0, MAX_PHASE]`.
     RingPhase,
+    /// The expRNN's packed strictly upper triangle of `A` (`W = exp(A − Aᵀ)`): drawn by
+    /// every scheme as Henaff et al. 2016, `A[2k][2k+1] ~ U(−π, π)` and 0 elsewhere (a
+    /// block diagonal of 2×2 rotations).
+    SkewGenerator,
+    /// The expRNN's modReLU bias: `U(−0.01, 0.01)` under every scheme, as
+    /// Lezcano-Casado's code draws it.
+    ModReluBias,
     /// Recurrent connections between gates (Greff et al.'s full gate recurrence): like
     /// a peephole, drawn as PyTorch draws weights under its scheme and zero otherwise,
     /// so that the other schemes start from the cell without them.
@@ -225,6 +232,8 @@ pub struct CellOptions {
     pub no_output_activation: bool,
     /// `ablation.full_gate_recurrence`.
     pub full_gate_recurrence: bool,
+    /// `scan` (minGRU and minLSTM): sequential or log-space.
+    pub scan: crate::ScanForm,
 }
 
 impl CellOptions {
@@ -232,12 +241,29 @@ impl CellOptions {
     pub fn has_ablation(&self) -> bool {
         Self {
             reset_before: false,
+            scan: crate::ScanForm::default(),
             ..*self
         } != Self::default()
     }
 
     /// Refuses options that `cell` (a config name) does not read.
     pub fn only_defaults(&self, cell: &str) -> std::result::Result<(), String> {
+        self.refuse_scan(cell)?;
+        self.only_defaults_but_scan(cell)
+    }
+
+    /// Refuses `scan` for `cell`, which does not read it.
+    pub fn refuse_scan(&self, cell: &str) -> std::result::Result<(), String> {
+        if self.scan != crate::ScanForm::default() {
+            return Err(format!(
+                "`model.scan` is only allowed with `cell: mingru` or `minlstm`, not `{cell}`"
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::only_defaults`] for the cells that read `scan`.
+    pub fn only_defaults_but_scan(&self, cell: &str) -> std::result::Result<(), String> {
         if self.has_ablation() {
             return Err(format!(
                 "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`, not `{cell}`"

@@ -76,7 +76,7 @@ fn shapes_and_states() {
         // state as [Re x | Im x].
         let carried = match name.as_str() {
             "lru" => 2 * HIDDEN,
-            "minlstm" => 0,
+            n if n.starts_with("minlstm") => 0,
             n if n.contains("full gate recurrence") => 4 * HIDDEN,
             n if n.contains("lstm") => HIDDEN,
             _ => 0,

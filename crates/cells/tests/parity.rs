@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use rnnlab_cells::{
-    CellConfig, GruReset, IndRnnSpec, LruSpec, LstmOptions, MinGruSpec, MinLstmSpec, Nonlinearity,
-    Params, Stack, State,
+    CellConfig, ExpRnnSpec, GruReset, IndRnnSpec, LruSpec, LstmOptions, MinGruSpec, MinLstmSpec,
+    Nonlinearity, Params, ScanForm, Stack, State,
 };
 use safetensors::SafeTensors;
 
@@ -73,10 +73,20 @@ impl Fixture {
                 other => panic!("{}: unknown gru_reset {other}", self.name),
             }),
             "indrnn" => CellConfig::new(IndRnnSpec),
-            "mingru" => CellConfig::new(MinGruSpec),
-            "minlstm" => CellConfig::new(MinLstmSpec),
+            "mingru" => CellConfig::new(MinGruSpec { form: self.scan() }),
+            "minlstm" => CellConfig::new(MinLstmSpec { form: self.scan() }),
             "lru" => CellConfig::new(LruSpec),
+            "exprnn" => CellConfig::new(ExpRnnSpec),
             other => panic!("{}: unknown cell {other}", self.name),
+        }
+    }
+
+    /// minGRU's and minLSTM's form: `scan: log_space` in the metadata, else sequential.
+    fn scan(&self) -> ScanForm {
+        match self.metadata.get("scan").map(String::as_str) {
+            None => ScanForm::Sequential,
+            Some("log_space") => ScanForm::LogSpace,
+            Some(other) => panic!("{}: unknown scan {other}", self.name),
         }
     }
 
@@ -181,7 +191,7 @@ fn mismatches(fixture: &Fixture) -> Vec<String> {
 fn every_fixture_matches_pytorch() {
     let fixtures = fixtures();
     assert!(
-        fixtures.len() >= 54,
+        fixtures.len() >= 72,
         "expected the committed fixtures, found {}",
         fixtures.len()
     );
@@ -211,6 +221,9 @@ fn fixtures_cover_the_required_cases() {
         "mingru",
         "minlstm",
         "lru",
+        "exprnn",
+        "mingru_log",
+        "minlstm_log",
     ] {
         for (layers, batch, seq_len) in [(1, 3, 17), (2, 1, 1), (2, 3, 17), (1, 1, 1)] {
             let name = format!("{cell}_l{layers}_b{batch}_t{seq_len}.safetensors");

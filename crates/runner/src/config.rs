@@ -35,7 +35,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use rnnlab_cells::{CellConfig, CellOptions, HeadKind, InitScheme, ModelConfig, registry};
+use rnnlab_cells::{
+    CellConfig, CellOptions, HeadKind, InitScheme, ModelConfig, ScanForm, registry,
+};
 use rnnlab_tasks::{Task, TaskConfig, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Mapping;
@@ -191,6 +193,12 @@ pub struct RawModel {
     /// GRU only: where the reset gate acts (default `after`, as PyTorch).
     #[serde(default)]
     pub gru_reset: ResetName,
+    /// minGRU and minLSTM only: `sequential` (default, Feng et al.'s sequential mode) or
+    /// `log_space` (their parallel mode: the candidate through `g`, the recurrence
+    /// solved with a cumulative sum and a log-cumsum-exp). Left out of the saved config
+    /// when sequential, so earlier run ids stay as they were.
+    #[serde(default, skip_serializing_if = "is_sequential")]
+    pub scan: ScanName,
     /// LSTM only: the Greff et al. 2017 variants (all off by default).
     #[serde(default)]
     pub ablation: RawAblation,
@@ -267,6 +275,21 @@ pub enum ResetName {
     After,
     /// Cho et al. 2014.
     Before,
+}
+
+/// How minGRU and minLSTM compute their recurrence (`model.scan`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanName {
+    /// Step by step.
+    #[default]
+    Sequential,
+    /// Feng et al.'s log-space mode.
+    LogSpace,
+}
+
+fn is_sequential(scan: &ScanName) -> bool {
+    *scan == ScanName::Sequential
 }
 
 /// `model.ablation:`
@@ -609,11 +632,15 @@ impl RawTask {
 }
 
 impl RawModel {
-    /// The options of `model.gru_reset` and `model.ablation` for the cell.
+    /// The options of `model.gru_reset`, `model.scan` and `model.ablation` for the cell.
     fn cell_options(&self) -> CellOptions {
         let a = self.ablation;
         CellOptions {
             reset_before: self.gru_reset == ResetName::Before,
+            scan: match self.scan {
+                ScanName::Sequential => ScanForm::Sequential,
+                ScanName::LogSpace => ScanForm::LogSpace,
+            },
             no_input_gate: a.no_input_gate,
             no_forget_gate: a.no_forget_gate,
             no_output_gate: a.no_output_gate,

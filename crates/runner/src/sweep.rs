@@ -415,6 +415,7 @@ fn schema_run() -> RawRun {
     run.model.ablation.no_output_activation = true;
     run.model.ablation.full_gate_recurrence = true;
     run.model.recurrent_gain = 2.0;
+    run.model.scan = crate::config::ScanName::LogSpace;
     run
 }
 

@@ -172,6 +172,14 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &BASE.replace("cell: lstm", "cell: gru, ablation: { peepholes: true }"),
         &["`model.ablation` is only allowed with `cell: lstm`"],
     );
+    assert_config_error(
+        &BASE.replace("cell: lstm", "cell: lstm, scan: log_space"),
+        &["`model.scan` is only allowed with `cell: mingru` or `minlstm`, not `lstm`"],
+    );
+    assert_config_error(
+        &BASE.replace("cell: lstm", "cell: mingru, scan: parallel"),
+        &["unknown variant `parallel`", "`sequential`", "`log_space`"],
+    );
 }
 
 #[test]

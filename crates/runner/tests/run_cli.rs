@@ -374,6 +374,7 @@ fn an_output_folder_that_cannot_be_written_is_a_clear_error() {
 
 /// Every cell of the registry, by its config name, through `run` (training, report and
 /// figures) and `bench`: a new cell needs no change here or in the runner to be usable.
+/// minGRU and minLSTM also run in their log-space form (`model.scan: log_space`).
 #[test]
 fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
     let kinds = rnnlab_cells::registry::CELLS;
@@ -382,11 +383,20 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cells.yaml");
+    let log_space = ["mingru", "minlstm"];
+    let variants: String = names
+        .iter()
+        .map(|name| format!("  - {{ model.cell: {name} }}\n"))
+        .chain(
+            log_space
+                .iter()
+                .map(|name| format!("  - {{ model.cell: {name}, model.scan: log_space }}\n")),
+        )
+        .collect();
     std::fs::write(
         &file,
         format!(
-            "name: cells\ndescription: every registered cell\nbase:\n  task: {{ kind: adding, seq_len: 5 }}\n  model: {{ cell: lstm, hidden: 3 }}\n  train: {{ steps: 4, batch_size: 4, eval_every: 2, eval_samples: 8 }}\nsweep:\n  model.cell: [{}]\n",
-            names.join(", ")
+            "name: cells\ndescription: every registered cell\nbase:\n  task: {{ kind: adding, seq_len: 5 }}\n  model: {{ cell: lstm, hidden: 3 }}\n  train: {{ steps: 4, batch_size: 4, eval_every: 2, eval_samples: 8 }}\nvariants:\n{variants}"
         ),
     )
     .unwrap();
@@ -398,7 +408,7 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         out.to_str().unwrap(),
     ]));
     assert!(
-        printed.contains(&format!("{} runs trained", names.len())),
+        printed.contains(&format!("{} runs trained", names.len() + log_space.len())),
         "{printed}"
     );
     let report = std::fs::read_to_string(out.join("cells/REPORT.md")).unwrap();
@@ -406,6 +416,12 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         let label = rnnlab_cells::registry::display_label(
             &(kind.configure)(&Default::default()).unwrap().label(),
         );
+        assert!(
+            report.contains(&format!("| {label} |")),
+            "{label} is not in the report's table"
+        );
+    }
+    for label in ["minGRU (log-space)", "minLSTM (log-space)"] {
         assert!(
             report.contains(&format!("| {label} |")),
             "{label} is not in the report's table"
