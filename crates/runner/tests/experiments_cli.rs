@@ -20,7 +20,7 @@ const GRIDS: [(&str, usize); 11] = [
     ("faq-peephole", 100),
     ("faq-units", 60),
     ("faq-long-sequences", 50),
-    ("faq-long-memory", 150),
+    ("faq-long-memory", 175),
     ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
