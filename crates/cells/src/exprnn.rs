@@ -29,7 +29,8 @@ pub(crate) const MODRELU_BIAS_BOUND: f64 = 0.01;
 /// modReLU switches off. Training moves `A` freely (gradients reach it through the
 /// adjoint of the matrix exponential's derivative), and `W` stays orthogonal to
 /// rounding. `A` starts as Henaff et al. 2016's block diagonal of 2×2 rotations
-/// (`A[2k, 2k+1] ~ U(−π, π)`, every other entry 0), whatever the initialisation scheme;
+/// (`A[2k, 2k+1] ~ U(−π, π)`, every other entry 0; or Helfrich et al.'s Cayley
+/// initialisation, [`SkewInit::Cayley`]), whatever the initialisation scheme;
 /// the modReLU bias as Lezcano-Casado's code, `U(−0.01, 0.01)`. There is no input bias
 /// (the paper's `nn.Linear(bias=False)`). Parameters: `weight_ih_l{k}` `(H, I)`,
 /// `log_weight_hh_l{k}` `(H(H−1)/2)` (the strictly upper triangle of `A`, row by row),
@@ -40,9 +41,38 @@ pub(crate) const MODRELU_BIAS_BOUND: f64 = 0.01;
 /// (truncation below 3e-18), then squared back.
 pub type ExpRnn = Layer<ExpRnnSpec>;
 
-/// The expRNN's options (none: the static trivialisation, Henaff initialisation).
+/// The expRNN's options: how `A` is initialised (the trivialisation is the static one,
+/// `W = exp(A − Aᵀ)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExpRnnSpec;
+pub struct ExpRnnSpec {
+    /// The initial `A`.
+    pub init: SkewInit,
+}
+
+/// How the expRNN's `A` starts: a block diagonal of 2×2 generators `[[0, s], [−s, 0]]`
+/// (rotations by `s`), as Lezcano-Casado's `henaff_init_` and `cayley_init_` draw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SkewInit {
+    /// Henaff et al. 2016: `s ~ U(−π, π)`.
+    #[default]
+    Henaff,
+    /// Helfrich et al. 2018 (scoRNN): `s = −√((1 − cos u)/(1 + cos u)) = −tan(u/2)`,
+    /// `u ~ U(0, π/2)`, so `s ∈ (−1, 0]`.
+    Cayley,
+}
+
+impl SkewInit {
+    /// The block entry `s` from a uniform draw `u ∈ [0, 1)`.
+    pub(crate) fn block_angle(self, u: f64) -> f64 {
+        match self {
+            Self::Henaff => std::f64::consts::PI * (2.0 * u - 1.0),
+            Self::Cayley => {
+                let angle = std::f64::consts::FRAC_PI_2 * u;
+                -((1.0 - angle.cos()) / (1.0 + angle.cos())).sqrt()
+            }
+        }
+    }
+}
 
 /// `model.cell: exprnn`.
 pub static EXPRNN: CellKind = CellKind {
@@ -50,11 +80,21 @@ pub static EXPRNN: CellKind = CellKind {
     display: "expRNN",
     summary: "expRNN (Lezcano-Casado & Martínez-Rubio 2019): h = modrelu(W_ih x + exp(A − Aᵀ) h), an orthogonal recurrence",
     configure: |options| {
-        options.only_defaults("exprnn")?;
-        Ok(CellConfig::new(ExpRnnSpec))
+        options.refuse_scan("exprnn")?;
+        options.refuse_ablation_and_reset("exprnn")?;
+        Ok(CellConfig::new(ExpRnnSpec {
+            init: options.skew_init,
+        }))
     },
-    colors: &[("exprnn", [178, 34, 34])],
-    examples: || vec![CellConfig::new(ExpRnnSpec)],
+    colors: &[
+        ("exprnn", [178, 34, 34]),
+        ("exprnn (cayley init)", [230, 120, 100]),
+    ],
+    examples: || {
+        [SkewInit::Henaff, SkewInit::Cayley]
+            .map(|init| CellConfig::new(ExpRnnSpec { init }))
+            .to_vec()
+    },
 };
 
 /// Number of free entries of a `hidden × hidden` skew-symmetric matrix.
@@ -69,7 +109,10 @@ pub(crate) fn packed_index(i: usize, j: usize, hidden: usize) -> usize {
 
 impl CellSpec for ExpRnnSpec {
     fn label(&self) -> String {
-        "exprnn".into()
+        match self.init {
+            SkewInit::Henaff => "exprnn".into(),
+            SkewInit::Cayley => "exprnn (cayley init)".into(),
+        }
     }
 
     fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
@@ -78,7 +121,7 @@ impl CellSpec for ExpRnnSpec {
             ParamSpec::new(
                 "log_weight_hh",
                 &[skew_len(hidden)],
-                ParamRole::SkewGenerator,
+                ParamRole::SkewGenerator(self.init),
             ),
             ParamSpec::new("bias", &[hidden], ParamRole::ModReluBias),
         ]
@@ -306,7 +349,7 @@ impl ExpRnnOp {
     /// `[weight_ih, log_weight_hh, bias]` ranges in the flat parameters, and their total.
     fn ranges(&self) -> ([std::ops::Range<usize>; 3], usize) {
         let Dims { input, hidden, .. } = self.dims;
-        let (ranges, total) = param_ranges(&ExpRnnSpec.layer_params(input, hidden));
+        let (ranges, total) = param_ranges(&ExpRnnSpec::default().layer_params(input, hidden));
         (
             [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()],
             total,
@@ -602,7 +645,7 @@ mod tests {
             "bias_l0",
             Tensor::new(&[0.1f64, -0.5], &dev).unwrap(),
         );
-        let cell = ExpRnn::new(ExpRnnSpec, &params, 0, 1, 2).unwrap();
+        let cell = ExpRnn::new(ExpRnnSpec::default(), &params, 0, 1, 2).unwrap();
         for (x, h0, want) in [
             (0.5, [0.3, 0.2], [0.8, 0.0]),
             (0.5, [0.3, 2.0], [2.6, 0.0]),
@@ -628,7 +671,7 @@ mod tests {
     fn henaff_initialisation_and_parameter_count() {
         // I = 3, H = 5: W_ih 15 + A's 10 free entries + b 5 = 30; head 1 × 5 + 1 = 6.
         let config = ModelConfig {
-            cell: CellConfig::new(ExpRnnSpec),
+            cell: CellConfig::new(ExpRnnSpec::default()),
             input_size: 3,
             hidden: vec![5],
             output_size: 1,
@@ -658,6 +701,26 @@ mod tests {
             bias.iter().all(|b| b.abs() <= MODRELU_BIAS_BOUND),
             "{bias:?}"
         );
+
+        // The Cayley initialisation draws the same blocks in (−1, 0]: −tan(u/2) for
+        // u in [0, π/2), e.g. the middle draw u = π/4 gives −tan(π/8).
+        let middle = SkewInit::Cayley.block_angle(0.5);
+        assert!((middle + (std::f64::consts::PI / 8.0).tan()).abs() < 1e-15);
+        let cayley = ModelConfig {
+            cell: CellConfig::new(ExpRnnSpec {
+                init: SkewInit::Cayley,
+            }),
+            ..config
+        };
+        let params = Init::default()
+            .params(&cayley, 3, DType::F64, &Device::Cpu)
+            .unwrap();
+        let packed: Vec<f64> = params.get("log_weight_hh_l0").unwrap().to_vec1().unwrap();
+        for (i, j) in [(0, 1), (2, 3)] {
+            let v = packed[packed_index(i, j, 5)];
+            assert!(v <= 0.0 && v > -1.0, "A[{i}][{j}] = {v}");
+        }
+        assert_eq!(packed.iter().filter(|v| **v != 0.0).count(), 2);
     }
 
     #[test]
@@ -669,7 +732,7 @@ mod tests {
         let dev = Device::Cpu;
         let (input, hidden, batch, seq) = (3, 16, 4, 12);
         let config = ModelConfig {
-            cell: CellConfig::new(ExpRnnSpec),
+            cell: CellConfig::new(ExpRnnSpec::default()),
             input_size: input,
             hidden: vec![hidden],
             output_size: 1,

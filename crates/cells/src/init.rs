@@ -135,12 +135,13 @@ impl Init {
                         .ln()
                 })
                 .collect(),
-            (ParamRole::SkewGenerator, _) => {
+            (ParamRole::SkewGenerator(skew_init), _) => {
                 let mut values = vec![0.0; len];
                 for k in 0..hidden / 2 {
                     let i = 2 * k;
+                    let u: f64 = draw.rng.random();
                     values[crate::exprnn::packed_index(i, i + 1, hidden)] =
-                        draw.uniform(1, std::f64::consts::PI)[0];
+                        skew_init.block_angle(u);
                 }
                 values
             }

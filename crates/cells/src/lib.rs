@@ -47,7 +47,7 @@ mod spec;
 mod unroll;
 
 pub use cell::{Cell, GradFlow, State};
-pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, TAYLOR_DEGREE, recurrent_matrix};
+pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, SkewInit, TAYLOR_DEGREE, recurrent_matrix};
 pub use gru::{GRU, Gru, GruReset};
 pub use indrnn::{INDRNN, IndRnn, IndRnnSpec};
 pub use init::{Init, InitScheme};

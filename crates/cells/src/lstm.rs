@@ -205,7 +205,9 @@ impl LstmOptions {
         if options.reset_before {
             return Err("`model.gru_reset` is only allowed with `cell: gru`".into());
         }
-        options.refuse_scan(if peepholes { "peephole_lstm" } else { "lstm" })?;
+        let name = if peepholes { "peephole_lstm" } else { "lstm" };
+        options.refuse_scan(name)?;
+        options.refuse_skew_init(name)?;
         let lstm = Self {
             input_gate: !options.no_input_gate,
             forget_gate: !options.no_forget_gate,

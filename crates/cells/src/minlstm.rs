@@ -42,7 +42,8 @@ pub static MINLSTM: CellKind = CellKind {
     display: "minLSTM",
     summary: "minLSTM (Feng et al. 2024): h = f' ⊙ h + i' ⊙ (W_h x + b_h), f', i' = σ(W_f x + b_f), σ(W_i x + b_i) normalised to sum to 1",
     configure: |options| {
-        options.only_defaults_but_scan("minlstm")?;
+        options.refuse_skew_init("minlstm")?;
+        options.refuse_ablation_and_reset("minlstm")?;
         Ok(CellConfig::new(MinLstmSpec { form: options.scan }))
     },
     colors: &[

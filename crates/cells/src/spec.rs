@@ -108,9 +108,9 @@ pub enum ParamRole {
     /// `[0, MAX_PHASE]`.
     RingPhase,
     /// The expRNN's packed strictly upper triangle of `A` (`W = exp(A − Aᵀ)`): drawn by
-    /// every scheme as Henaff et al. 2016, `A[2k][2k+1] ~ U(−π, π)` and 0 elsewhere (a
-    /// block diagonal of 2×2 rotations).
-    SkewGenerator,
+    /// every scheme as the cell's [`crate::SkewInit`] says, a block diagonal of 2×2
+    /// rotations (`A[2k][2k+1]` drawn, 0 elsewhere).
+    SkewGenerator(crate::SkewInit),
     /// The expRNN's modReLU bias: `U(−0.01, 0.01)` under every scheme, as
     /// Lezcano-Casado's code draws it.
     ModReluBias,
@@ -234,6 +234,8 @@ pub struct CellOptions {
     pub full_gate_recurrence: bool,
     /// `scan` (minGRU and minLSTM): sequential or log-space.
     pub scan: crate::ScanForm,
+    /// `exprnn_init` (expRNN): how `A` starts.
+    pub skew_init: crate::SkewInit,
 }
 
 impl CellOptions {
@@ -242,6 +244,7 @@ impl CellOptions {
         Self {
             reset_before: false,
             scan: crate::ScanForm::default(),
+            skew_init: crate::SkewInit::default(),
             ..*self
         } != Self::default()
     }
@@ -249,7 +252,18 @@ impl CellOptions {
     /// Refuses options that `cell` (a config name) does not read.
     pub fn only_defaults(&self, cell: &str) -> std::result::Result<(), String> {
         self.refuse_scan(cell)?;
-        self.only_defaults_but_scan(cell)
+        self.refuse_skew_init(cell)?;
+        self.refuse_ablation_and_reset(cell)
+    }
+
+    /// Refuses `exprnn_init` for `cell`, which does not read it.
+    pub fn refuse_skew_init(&self, cell: &str) -> std::result::Result<(), String> {
+        if self.skew_init != crate::SkewInit::default() {
+            return Err(format!(
+                "`model.exprnn_init` is only allowed with `cell: exprnn`, not `{cell}`"
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses `scan` for `cell`, which does not read it.
@@ -262,8 +276,8 @@ impl CellOptions {
         Ok(())
     }
 
-    /// [`Self::only_defaults`] for the cells that read `scan`.
-    pub fn only_defaults_but_scan(&self, cell: &str) -> std::result::Result<(), String> {
+    /// Refuses the LSTM's and the GRU's options for `cell`, which reads neither.
+    pub fn refuse_ablation_and_reset(&self, cell: &str) -> std::result::Result<(), String> {
         if self.has_ablation() {
             return Err(format!(
                 "`model.ablation` is only allowed with `cell: lstm` or `peephole_lstm`, not `{cell}`"

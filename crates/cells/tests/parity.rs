@@ -76,7 +76,7 @@ impl Fixture {
             "mingru" => CellConfig::new(MinGruSpec { form: self.scan() }),
             "minlstm" => CellConfig::new(MinLstmSpec { form: self.scan() }),
             "lru" => CellConfig::new(LruSpec),
-            "exprnn" => CellConfig::new(ExpRnnSpec),
+            "exprnn" => CellConfig::new(ExpRnnSpec::default()),
             other => panic!("{}: unknown cell {other}", self.name),
         }
     }

@@ -36,7 +36,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use rnnlab_cells::{
-    CellConfig, CellOptions, HeadKind, InitScheme, ModelConfig, ScanForm, registry,
+    CellConfig, CellOptions, HeadKind, InitScheme, ModelConfig, ScanForm, SkewInit, registry,
 };
 use rnnlab_tasks::{Task, TaskConfig, TaskKind};
 use serde::{Deserialize, Serialize};
@@ -199,6 +199,11 @@ pub struct RawModel {
     /// when sequential, so earlier run ids stay as they were.
     #[serde(default, skip_serializing_if = "is_sequential")]
     pub scan: ScanName,
+    /// expRNN only: how `A` starts, `henaff` (default, Henaff et al. 2016: rotation
+    /// blocks by angles in U(−π, π)) or `cayley` (Helfrich et al. 2018: −tan(u/2),
+    /// u ~ U(0, π/2)). Left out of the saved config when `henaff`.
+    #[serde(default, skip_serializing_if = "is_henaff")]
+    pub exprnn_init: SkewInitName,
     /// LSTM only: the Greff et al. 2017 variants (all off by default).
     #[serde(default)]
     pub ablation: RawAblation,
@@ -290,6 +295,21 @@ pub enum ScanName {
 
 fn is_sequential(scan: &ScanName) -> bool {
     *scan == ScanName::Sequential
+}
+
+/// How the expRNN's `A` starts (`model.exprnn_init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkewInitName {
+    /// Henaff et al. 2016.
+    #[default]
+    Henaff,
+    /// Helfrich et al. 2018.
+    Cayley,
+}
+
+fn is_henaff(init: &SkewInitName) -> bool {
+    *init == SkewInitName::Henaff
 }
 
 /// `model.ablation:`
@@ -632,7 +652,8 @@ impl RawTask {
 }
 
 impl RawModel {
-    /// The options of `model.gru_reset`, `model.scan` and `model.ablation` for the cell.
+    /// The options of `model.gru_reset`, `model.scan`, `model.exprnn_init` and
+    /// `model.ablation` for the cell.
     fn cell_options(&self) -> CellOptions {
         let a = self.ablation;
         CellOptions {
@@ -640,6 +661,10 @@ impl RawModel {
             scan: match self.scan {
                 ScanName::Sequential => ScanForm::Sequential,
                 ScanName::LogSpace => ScanForm::LogSpace,
+            },
+            skew_init: match self.exprnn_init {
+                SkewInitName::Henaff => SkewInit::Henaff,
+                SkewInitName::Cayley => SkewInit::Cayley,
             },
             no_input_gate: a.no_input_gate,
             no_forget_gate: a.no_forget_gate,

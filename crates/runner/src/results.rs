@@ -2,8 +2,8 @@
 //! resolved config, summary, validation curve and gradient flow, and the roles of the
 //! keys the experiment varies.
 //!
-//! A run's **cell** is what its `model.cell`, `model.gru_reset`, `model.scan` and
-//! `model.ablation.*` make it (`lstm`, `gru (reset before)`, `lstm (no forget gate)`, ...); each cell has one
+//! A run's **cell** is what its `model.cell`, `model.gru_reset`, `model.scan`,
+//! `model.exprnn_init` and `model.ablation.*` make it (`lstm`, `gru (reset before)`, `lstm (no forget gate)`, ...); each cell has one
 //! colour in every figure. Every other key that differs between runs is either
 //! - a **panel** key, when it is a task key (`task.seq_len`: a setting, even where some
 //!   cells skip some values) or crossed with the cells (every cell was run at every
@@ -269,6 +269,7 @@ impl Results {
             let role = if name == "model.cell"
                 || name == "model.gru_reset"
                 || name == "model.scan"
+                || name == "model.exprnn_init"
                 || name.starts_with("model.ablation")
             {
                 Role::Cell

@@ -416,6 +416,7 @@ fn schema_run() -> RawRun {
     run.model.ablation.full_gate_recurrence = true;
     run.model.recurrent_gain = 2.0;
     run.model.scan = crate::config::ScanName::LogSpace;
+    run.model.exprnn_init = crate::config::SkewInitName::Cayley;
     run
 }
 

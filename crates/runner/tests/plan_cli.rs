@@ -177,6 +177,10 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &["`model.scan` is only allowed with `cell: mingru` or `minlstm`, not `lstm`"],
     );
     assert_config_error(
+        &BASE.replace("cell: lstm", "cell: gru, exprnn_init: cayley"),
+        &["`model.exprnn_init` is only allowed with `cell: exprnn`, not `gru`"],
+    );
+    assert_config_error(
         &BASE.replace("cell: lstm", "cell: mingru, scan: parallel"),
         &["unknown variant `parallel`", "`sequential`", "`log_space`"],
     );

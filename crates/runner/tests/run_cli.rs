@@ -374,7 +374,8 @@ fn an_output_folder_that_cannot_be_written_is_a_clear_error() {
 
 /// Every cell of the registry, by its config name, through `run` (training, report and
 /// figures) and `bench`: a new cell needs no change here or in the runner to be usable.
-/// minGRU and minLSTM also run in their log-space form (`model.scan: log_space`).
+/// minGRU and minLSTM also run in their log-space form (`model.scan: log_space`), the
+/// expRNN from the Cayley initialisation.
 #[test]
 fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
     let kinds = rnnlab_cells::registry::CELLS;
@@ -392,6 +393,9 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
                 .iter()
                 .map(|name| format!("  - {{ model.cell: {name}, model.scan: log_space }}\n")),
         )
+        .chain(std::iter::once(
+            "  - { model.cell: exprnn, model.exprnn_init: cayley }\n".to_owned(),
+        ))
         .collect();
     std::fs::write(
         &file,
@@ -408,7 +412,10 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         out.to_str().unwrap(),
     ]));
     assert!(
-        printed.contains(&format!("{} runs trained", names.len() + log_space.len())),
+        printed.contains(&format!(
+            "{} runs trained",
+            names.len() + log_space.len() + 1
+        )),
         "{printed}"
     );
     let report = std::fs::read_to_string(out.join("cells/REPORT.md")).unwrap();
@@ -421,7 +428,11 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
             "{label} is not in the report's table"
         );
     }
-    for label in ["minGRU (log-space)", "minLSTM (log-space)"] {
+    for label in [
+        "minGRU (log-space)",
+        "minLSTM (log-space)",
+        "expRNN (cayley init)",
+    ] {
         assert!(
             report.contains(&format!("| {label} |")),
             "{label} is not in the report's table"
