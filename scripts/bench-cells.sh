@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 if [ "$RNNLAB" = target/release/rnnlab ]; then cargo build --release --bin rnnlab; fi
 grep -m1 'model name' /proc/cpuinfo || true
 
-echo impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb > "$OUT/cells.csv"
+echo impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s > "$OUT/cells.csv"
 for round in $(seq "$ROUNDS"); do
   for threads in ${THREADS//,/ }; do
     for seq_len in ${SEQ_LENS//,/ }; do

@@ -31,7 +31,7 @@ cargo build --release --bin rnnlab
 .venv/bin/python -c 'import torch; print("# torch", torch.__version__)'
 grep -m1 'model name' /proc/cpuinfo || true
 
-header=impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb
+header=impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s
 for impl in rnnlab torch candle-nn; do echo "$header" > "$OUT/$impl.csv"; done
 for round in $(seq "$ROUNDS"); do
   for cell in ${CELLS//,/ }; do
@@ -47,4 +47,6 @@ for round in $(seq "$ROUNDS"); do
     done
   done
 done
-python3 scripts/bench_ratios.py "$OUT/rnnlab.csv" "$OUT/candle-nn.csv" "$OUT/torch.csv" | tee "$OUT/ratios.md"
+# The machine's GEMM peak at the same thread count, for the table's share-of-peak column.
+peak=$(./target/release/rnnlab bench --peak 2048 --threads "$THREADS" --repeats 5 | tee "$OUT/peak.txt" | sed -E 's/.*,([0-9.]+) GFLOP\/s/\1/')
+python3 scripts/bench_ratios.py --peak "$peak" "$OUT/rnnlab.csv" "$OUT/candle-nn.csv" "$OUT/torch.csv" | tee "$OUT/ratios.md"

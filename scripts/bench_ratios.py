@@ -3,9 +3,13 @@
 
     python3 scripts/bench_ratios.py results/bench/rnnlab.csv results/bench/torch.csv
     python3 scripts/bench_ratios.py --versus lstm results/bench/cells.csv
+    python3 scripts/bench_ratios.py --peak 170.2 results/bench/rnnlab.csv results/bench/torch.csv
 
 A ratio below 1 means rnnlab's training step is faster. With `--versus CELL`, every
-cell's step time against CELL's at the same shape instead (below 1: faster than CELL). Where a shape was measured in
+cell's step time against CELL's at the same shape instead (below 1: faster than CELL).
+With `--peak GFLOPS` (what `rnnlab bench --peak 2048` measured at the same thread count),
+the table adds rnnlab's achieved GFLOP/s (the `gflop_per_s` column: 6 flops per matrix
+weight, step and sequence) and its share of that peak. Where a shape was measured in
 several rounds, its median step time (and largest peak RSS) is used. Standard library only.
 """
 
@@ -17,20 +21,23 @@ import sys
 def read(paths):
     samples = {}
     memory = {}
+    rates = {}
     for path in paths:
         with open(path) as f:
             for row in csv.DictReader(f):
                 key = (row["cell"], int(row["hidden"]), int(row["seq_len"]), int(row["batch"]), int(row["threads"]))
                 samples.setdefault((row["impl"], key), []).append(float(row["ms_per_step"]))
+                if row.get("gflop_per_s"):
+                    rates.setdefault((row["impl"], key), []).append(float(row["gflop_per_s"]))
                 if row["peak_rss_mb"]:
                     peak = max(float(row["peak_rss_mb"]), memory.get((row["impl"], key), 0.0))
                     memory[(row["impl"], key)] = peak
     times = {k: statistics.median(v) for k, v in samples.items()}
-    return times, memory
+    return times, memory, {k: statistics.median(v) for k, v in rates.items()}
 
 
 def versus(reference, paths):
-    times, memory = read(paths)
+    times, memory, _ = read(paths)
     keys = sorted(key for (impl, key) in times if impl == "rnnlab")
     keys.sort(key=lambda k: (k[4], k[2], k[1], k[0]))
     print(f"| threads | T | H | cell | ms per step | vs {reference} | peak MiB |")
@@ -44,11 +51,12 @@ def versus(reference, paths):
         print(f"| {threads} | {seq_len} | {hidden} | {cell} | {ms} | {ratio} | {memory.get(('rnnlab', key), 0.0):.0f} |")
 
 
-def main(paths):
-    times, memory = read(paths)
+def main(paths, peak=None):
+    times, memory, rates = read(paths)
     keys = sorted({key for (impl, key) in times if impl == "rnnlab"})
-    print("| cell | H | T | B | threads | rnnlab ms | torch ms | rnnlab/torch | candle-nn ms | candle-nn/rnnlab | rnnlab peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    extra = " rnnlab GFLOP/s | of peak |" if peak else ""
+    print(f"| cell | H | T | B | threads | rnnlab ms | torch ms | rnnlab/torch | candle-nn ms | candle-nn/rnnlab | rnnlab peak MiB |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peak else ""))
     for key in keys:
         ours = times[("rnnlab", key)]
         torch = times.get(("torch", key))
@@ -57,14 +65,20 @@ def main(paths):
         fmt = lambda v: "-" if v is None else f"{v:.1f}"
         ratio_torch = "-" if torch is None else f"{ours / torch:.2f}"
         speedup = "-" if candle is None else f"{candle / ours:.0f}x"
-        print(
+        line = (
             f"| {cell} | {hidden} | {seq_len} | {batch} | {threads} | {ours:.1f} | {fmt(torch)} | {ratio_torch} "
             f"| {fmt(candle)} | {speedup} | {memory.get(('rnnlab', key), 0.0):.0f} |"
         )
+        if peak:
+            rate = rates.get(("rnnlab", key))
+            line += " - | - |" if rate is None else f" {rate:.1f} | {100 * rate / peak:.0f} % |"
+        print(line)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--versus"]:
         versus(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:2] == ["--peak"]:
+        main(sys.argv[3:], float(sys.argv[2]))
     else:
         main(sys.argv[1:])

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb"
+HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s"
 
 
 def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds):
@@ -71,7 +71,10 @@ def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds)
     ms = statistics.median(times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     rate = batch * seq_len / (ms / 1e3)
-    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f}"
+    # rnnlab bench's count: 6 flops (3 multiply-adds) per matrix weight, step and sequence.
+    matrix_weights = sum(p.numel() for p in layer.parameters() if p.dim() == 2)
+    gflops = 6 * batch * seq_len * matrix_weights / (ms / 1e3) / 1e9
+    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f},{gflops:.2f}"
 
 
 def main():

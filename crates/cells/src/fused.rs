@@ -151,6 +151,14 @@ pub(crate) fn matmul<T: Real>(
     gemm_checked(dims, dst, dst_rs, a, b, accumulate, threads);
 }
 
+/// `a · b` for `n × n` row-major f32 matrices through the GEMM the fused kernels use, on
+/// the current rayon pool: what `rnnlab bench --peak` times as the machine's peak.
+pub fn square_matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n * n];
+    matmul((n, n, n), &mut out, n, (a, n, 1), (b, n, 1), false);
+    out
+}
+
 /// [`matmul`] on the calling thread only: for the per-step GEMMs of one batch chunk,
 /// which already runs in parallel with the other chunks.
 pub(crate) fn matmul_serial<T: Real>(

@@ -48,6 +48,7 @@ mod unroll;
 
 pub use cell::{Cell, GradFlow, State};
 pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, SkewInit, TAYLOR_DEGREE, recurrent_matrix};
+pub use fused::square_matmul;
 pub use gru::{GRU, Gru, GruReset};
 pub use indrnn::{INDRNN, IndRnn, IndRnnSpec};
 pub use init::{Init, InitScheme};

@@ -42,11 +42,23 @@ struct Measurement {
     ms_per_step: f64,
     /// Peak resident memory while the shape ran, MiB (`None` where unreadable).
     peak_rss_mb: Option<f64>,
+    /// Weights in matrices (see [`step_flop`]).
+    matrix_weights: usize,
+}
+
+/// The arithmetic of one training step as the "6 per weight per token" rule counts it:
+/// every weight in a matrix takes part in one multiply-add in the forward and two in
+/// the backward (input and weight gradients) at every step of every sequence, so
+/// `6 · B · T · weights`. Vectors (biases, peepholes, diagonals), the pointwise math,
+/// the head on the last step and the expRNN's matrix exponential are left out: it is the
+/// GEMM work, comparable across implementations of the same cell.
+fn step_flop(batch: usize, seq_len: usize, matrix_weights: usize) -> f64 {
+    6.0 * (batch * seq_len * matrix_weights) as f64
 }
 
 /// The CSV header shared with `scripts/bench_torch.py`.
 const CSV_HEADER: &str =
-    "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb";
+    "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s";
 
 impl Measurement {
     fn csv(&self) -> String {
@@ -54,8 +66,11 @@ impl Measurement {
         let rss = self
             .peak_rss_mb
             .map_or(String::new(), |mb| format!("{mb:.1}"));
+        let gflops = step_flop(self.batch, self.seq_len, self.matrix_weights)
+            / (self.ms_per_step / 1e3)
+            / 1e9;
         format!(
-            "{},{},{},{},{},{},{:.3},{rate:.0},{rss}",
+            "{},{},{},{},{},{},{:.3},{rate:.0},{rss},{gflops:.4}",
             self.implementation.as_str(),
             self.cell.name,
             self.hidden,
@@ -69,6 +84,9 @@ impl Measurement {
 
 /// Runs the benchmark grid, prints a table and writes the CSV.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(size) = args.peak {
+        return peak(size.get(), args);
+    }
     if args.child {
         let [implementation, cell, hidden, seq_len] = [
             args.implementations.len(),
@@ -102,6 +120,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             threads: args.threads.get(),
             ms_per_step,
             peak_rss_mb,
+            matrix_weights: matrix_weights(shape.cell, shape.hidden)?,
         };
         println!("{}", row.csv());
         return Ok(());
@@ -167,6 +186,51 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         write_csv(out, &rows)?;
         println!("wrote {}", out.display());
     }
+    Ok(())
+}
+
+/// Weights in matrices of one layer of `cell` with `hidden` units on the benchmark's 2
+/// inputs (the same for candle-nn's LSTM and GRU, which have PyTorch's layout).
+fn matrix_weights(cell: &CellKind, hidden: usize) -> anyhow::Result<usize> {
+    let cell = (cell.configure)(&CellOptions::default()).map_err(anyhow::Error::msg)?;
+    Ok(cell
+        .layer_params(2, hidden)
+        .iter()
+        .filter(|p| p.shape.len() == 2)
+        .map(|p| p.len())
+        .sum())
+}
+
+/// `--peak`: the median GFLOP/s of `repeats` square `size × size` f32 products through
+/// the kernels' GEMM, after `warmup` untimed ones, in a pool of `--threads`.
+fn peak(size: usize, args: &BenchArgs) -> anyhow::Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.get())
+        .build()
+        .context("starting the benchmark's thread pool")?;
+    // Values in [−1, 1) that are not all alike; what they are does not change the time.
+    let a: Vec<f32> = (0..size * size)
+        .map(|k| ((k * 7919) % 2003) as f32 / 1001.5 - 1.0)
+        .collect();
+    let b: Vec<f32> = a.iter().rev().copied().collect();
+    let mut times = pool.install(|| {
+        (0..args.warmup).for_each(|_| drop(rnnlab_cells::square_matmul(&a, &b, size)));
+        (0..args.repeats.get())
+            .map(|_| {
+                let t = Instant::now();
+                drop(rnnlab_cells::square_matmul(&a, &b, size));
+                t.elapsed().as_secs_f64()
+            })
+            .collect::<Vec<_>>()
+    });
+    times.sort_by(f64::total_cmp);
+    let seconds = times[times.len() / 2];
+    let gflops = 2.0 * (size as f64).powi(3) / seconds / 1e9;
+    println!(
+        "gemm,f32,{size},threads,{},{:.3} ms,{gflops:.1} GFLOP/s",
+        args.threads,
+        seconds * 1e3
+    );
     Ok(())
 }
 

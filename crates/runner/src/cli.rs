@@ -217,9 +217,14 @@ pub struct BenchArgs {
     /// Stop timing a shape after this many seconds (at least one step is timed).
     #[arg(long, default_value_t = 30.0)]
     pub max_seconds: f64,
-    /// CSV file to write (columns impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb).
+    /// CSV file to write (columns impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Instead of training steps, time the GEMM the kernels use on a square f32 problem
+    /// of this size (e.g. 2048) with `--threads`, and print its GFLOP/s: the machine's
+    /// peak that `gflop_per_s` compares with.
+    #[arg(long)]
+    pub peak: Option<NonZeroUsize>,
     /// Internal: measure the single shape given and print its CSV row (each shape runs
     /// in a process of its own so that its peak memory is its own).
     #[arg(long, hide = true)]

@@ -463,4 +463,29 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
             "{name} missing from the benchmark:\n{bench}"
         );
     }
+    // Every row ends with the achieved GFLOP/s, positive for every cell (each has a
+    // matrix of weights).
+    for row in bench.lines().filter(|l| l.starts_with("rnnlab,")) {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), 10, "{row}");
+        assert!(fields[9].parse::<f64>().unwrap() > 0.0, "{row}");
+    }
+    let peak = ok(&rnnlab(&[
+        "bench",
+        "--peak",
+        "64",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]));
+    let gflops: f64 = peak
+        .trim()
+        .strip_suffix(" GFLOP/s")
+        .and_then(|s| s.rsplit(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no GFLOP/s in {peak}"));
+    assert!(gflops > 0.0, "{peak}");
 }
