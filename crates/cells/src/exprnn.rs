@@ -678,6 +678,8 @@ mod tests {
             head: HeadKind::LastStep,
         };
         assert_eq!(config.parameter_count(), 36);
+        // A is what the state feeds back through; W_ih and b are not.
+        assert_eq!(config.recurrent_params(), ["log_weight_hh_l0"]);
         let params = Init::default()
             .params(&config, 3, DType::F64, &Device::Cpu)
             .unwrap();

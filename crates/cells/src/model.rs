@@ -50,6 +50,22 @@ impl ModelConfig {
         count + self.output_size * (input + 1)
     }
 
+    /// The full names (`weight_hh_l0`) of the parameters through which the state feeds
+    /// back ([`crate::ParamRole::is_recurrent`]).
+    pub fn recurrent_params(&self) -> Vec<String> {
+        let mut input = self.input_size;
+        let mut names = Vec::new();
+        for (layer, &hidden) in self.hidden.iter().enumerate() {
+            for spec in self.cell.layer_params(input, hidden) {
+                if spec.role.is_recurrent() {
+                    names.push(spec.name_in(layer));
+                }
+            }
+            input = hidden;
+        }
+        names
+    }
+
     /// Rejects empty stacks, zero sizes and contradictory cell options.
     pub fn validate(&self) -> Result<()> {
         if self.input_size == 0 || self.output_size == 0 {

@@ -120,6 +120,25 @@ pub enum ParamRole {
     GateRecurrence,
 }
 
+impl ParamRole {
+    /// Whether the state feeds back through this parameter (recurrent matrices and
+    /// diagonals, the expRNN's `A`, the LRU's `ν` and `θ`, peepholes, gate recurrence):
+    /// the parameters `train.recurrent_lr_scale` applies to (the expRNN's paper trains
+    /// its `A` at a tenth of the rate of the rest).
+    pub fn is_recurrent(self) -> bool {
+        match self {
+            Self::RecurrentWeight { .. }
+            | Self::RecurrentDiagonal
+            | Self::SkewGenerator(_)
+            | Self::RingRadius
+            | Self::RingPhase
+            | Self::Peephole
+            | Self::GateRecurrence => true,
+            Self::InputWeight | Self::Bias { .. } | Self::ModReluBias => false,
+        }
+    }
+}
+
 /// The PyTorch-style layout `[weight_ih (G·H, I), weight_hh (G·H, H), bias_ih (G·H),
 /// bias_hh (G·H)]` of a cell with `gates` gate blocks; `forget_block` is the forget
 /// gate's block, which takes the forget-bias offset in `bias_ih`.

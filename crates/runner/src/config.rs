@@ -364,6 +364,12 @@ pub struct RawTrain {
     /// SGD momentum (default 0.9; ignored by the others).
     #[serde(default = "default_momentum")]
     pub momentum: f64,
+    /// Multiplies the learning rate of the parameters through which the state feeds
+    /// back (recurrent matrices and diagonals, the expRNN's `A`, the LRU's `ν` and `θ`,
+    /// peepholes; default 1): the expRNN's paper trains `A` at a tenth of the rate (its
+    /// copying script: lr 2e-4, 2e-5 for `A`). Left out of the saved config when 1.
+    #[serde(default = "unit_gain", skip_serializing_if = "is_unit_gain")]
+    pub recurrent_lr_scale: f64,
     /// Sequences per step (default 32).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -462,6 +468,8 @@ pub struct RunConfig {
 pub struct TrainConfig {
     /// The optimiser and its learning rate.
     pub optimizer: Optimizer,
+    /// The learning rate's factor for the recurrent parameters.
+    pub recurrent_lr_scale: f64,
     /// Sequences per step.
     pub batch_size: usize,
     /// Steps over an endless stream, or epochs over a fixed set.
@@ -784,6 +792,7 @@ impl RawTrain {
         };
         let train = TrainConfig {
             optimizer,
+            recurrent_lr_scale: positive("train.recurrent_lr_scale", self.recurrent_lr_scale)?,
             batch_size: at_least_one("train.batch_size", self.batch_size)?,
             budget,
             clip,

@@ -21,6 +21,8 @@ pub struct Trainer {
     vars: Vec<Var>,
     /// Per parameter: Adam's (m, v), RMSprop's (v, –), SGD's (momentum buffer, –).
     slots: Vec<(Tensor, Tensor)>,
+    /// Per parameter: the factor of its learning rate (1 unless set).
+    lr_scales: Vec<f64>,
     steps: i32,
 }
 
@@ -33,10 +35,17 @@ impl Trainer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             optimizer,
+            lr_scales: vec![1.0; vars.len()],
             vars,
             slots,
             steps: 0,
         })
+    }
+
+    /// Multiplies the learning rate of the parameter at `index` (in `vars` order) by
+    /// `scale`, as a PyTorch parameter group with its own `lr` would.
+    pub fn scale_lr(&mut self, index: usize, scale: f64) {
+        self.lr_scales[index] = scale;
     }
 
     /// The update counter and every parameter's two slots (Adam's m and v, RMSprop's
@@ -76,9 +85,10 @@ impl Trainer {
     /// - SGD: `b ← μb + g` (`b = g` on the first step), `p ← p − lr·b`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
-        for (var, (first, second)) in self.vars.iter().zip(self.slots.iter_mut()) {
+        let parameters = self.vars.iter().zip(self.slots.iter_mut());
+        for ((var, (first, second)), &scale) in parameters.zip(&self.lr_scales) {
             let Some(g) = grads.get(var) else { continue };
-            let update = match self.optimizer {
+            let update = match self.optimizer.scaled(scale) {
                 Optimizer::Adam { lr } => {
                     let (b1, b2) = ADAM_BETAS;
                     *first = ((&*first * b1)? + (g * (1.0 - b1))?)?;
@@ -103,6 +113,20 @@ impl Trainer {
             var.set(&(var.as_tensor() - update)?)?;
         }
         Ok(())
+    }
+}
+
+impl Optimizer {
+    /// The same optimiser with its learning rate times `scale` (exact when 1).
+    fn scaled(self, scale: f64) -> Self {
+        match self {
+            Self::Adam { lr } => Self::Adam { lr: lr * scale },
+            Self::Rmsprop { lr } => Self::Rmsprop { lr: lr * scale },
+            Self::Sgd { lr, momentum } => Self::Sgd {
+                lr: lr * scale,
+                momentum,
+            },
+        }
     }
 }
 
@@ -171,6 +195,26 @@ mod tests {
             &run(Optimizer::Adam { lr: 0.1 }, [1.0, -2.0], 2),
             &[0.8, 1.2],
         );
+    }
+
+    #[test]
+    fn a_scaled_parameter_moves_by_its_share_of_the_rate() {
+        // Two parameters with the same gradient under Adam at lr 0.1, the second at a
+        // tenth of the rate: after 2 steps 1 − 0.2 = 0.8 and 1 − 0.02 = 0.98.
+        let device = Device::Cpu;
+        let (a, b) = (
+            Var::new(&[1.0f64], &device).unwrap(),
+            Var::new(&[1.0f64], &device).unwrap(),
+        );
+        let mut trainer =
+            Trainer::new(Optimizer::Adam { lr: 0.1 }, vec![a.clone(), b.clone()]).unwrap();
+        trainer.scale_lr(1, 0.1);
+        for _ in 0..2 {
+            let loss = (a.as_tensor() + b.as_tensor()).unwrap().sum_all().unwrap();
+            trainer.step(&loss.backward().unwrap()).unwrap();
+        }
+        close(&a.as_tensor().to_vec1().unwrap(), &[0.8]);
+        close(&b.as_tensor().to_vec1().unwrap(), &[0.98]);
     }
 
     #[test]

@@ -177,6 +177,10 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &["`model.scan` is only allowed with `cell: mingru` or `minlstm`, not `lstm`"],
     );
     assert_config_error(
+        &BASE.replace("steps: 10", "steps: 10, recurrent_lr_scale: 0"),
+        &["`train.recurrent_lr_scale` is 0", "> 0"],
+    );
+    assert_config_error(
         &BASE.replace("cell: lstm", "cell: gru, exprnn_init: cayley"),
         &["`model.exprnn_init` is only allowed with `cell: exprnn`, not `gru`"],
     );
