@@ -300,18 +300,19 @@ impl Kernel for LruOp {
         );
         let mut out = vec![T::ZERO; batch * (seq_len + 2) * hidden];
         let out_rs = (seq_len + 2) * hidden;
-        for b in 0..batch {
-            let out = &mut out[b * out_rs..(b + 1) * out_rs];
-            for (o, &v) in out
-                .iter_mut()
-                .zip(&y[b * seq_len * hidden..(b + 1) * seq_len * hidden])
-            {
-                *o = gelu(v).0;
-            }
-            let last =
-                &states[((b + 1) * seq_len - 1) * 2 * hidden..(b + 1) * seq_len * 2 * hidden];
-            out[seq_len * hidden..].copy_from_slice(last);
-        }
+        // The readout per batch row, in parallel (elementwise: the same bits whatever
+        // the threads).
+        out.par_chunks_mut(out_rs)
+            .zip(y.par_chunks(seq_len * hidden))
+            .zip(states.par_chunks(s_rs))
+            .for_each(|((out, y), states)| {
+                wide(|| {
+                    for (o, &v) in out.iter_mut().zip(y) {
+                        *o = gelu(v).0;
+                    }
+                    out[seq_len * hidden..].copy_from_slice(&states[s_rs - 2 * hidden..]);
+                })
+            });
         *self.saved.lock().expect("saved activations") = Some(Box::new(Activations {
             projected,
             states,
@@ -349,13 +350,16 @@ impl Kernel for LruOp {
         let out_rs = (seq_len + 2) * hidden;
         // ∂L/∂y, and ∂L/∂x_T from the final-state rows of the output.
         let mut d_y = vec![T::ZERO; steps * hidden];
-        for b in 0..batch {
-            let grad = &grad_out[b * out_rs..b * out_rs + seq_len * hidden];
-            let rows = b * seq_len * hidden..(b + 1) * seq_len * hidden;
-            for ((d, &g), &v) in d_y[rows.clone()].iter_mut().zip(grad).zip(&y[rows]) {
-                *d = g * gelu(v).1;
-            }
-        }
+        d_y.par_chunks_mut(seq_len * hidden)
+            .zip(grad_out.par_chunks(out_rs))
+            .zip(y.par_chunks(seq_len * hidden))
+            .for_each(|((d_y, grad), y)| {
+                wide(|| {
+                    for ((d, &g), &v) in d_y.iter_mut().zip(grad).zip(y) {
+                        *d = g * gelu(v).1;
+                    }
+                })
+            });
         let mut d_params = vec![T::ZERO; total];
         // ∂L/∂weight_c = d_yᵀ · states; ∂L/∂states = d_y · weight_c.
         matmul(
