@@ -5,11 +5,11 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, Kernel, Real, chunk_rows, input_grads, input_projection, matmul,
-    matmul_serial, previous_states, transpose, wide,
+    self, Dims, FlowNorms, Kernel, Real, chunk_rows, finish_chunks, input_grads, input_projection,
+    matmul, matmul_serial, previous_states, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
-use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
+use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// The bound of the uniform draw of the modReLU bias, as Lezcano-Casado's code.
 pub(crate) const MODRELU_BIAS_BOUND: f64 = 0.01;
@@ -348,12 +348,7 @@ struct ExpRnnOp {
 impl ExpRnnOp {
     /// `[weight_ih, log_weight_hh, bias]` ranges in the flat parameters, and their total.
     fn ranges(&self) -> ([std::ops::Range<usize>; 3], usize) {
-        let Dims { input, hidden, .. } = self.dims;
-        let (ranges, total) = param_ranges(&ExpRnnSpec::default().layer_params(input, hidden));
-        (
-            [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()],
-            total,
-        )
+        layer_ranges(&ExpRnnSpec::default(), self.dims.input, self.dims.hidden)
     }
 
     /// The time loop for one chunk: `out` holds its rows' input projections.
@@ -508,13 +503,7 @@ impl Kernel for ExpRnnOp {
             })
             .collect();
         let mut d_params = vec![T::ZERO; total];
-        for (d_bias, _) in &parts {
-            d_params[bias.clone()]
-                .iter_mut()
-                .zip(d_bias)
-                .for_each(|(total, &part)| *total += part);
-        }
-        FlowNorms::finish(parts.iter().map(|(_, norms)| norms), self.dims, &self.flow);
+        finish_chunks(&parts, &mut d_params[bias], self.dims, &self.flow);
         let d_x = input_grads(
             &d_pre,
             x,

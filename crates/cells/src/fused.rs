@@ -704,6 +704,24 @@ impl FlowNorms {
     }
 }
 
+/// Adds the batch chunks' gradients of one parameter (`parts`, each with its chunk's
+/// flow) into `total` and stores their gradient flow in `sink`, both in chunk order, so
+/// the sums do not depend on the threads.
+pub(crate) fn finish_chunks<T: Real>(
+    parts: &[(Vec<T>, FlowNorms)],
+    total: &mut [T],
+    dims: Dims,
+    sink: &FlowSink,
+) {
+    for (part, _) in parts {
+        total
+            .iter_mut()
+            .zip(part)
+            .for_each(|(sum, &value)| *sum += value);
+    }
+    FlowNorms::finish(parts.iter().map(|(_, norms)| norms), dims, sink);
+}
+
 /// `Σ v²` in f64.
 pub(crate) fn squared_sum<T: Real>(values: &[T]) -> f64 {
     values.iter().map(|v| v.to_f64() * v.to_f64()).sum()

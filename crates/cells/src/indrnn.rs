@@ -5,11 +5,11 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, Kernel, Real, add_column_sums, chunk_rows, input_grads,
+    self, Dims, FlowNorms, Kernel, Real, add_column_sums, chunk_rows, finish_chunks, input_grads,
     input_projection, squared_sum, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
-use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
+use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// IndRNN layer (Li et al. 2018, "Independently Recurrent Neural Network (IndRNN):
 /// Building A Longer and Deeper RNN"): each unit sees only its own past,
@@ -89,12 +89,7 @@ struct IndRnnOp {
 impl IndRnnOp {
     /// `[weight_ih, u, bias]` ranges in the flat parameters, and their total length.
     fn ranges(&self) -> ([std::ops::Range<usize>; 3], usize) {
-        let Dims { input, hidden, .. } = self.dims;
-        let (ranges, total) = param_ranges(&IndRnnSpec.layer_params(input, hidden));
-        (
-            [ranges[0].clone(), ranges[1].clone(), ranges[2].clone()],
-            total,
-        )
+        layer_ranges(&IndRnnSpec, self.dims.input, self.dims.hidden)
     }
 
     /// The time loop for one chunk: `out` holds the pre-activations of its rows.
@@ -226,13 +221,7 @@ impl Kernel for IndRnnOp {
             })
             .collect();
         let mut d_params = vec![T::ZERO; total];
-        for (d_u, _) in &parts {
-            d_params[u.clone()]
-                .iter_mut()
-                .zip(d_u)
-                .for_each(|(total, &part)| *total += part);
-        }
-        FlowNorms::finish(parts.iter().map(|(_, norms)| norms), self.dims, &self.flow);
+        finish_chunks(&parts, &mut d_params[u], self.dims, &self.flow);
         let d_x = input_grads(
             &d_pre,
             x,

@@ -9,7 +9,7 @@ use crate::fused::{
     input_projection, matmul, squared_sum, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, block};
-use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
+use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// The ring the eigenvalues are drawn from at initialisation: `|λ| ∈ [R_MIN, R_MAX]`
 /// (uniform in the disc's area) and phase `arg λ ∈ [0, MAX_PHASE]`, the values of
@@ -195,13 +195,7 @@ struct Activations<T> {
 impl LruOp {
     /// `[nu_log, theta_log, weight_ih, bias, weight_c]` ranges and the total length.
     fn ranges(&self) -> ([std::ops::Range<usize>; 5], usize) {
-        let Dims { input, hidden, .. } = self.dims;
-        let (ranges, total) = param_ranges(&LruSpec.layer_params(input, hidden));
-        let mut it = ranges.into_iter();
-        (
-            std::array::from_fn(|_| it.next().expect("five parameters")),
-            total,
-        )
+        layer_ranges(&LruSpec, self.dims.input, self.dims.hidden)
     }
 
     /// `(Re λ, Im λ, γ)` of every unit, computed in f64 and stored as `T`.

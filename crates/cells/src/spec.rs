@@ -161,6 +161,18 @@ pub fn gated_layer(
     ]
 }
 
+/// [`param_ranges`] of a layer of `spec` with exactly `N` parameters, as an array (for the
+/// kernels that name each one).
+pub(crate) fn layer_ranges<const N: usize>(
+    spec: &dyn CellSpec,
+    input: usize,
+    hidden: usize,
+) -> ([Range<usize>; N], usize) {
+    let (ranges, total) = param_ranges(&spec.layer_params(input, hidden));
+    assert_eq!(ranges.len(), N, "{spec:?} has {} parameters", ranges.len());
+    (std::array::from_fn(|i| ranges[i].clone()), total)
+}
+
 /// Where each parameter lies in the flat vector a fused kernel receives (the specs'
 /// order), and the total length.
 pub(crate) fn param_ranges(specs: &[ParamSpec]) -> (Vec<Range<usize>>, usize) {
