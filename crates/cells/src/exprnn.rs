@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, Kernel, Real, chunk_rows, finish_chunks, input_grads, input_projection,
-    matmul, matmul_serial, previous_states, transpose, wide,
+    self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, finish_chunks, input_grads,
+    input_projection, matmul, matmul_serial, previous_states, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
@@ -152,8 +152,11 @@ impl CellMath for ExpRnnSpec {
         xs: &Tensor,
         state: &State,
     ) -> Result<(Tensor, State, GradFlow)> {
-        let (out, flow) =
-            fused::apply(xs, &state.h, weights, |dims, flow| ExpRnnOp { dims, flow })?;
+        let (out, flow) = fused::apply(xs, &state.h, weights, |dims, flow| ExpRnnOp {
+            dims,
+            saved: Saved::default(),
+            flow,
+        })?;
         let h = fused::step_of(&out, out.dim(1)? - 1)?;
         Ok((out, State { h, c: None }, flow))
     }
@@ -327,7 +330,7 @@ fn skew_from_packed<T: Real>(packed: &[T], n: usize) -> Vec<f64> {
 }
 
 /// `(S, s, W = exp(S))` of a layer's packed generator.
-fn orthogonal<T: Real>(packed: &[T], n: usize) -> (Vec<f64>, u32, Vec<f64>) {
+fn orthogonal<T: Real>(packed: &[T], n: usize) -> Orthogonal {
     let s_matrix = skew_from_packed(packed, n);
     let s = squarings(&s_matrix, n);
     let w = expm(&s_matrix, None, n, s).value;
@@ -342,8 +345,14 @@ fn cast<T: Real>(values: &[f64]) -> Vec<T> {
 /// is one GEMM, each step one recurrent GEMM and the modReLU.
 struct ExpRnnOp {
     dims: Dims,
+    /// The forward's `(S, squarings, W)` for the backward (the exponential is formed
+    /// once per training step).
+    saved: Saved,
     flow: FlowSink,
 }
+
+/// `S = A − Aᵀ`, the squarings of its exponential, and `W = exp(S)`, all in f64.
+type Orthogonal = (Vec<f64>, u32, Vec<f64>);
 
 impl ExpRnnOp {
     /// `[weight_ih, log_weight_hh, bias]` ranges in the flat parameters, and their total.
@@ -459,8 +468,8 @@ impl Kernel for ExpRnnOp {
         if params.len() != total || x.len() != batch * seq_len * input {
             bail!("fused expRNN: inputs do not match the layer's sizes");
         }
-        let (_, _, w) = orthogonal(&params[packed], hidden);
-        let w_t = cast::<T>(&transpose(&w, hidden, hidden));
+        let generator = orthogonal(&params[packed], hidden);
+        let w_t = cast::<T>(&transpose(&generator.2, hidden, hidden));
         let zero_bias = vec![T::ZERO; hidden];
         let mut out = input_projection(x, &params[w_ih], &zero_bias, batch * seq_len, input);
         let rows = chunk_rows(batch);
@@ -468,6 +477,7 @@ impl Kernel for ExpRnnOp {
         out.par_chunks_mut(rows * seq_len * hidden)
             .zip(h0.par_chunks(rows * hidden))
             .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, &w_t, bias)));
+        *self.saved.lock().expect("saved exponential") = Some(Box::new(generator));
         Ok(out)
     }
 
@@ -486,7 +496,11 @@ impl Kernel for ExpRnnOp {
             hidden,
         } = self.dims;
         let ([w_ih, packed, bias], total) = self.ranges();
-        let (s_matrix, squarings, w) = orthogonal(&params[packed.clone()], hidden);
+        let saved = self.saved.lock().expect("saved exponential").take();
+        let Some(Ok(generator)) = saved.map(|s| s.downcast::<Orthogonal>()) else {
+            bail!("fused expRNN backward without its forward's exponential");
+        };
+        let (s_matrix, squarings, w) = *generator;
         let w_cast = cast::<T>(&w);
         let out_rs = seq_len * hidden;
         let rows = batch * seq_len;

@@ -7,7 +7,7 @@ use candle_nn::ops::sigmoid;
 use crate::cell::{GradFlow, State};
 use crate::fused::Real;
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::scan::{self, ScanForm, ScanStep};
+use crate::scan::{self, ScanForm, ScanStep, log_g, softplus};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 
 /// minGRU layer (Feng et al. 2024): the GRU with gates that read only the input, so that
@@ -121,12 +121,28 @@ impl ScanStep for MinGruSpec {
         self.form
     }
 
+    /// minGRU: `log a = log(1 − z) = −softplus(k)`, `log b = log z + log g(p) =
+    /// −softplus(−k) + log g(p)` for pre-activations `[k, p]`.
+    #[inline(always)]
     fn log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
-        scan::mingru_log_coefficients(gates, log_a, log_b);
+        let n = log_a.len();
+        let (k, p) = gates.split_at(n);
+        for j in 0..n {
+            log_a[j] = -softplus(k[j]);
+            log_b[j] = -softplus(-k[j]) + log_g(p[j]).0;
+        }
     }
 
+    /// The gradients of [`ScanStep::log_coefficients`]' pre-activations.
+    #[inline(always)]
     fn log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
-        scan::mingru_log_backward(gates, d_log_a, d_log_b);
+        let n = d_log_a.len();
+        let (k, p) = gates.split_at_mut(n);
+        for j in 0..n {
+            let z = k[j].sigmoid_();
+            k[j] = d_log_b[j] * (T::ONE - z) - d_log_a[j] * z;
+            p[j] = d_log_b[j] * log_g(p[j]).1;
+        }
     }
 }
 

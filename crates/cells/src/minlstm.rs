@@ -7,7 +7,7 @@ use candle_nn::ops::sigmoid;
 use crate::cell::{GradFlow, State};
 use crate::fused::Real;
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::scan::{self, ScanForm, ScanStep};
+use crate::scan::{self, ScanForm, ScanStep, log_g, softplus};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec};
 
 /// minLSTM layer (Feng et al. 2024): the LSTM with gates that read only the input, no
@@ -137,12 +137,37 @@ impl ScanStep for MinLstmSpec {
         self.form
     }
 
+    /// minLSTM: with `d = softplus(−f) − softplus(−i) = log(i / f)`, `log f' = −softplus(d)`
+    /// and `log b = log i' + log g(p) = −softplus(−d) + log g(p)` for pre-activations
+    /// `[f, i, p]`.
+    #[inline(always)]
     fn log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
-        scan::minlstm_log_coefficients(gates, log_a, log_b);
+        let n = log_a.len();
+        let (f, rest) = gates.split_at(n);
+        let (i, p) = rest.split_at(n);
+        for j in 0..n {
+            let d = softplus(-f[j]) - softplus(-i[j]);
+            log_a[j] = -softplus(d);
+            log_b[j] = -softplus(-d) + log_g(p[j]).0;
+        }
     }
 
+    /// The gradients of [`ScanStep::log_coefficients`]' pre-activations.
+    #[inline(always)]
     fn log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
-        scan::minlstm_log_backward(gates, d_log_a, d_log_b);
+        let n = d_log_a.len();
+        let (f, rest) = gates.split_at_mut(n);
+        let (i, p) = rest.split_at_mut(n);
+        for j in 0..n {
+            let d = softplus(-f[j]) - softplus(-i[j]);
+            let share = d.sigmoid_();
+            let d_d = d_log_b[j] * (T::ONE - share) - d_log_a[j] * share;
+            // ∂d/∂f = −σ(−f), ∂d/∂i = σ(−i).
+            let (sf, si) = ((-f[j]).sigmoid_(), (-i[j]).sigmoid_());
+            f[j] = -d_d * sf;
+            i[j] = d_d * si;
+            p[j] = d_log_b[j] * log_g(p[j]).1;
+        }
     }
 }
 

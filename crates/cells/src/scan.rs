@@ -303,7 +303,7 @@ pub(crate) fn candidate(pre: &Tensor, form: ScanForm) -> Result<Tensor> {
 
 /// `log(1 + eˣ)` without overflow.
 #[inline(always)]
-fn softplus<T: Real>(x: T) -> T {
+pub(crate) fn softplus<T: Real>(x: T) -> T {
     let magnitude = if x > T::ZERO { x } else { -x };
     x.max_(T::ZERO) + (T::ONE + (-magnitude).exp_()).ln_()
 }
@@ -311,66 +311,13 @@ fn softplus<T: Real>(x: T) -> T {
 /// `log g(x)` and its derivative, where `g` (Feng et al.) keeps the log-space form's
 /// candidate positive.
 #[inline(always)]
-fn log_g<T: Real>(x: T) -> (T, T) {
+pub(crate) fn log_g<T: Real>(x: T) -> (T, T) {
     if x >= T::ZERO {
         let shifted = x + T::from_f64(0.5);
         (shifted.ln_(), T::ONE / shifted)
     } else {
         // log σ(x) = −softplus(−x); its derivative σ(−x).
         (-softplus(-x), (-x).sigmoid_())
-    }
-}
-
-/// minGRU: `log a = log(1 − z) = −softplus(k)`, `log b = log z + log g(p) =
-/// −softplus(−k) + log g(p)` for pre-activations `[k, p]`.
-pub(crate) fn mingru_log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
-    let n = log_a.len();
-    let (k, p) = gates.split_at(n);
-    for j in 0..n {
-        log_a[j] = -softplus(k[j]);
-        log_b[j] = -softplus(-k[j]) + log_g(p[j]).0;
-    }
-}
-
-/// The gradients of [`mingru_log_coefficients`]' pre-activations.
-pub(crate) fn mingru_log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
-    let n = d_log_a.len();
-    let (k, p) = gates.split_at_mut(n);
-    for j in 0..n {
-        let z = k[j].sigmoid_();
-        k[j] = d_log_b[j] * (T::ONE - z) - d_log_a[j] * z;
-        p[j] = d_log_b[j] * log_g(p[j]).1;
-    }
-}
-
-/// minLSTM: with `d = softplus(−f) − softplus(−i) = log(i / f)`, `log f' = −softplus(d)`
-/// and `log b = log i' + log g(p) = −softplus(−d) + log g(p)` for pre-activations
-/// `[f, i, p]`.
-pub(crate) fn minlstm_log_coefficients<T: Real>(gates: &[T], log_a: &mut [T], log_b: &mut [T]) {
-    let n = log_a.len();
-    let (f, rest) = gates.split_at(n);
-    let (i, p) = rest.split_at(n);
-    for j in 0..n {
-        let d = softplus(-f[j]) - softplus(-i[j]);
-        log_a[j] = -softplus(d);
-        log_b[j] = -softplus(-d) + log_g(p[j]).0;
-    }
-}
-
-/// The gradients of [`minlstm_log_coefficients`]' pre-activations.
-pub(crate) fn minlstm_log_backward<T: Real>(gates: &mut [T], d_log_a: &[T], d_log_b: &[T]) {
-    let n = d_log_a.len();
-    let (f, rest) = gates.split_at_mut(n);
-    let (i, p) = rest.split_at_mut(n);
-    for j in 0..n {
-        let d = softplus(-f[j]) - softplus(-i[j]);
-        let share = d.sigmoid_();
-        let d_d = d_log_b[j] * (T::ONE - share) - d_log_a[j] * share;
-        // ∂d/∂f = −σ(−f), ∂d/∂i = σ(−i).
-        let (sf, si) = ((-f[j]).sigmoid_(), (-i[j]).sigmoid_());
-        f[j] = -d_d * sf;
-        i[j] = d_d * si;
-        p[j] = d_log_b[j] * log_g(p[j]).1;
     }
 }
 
