@@ -6,8 +6,11 @@ shaped batch, a Linear head on the last step, MSE, backward, Adam (lr 1e-3). War
 then the median of repeated steps. Denormals are flushed to zero, as rnnlab's kernels
 do. Each shape runs in a fresh process, so its peak RSS
 (ru_maxrss) is its own. Writes the CSV columns of `rnnlab bench` with impl=torch.
+With --device cuda the step runs on the GPU (cuDNN's fused RNN kernels), each timed
+step ending with a device synchronisation, as rnnlab's does with its copies back.
 
     .venv/bin/python scripts/bench_torch.py --threads 2 --out results/bench/torch.csv
+    python3 scripts/bench_torch.py --device cuda --hidden 128,256,512 --out gpu-torch.csv
 """
 
 import argparse
@@ -18,10 +21,10 @@ import subprocess
 import sys
 import time
 
-HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s"
+HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device"
 
 
-def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds):
+def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds, device):
     import torch
 
     torch.set_num_threads(threads)
@@ -47,6 +50,11 @@ def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds)
     markers[rows, second] = 1.0
     xs = torch.stack([values, markers], dim=2)
     ys = (values[rows, first] + values[rows, second]).unsqueeze(1)
+    if device != "cpu":
+        layer, head = layer.to(device), head.to(device)
+        xs, ys = xs.to(device), ys.to(device)
+        params = list(layer.parameters()) + list(head.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-3)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -54,6 +62,8 @@ def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds)
         loss = torch.nn.functional.mse_loss(head(out[:, -1]), ys)
         loss.backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     started = time.perf_counter()
     for _ in range(warmup):
@@ -74,7 +84,7 @@ def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds)
     # rnnlab bench's count: 6 flops (3 multiply-adds) per matrix weight, step and sequence.
     matrix_weights = sum(p.numel() for p in layer.parameters() if p.dim() == 2)
     gflops = 6 * batch * seq_len * matrix_weights / (ms / 1e3) / 1e9
-    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f},{gflops:.2f}"
+    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f},{gflops:.2f},{device}"
 
 
 def main():
@@ -87,6 +97,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuDNN)")
     parser.add_argument("--out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -104,7 +115,7 @@ def main():
                 shape = dict(
                     cell=cell, hidden=hidden, seq_len=seq_len, batch=args.batch,
                     threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                    max_seconds=args.max_seconds,
+                    max_seconds=args.max_seconds, device=args.device,
                 )
                 row = subprocess.run(
                     [sys.executable, __file__, "--child", json.dumps(shape)],

@@ -20,7 +20,10 @@ use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
 };
 
+use crate::backend::Backend;
 use crate::cell::{FlowSink, GradFlow};
+#[cfg(feature = "cuda")]
+use crate::cuda::Gpu;
 use crate::spec::{CellSpec, LayerWeights, param_ranges};
 
 /// The float types the kernels run in.
@@ -376,7 +379,10 @@ pub(crate) fn apply<K: Kernel>(
     };
     let sink = FlowSink::default();
     let params = pack(&weights.tensors.iter().collect::<Vec<_>>())?;
-    let op = FusedOp(kernel(dims, sink.clone()));
+    let op = FusedOp {
+        kernel: kernel(dims, sink.clone()),
+        backend: weights.backend.clone(),
+    };
     let out = xs
         .contiguous()?
         .apply_op3(&state0.contiguous()?, &params, op)?;
@@ -422,10 +428,48 @@ pub(crate) trait Kernel: Send + Sync + 'static {
         out: &[T],
         grad_out: &[T],
     ) -> Result<(Vec<T>, Vec<T>, Vec<T>)>;
+
+    /// [`Kernel::forward`] on a GPU, in f32, for the cells whose spec says
+    /// [`CellSpec::has_cuda_kernel`].
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &Gpu,
+        x: &[f32],
+        state0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let _ = (gpu, x, state0, params);
+        bail!(
+            "{} has no CUDA kernel: train it on the CPU (train.device: cpu)",
+            Self::NAME
+        )
+    }
+
+    /// [`Kernel::backward`] on a GPU, after [`Kernel::cuda_forward`].
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &Gpu,
+        x: &[f32],
+        state0: &[f32],
+        params: &[f32],
+        out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let _ = (gpu, x, state0, params, out, grad_out);
+        bail!(
+            "{} has no CUDA kernel: train it on the CPU (train.device: cpu)",
+            Self::NAME
+        )
+    }
 }
 
-/// Any [`Kernel`] as a candle op.
-pub(crate) struct FusedOp<K>(pub K);
+/// Any [`Kernel`] as a candle op, run on `backend`.
+pub(crate) struct FusedOp<K> {
+    kernel: K,
+    backend: Backend,
+}
 
 impl<K: Kernel> CustomOp3 for FusedOp<K> {
     fn name(&self) -> &'static str {
@@ -441,20 +485,27 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let storage = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.0.forward::<f32>(
+        let storage = match (&self.backend, s1) {
+            (Backend::Cpu, CpuStorage::F32(_)) => CpuStorage::F32(self.kernel.forward::<f32>(
                 slice(s1, l1)?,
                 slice(s2, l2)?,
                 slice(s3, l3)?,
             )?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.0.forward::<f64>(
+            (Backend::Cpu, CpuStorage::F64(_)) => CpuStorage::F64(self.kernel.forward::<f64>(
                 slice(s1, l1)?,
                 slice(s2, l2)?,
                 slice(s3, l3)?,
             )?),
-            _ => bail!("{} runs in f32 or f64", K::NAME),
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(gpu), CpuStorage::F32(_)) => CpuStorage::F32(self.kernel.cuda_forward(
+                gpu,
+                slice(s1, l1)?,
+                slice(s2, l2)?,
+                slice(s3, l3)?,
+            )?),
+            _ => bail!("{} runs in f32 or f64 on the CPU, f32 on a GPU", K::NAME),
         };
-        Ok((storage, self.0.out_shape()))
+        Ok((storage, self.kernel.out_shape()))
     }
 
     fn bwd(
@@ -465,22 +516,24 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        fn run<T: Real, K: Kernel>(
-            kernel: &K,
+        type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+        /// Calls `backward` on the tensors' data, read in place (no copies of the large
+        /// output and its gradient), and wraps its gradients as tensors.
+        fn run<T: Real>(
+            name: &str,
             [x, state0, params, res, grad_res]: [&Tensor; 5],
+            backward: impl FnOnce([&[T]; 5]) -> Result<Grads<T>>,
         ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-            // Read the tensors in place (no copies of the large output and its gradient).
             let grad_res = grad_res.contiguous()?;
             let guards = [x, state0, params, res, &grad_res].map(Tensor::storage_and_layout);
             let mut slices = Vec::with_capacity(5);
             for (storage, layout) in &guards {
                 match &**storage {
                     Storage::Cpu(cpu) => slices.push(slice::<T>(cpu, layout)?),
-                    _ => bail!("{} runs on the CPU", K::NAME),
+                    _ => bail!("{name} reads CPU tensors"),
                 }
             }
-            let (dx, ds, dp) =
-                kernel.backward::<T>(slices[0], slices[1], slices[2], slices[3], slices[4])?;
+            let (dx, ds, dp) = backward([slices[0], slices[1], slices[2], slices[3], slices[4]])?;
             Ok((
                 Some(tensor(dx, x.dims())?),
                 Some(tensor(ds, state0.dims())?),
@@ -488,10 +541,19 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
             ))
         }
         let args = [x, state0, params, res, grad_res];
-        match x.dtype() {
-            DType::F32 => run::<f32, K>(&self.0, args),
-            DType::F64 => run::<f64, K>(&self.0, args),
-            other => bail!("{} runs in f32 or f64, not {other:?}", K::NAME),
+        let kernel = &self.kernel;
+        match (&self.backend, x.dtype()) {
+            (Backend::Cpu, DType::F32) => run::<f32>(K::NAME, args, |[x, s, p, o, g]| {
+                kernel.backward(x, s, p, o, g)
+            }),
+            (Backend::Cpu, DType::F64) => run::<f64>(K::NAME, args, |[x, s, p, o, g]| {
+                kernel.backward(x, s, p, o, g)
+            }),
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(gpu), DType::F32) => run::<f32>(K::NAME, args, |[x, s, p, o, g]| {
+                kernel.cuda_backward(gpu, x, s, p, o, g)
+            }),
+            (_, other) => bail!("{} cannot run in {other:?} here", K::NAME),
         }
     }
 }

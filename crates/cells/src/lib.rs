@@ -27,7 +27,10 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod backend;
 mod cell;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod exprnn;
 mod fused;
 mod gru;
@@ -46,6 +49,7 @@ mod scan;
 mod spec;
 mod unroll;
 
+pub use backend::Backend;
 pub use cell::{Cell, GradFlow, State};
 pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, SkewInit, TAYLOR_DEGREE, recurrent_matrix};
 pub use fused::square_matmul;

@@ -353,6 +353,10 @@ impl CellSpec for LstmOptions {
         (self.gate_rows().len() + 2) * hidden
     }
 
+    fn has_cuda_kernel(&self) -> bool {
+        *self == Self::default()
+    }
+
     fn validate(&self) -> Result<()> {
         if self.coupled_input_forget && !self.input_gate {
             bail!(
@@ -1081,6 +1085,49 @@ impl Kernel for LstmOp {
             d_params[o..o + d_weight_gg.len()].copy_from_slice(&d_weight_gg);
         }
         Ok((d_x, d_state0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        state0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        if !self.options.has_cuda_kernel() {
+            bail!(
+                "{} has a CUDA kernel for the plain LSTM only",
+                self.options.label()
+            );
+        }
+        let offsets = GatedOffsets::new(&self.options, self.dims.input, self.dims.hidden);
+        let (out, saved) =
+            crate::cuda::lstm_forward(gpu, self.dims, &offsets, (x, state0, params))?;
+        *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
+        Ok(out)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        _x: &[f32],
+        _state0: &[f32],
+        _params: &[f32],
+        _out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let saved = self.saved.lock().expect("saved activations").take();
+        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::LstmGpuSaved>()) else {
+            bail!(
+                "fused LSTM backward on CUDA without its forward (run backward once per forward)"
+            );
+        };
+        let offsets = GatedOffsets::new(&self.options, self.dims.input, self.dims.hidden);
+        let grads = crate::cuda::lstm_backward(gpu, self.dims, &offsets, *saved, grad_out)?;
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

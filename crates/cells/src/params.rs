@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
 
+use crate::backend::Backend;
+
 /// The trainable parameters of a model, by PyTorch name (`weight_ih_l0`, `head.bias`, …).
 ///
 /// Ordered by name, so iterating (for an optimiser, a checkpoint, a parameter count) is
@@ -12,6 +14,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, bail};
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     vars: BTreeMap<String, Var>,
+    backend: Backend,
 }
 
 impl Params {
@@ -27,6 +30,17 @@ impl Params {
             params.insert(name, Var::from_tensor(tensor)?);
         }
         Ok(params)
+    }
+
+    /// Where the fused kernels of the layers built from these parameters run (the CPU
+    /// unless [`Params::set_backend`] says otherwise).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Runs the fused kernels of the layers built from now on on `backend`.
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
     }
 
     /// Adds or replaces a parameter.

@@ -8,6 +8,7 @@ use std::ops::Range;
 use candle_core::{Result, Tensor, bail};
 
 use crate::Params;
+use crate::backend::Backend;
 
 /// The part of a cell that lives in its own file: everything except the registry line.
 pub trait CellSpec: fmt::Debug + Send + Sync {
@@ -39,6 +40,12 @@ pub trait CellSpec: fmt::Debug + Send + Sync {
     /// Rejects contradictory options.
     fn validate(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether these options have a fused kernel for [`crate::Backend::Cuda`] (the
+    /// feature `cuda`); the runner refuses `train.device: cuda` for the others.
+    fn has_cuda_kernel(&self) -> bool {
+        false
     }
 }
 
@@ -198,6 +205,8 @@ pub struct LayerWeights {
     pub input: usize,
     /// Hidden units `H`.
     pub hidden: usize,
+    /// Where the layer's fused kernel runs.
+    pub backend: Backend,
 }
 
 impl LayerWeights {
@@ -218,6 +227,7 @@ impl LayerWeights {
             tensors,
             input,
             hidden,
+            backend: params.backend().clone(),
         })
     }
 

@@ -2,7 +2,10 @@
 //! (`unroll`), the reference oracle: outputs, final states and every gradient, for every
 //! cell and variant, over batch sizes, lengths and widths (f64 to 1e-10, f32 to 2e-5).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{flat, gradients, wave};
 use rnnlab_cells::{
     Cell, CellConfig, GruReset, HeadKind, Init, InitScheme, LstmOptions, ModelConfig, State,
     registry, unroll,
@@ -11,26 +14,6 @@ use rnnlab_cells::{
 /// Every configuration of every registered cell.
 fn every_cell() -> Vec<CellConfig> {
     registry::examples()
-}
-
-fn wave(dims: &[usize], salt: f64, dtype: DType) -> Tensor {
-    let n: usize = dims.iter().product();
-    let values: Vec<f64> = (0..n)
-        .map(|k| 1.3 * ((k as f64 + salt) * 0.617).sin())
-        .collect();
-    Tensor::from_vec(values, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Runs `run` for a layer and returns every value and gradient it produces, by name.
@@ -85,27 +68,12 @@ fn measure(
     if let Some(c) = &last.c {
         values.push(("c_T".into(), flat(c)));
     }
-    let mut wrt: Vec<(String, &Var)> = vec![("input".into(), &x), ("h0".into(), &h0)];
-    if let Some(c0) = &c0 {
-        wrt.push(("c0".into(), c0));
-    }
-    wrt.extend(
-        params
-            .iter()
-            .filter(|(n, _)| !n.starts_with("head."))
-            .map(|(n, v)| (n.to_string(), v)),
-    );
-    for (name, var) in wrt {
-        // A state the cell never reads (the LRU's h0) has no gradient in the unrolled
-        // graph, and a zero one from the fused kernel.
-        let zeros = var.zeros_like().unwrap();
-        let grad = match grads.get(var) {
-            Some(grad) => grad,
-            None if name == "h0" && layer.flow_on_cell_state() => &zeros,
-            None => panic!("no gradient for {name}"),
-        };
-        values.push((format!("grad.{name}"), flat(grad)));
-    }
+    values.extend(gradients(
+        &grads,
+        (&x, &h0, c0.as_ref()),
+        &params,
+        !layer.flow_on_cell_state(),
+    ));
     values
 }
 

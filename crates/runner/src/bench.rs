@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, RNN, VarBuilder, VarMap};
 
-use crate::config::Optimizer;
+use crate::config::{DeviceName, Optimizer};
 use crate::optim::Trainer;
 use rnnlab_cells::{CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
 use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
@@ -44,6 +44,8 @@ struct Measurement {
     peak_rss_mb: Option<f64>,
     /// Weights in matrices (see [`step_flop`]).
     matrix_weights: usize,
+    /// Where rnnlab's kernels ran (`cpu` for candle-nn).
+    device: DeviceName,
 }
 
 /// The arithmetic of one training step as the "6 per weight per token" rule counts it:
@@ -57,8 +59,7 @@ fn step_flop(batch: usize, seq_len: usize, matrix_weights: usize) -> f64 {
 }
 
 /// The CSV header shared with `scripts/bench_torch.py`.
-const CSV_HEADER: &str =
-    "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s";
+const CSV_HEADER: &str = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device";
 
 impl Measurement {
     fn csv(&self) -> String {
@@ -70,14 +71,15 @@ impl Measurement {
             / (self.ms_per_step / 1e3)
             / 1e9;
         format!(
-            "{},{},{},{},{},{},{:.3},{rate:.0},{rss},{gflops:.4}",
+            "{},{},{},{},{},{},{:.3},{rate:.0},{rss},{gflops:.4},{}",
             self.implementation.as_str(),
             self.cell.name,
             self.hidden,
             self.seq_len,
             self.batch,
             self.threads,
-            self.ms_per_step
+            self.ms_per_step,
+            String::from(self.device),
         )
     }
 }
@@ -103,6 +105,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             hidden: args.hidden[0].get(),
             seq_len: args.seq_len[0].get(),
             batch: args.batch.get(),
+            device: args.device,
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(args.threads.get())
@@ -121,6 +124,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             ms_per_step,
             peak_rss_mb,
             matrix_weights: matrix_weights(shape.cell, shape.hidden)?,
+            device: match shape.implementation {
+                BenchImpl::Rnnlab => shape.device,
+                BenchImpl::CandleNn => DeviceName::Cpu,
+            },
         };
         println!("{}", row.csv());
         return Ok(());
@@ -163,6 +170,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                             &args.repeats.to_string(),
                         ])
                         .args(["--max-seconds", &args.max_seconds.to_string()])
+                        .args(["--device", &String::from(args.device)])
                         .output()
                         .context("running a benchmark shape")?;
                     if !output.status.success() {
@@ -251,6 +259,7 @@ struct Shape {
     hidden: usize,
     seq_len: usize,
     batch: usize,
+    device: DeviceName,
 }
 
 /// A training step, ready to be called repeatedly.
@@ -297,6 +306,7 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
         hidden,
         seq_len,
         batch,
+        device,
     } = shape;
     let task = Task::new(TaskConfig::Adding { seq_len })
         .map_err(|e| UsageError(format!("invalid --seq-len: {e}")))?;
@@ -322,7 +332,8 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
                 output_size: 1,
                 head: HeadKind::LastStep,
             };
-            let params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
+            let mut params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
+            params.set_backend(crate::train::open_backend(device)?);
             let model = Model::new(&config, &params)?;
             // The runner's own Adam, so the benchmark times what `rnnlab run` trains with.
             let vars = params.iter().map(|(_, v)| v.clone()).collect();

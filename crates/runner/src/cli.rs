@@ -9,6 +9,8 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rnnlab_cells::{CellKind, registry};
 
+use crate::config::DeviceName;
+
 /// Writes a command's output to stdout; a closed pipe (`rnnlab status DIR | head`) is
 /// not an error.
 pub fn print(text: &str) -> anyhow::Result<()> {
@@ -91,9 +93,29 @@ pub struct RunArgs {
     /// Override a key of `base` before the sweep (`--set train.lr=3e-4`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Where the fused kernels run: `cpu`, `cuda` or `cuda:N` (the same as `--set
+    /// train.device=…`).
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceName>,
     /// Do not draw the figures and write `REPORT.md` at the end.
     #[arg(long)]
     pub no_report: bool,
+}
+
+impl RunArgs {
+    /// The `--set` overrides, with `--device` as the last.
+    pub fn all_overrides(&self) -> Vec<String> {
+        let mut overrides = self.overrides.clone();
+        if let Some(device) = self.device {
+            overrides.push(format!("train.device={}", String::from(device)));
+        }
+        overrides
+    }
+}
+
+/// `--device cpu|cuda|cuda:N`.
+fn parse_device(name: &str) -> Result<DeviceName, String> {
+    DeviceName::try_from(name.to_owned())
 }
 
 /// `rnnlab slurm`: options named as `sbatch`'s own.
@@ -205,6 +227,10 @@ pub struct BenchArgs {
     /// Threads (a rayon pool of this size runs every step).
     #[arg(long, default_value = "2")]
     pub threads: NonZeroUsize,
+    /// Where rnnlab's fused kernels run: `cpu`, `cuda` or `cuda:N` (the head, loss and
+    /// optimiser stay on the CPU; the cells with a CUDA kernel only).
+    #[arg(long, value_parser = parse_device, default_value = "cpu")]
+    pub device: DeviceName,
     /// Implementations to time.
     #[arg(long = "impl", value_enum, value_delimiter = ',', default_values_t = [BenchImpl::Rnnlab, BenchImpl::CandleNn])]
     pub implementations: Vec<BenchImpl>,

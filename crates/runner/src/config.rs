@@ -7,7 +7,7 @@
 //! base:
 //!   task:  { kind: adding, seq_len: 100 }
 //!   model: { cell: lstm, hidden: 128 }
-//!   train: { steps: 3000, clip: { norm: 1.0 } }
+//!   train: { steps: 3000, clip: { norm: 1.0 } }   # device: cuda puts the LSTM's kernels on a GPU
 //! sweep:                           # product over any dotted key of `base`
 //!   model.cell: [rnn, lstm, gru, peephole_lstm]
 //!   task.seq_len: [50, 100, 200, 400]
@@ -395,6 +395,65 @@ pub struct RawTrain {
     /// Neither the run's id nor its numbers depend on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// Where the recurrent layers' fused kernels run: `cpu` (default), `cuda` (GPU 0)
+    /// or `cuda:N`. A GPU needs the `cuda` feature (on by default), an NVIDIA driver and
+    /// NVRTC (`libnvrtc.so.13` on `LD_LIBRARY_PATH`), and a cell with a CUDA kernel (the
+    /// plain LSTM). Its numbers differ from the CPU's in the last bits, so the kind of
+    /// device is part of the run's id; which GPU is not. Left out of the saved config
+    /// on the CPU.
+    #[serde(default, skip_serializing_if = "DeviceName::is_cpu")]
+    pub device: DeviceName,
+}
+
+/// `train.device`: `cpu`, `cuda` or `cuda:N`, checked when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceName {
+    /// The CPU kernels.
+    #[default]
+    Cpu,
+    /// GPU `N` (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl DeviceName {
+    fn is_cpu(&self) -> bool {
+        *self == Self::Cpu
+    }
+
+    /// The same kind of device with its index dropped: what a run's id hashes.
+    pub fn kind(self) -> Self {
+        match self {
+            Self::Cpu => Self::Cpu,
+            Self::Cuda(_) => Self::Cuda(0),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        let index = name.strip_prefix("cuda:").map(str::parse::<usize>);
+        match (name.as_str(), index) {
+            ("cpu", _) => Ok(Self::Cpu),
+            ("cuda", _) => Ok(Self::Cuda(0)),
+            (_, Some(Ok(index))) => Ok(Self::Cuda(index)),
+            _ => Err(format!(
+                "`train.device` is `{name}`: allowed `cpu`, `cuda` or `cuda:N` (N a GPU index)"
+            )),
+        }
+    }
+}
+
+impl From<DeviceName> for String {
+    fn from(device: DeviceName) -> Self {
+        match device {
+            DeviceName::Cpu => "cpu".into(),
+            DeviceName::Cuda(0) => "cuda".into(),
+            DeviceName::Cuda(index) => format!("cuda:{index}"),
+        }
+    }
 }
 
 /// Seconds of training between checkpoints unless `train.checkpoint_every` says steps:
@@ -482,6 +541,8 @@ pub struct TrainConfig {
     pub eval_samples: usize,
     /// When checkpoints are written.
     pub checkpoint_every: CheckpointEvery,
+    /// Where the fused kernels run.
+    pub device: DeviceName,
 }
 
 /// When a run writes a checkpoint (besides after its last step).
@@ -626,6 +687,19 @@ impl RawRun {
         let task = self.task.validate()?;
         let (model, init) = self.model.validate(&task)?;
         let train = self.train.validate()?;
+        if let DeviceName::Cuda(_) = train.device {
+            if !cfg!(feature = "cuda") {
+                return Err(Invalid(
+                    "`train.device: cuda`: this rnnlab was built without the `cuda` feature".into(),
+                ));
+            }
+            if !model.cell.spec().has_cuda_kernel() {
+                return Err(Invalid(format!(
+                    "`train.device: cuda`: `{}` has no CUDA kernel yet (the plain `lstm` has): use `train.device: cpu`",
+                    model.cell.label()
+                )));
+            }
+        }
         Ok(RunConfig {
             task,
             model,
@@ -804,6 +878,7 @@ impl RawTrain {
                 }
                 None => CheckpointEvery::Seconds(CHECKPOINT_SECONDS),
             },
+            device: self.device,
         };
         if let Budget::Epochs { epochs, samples } = budget {
             let steps = samples

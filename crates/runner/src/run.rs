@@ -34,8 +34,19 @@ use crate::train::{Checkpoints, Status, train};
 /// Trains the runs of the experiment (of this shard) that are neither complete nor
 /// claimed by a live process, `--jobs` at a time, each in a thread pool of its own.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let mut experiment =
-        Experiment::load(&args.file, &args.overrides).map_err(|err| UsageError(err.to_string()))?;
+    let mut experiment = Experiment::load(&args.file, &args.all_overrides())
+        .map_err(|err| UsageError(err.to_string()))?;
+    // A GPU the runs ask for must open before anything is written or trained.
+    let mut devices: Vec<_> = experiment
+        .runs
+        .iter()
+        .map(|run| run.config.train.device)
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    for device in devices {
+        crate::train::open_backend(device)?;
+    }
     let jobs = args.jobs.get();
     let dir = ExperimentDir::new(&args.out, &experiment.name);
     let started = Instant::now();

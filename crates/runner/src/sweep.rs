@@ -418,6 +418,7 @@ fn schema_run() -> RawRun {
     run.model.scan = crate::config::ScanName::LogSpace;
     run.model.exprnn_init = crate::config::SkewInitName::Cayley;
     run.train.recurrent_lr_scale = 0.5;
+    run.train.device = crate::config::DeviceName::Cuda(0);
     run
 }
 
@@ -452,9 +453,10 @@ fn example_run() -> RawRun {
 /// 12 hex digits of FNV-1a over the resolved config's YAML and the seed, passed through
 /// splitmix64's finaliser so that neighbouring configs get unlike ids.
 fn run_id(resolved: &RawRun, seed: u64) -> String {
-    // How often checkpoints are written changes nothing in the run.
+    // How often checkpoints are written, and on which GPU, changes nothing in the run.
     let mut resolved = resolved.clone();
     resolved.train.checkpoint_every = None;
+    resolved.train.device = resolved.train.device.kind();
     let text = format!(
         "{}seed: {seed}\n",
         serde_yaml::to_string(&resolved).expect("serialisable")
@@ -477,6 +479,35 @@ mod tests {
         let run = example_run();
         assert_eq!(run_id(&run, 0), "71d3570f36a4");
         assert_eq!(run_id(&run, 1), "6c1c8f0214fb");
+    }
+
+    #[test]
+    fn the_kind_of_device_is_in_the_run_id_but_not_which_gpu() {
+        use crate::config::DeviceName;
+        let mut run = example_run();
+        run.train.device = DeviceName::Cpu;
+        // Written out as `cpu`, the default: the pinned id above.
+        assert_eq!(run_id(&run, 0), "71d3570f36a4");
+        run.train.device = DeviceName::Cuda(0);
+        let cuda = run_id(&run, 0);
+        assert_ne!(cuda, "71d3570f36a4");
+        run.train.device = DeviceName::Cuda(3);
+        assert_eq!(run_id(&run, 0), cuda);
+    }
+
+    #[test]
+    fn devices_parse_as_cpu_cuda_or_cuda_n() {
+        use crate::config::DeviceName;
+        let parse = |s: &str| DeviceName::try_from(s.to_owned());
+        assert_eq!(parse("cpu"), Ok(DeviceName::Cpu));
+        assert_eq!(parse("cuda"), Ok(DeviceName::Cuda(0)));
+        assert_eq!(parse("cuda:2"), Ok(DeviceName::Cuda(2)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "CUDA", "cuda:x"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("train.device") && err.contains(bad), "{err}");
+        }
+        assert_eq!(String::from(DeviceName::Cuda(2)), "cuda:2");
+        assert_eq!(String::from(DeviceName::Cuda(0)), "cuda");
     }
 
     #[test]

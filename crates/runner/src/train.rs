@@ -9,15 +9,17 @@
 
 use std::time::Instant;
 
+use anyhow::Context as _;
+
 use candle_core::{DType, Device, Result};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use rnnlab_cells::{Model, Params};
+use rnnlab_cells::{Backend, Model, Params};
 use rnnlab_tasks::{Evaluation, Split, Task};
 
 use crate::checkpoint::{Checkpoint, Record};
-use crate::config::{Budget, CheckpointEvery, RunConfig};
+use crate::config::{Budget, CheckpointEvery, DeviceName, RunConfig};
 use crate::loss::{inputs, task_loss};
 use crate::optim::{Trainer, clip_gradients};
 
@@ -87,6 +89,24 @@ pub struct Checkpoints<'a> {
     pub save: &'a mut dyn FnMut(&Checkpoint) -> anyhow::Result<()>,
 }
 
+/// Opens `device` for one run's fused kernels: each run gets a stream of its own, so
+/// `--jobs N` runs share a GPU.
+pub fn open_backend(device: DeviceName) -> anyhow::Result<Backend> {
+    match device {
+        DeviceName::Cpu => Ok(Backend::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceName::Cuda(index) => {
+            let gpu = rnnlab_cells::cuda::Gpu::open(index)
+                .with_context(|| format!("opening cuda:{index} (train.device)"))?;
+            Ok(Backend::Cuda(std::sync::Arc::new(gpu)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceName::Cuda(_) => {
+            anyhow::bail!("train.device: cuda needs rnnlab built with the `cuda` feature")
+        }
+    }
+}
+
 /// Whether step `step` of a `total`-step run records the gradient flow: the powers of two
 /// (1, 2, 4, …, dense where it changes fastest) and the last step. The schedule does not
 /// depend on the budget before the last step, so a longer run records the same rows.
@@ -106,9 +126,10 @@ pub fn train(
 ) -> anyhow::Result<Outcome> {
     let device = Device::Cpu;
     let task = &config.task;
-    let params = config
+    let mut params = config
         .init
         .params(&config.model, config.seed, DType::F32, &device)?;
+    params.set_backend(open_backend(config.train.device)?);
     let model = Model::new(&config.model, &params)?;
     let vars: Vec<_> = params.iter().map(|(_, var)| var.clone()).collect();
     let mut trainer = Trainer::new(config.train.optimizer, vars.clone())?;

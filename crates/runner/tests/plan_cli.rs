@@ -165,6 +165,16 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &["`name`", "a-z"],
     );
     assert_config_error(
+        &BASE.replace("steps: 10", "steps: 10, device: gpu"),
+        &["`train.device` is `gpu`", "`cuda:N`"],
+    );
+    assert_config_error(
+        &BASE
+            .replace("cell: lstm", "cell: gru")
+            .replace("steps: 10", "steps: 10, device: cuda"),
+        &["`train.device: cuda`", "`gru` has no CUDA kernel"],
+    );
+    assert_config_error(
         &BASE.replace("steps: 10", "steps: 10, clip: { norm: 1, value: 1 }"),
         &["`train.clip`: give `norm` or `value`, not both"],
     );

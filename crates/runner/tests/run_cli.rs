@@ -464,11 +464,12 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         );
     }
     // Every row ends with the achieved GFLOP/s, positive for every cell (each has a
-    // matrix of weights).
+    // matrix of weights), and the device.
     for row in bench.lines().filter(|l| l.starts_with("rnnlab,")) {
         let fields: Vec<&str> = row.split(',').collect();
-        assert_eq!(fields.len(), 10, "{row}");
+        assert_eq!(fields.len(), 11, "{row}");
         assert!(fields[9].parse::<f64>().unwrap() > 0.0, "{row}");
+        assert_eq!(fields[10], "cpu", "{row}");
     }
     let peak = ok(&rnnlab(&[
         "bench",
@@ -488,4 +489,29 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no GFLOP/s in {peak}"));
     assert!(gflops > 0.0, "{peak}");
+}
+
+#[test]
+fn a_gpu_that_does_not_open_is_refused_before_anything_is_written() {
+    let (file, results) = setup("no-gpu");
+    // The LSTM alone: the sweep's GRU has no CUDA kernel (a config error, exit 2).
+    std::fs::write(
+        &file,
+        TINY.replace("sweep:\n  model.cell: [lstm, gru]\n", ""),
+    )
+    .unwrap();
+    let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
+    let output = rnnlab(&["run", file, "--out", out, "--device", "cuda:7"]);
+    if output.status.success() {
+        eprintln!("skipped a_gpu_that_does_not_open_is_refused: this machine has a cuda:7");
+        return;
+    }
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("opening cuda:7 (train.device)"), "{err}");
+    assert!(
+        err.contains("no CUDA driver") || err.contains("does not exist"),
+        "says what is missing: {err}"
+    );
+    assert!(!results.exists(), "nothing written");
 }

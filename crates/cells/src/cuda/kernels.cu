@@ -1,0 +1,190 @@
+// rnnlab's CUDA kernels, f32, compiled at run time by NVRTC (src/cuda/mod.rs).
+//
+// Determinism: every output element is computed by one thread with its sums in a fixed
+// order (no atomics, no split reductions), so a run repeated on the same GPU gives the
+// same bits. Index arithmetic is in `long` so that B·T·G·H may pass 2^31.
+
+#define TILE 16
+
+// C(i, j) = beta · C(i, j) + Σ_k A(i, k) · B(k, j) for an (m, n) block of C, with
+// A(i, k) = a[i·as0 + k·as1], B(k, j) = b[k·bs0 + j·bs1] and C(i, j) = c[i·ldc + j]:
+// the strides express the transposes. 16 × 16 tiles through shared memory; launch with
+// blocks (16, 16) on a grid (⌈n/16⌉, ⌈m/16⌉).
+extern "C" __global__ void gemm(int m, int n, int k,
+                                const float* a, long as0, long as1,
+                                const float* b, long bs0, long bs1,
+                                float* c, long ldc, float beta) {
+    __shared__ float ta[TILE][TILE + 1];
+    __shared__ float tb[TILE][TILE + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const long row = (long)blockIdx.y * TILE + ty;
+    const long col = (long)blockIdx.x * TILE + tx;
+    float acc = 0.f;
+    for (int k0 = 0; k0 < k; k0 += TILE) {
+        const int ka = k0 + tx;
+        ta[ty][tx] = (row < m && ka < k) ? a[row * as0 + ka * as1] : 0.f;
+        const int kb = k0 + ty;
+        tb[ty][tx] = (kb < k && col < n) ? b[kb * bs0 + col * bs1] : 0.f;
+        __syncthreads();
+        const int kmax = min(TILE, k - k0);
+        for (int kk = 0; kk < kmax; ++kk) {
+            acc = fmaf(ta[ty][kk], tb[kk][tx], acc);
+        }
+        __syncthreads();
+    }
+    if (row < m && col < n) {
+        const long at = row * ldc + col;
+        c[at] = beta == 0.f ? acc : fmaf(beta, c[at], acc);
+    }
+}
+
+// out (rows, cols) += bias (cols) on every row; one thread per element.
+extern "C" __global__ void add_bias(long rows, int cols, const float* bias, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at < rows * cols) {
+        out[at] += bias[at % cols];
+    }
+}
+
+// out[j] = Σ_r m[r·cols + j] (r in order); one thread per column.
+extern "C" __global__ void column_sums(long rows, int cols, const float* m, float* out) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    float sum = 0.f;
+    for (long r = 0; r < rows; ++r) {
+        sum += m[r * cols + j];
+    }
+    out[j] = sum;
+}
+
+// prev (B·T, H) = h_{t−1}: h0 row b (stride h0_rs) at t = 0, else the output of step
+// t − 1 (batch b's output rows start at b·out_rs); one thread per element.
+extern "C" __global__ void previous_states(int batch, int seq_len, int hidden,
+                                           const float* h0, long h0_rs,
+                                           const float* out, long out_rs, float* prev) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * seq_len * hidden) return;
+    const int j = at % hidden;
+    const long bt = at / hidden;
+    const int t = bt % seq_len;
+    const long b = bt / seq_len;
+    prev[at] = t == 0 ? h0[b * h0_rs + j] : out[b * out_rs + (long)(t - 1) * hidden + j];
+}
+
+// norms[r] = ‖rows[r]‖₂ of a (rows, cols) matrix, summed in f64 like the CPU kernels.
+extern "C" __global__ void row_norms(long rows, int cols, const float* m, double* norms) {
+    const long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    double sum = 0.0;
+    for (int j = 0; j < cols; ++j) {
+        const double v = m[r * cols + j];
+        sum += v * v;
+    }
+    norms[r] = sqrt(sum);
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+#define LSTM_UNITS 32
+#define LSTM_ROWS 8
+
+// One LSTM step t (gate order i, f, g, o) for LSTM_ROWS batch rows and LSTM_UNITS units
+// per block (blocks (32, 8), grid (⌈H/32⌉, ⌈B/8⌉)). gates (B, T, 4H) holds the input
+// projection with both biases; the recurrent term h_{t−1} · W_hhᵀ is added from
+// w_t = W_hhᵀ (H, 4H), read coalesced, with h_{t−1} staged in shared memory. The
+// activated gates replace the pre-activations (the backward reads them), c_t goes to
+// cells (B, T, H), h_t to out at b·out_rs + t·H, and after the last step c_T to
+// out at b·out_rs + T·H. h_{t−1}(b, k) = h_prev[b·h_rs + k], c_{t−1} likewise.
+extern "C" __global__ void lstm_forward_step(int batch, int seq_len, int hidden, int t,
+                                             const float* w_t,
+                                             const float* h_prev, long h_rs,
+                                             const float* c_prev, long c_rs,
+                                             float* gates, float* cells,
+                                             float* out, long out_rs) {
+    __shared__ float hs[LSTM_ROWS][LSTM_UNITS];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int j = blockIdx.x * LSTM_UNITS + tx;
+    const long b = (long)blockIdx.y * LSTM_ROWS + ty;
+    const long gh = 4L * hidden;
+    float acc_i = 0.f, acc_f = 0.f, acc_g = 0.f, acc_o = 0.f;
+    for (int k0 = 0; k0 < hidden; k0 += LSTM_UNITS) {
+        const int k = k0 + tx;
+        hs[ty][tx] = (b < batch && k < hidden) ? h_prev[b * h_rs + k] : 0.f;
+        __syncthreads();
+        if (j < hidden) {
+            const int kmax = min(LSTM_UNITS, hidden - k0);
+            for (int kk = 0; kk < kmax; ++kk) {
+                const float h = hs[ty][kk];
+                const float* w = w_t + (long)(k0 + kk) * gh + j;
+                acc_i = fmaf(h, w[0], acc_i);
+                acc_f = fmaf(h, w[hidden], acc_f);
+                acc_g = fmaf(h, w[2 * hidden], acc_g);
+                acc_o = fmaf(h, w[3 * hidden], acc_o);
+            }
+        }
+        __syncthreads();
+    }
+    if (b >= batch || j >= hidden) return;
+    float* g = gates + (b * seq_len + t) * gh + j;
+    const float i_t = sigmoid(g[0] + acc_i);
+    const float f_t = sigmoid(g[hidden] + acc_f);
+    const float g_t = tanhf(g[2 * hidden] + acc_g);
+    const float o_t = sigmoid(g[3 * hidden] + acc_o);
+    const float c = f_t * c_prev[b * c_rs + j] + i_t * g_t;
+    g[0] = i_t;
+    g[hidden] = f_t;
+    g[2 * hidden] = g_t;
+    g[3 * hidden] = o_t;
+    cells[(b * seq_len + t) * hidden + j] = c;
+    out[b * out_rs + (long)t * hidden + j] = o_t * tanhf(c);
+    if (t == seq_len - 1) {
+        out[b * out_rs + (long)seq_len * hidden + j] = c;
+    }
+}
+
+// The pointwise part of LSTM step t backwards, one thread per (b, j): ∂L/∂h_t is the
+// output's gradient plus the recurrent one (dh_rec (B, H)), kept in dh_all (T, B, H) for
+// the gradient flow; the gate gradients (of the pre-activations) replace the activated
+// gates in gates (B, T, 4H), and d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}.
+extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
+                                              const float* grad_out, long out_rs,
+                                              const float* dh_rec, float* d_c,
+                                              const float* cells,
+                                              const float* c_prev, long c_rs,
+                                              float* gates, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const float dh = grad_out[b * out_rs + (long)t * hidden + j] + dh_rec[at];
+    dh_all[(long)t * batch * hidden + at] = dh;
+    float* g = gates + (b * seq_len + t) * 4L * hidden + j;
+    const float i_t = g[0], f_t = g[hidden], g_t = g[2 * hidden], o_t = g[3 * hidden];
+    const float tc = tanhf(cells[(b * seq_len + t) * hidden + j]);
+    const float dc = d_c[at] + dh * o_t * (1.f - tc * tc);
+    g[0] = dc * g_t * i_t * (1.f - i_t);
+    g[hidden] = dc * c_prev[b * c_rs + j] * f_t * (1.f - f_t);
+    g[2 * hidden] = dc * i_t * (1.f - g_t * g_t);
+    g[3 * hidden] = dh * tc * o_t * (1.f - o_t);
+    d_c[at] = dc * f_t;
+}
+
+// d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).
+extern "C" __global__ void lstm_state_grads(int batch, int hidden, const float* dh_rec,
+                                            const float* d_c, float* d_state0) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    d_state0[b * 2 * hidden + j] = dh_rec[at];
+    d_state0[b * 2 * hidden + hidden + j] = d_c[at];
+}
+
+// out (cols, rows) = inᵀ for in (rows, cols); one thread per element.
+extern "C" __global__ void transpose(int rows, int cols, const float* in, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)rows * cols) return;
+    const long r = at / cols;
+    const long c = at % cols;
+    out[c * rows + r] = in[at];
+}

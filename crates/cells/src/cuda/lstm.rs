@@ -1,0 +1,349 @@
+//! The plain LSTM (`torch.nn.LSTM`, gates i, f, g, o; [`crate::lstm`] has the equations)
+//! on the GPU: the same algorithm as the CPU kernel — the input projection of every step
+//! as one GEMM, then per step one kernel for the recurrent product and the pointwise
+//! update; backwards, per step one pointwise kernel and one GEMM for `∂L/∂h_{t−1}`, then
+//! the weight gradients as GEMMs over all `B·T` rows.
+
+use candle_core::{Result, bail};
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::{Gpu, Strided, int, long};
+use crate::fused::{Dims, GatedOffsets};
+
+/// What the forward keeps on the device for the backward.
+pub(crate) struct LstmGpuSaved {
+    x: CudaSlice<f32>,
+    state0: CudaSlice<f32>,
+    params: CudaSlice<f32>,
+    /// The activated gates `(B, T, 4H)`.
+    gates: CudaSlice<f32>,
+    /// `c_t` `(B, T, H)`.
+    cells: CudaSlice<f32>,
+    /// The output `(B, T + 1, H)`.
+    out: CudaSlice<f32>,
+}
+
+/// The backward's results, on the host.
+pub(crate) struct LstmGpuGrads {
+    /// `∂L/∂x` `(B, T, I)`.
+    pub d_x: Vec<f32>,
+    /// `∂L/∂[h0 | c0]` `(B, 2H)`.
+    pub d_state0: Vec<f32>,
+    /// The parameters' gradients, in spec order.
+    pub d_params: Vec<f32>,
+    /// The batch-averaged `‖∂L/∂h_t‖` of every step.
+    pub flow: Vec<f64>,
+}
+
+/// Units and batch rows per block of `lstm_forward_step` (`LSTM_UNITS`, `LSTM_ROWS`).
+const UNITS: usize = 32;
+const ROWS: usize = 8;
+
+/// The forward of `Lstm` over `x (B, T, I)` from `state0 = [h0 | c0] (B, 2H)`: the output
+/// `(B, T + 1, H)` (hidden states, then the final cell state) and what the backward needs.
+pub(crate) fn lstm_forward(
+    gpu: &Gpu,
+    dims: Dims,
+    offsets: &GatedOffsets,
+    (x, state0, params): (&[f32], &[f32], &[f32]),
+) -> Result<(Vec<f32>, LstmGpuSaved)> {
+    let Dims {
+        batch,
+        seq_len,
+        input,
+        hidden,
+    } = dims;
+    let gh = 4 * hidden;
+    let rows = batch * seq_len;
+    if offsets.gate_rows() != gh || params.len() != offsets.end || x.len() != rows * input {
+        bail!("fused-lstm on CUDA: inputs do not match the layer's sizes");
+    }
+    let x_dev = gpu.upload(x)?;
+    let state0_dev = gpu.upload(state0)?;
+    let params_dev = gpu.upload(params)?;
+    // Pre-activations of every step: X · W_ihᵀ, then both biases (the CPU's order).
+    let gates = gpu.zeros::<f32>(rows * gh)?;
+    gpu.gemm(
+        (rows, gh, input),
+        Strided::new(&x_dev, 0, input, 1),
+        Strided::new(&params_dev, offsets.weight_ih, 1, input),
+        Strided::new(&gates, 0, gh, 1),
+        0.0,
+    )?;
+    let bias: Vec<f32> = params[offsets.bias_ih..offsets.bias_hh]
+        .iter()
+        .zip(&params[offsets.bias_hh..offsets.bias_hh + gh])
+        .map(|(a, b)| a + b)
+        .collect();
+    let bias = gpu.upload(&bias)?;
+    gpu.launch(
+        &gpu.kernels.add_bias,
+        Gpu::elementwise(rows * gh),
+        &[
+            &long(rows),
+            &int(gh),
+            &gpu.at(&bias, 0, gh)?,
+            &gpu.at(&gates, 0, rows * gh)?,
+        ],
+    )?;
+    // W_hhᵀ (H, 4H), so that neighbouring threads (units) read neighbouring weights.
+    let weight_hh_t = gpu.zeros::<f32>(hidden * gh)?;
+    gpu.launch(
+        &gpu.kernels.transpose,
+        Gpu::elementwise(hidden * gh),
+        &[
+            &int(gh),
+            &int(hidden),
+            &gpu.at(&params_dev, offsets.weight_hh, gh * hidden)?,
+            &gpu.at(&weight_hh_t, 0, hidden * gh)?,
+        ],
+    )?;
+    let out_rs = (seq_len + 1) * hidden;
+    let out = gpu.zeros::<f32>(batch * out_rs)?;
+    let cells = gpu.zeros::<f32>(rows * hidden)?;
+    let step = LaunchConfig {
+        grid_dim: (super::blocks(hidden, UNITS), super::blocks(batch, ROWS), 1),
+        block_dim: (UNITS as u32, ROWS as u32, 1),
+        shared_mem_bytes: 0,
+    };
+    let weight_hh_t_at = gpu.at(&weight_hh_t, 0, hidden * gh)?;
+    let gates_at = gpu.at(&gates, 0, rows * gh)?;
+    let cells_at = gpu.at(&cells, 0, rows * hidden)?;
+    let out_at = gpu.at(&out, 0, batch * out_rs)?;
+    for t in 0..seq_len {
+        let (h_prev, h_rs, c_prev, c_rs) = previous(gpu, t, (&state0_dev, &cells, &out), dims)?;
+        gpu.launch(
+            &gpu.kernels.lstm_forward_step,
+            step,
+            &[
+                &int(batch),
+                &int(seq_len),
+                &int(hidden),
+                &int(t),
+                &weight_hh_t_at,
+                &h_prev,
+                &long(h_rs),
+                &c_prev,
+                &long(c_rs),
+                &gates_at,
+                &cells_at,
+                &out_at,
+                &long(out_rs),
+            ],
+        )?;
+    }
+    let host_out = gpu.download(&out)?;
+    Ok((
+        host_out,
+        LstmGpuSaved {
+            x: x_dev,
+            state0: state0_dev,
+            params: params_dev,
+            gates,
+            cells,
+            out,
+        },
+    ))
+}
+
+/// The addresses and row strides of `h_{t−1}` and `c_{t−1}`: the initial state at
+/// `t = 0`, else step `t − 1` of the output and of the cell states.
+fn previous(
+    gpu: &Gpu,
+    t: usize,
+    (state0, cells, out): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+    dims: Dims,
+) -> Result<(u64, usize, u64, usize)> {
+    let Dims {
+        batch,
+        seq_len,
+        hidden,
+        ..
+    } = dims;
+    if t == 0 {
+        let sw = 2 * hidden;
+        Ok((
+            gpu.at(state0, 0, batch * sw)?,
+            sw,
+            gpu.at(state0, hidden, batch * sw - hidden)?,
+            sw,
+        ))
+    } else {
+        let out_rs = (seq_len + 1) * hidden;
+        let c_rs = seq_len * hidden;
+        let offset = (t - 1) * hidden;
+        Ok((
+            gpu.at(out, offset, batch * out_rs - offset)?,
+            out_rs,
+            gpu.at(cells, offset, batch * c_rs - offset)?,
+            c_rs,
+        ))
+    }
+}
+
+/// The backward of [`lstm_forward`] given the output's gradient `(B, T + 1, H)`: the
+/// gradients of the input, of `[h0 | c0]` and of the parameters (in spec order), and the
+/// batch-averaged `‖∂L/∂h_t‖` of every step.
+pub(crate) fn lstm_backward(
+    gpu: &Gpu,
+    dims: Dims,
+    offsets: &GatedOffsets,
+    saved: LstmGpuSaved,
+    grad_out: &[f32],
+) -> Result<LstmGpuGrads> {
+    let Dims {
+        batch,
+        seq_len,
+        input,
+        hidden,
+    } = dims;
+    let gh = 4 * hidden;
+    let rows = batch * seq_len;
+    let out_rs = (seq_len + 1) * hidden;
+    if grad_out.len() != batch * out_rs {
+        bail!("fused-lstm on CUDA: the output gradient does not match the output");
+    }
+    let LstmGpuSaved {
+        x,
+        state0,
+        params,
+        gates,
+        cells,
+        out,
+    } = saved;
+    let grad_out_dev = gpu.upload(grad_out)?;
+    // ∂L/∂c_T is the gradient of the output's last row.
+    let d_c_host: Vec<f32> = grad_out
+        .chunks_exact(out_rs)
+        .flat_map(|row| &row[seq_len * hidden..])
+        .copied()
+        .collect();
+    let d_c = gpu.upload(&d_c_host)?;
+    let dh_rec = gpu.zeros::<f32>(batch * hidden)?;
+    let dh_all = gpu.zeros::<f32>(seq_len * batch * hidden)?;
+    let grad_out_at = gpu.at(&grad_out_dev, 0, batch * out_rs)?;
+    let dh_rec_at = gpu.at(&dh_rec, 0, batch * hidden)?;
+    let d_c_at = gpu.at(&d_c, 0, batch * hidden)?;
+    let cells_at = gpu.at(&cells, 0, rows * hidden)?;
+    let gates_at = gpu.at(&gates, 0, rows * gh)?;
+    let dh_all_at = gpu.at(&dh_all, 0, seq_len * batch * hidden)?;
+    for t in (0..seq_len).rev() {
+        let (_, _, c_prev, c_rs) = previous(gpu, t, (&state0, &cells, &out), dims)?;
+        gpu.launch(
+            &gpu.kernels.lstm_backward_step,
+            Gpu::elementwise(batch * hidden),
+            &[
+                &int(batch),
+                &int(seq_len),
+                &int(hidden),
+                &int(t),
+                &grad_out_at,
+                &long(out_rs),
+                &dh_rec_at,
+                &d_c_at,
+                &cells_at,
+                &c_prev,
+                &long(c_rs),
+                &gates_at,
+                &dh_all_at,
+            ],
+        )?;
+        // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
+        gpu.gemm(
+            (batch, hidden, gh),
+            Strided::new(&gates, t * gh, seq_len * gh, 1),
+            Strided::new(&params, offsets.weight_hh, hidden, 1),
+            Strided::new(&dh_rec, 0, hidden, 1),
+            0.0,
+        )?;
+    }
+    let d_state0 = gpu.zeros::<f32>(batch * 2 * hidden)?;
+    gpu.launch(
+        &gpu.kernels.lstm_state_grads,
+        Gpu::elementwise(batch * hidden),
+        &[
+            &int(batch),
+            &int(hidden),
+            &dh_rec_at,
+            &d_c_at,
+            &gpu.at(&d_state0, 0, batch * 2 * hidden)?,
+        ],
+    )?;
+    let norms = gpu.zeros::<f64>(seq_len * batch)?;
+    gpu.launch(
+        &gpu.kernels.row_norms,
+        Gpu::elementwise(seq_len * batch),
+        &[
+            &long(seq_len * batch),
+            &int(hidden),
+            &dh_all_at,
+            &gpu.at(&norms, 0, seq_len * batch)?,
+        ],
+    )?;
+
+    // Weight gradients over all B·T rows, as the CPU's `gated_weight_grads`.
+    let d_params = gpu.zeros::<f32>(offsets.end)?;
+    let d_gates = Strided::new(&gates, 0, gh, 1);
+    let d_gates_t = Strided::new(&gates, 0, 1, gh);
+    gpu.gemm(
+        (gh, input, rows),
+        d_gates_t,
+        Strided::new(&x, 0, input, 1),
+        Strided::new(&d_params, offsets.weight_ih, input, 1),
+        0.0,
+    )?;
+    let d_x = gpu.zeros::<f32>(rows * input)?;
+    gpu.gemm(
+        (rows, input, gh),
+        d_gates,
+        Strided::new(&params, offsets.weight_ih, input, 1),
+        Strided::new(&d_x, 0, input, 1),
+        0.0,
+    )?;
+    let h_prev = gpu.zeros::<f32>(rows * hidden)?;
+    gpu.launch(
+        &gpu.kernels.previous_states,
+        Gpu::elementwise(rows * hidden),
+        &[
+            &int(batch),
+            &int(seq_len),
+            &int(hidden),
+            &gpu.at(&state0, 0, batch * 2 * hidden)?,
+            &long(2 * hidden),
+            &gpu.at(&out, 0, batch * out_rs)?,
+            &long(out_rs),
+            &gpu.at(&h_prev, 0, rows * hidden)?,
+        ],
+    )?;
+    gpu.gemm(
+        (gh, hidden, rows),
+        d_gates_t,
+        Strided::new(&h_prev, 0, hidden, 1),
+        Strided::new(&d_params, offsets.weight_hh, hidden, 1),
+        0.0,
+    )?;
+    gpu.launch(
+        &gpu.kernels.column_sums,
+        Gpu::elementwise(gh),
+        &[
+            &long(rows),
+            &int(gh),
+            &gates_at,
+            &gpu.at(&d_params, offsets.bias_ih, gh)?,
+        ],
+    )?;
+    let mut d_params = gpu.download(&d_params)?;
+    let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
+    tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+    let norms = gpu.download(&norms)?;
+    let flow = norms
+        .chunks_exact(batch)
+        .map(|step| step.iter().sum::<f64>() / batch as f64)
+        .collect();
+    Ok(LstmGpuGrads {
+        d_x: gpu.download(&d_x)?,
+        d_state0: gpu.download(&d_state0)?,
+        d_params,
+        flow,
+    })
+}

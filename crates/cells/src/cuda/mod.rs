@@ -1,0 +1,294 @@
+//! The CUDA backend (feature `cuda`): the fused whole-sequence kernels of the cells that
+//! have one run on an NVIDIA GPU, while the tensors, the head, the loss and the optimiser
+//! stay on the CPU (each layer uploads its input, state and parameters, and downloads its
+//! output and gradients: `O(B·T·(I + H))` floats a step against `O(B·T·G·H²)` work).
+//!
+//! Nothing loads a CUDA library until [`Gpu::open`]: the driver (`libcuda`) and NVRTC
+//! (`libnvrtc.so.13`) are found at run time through the usual library path, so the
+//! feature builds and runs on machines without a toolkit or a GPU. The kernels are CUDA C
+//! ([`KERNEL_SOURCE`]), compiled once per process by NVRTC.
+//!
+//! Determinism: one stream per [`Gpu`], and every kernel computes each output element in
+//! one thread with its sums in a fixed order (no atomics), so a run repeated on the same
+//! GPU gives the same bits.
+
+// cudarc marks kernel launches and raw device addresses unsafe; every launch below
+// checks the extents its kernel touches against the buffers first.
+#![allow(unsafe_code)]
+
+mod lstm;
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{Error, Result, bail};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
+
+/// The kernels' CUDA C source.
+pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+
+/// Whether NVRTC can be loaded (without loading the driver).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles [`KERNEL_SOURCE`] to PTX with NVRTC, for `arch` (`"compute_90"`) or NVRTC's
+/// default. Needs no GPU: the tests compile every kernel this way on CPU machines.
+pub fn compile(arch: Option<&'static str>) -> Result<Ptx> {
+    if !nvrtc_available() {
+        bail!(
+            "NVRTC (libnvrtc.so.13) was not found: add the CUDA toolkit's lib64 \
+             (/usr/local/cuda/lib64) or the nvidia-cuda-nvrtc wheel's lib folder to LD_LIBRARY_PATH"
+        );
+    }
+    let options = CompileOptions {
+        arch,
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, options).map_err(|e| {
+        Error::Msg(format!(
+            "NVRTC could not compile rnnlab's CUDA kernels: {e:?}"
+        ))
+    })
+}
+
+/// The PTX of the process, compiled on first use.
+fn ptx() -> Result<Ptx> {
+    static PTX: OnceLock<std::result::Result<Ptx, String>> = OnceLock::new();
+    PTX.get_or_init(|| compile(None).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::Msg)
+}
+
+/// `doing` failed in the CUDA driver.
+fn driver<T>(
+    result: std::result::Result<T, cudarc::driver::DriverError>,
+    doing: &str,
+) -> Result<T> {
+    result.map_err(|e| Error::Msg(format!("CUDA: {doing}: {e}")))
+}
+
+/// The loaded kernels, one field per `extern "C"` function of [`KERNEL_SOURCE`].
+struct Kernels {
+    gemm: CudaFunction,
+    add_bias: CudaFunction,
+    column_sums: CudaFunction,
+    previous_states: CudaFunction,
+    row_norms: CudaFunction,
+    transpose: CudaFunction,
+    lstm_forward_step: CudaFunction,
+    lstm_backward_step: CudaFunction,
+    lstm_state_grads: CudaFunction,
+}
+
+/// One GPU with its own stream and the kernels loaded: what one training run holds.
+/// Several runs (`--jobs N`) each open their own and share the device.
+pub struct Gpu {
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    name: String,
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cuda:{} ({})", self.ordinal, self.name)
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (`cuda:N`): loads the driver and NVRTC, compiles the
+    /// kernels (once per process), creates a stream. The errors say what is missing.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to dlopen the library by its usual names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!(
+                "no CUDA driver: libcuda.so was not found (train.device: cuda needs an NVIDIA GPU and its driver)"
+            );
+        }
+        let count = driver(CudaContext::device_count(), "counting devices")?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if ordinal >= count {
+            bail!("cuda:{ordinal} does not exist: this machine has {count} CUDA device(s)");
+        }
+        let ptx = ptx()?;
+        let ctx = driver(CudaContext::new(ordinal), "opening the device")?;
+        // SAFETY: every buffer of a `Gpu` is used on its one stream only, so the
+        // cross-stream events cudarc would record are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let name = driver(ctx.name(), "reading the device name")?;
+        let stream = driver(ctx.new_stream(), "creating a stream")?;
+        let module = driver(ctx.load_module(ptx), "loading the kernels")?;
+        let load = |name: &str| driver(module.load_function(name), name);
+        let kernels = Kernels {
+            gemm: load("gemm")?,
+            add_bias: load("add_bias")?,
+            column_sums: load("column_sums")?,
+            previous_states: load("previous_states")?,
+            row_norms: load("row_norms")?,
+            transpose: load("transpose")?,
+            lstm_forward_step: load("lstm_forward_step")?,
+            lstm_backward_step: load("lstm_backward_step")?,
+            lstm_state_grads: load("lstm_state_grads")?,
+        };
+        Ok(Self {
+            stream,
+            kernels,
+            name,
+            ordinal,
+        })
+    }
+
+    /// The device's name (`NVIDIA H100 80GB HBM3`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Copies `data` to the device.
+    fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        driver(self.stream.clone_htod(data), "copying to the device")
+    }
+
+    /// A zeroed buffer of `len` elements.
+    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        driver(self.stream.alloc_zeros(len), "allocating device memory")
+    }
+
+    /// Copies `buf` to the host (waits for the stream).
+    fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        let host = driver(self.stream.clone_dtoh(buf), "copying from the device")?;
+        driver(self.stream.synchronize(), "waiting for the device")?;
+        Ok(host)
+    }
+
+    /// The device address `offset` elements into `buf`, after checking that `extent`
+    /// elements from there lie inside it.
+    fn at<T>(&self, buf: &CudaSlice<T>, offset: usize, extent: usize) -> Result<u64> {
+        if offset + extent > buf.len() {
+            bail!(
+                "CUDA kernel would read {extent} elements at {offset} of a buffer of {}",
+                buf.len()
+            );
+        }
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        Ok(ptr + (offset * size_of::<T>()) as u64)
+    }
+
+    /// Launches `f` on the stream with `args` (each pushed by reference).
+    fn launch(&self, f: &CudaFunction, config: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
+        let mut builder = self.stream.launch_builder(f);
+        for arg in args {
+            arg.push(&mut builder);
+        }
+        // SAFETY: the callers check every extent their kernel touches (`Gpu::at`) and
+        // pass the arguments in the kernel's order and types.
+        driver(
+            unsafe { builder.launch(config) }.map(|_| ()),
+            "launching a kernel",
+        )
+    }
+
+    /// `C(i, j) = beta·C(i, j) + Σ_k A(i, k)·B(k, j)` for `(m, n, k)`, each matrix given as
+    /// (buffer, offset, row stride, column stride); `C`'s column stride is 1.
+    fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: Strided<'_>,
+        b: Strided<'_>,
+        c: Strided<'_>,
+        beta: f32,
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let a_ptr = a.address(self, m, k)?;
+        let b_ptr = b.address(self, k, n)?;
+        let c_ptr = c.address(self, m, n)?;
+        let dims = [m, n, k].map(|d| i32::try_from(d).expect("matrix sizes fit in i32"));
+        let config = LaunchConfig {
+            grid_dim: (blocks(n, 16), blocks(m, 16), 1),
+            block_dim: (16, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        let [as0, as1, bs0, bs1, ldc] = [a.rows, a.cols, b.rows, b.cols, c.rows].map(long);
+        self.launch(
+            &self.kernels.gemm,
+            config,
+            &[
+                &dims[0], &dims[1], &dims[2], &a_ptr, &as0, &as1, &b_ptr, &bs0, &bs1, &c_ptr, &ldc,
+                &beta,
+            ],
+        )
+    }
+
+    /// One thread per element of `n` on blocks of 256.
+    fn elementwise(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (blocks(n, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// A kernel argument, pushed by reference.
+trait Arg {
+    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+impl<T: DeviceRepr> Arg for T {
+    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
+        builder.arg(self);
+    }
+}
+
+/// A matrix inside a device buffer: element `(i, j)` at `offset + i·rows + j·cols`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    buf: &'a CudaSlice<f32>,
+    offset: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Strided<'a> {
+    fn new(buf: &'a CudaSlice<f32>, offset: usize, rows: usize, cols: usize) -> Self {
+        Self {
+            buf,
+            offset,
+            rows,
+            cols,
+        }
+    }
+
+    /// The matrix's address, checking that its `(m, n)` elements lie in the buffer.
+    fn address(&self, gpu: &Gpu, m: usize, n: usize) -> Result<u64> {
+        let last = if m == 0 || n == 0 {
+            0
+        } else {
+            (m - 1) * self.rows + (n - 1) * self.cols + 1
+        };
+        gpu.at(self.buf, self.offset, last)
+    }
+}
+
+/// Blocks of `size` threads that cover `n`.
+fn blocks(n: usize, size: usize) -> u32 {
+    u32::try_from(n.div_ceil(size)).expect("grid fits in u32")
+}
+
+/// A stride or size as the kernels' `long`.
+fn long(v: usize) -> i64 {
+    i64::try_from(v).expect("sizes fit in i64")
+}
+
+/// A size as the kernels' `int`.
+fn int(v: usize) -> i32 {
+    i32::try_from(v).expect("sizes fit in i32")
+}
