@@ -72,6 +72,10 @@ impl CellSpec for Nonlinearity {
     fn saved_floats_per_step(&self, hidden: usize) -> usize {
         hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        true
+    }
 }
 
 impl CellMath for Nonlinearity {
@@ -261,6 +265,43 @@ impl Kernel for RnnOp {
             (batch, seq_len, input, hidden),
         );
         Ok((d_x, d_h0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let offsets = GatedOffsets::new(&self.nonlinearity, self.dims.input, self.dims.hidden);
+        let relu = self.nonlinearity == Nonlinearity::Relu;
+        crate::cuda::rnn_forward(gpu, self.dims, &offsets, relu, (x, h0, params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+        out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let offsets = GatedOffsets::new(&self.nonlinearity, self.dims.input, self.dims.hidden);
+        let relu = self.nonlinearity == Nonlinearity::Relu;
+        let grads = crate::cuda::rnn_backward(
+            gpu,
+            self.dims,
+            &offsets,
+            relu,
+            (x, h0, params),
+            (out, grad_out),
+        )?;
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

@@ -16,7 +16,7 @@ use rnnlab_cells::cuda::{Gpu, compile, nvrtc_available};
 use rnnlab_cells::{Backend, CellConfig, HeadKind, Init, ModelConfig, State, registry};
 
 /// The kernel names the source must define (each is loaded by `Gpu::open`).
-const KERNELS: [&str; 9] = [
+const KERNELS: [&str; 11] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -26,6 +26,8 @@ const KERNELS: [&str; 9] = [
     "lstm_forward_step",
     "lstm_backward_step",
     "lstm_state_grads",
+    "rnn_forward_step",
+    "rnn_backward_step",
 ];
 
 #[test]

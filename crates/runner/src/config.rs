@@ -398,7 +398,7 @@ pub struct RawTrain {
     /// Where the recurrent layers' fused kernels run: `cpu` (default), `cuda` (GPU 0)
     /// or `cuda:N`. A GPU needs the `cuda` feature (on by default), an NVIDIA driver and
     /// NVRTC (`libnvrtc.so.13` on `LD_LIBRARY_PATH`), and a cell with a CUDA kernel (the
-    /// plain LSTM). Its numbers differ from the CPU's in the last bits, so the kind of
+    /// plain LSTM, the tanh and ReLU RNN). Its numbers differ from the CPU's in the last bits, so the kind of
     /// device is part of the run's id; which GPU is not. Left out of the saved config
     /// on the CPU.
     #[serde(default, skip_serializing_if = "DeviceName::is_cpu")]
@@ -694,9 +694,18 @@ impl RawRun {
                 ));
             }
             if !model.cell.spec().has_cuda_kernel() {
+                let with_kernel: Vec<String> = registry::CELLS
+                    .iter()
+                    .filter(|kind| {
+                        (kind.configure)(&CellOptions::default())
+                            .is_ok_and(|cell| cell.spec().has_cuda_kernel())
+                    })
+                    .map(|kind| format!("`{}`", kind.name))
+                    .collect();
                 return Err(Invalid(format!(
-                    "`train.device: cuda`: `{}` has no CUDA kernel yet (the plain `lstm` has): use `train.device: cpu`",
-                    model.cell.label()
+                    "`train.device: cuda`: `{}` has no CUDA kernel yet (these have, with their default options: {}): use `train.device: cpu`",
+                    model.cell.label(),
+                    with_kernel.join(", ")
                 )));
             }
         }

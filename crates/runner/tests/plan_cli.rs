@@ -172,7 +172,11 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &BASE
             .replace("cell: lstm", "cell: gru")
             .replace("steps: 10", "steps: 10, device: cuda"),
-        &["`train.device: cuda`", "`gru` has no CUDA kernel"],
+        &[
+            "`train.device: cuda`",
+            "`gru` has no CUDA kernel",
+            "`rnn`, `rnn_relu`, `lstm`",
+        ],
     );
     assert_config_error(
         &BASE.replace("steps: 10", "steps: 10, clip: { norm: 1, value: 1 }"),

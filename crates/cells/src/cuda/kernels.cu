@@ -85,51 +85,61 @@ extern "C" __global__ void row_norms(long rows, int cols, const float* m, double
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-#define LSTM_UNITS 32
-#define LSTM_ROWS 8
+// Units and batch rows per block of the step kernels: blocks (32, 8) on a grid
+// (⌈H/32⌉, ⌈B/8⌉).
+#define STEP_UNITS 32
+#define STEP_ROWS 8
 
-// One LSTM step t (gate order i, f, g, o) for LSTM_ROWS batch rows and LSTM_UNITS units
-// per block (blocks (32, 8), grid (⌈H/32⌉, ⌈B/8⌉)). gates (B, T, 4H) holds the input
-// projection with both biases; the recurrent term h_{t−1} · W_hhᵀ is added from
-// w_t = W_hhᵀ (H, 4H), read coalesced, with h_{t−1} staged in shared memory. The
-// activated gates replace the pre-activations (the backward reads them), c_t goes to
-// cells (B, T, H), h_t to out at b·out_rs + t·H, and after the last step c_T to
-// out at b·out_rs + T·H. h_{t−1}(b, k) = h_prev[b·h_rs + k], c_{t−1} likewise.
+// acc[g] = Σ_k h_{t−1}(b, k) · W_hhᵀ(k, g·H + j) for the G gates of unit j of row b,
+// with w_t = W_hhᵀ (H, G·H) read coalesced (neighbouring threads, neighbouring units)
+// and the block's rows of h_{t−1}(b, k) = h_prev[b·h_rs + k] staged in shared memory.
+// Every thread of the block must call it (it synchronises); k runs in order.
+template <int G>
+__device__ __forceinline__ void recurrent_product(int batch, int hidden, const float* w_t,
+                                                  const float* h_prev, long h_rs,
+                                                  long b, int j, float* acc) {
+    __shared__ float hs[STEP_ROWS][STEP_UNITS];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const long gh = (long)G * hidden;
+    for (int g = 0; g < G; ++g) acc[g] = 0.f;
+    for (int k0 = 0; k0 < hidden; k0 += STEP_UNITS) {
+        const int k = k0 + tx;
+        hs[ty][tx] = (b < batch && k < hidden) ? h_prev[b * h_rs + k] : 0.f;
+        __syncthreads();
+        if (j < hidden) {
+            const int kmax = min(STEP_UNITS, hidden - k0);
+            for (int kk = 0; kk < kmax; ++kk) {
+                const float h = hs[ty][kk];
+                const float* w = w_t + (long)(k0 + kk) * gh + j;
+#pragma unroll
+                for (int g = 0; g < G; ++g) acc[g] = fmaf(h, w[(long)g * hidden], acc[g]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// One LSTM step t (gate order i, f, g, o). gates (B, T, 4H) holds the input projection
+// with both biases; the recurrent term comes from recurrent_product. The activated
+// gates replace the pre-activations (the backward reads them), c_t goes to cells
+// (B, T, H), h_t to out at b·out_rs + t·H, and after the last step c_T to out at
+// b·out_rs + T·H. c_{t−1}(b, j) = c_prev[b·c_rs + j].
 extern "C" __global__ void lstm_forward_step(int batch, int seq_len, int hidden, int t,
                                              const float* w_t,
                                              const float* h_prev, long h_rs,
                                              const float* c_prev, long c_rs,
                                              float* gates, float* cells,
                                              float* out, long out_rs) {
-    __shared__ float hs[LSTM_ROWS][LSTM_UNITS];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int j = blockIdx.x * LSTM_UNITS + tx;
-    const long b = (long)blockIdx.y * LSTM_ROWS + ty;
-    const long gh = 4L * hidden;
-    float acc_i = 0.f, acc_f = 0.f, acc_g = 0.f, acc_o = 0.f;
-    for (int k0 = 0; k0 < hidden; k0 += LSTM_UNITS) {
-        const int k = k0 + tx;
-        hs[ty][tx] = (b < batch && k < hidden) ? h_prev[b * h_rs + k] : 0.f;
-        __syncthreads();
-        if (j < hidden) {
-            const int kmax = min(LSTM_UNITS, hidden - k0);
-            for (int kk = 0; kk < kmax; ++kk) {
-                const float h = hs[ty][kk];
-                const float* w = w_t + (long)(k0 + kk) * gh + j;
-                acc_i = fmaf(h, w[0], acc_i);
-                acc_f = fmaf(h, w[hidden], acc_f);
-                acc_g = fmaf(h, w[2 * hidden], acc_g);
-                acc_o = fmaf(h, w[3 * hidden], acc_o);
-            }
-        }
-        __syncthreads();
-    }
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[4];
+    recurrent_product<4>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
     if (b >= batch || j >= hidden) return;
-    float* g = gates + (b * seq_len + t) * gh + j;
-    const float i_t = sigmoid(g[0] + acc_i);
-    const float f_t = sigmoid(g[hidden] + acc_f);
-    const float g_t = tanhf(g[2 * hidden] + acc_g);
-    const float o_t = sigmoid(g[3 * hidden] + acc_o);
+    float* g = gates + (b * seq_len + t) * 4L * hidden + j;
+    const float i_t = sigmoid(g[0] + acc[0]);
+    const float f_t = sigmoid(g[hidden] + acc[1]);
+    const float g_t = tanhf(g[2 * hidden] + acc[2]);
+    const float o_t = sigmoid(g[3 * hidden] + acc[3]);
     const float c = f_t * c_prev[b * c_rs + j] + i_t * g_t;
     g[0] = i_t;
     g[hidden] = f_t;
@@ -140,6 +150,41 @@ extern "C" __global__ void lstm_forward_step(int batch, int seq_len, int hidden,
     if (t == seq_len - 1) {
         out[b * out_rs + (long)seq_len * hidden + j] = c;
     }
+}
+
+// One step t of the vanilla RNN: out (B, T, H) holds the input projection with both
+// biases; the recurrent term is added and φ (tanh, or ReLU when relu ≠ 0) applied in
+// place.
+extern "C" __global__ void rnn_forward_step(int batch, int seq_len, int hidden, int t,
+                                            int relu, const float* w_t,
+                                            const float* h_prev, long h_rs, float* out) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[1];
+    recurrent_product<1>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    float* h = out + (b * seq_len + t) * hidden + j;
+    const float v = *h + acc[0];
+    *h = relu ? fmaxf(v, 0.f) : tanhf(v);
+}
+
+// The RNN's step t backwards, one thread per (b, j): ∂L/∂h_t (the output's gradient plus
+// the recurrent one, dh_rec (B, H)) is kept in dh_all (T, B, H) for the gradient flow,
+// and times φ' gives the pre-activation's gradient in d_pre (B, T, H).
+extern "C" __global__ void rnn_backward_step(int batch, int seq_len, int hidden, int t,
+                                             int relu, const float* out,
+                                             const float* grad_out, const float* dh_rec,
+                                             float* d_pre, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const long row = (b * seq_len + t) * hidden + j;
+    const float dh = grad_out[row] + dh_rec[at];
+    dh_all[(long)t * batch * hidden + at] = dh;
+    const float h = out[row];
+    const float slope = relu ? (h > 0.f ? 1.f : 0.f) : 1.f - h * h;
+    d_pre[row] = dh * slope;
 }
 
 // The pointwise part of LSTM step t backwards, one thread per (b, j): ∂L/∂h_t is the

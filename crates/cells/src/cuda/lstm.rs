@@ -5,9 +5,10 @@
 //! the weight gradients as GEMMs over all `B·T` rows.
 
 use candle_core::{Result, bail};
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::CudaSlice;
 
-use super::{Gpu, Strided, int, long};
+use super::gated::{self, Grads};
+use super::{Gpu, int, long};
 use crate::fused::{Dims, GatedOffsets};
 
 /// What the forward keeps on the device for the backward.
@@ -22,22 +23,6 @@ pub(crate) struct LstmGpuSaved {
     /// The output `(B, T + 1, H)`.
     out: CudaSlice<f32>,
 }
-
-/// The backward's results, on the host.
-pub(crate) struct LstmGpuGrads {
-    /// `∂L/∂x` `(B, T, I)`.
-    pub d_x: Vec<f32>,
-    /// `∂L/∂[h0 | c0]` `(B, 2H)`.
-    pub d_state0: Vec<f32>,
-    /// The parameters' gradients, in spec order.
-    pub d_params: Vec<f32>,
-    /// The batch-averaged `‖∂L/∂h_t‖` of every step.
-    pub flow: Vec<f64>,
-}
-
-/// Units and batch rows per block of `lstm_forward_step` (`LSTM_UNITS`, `LSTM_ROWS`).
-const UNITS: usize = 32;
-const ROWS: usize = 8;
 
 /// The forward of `Lstm` over `x (B, T, I)` from `state0 = [h0 | c0] (B, 2H)`: the output
 /// `(B, T + 1, H)` (hidden states, then the final cell state) and what the backward needs.
@@ -61,51 +46,18 @@ pub(crate) fn lstm_forward(
     let x_dev = gpu.upload(x)?;
     let state0_dev = gpu.upload(state0)?;
     let params_dev = gpu.upload(params)?;
-    // Pre-activations of every step: X · W_ihᵀ, then both biases (the CPU's order).
-    let gates = gpu.zeros::<f32>(rows * gh)?;
-    gpu.gemm(
-        (rows, gh, input),
-        Strided::new(&x_dev, 0, input, 1),
-        Strided::new(&params_dev, offsets.weight_ih, 1, input),
-        Strided::new(&gates, 0, gh, 1),
-        0.0,
+    let gates = gated::input_projection(
+        gpu,
+        offsets,
+        (&x_dev, &params_dev, params),
+        (rows, input),
+        gh,
     )?;
-    let bias: Vec<f32> = params[offsets.bias_ih..offsets.bias_hh]
-        .iter()
-        .zip(&params[offsets.bias_hh..offsets.bias_hh + gh])
-        .map(|(a, b)| a + b)
-        .collect();
-    let bias = gpu.upload(&bias)?;
-    gpu.launch(
-        &gpu.kernels.add_bias,
-        Gpu::elementwise(rows * gh),
-        &[
-            &long(rows),
-            &int(gh),
-            &gpu.at(&bias, 0, gh)?,
-            &gpu.at(&gates, 0, rows * gh)?,
-        ],
-    )?;
-    // W_hhᵀ (H, 4H), so that neighbouring threads (units) read neighbouring weights.
-    let weight_hh_t = gpu.zeros::<f32>(hidden * gh)?;
-    gpu.launch(
-        &gpu.kernels.transpose,
-        Gpu::elementwise(hidden * gh),
-        &[
-            &int(gh),
-            &int(hidden),
-            &gpu.at(&params_dev, offsets.weight_hh, gh * hidden)?,
-            &gpu.at(&weight_hh_t, 0, hidden * gh)?,
-        ],
-    )?;
+    let weight_hh_t = gated::weight_hh_t(gpu, offsets, &params_dev, hidden)?;
     let out_rs = (seq_len + 1) * hidden;
     let out = gpu.zeros::<f32>(batch * out_rs)?;
     let cells = gpu.zeros::<f32>(rows * hidden)?;
-    let step = LaunchConfig {
-        grid_dim: (super::blocks(hidden, UNITS), super::blocks(batch, ROWS), 1),
-        block_dim: (UNITS as u32, ROWS as u32, 1),
-        shared_mem_bytes: 0,
-    };
+    let step = gated::step_launch(batch, hidden);
     let weight_hh_t_at = gpu.at(&weight_hh_t, 0, hidden * gh)?;
     let gates_at = gpu.at(&gates, 0, rows * gh)?;
     let cells_at = gpu.at(&cells, 0, rows * hidden)?;
@@ -190,12 +142,12 @@ pub(crate) fn lstm_backward(
     offsets: &GatedOffsets,
     saved: LstmGpuSaved,
     grad_out: &[f32],
-) -> Result<LstmGpuGrads> {
+) -> Result<Grads> {
     let Dims {
         batch,
         seq_len,
-        input,
         hidden,
+        ..
     } = dims;
     let gh = 4 * hidden;
     let rows = batch * seq_len;
@@ -248,14 +200,7 @@ pub(crate) fn lstm_backward(
                 &dh_all_at,
             ],
         )?;
-        // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
-        gpu.gemm(
-            (batch, hidden, gh),
-            Strided::new(&gates, t * gh, seq_len * gh, 1),
-            Strided::new(&params, offsets.weight_hh, hidden, 1),
-            Strided::new(&dh_rec, 0, hidden, 1),
-            0.0,
-        )?;
+        gated::recurrent_grad(gpu, offsets, (&gates, &params), &dh_rec, t, dims)?;
     }
     let d_state0 = gpu.zeros::<f32>(batch * 2 * hidden)?;
     gpu.launch(
@@ -269,79 +214,17 @@ pub(crate) fn lstm_backward(
             &gpu.at(&d_state0, 0, batch * 2 * hidden)?,
         ],
     )?;
-    let norms = gpu.zeros::<f64>(seq_len * batch)?;
-    gpu.launch(
-        &gpu.kernels.row_norms,
-        Gpu::elementwise(seq_len * batch),
-        &[
-            &long(seq_len * batch),
-            &int(hidden),
-            &dh_all_at,
-            &gpu.at(&norms, 0, seq_len * batch)?,
-        ],
+    let flow = gated::flow(gpu, &dh_all, dims)?;
+    let (d_x, d_params) = gated::weight_grads(
+        gpu,
+        offsets,
+        (&gates, &x, &params),
+        (&state0, 2 * hidden),
+        (&out, out_rs),
+        dims,
     )?;
-
-    // Weight gradients over all B·T rows, as the CPU's `gated_weight_grads`.
-    let d_params = gpu.zeros::<f32>(offsets.end)?;
-    let d_gates = Strided::new(&gates, 0, gh, 1);
-    let d_gates_t = Strided::new(&gates, 0, 1, gh);
-    gpu.gemm(
-        (gh, input, rows),
-        d_gates_t,
-        Strided::new(&x, 0, input, 1),
-        Strided::new(&d_params, offsets.weight_ih, input, 1),
-        0.0,
-    )?;
-    let d_x = gpu.zeros::<f32>(rows * input)?;
-    gpu.gemm(
-        (rows, input, gh),
-        d_gates,
-        Strided::new(&params, offsets.weight_ih, input, 1),
-        Strided::new(&d_x, 0, input, 1),
-        0.0,
-    )?;
-    let h_prev = gpu.zeros::<f32>(rows * hidden)?;
-    gpu.launch(
-        &gpu.kernels.previous_states,
-        Gpu::elementwise(rows * hidden),
-        &[
-            &int(batch),
-            &int(seq_len),
-            &int(hidden),
-            &gpu.at(&state0, 0, batch * 2 * hidden)?,
-            &long(2 * hidden),
-            &gpu.at(&out, 0, batch * out_rs)?,
-            &long(out_rs),
-            &gpu.at(&h_prev, 0, rows * hidden)?,
-        ],
-    )?;
-    gpu.gemm(
-        (gh, hidden, rows),
-        d_gates_t,
-        Strided::new(&h_prev, 0, hidden, 1),
-        Strided::new(&d_params, offsets.weight_hh, hidden, 1),
-        0.0,
-    )?;
-    gpu.launch(
-        &gpu.kernels.column_sums,
-        Gpu::elementwise(gh),
-        &[
-            &long(rows),
-            &int(gh),
-            &gates_at,
-            &gpu.at(&d_params, offsets.bias_ih, gh)?,
-        ],
-    )?;
-    let mut d_params = gpu.download(&d_params)?;
-    let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
-    tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
-    let norms = gpu.download(&norms)?;
-    let flow = norms
-        .chunks_exact(batch)
-        .map(|step| step.iter().sum::<f64>() / batch as f64)
-        .collect();
-    Ok(LstmGpuGrads {
-        d_x: gpu.download(&d_x)?,
+    Ok(Grads {
+        d_x,
         d_state0: gpu.download(&d_state0)?,
         d_params,
         flow,

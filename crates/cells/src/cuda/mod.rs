@@ -16,7 +16,9 @@
 // checks the extents its kernel touches against the buffers first.
 #![allow(unsafe_code)]
 
+mod gated;
 mod lstm;
+mod rnn;
 
 use std::sync::{Arc, OnceLock};
 
@@ -28,6 +30,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
+pub(crate) use rnn::{rnn_backward, rnn_forward};
 
 /// The kernels' CUDA C source.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
@@ -85,6 +88,8 @@ struct Kernels {
     lstm_forward_step: CudaFunction,
     lstm_backward_step: CudaFunction,
     lstm_state_grads: CudaFunction,
+    rnn_forward_step: CudaFunction,
+    rnn_backward_step: CudaFunction,
 }
 
 /// One GPU with its own stream and the kernels loaded: what one training run holds.
@@ -136,6 +141,8 @@ impl Gpu {
             lstm_forward_step: load("lstm_forward_step")?,
             lstm_backward_step: load("lstm_backward_step")?,
             lstm_state_grads: load("lstm_state_grads")?,
+            rnn_forward_step: load("rnn_forward_step")?,
+            rnn_backward_step: load("rnn_backward_step")?,
         };
         Ok(Self {
             stream,

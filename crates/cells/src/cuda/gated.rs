@@ -1,0 +1,215 @@
+//! What the GPU kernels of the gated layers share (`[weight_ih | weight_hh | bias_ih |
+//! bias_hh | …]`, [`crate::spec::gated_layer`]): the input projection, `W_hhᵀ`, the step
+//! kernels' launch shape, the weight gradients over all `B·T` rows and the gradient flow —
+//! the GPU side of `fused::{GatedOffsets::prologue, gated_weight_grads, FlowNorms}`.
+
+use candle_core::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::{Gpu, Strided, blocks, int, long};
+use crate::fused::{Dims, GatedOffsets};
+
+/// A backward's results, on the host.
+pub(crate) struct Grads {
+    /// `∂L/∂x` `(B, T, I)`.
+    pub d_x: Vec<f32>,
+    /// The initial state's gradient (`∂L/∂h0`, or `∂L/∂[h0 | c0]`).
+    pub d_state0: Vec<f32>,
+    /// The parameters' gradients, in spec order.
+    pub d_params: Vec<f32>,
+    /// The batch-averaged `‖∂L/∂h_t‖` of every step.
+    pub flow: Vec<f64>,
+}
+
+/// Units and batch rows per block of the step kernels (`STEP_UNITS`, `STEP_ROWS`).
+const UNITS: usize = 32;
+const ROWS: usize = 8;
+
+/// The launch shape of a step kernel built on `recurrent_product`.
+pub(super) fn step_launch(batch: usize, hidden: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(hidden, UNITS), blocks(batch, ROWS), 1),
+        block_dim: (UNITS as u32, ROWS as u32, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `(B·T, G·H)` pre-activations `X · W_ihᵀ + bias_ih`, with `bias_hh` added on the
+/// first `folded` columns (the CPU's order: product, then biases).
+pub(super) fn input_projection(
+    gpu: &Gpu,
+    offsets: &GatedOffsets,
+    (x, params_dev, params): (&CudaSlice<f32>, &CudaSlice<f32>, &[f32]),
+    (rows, input): (usize, usize),
+    folded: usize,
+) -> Result<CudaSlice<f32>> {
+    let gh = offsets.gate_rows();
+    let pre = gpu.zeros::<f32>(rows * gh)?;
+    gpu.gemm(
+        (rows, gh, input),
+        Strided::new(x, 0, input, 1),
+        Strided::new(params_dev, offsets.weight_ih, 1, input),
+        Strided::new(&pre, 0, gh, 1),
+        0.0,
+    )?;
+    let mut bias = params[offsets.bias_ih..offsets.bias_hh].to_vec();
+    bias[..folded]
+        .iter_mut()
+        .zip(&params[offsets.bias_hh..])
+        .for_each(|(b, &h)| *b += h);
+    let bias = gpu.upload(&bias)?;
+    gpu.launch(
+        &gpu.kernels.add_bias,
+        Gpu::elementwise(rows * gh),
+        &[
+            &long(rows),
+            &int(gh),
+            &gpu.at(&bias, 0, gh)?,
+            &gpu.at(&pre, 0, rows * gh)?,
+        ],
+    )?;
+    Ok(pre)
+}
+
+/// `W_hhᵀ` `(H, G·H)`, so that neighbouring threads (units) read neighbouring weights.
+pub(super) fn weight_hh_t(
+    gpu: &Gpu,
+    offsets: &GatedOffsets,
+    params_dev: &CudaSlice<f32>,
+    hidden: usize,
+) -> Result<CudaSlice<f32>> {
+    let gh = offsets.gate_rows();
+    let transposed = gpu.zeros::<f32>(hidden * gh)?;
+    gpu.launch(
+        &gpu.kernels.transpose,
+        Gpu::elementwise(hidden * gh),
+        &[
+            &int(gh),
+            &int(hidden),
+            &gpu.at(params_dev, offsets.weight_hh, gh * hidden)?,
+            &gpu.at(&transposed, 0, hidden * gh)?,
+        ],
+    )?;
+    Ok(transposed)
+}
+
+/// `∂L/∂h_{t−1} = d_pre[:, t] · W_hh` `(B, H)` into `dh_rec`.
+pub(super) fn recurrent_grad(
+    gpu: &Gpu,
+    offsets: &GatedOffsets,
+    (d_pre, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>),
+    dh_rec: &CudaSlice<f32>,
+    t: usize,
+    dims: Dims,
+) -> Result<()> {
+    let gh = offsets.gate_rows();
+    gpu.gemm(
+        (dims.batch, dims.hidden, gh),
+        Strided::new(d_pre, t * gh, dims.seq_len * gh, 1),
+        Strided::new(params_dev, offsets.weight_hh, dims.hidden, 1),
+        Strided::new(dh_rec, 0, dims.hidden, 1),
+        0.0,
+    )
+}
+
+/// From `d_pre (B·T, G·H)`: `∂L/∂X` and the parameters' gradients (`weight_ih`,
+/// `weight_hh` over all `B·T` rows, both biases; the rest zero for the caller), as the
+/// CPU's `gated_weight_grads`. `h0` and `out` give `h_{t−1}`: `h0` row `b` at stride
+/// `h0_rs` for `t = 0`, else the output of step `t − 1` (rows of batch `b` at `b·out_rs`).
+pub(super) fn weight_grads(
+    gpu: &Gpu,
+    offsets: &GatedOffsets,
+    (d_pre, x, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+    (h0, h0_rs): (&CudaSlice<f32>, usize),
+    (out, out_rs): (&CudaSlice<f32>, usize),
+    dims: Dims,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let Dims {
+        batch,
+        seq_len,
+        input,
+        hidden,
+    } = dims;
+    let gh = offsets.gate_rows();
+    let rows = batch * seq_len;
+    let d_params = gpu.zeros::<f32>(offsets.end)?;
+    let d_pre_t = Strided::new(d_pre, 0, 1, gh);
+    gpu.gemm(
+        (gh, input, rows),
+        d_pre_t,
+        Strided::new(x, 0, input, 1),
+        Strided::new(&d_params, offsets.weight_ih, input, 1),
+        0.0,
+    )?;
+    let d_x = gpu.zeros::<f32>(rows * input)?;
+    gpu.gemm(
+        (rows, input, gh),
+        Strided::new(d_pre, 0, gh, 1),
+        Strided::new(params_dev, offsets.weight_ih, input, 1),
+        Strided::new(&d_x, 0, input, 1),
+        0.0,
+    )?;
+    let h_prev = gpu.zeros::<f32>(rows * hidden)?;
+    gpu.launch(
+        &gpu.kernels.previous_states,
+        Gpu::elementwise(rows * hidden),
+        &[
+            &int(batch),
+            &int(seq_len),
+            &int(hidden),
+            &gpu.at(h0, 0, (batch - 1) * h0_rs + hidden)?,
+            &long(h0_rs),
+            &gpu.at(out, 0, (batch - 1) * out_rs + seq_len * hidden)?,
+            &long(out_rs),
+            &gpu.at(&h_prev, 0, rows * hidden)?,
+        ],
+    )?;
+    gpu.gemm(
+        (gh, hidden, rows),
+        d_pre_t,
+        Strided::new(&h_prev, 0, hidden, 1),
+        Strided::new(&d_params, offsets.weight_hh, hidden, 1),
+        0.0,
+    )?;
+    gpu.launch(
+        &gpu.kernels.column_sums,
+        Gpu::elementwise(gh),
+        &[
+            &long(rows),
+            &int(gh),
+            &gpu.at(d_pre, 0, rows * gh)?,
+            &gpu.at(&d_params, offsets.bias_ih, gh)?,
+        ],
+    )?;
+    let mut d_params = gpu.download(&d_params)?;
+    let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
+    tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+    Ok((gpu.download(&d_x)?, d_params))
+}
+
+/// The batch-averaged `‖∂L/∂h_t‖` of every step from `dh_all (T, B, H)`, summed over
+/// the batch in row order on the host (as `FlowNorms` does).
+pub(super) fn flow(gpu: &Gpu, dh_all: &CudaSlice<f32>, dims: Dims) -> Result<Vec<f64>> {
+    let Dims {
+        batch,
+        seq_len,
+        hidden,
+        ..
+    } = dims;
+    let norms = gpu.zeros::<f64>(seq_len * batch)?;
+    gpu.launch(
+        &gpu.kernels.row_norms,
+        Gpu::elementwise(seq_len * batch),
+        &[
+            &long(seq_len * batch),
+            &int(hidden),
+            &gpu.at(dh_all, 0, seq_len * batch * hidden)?,
+            &gpu.at(&norms, 0, seq_len * batch)?,
+        ],
+    )?;
+    Ok(gpu
+        .download(&norms)?
+        .chunks_exact(batch)
+        .map(|step| step.iter().sum::<f64>() / batch as f64)
+        .collect())
+}
