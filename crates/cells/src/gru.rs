@@ -86,6 +86,10 @@ impl CellSpec for GruReset {
         // Gates r, z, n, one extra vector (W_hn h + b_hn or r ⊙ h) and the output.
         5 * hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        *self == Self::After
+    }
 }
 
 impl CellMath for GruReset {
@@ -516,6 +520,43 @@ impl Kernel for GruOp {
         add_column_sums(&mut d_params[o_bih..o_bhh], &d_pre, gh);
         add_column_sums(&mut d_params[o_bhh..end], &d_rec, gh);
         Ok((d_x, d_h0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        if self.reset != GruReset::After {
+            bail!("the GRU has a CUDA kernel with the reset gate after W_hn only");
+        }
+        let offsets = GatedOffsets::new(&self.reset, self.dims.input, self.dims.hidden);
+        let (out, saved) = crate::cuda::gru_forward(gpu, self.dims, &offsets, (x, h0, params))?;
+        *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
+        Ok(out)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        _x: &[f32],
+        _h0: &[f32],
+        _params: &[f32],
+        _out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let saved = self.saved.lock().expect("saved activations").take();
+        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::GruGpuSaved>()) else {
+            bail!("fused GRU backward on CUDA without its forward (run backward once per forward)");
+        };
+        let offsets = GatedOffsets::new(&self.reset, self.dims.input, self.dims.hidden);
+        let grads = crate::cuda::gru_backward(gpu, self.dims, &offsets, *saved, grad_out)?;
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

@@ -16,7 +16,7 @@ use rnnlab_cells::cuda::{Gpu, compile, nvrtc_available};
 use rnnlab_cells::{Backend, CellConfig, HeadKind, Init, ModelConfig, State, registry};
 
 /// The kernel names the source must define (each is loaded by `Gpu::open`).
-const KERNELS: [&str; 11] = [
+const KERNELS: [&str; 13] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -28,6 +28,8 @@ const KERNELS: [&str; 11] = [
     "lstm_state_grads",
     "rnn_forward_step",
     "rnn_backward_step",
+    "gru_forward_step",
+    "gru_backward_step",
 ];
 
 #[test]

@@ -170,12 +170,12 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     );
     assert_config_error(
         &BASE
-            .replace("cell: lstm", "cell: gru")
+            .replace("cell: lstm", "cell: indrnn")
             .replace("steps: 10", "steps: 10, device: cuda"),
         &[
             "`train.device: cuda`",
-            "`gru` has no CUDA kernel",
-            "`rnn`, `rnn_relu`, `lstm`",
+            "`indrnn` has no CUDA kernel",
+            "`rnn`, `rnn_relu`, `lstm`, `gru`",
         ],
     );
     assert_config_error(

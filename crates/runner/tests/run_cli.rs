@@ -494,12 +494,6 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
 #[test]
 fn a_gpu_that_does_not_open_is_refused_before_anything_is_written() {
     let (file, results) = setup("no-gpu");
-    // The LSTM alone: the sweep's GRU has no CUDA kernel (a config error, exit 2).
-    std::fs::write(
-        &file,
-        TINY.replace("sweep:\n  model.cell: [lstm, gru]\n", ""),
-    )
-    .unwrap();
     let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
     let output = rnnlab(&["run", file, "--out", out, "--device", "cuda:7"]);
     if output.status.success() {

@@ -93,12 +93,13 @@ pub(super) fn weight_hh_t(
     Ok(transposed)
 }
 
-/// `∂L/∂h_{t−1} = d_pre[:, t] · W_hh` `(B, H)` into `dh_rec`.
+/// `∂L/∂h_{t−1} = d_pre[:, t] · W_hh` `(B, H)` into `dh_rec`, added to what it holds
+/// when `accumulate`.
 pub(super) fn recurrent_grad(
     gpu: &Gpu,
     offsets: &GatedOffsets,
     (d_pre, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>),
-    dh_rec: &CudaSlice<f32>,
+    (dh_rec, accumulate): (&CudaSlice<f32>, bool),
     t: usize,
     dims: Dims,
 ) -> Result<()> {
@@ -108,18 +109,22 @@ pub(super) fn recurrent_grad(
         Strided::new(d_pre, t * gh, dims.seq_len * gh, 1),
         Strided::new(params_dev, offsets.weight_hh, dims.hidden, 1),
         Strided::new(dh_rec, 0, dims.hidden, 1),
-        0.0,
+        if accumulate { 1.0 } else { 0.0 },
     )
 }
 
-/// From `d_pre (B·T, G·H)`: `∂L/∂X` and the parameters' gradients (`weight_ih`,
-/// `weight_hh` over all `B·T` rows, both biases; the rest zero for the caller), as the
-/// CPU's `gated_weight_grads`. `h0` and `out` give `h_{t−1}`: `h0` row `b` at stride
-/// `h0_rs` for `t = 0`, else the output of step `t − 1` (rows of batch `b` at `b·out_rs`).
+/// From `d_pre (B·T, G·H)`, the gradient of the input projection's output: `∂L/∂X` and
+/// the parameters' gradients (`weight_ih`, `weight_hh` over all `B·T` rows, both biases;
+/// the rest zero for the caller), as the CPU's `gated_weight_grads`. `d_rec`, when the
+/// recurrent product's output has a gradient of its own (the GRU's), gives `weight_hh`
+/// and `bias_hh` theirs; otherwise `d_pre` does. `h0` and `out` give `h_{t−1}`: `h0` row
+/// `b` at stride `h0_rs` for `t = 0`, else the output of step `t − 1` (rows of batch `b`
+/// at `b·out_rs`).
 pub(super) fn weight_grads(
     gpu: &Gpu,
     offsets: &GatedOffsets,
-    (d_pre, x, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+    (d_pre, d_rec): (&CudaSlice<f32>, Option<&CudaSlice<f32>>),
+    (x, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>),
     (h0, h0_rs): (&CudaSlice<f32>, usize),
     (out, out_rs): (&CudaSlice<f32>, usize),
     dims: Dims,
@@ -166,24 +171,32 @@ pub(super) fn weight_grads(
     )?;
     gpu.gemm(
         (gh, hidden, rows),
-        d_pre_t,
+        Strided::new(d_rec.unwrap_or(d_pre), 0, 1, gh),
         Strided::new(&h_prev, 0, hidden, 1),
         Strided::new(&d_params, offsets.weight_hh, hidden, 1),
         0.0,
     )?;
-    gpu.launch(
-        &gpu.kernels.column_sums,
-        Gpu::elementwise(gh),
-        &[
-            &long(rows),
-            &int(gh),
-            &gpu.at(d_pre, 0, rows * gh)?,
-            &gpu.at(&d_params, offsets.bias_ih, gh)?,
-        ],
-    )?;
+    let column_sums = |of: &CudaSlice<f32>, into: usize| {
+        gpu.launch(
+            &gpu.kernels.column_sums,
+            Gpu::elementwise(gh),
+            &[
+                &long(rows),
+                &int(gh),
+                &gpu.at(of, 0, rows * gh)?,
+                &gpu.at(&d_params, into, gh)?,
+            ],
+        )
+    };
+    column_sums(d_pre, offsets.bias_ih)?;
+    if let Some(d_rec) = d_rec {
+        column_sums(d_rec, offsets.bias_hh)?;
+    }
     let mut d_params = gpu.download(&d_params)?;
-    let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
-    tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+    if d_rec.is_none() {
+        let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
+        tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
+    }
     Ok((gpu.download(&d_x)?, d_params))
 }
 

@@ -152,6 +152,65 @@ extern "C" __global__ void lstm_forward_step(int batch, int seq_len, int hidden,
     }
 }
 
+// One GRU step t, reset after W_hn (torch.nn.GRU; gate order r, z, n). gates (B, T, 3H)
+// holds the input projection with b_ih and, on r and z, b_hh; the recurrent term of all
+// three gates comes from recurrent_product. The activated gates replace the
+// pre-activations, hn (B, T, H) keeps W_hn h_{t−1} + b_hn for the backward, and
+// h_t = n + z (h_{t−1} − n) goes to out (B, T, H). b_hn = bias_hh[2H..3H].
+extern "C" __global__ void gru_forward_step(int batch, int seq_len, int hidden, int t,
+                                            const float* w_t, const float* b_hn,
+                                            const float* h_prev, long h_rs,
+                                            float* gates, float* hn, float* out) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[3];
+    recurrent_product<3>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    const long cell = (b * seq_len + t) * hidden + j;
+    float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+    const float r = sigmoid(g[0] + acc[0]);
+    const float z = sigmoid(g[hidden] + acc[1]);
+    const float h_n = acc[2] + b_hn[j];
+    const float n = tanhf(g[2 * hidden] + r * h_n);
+    g[0] = r;
+    g[hidden] = z;
+    g[2 * hidden] = n;
+    hn[cell] = h_n;
+    out[cell] = n + z * (h_prev[b * h_rs + j] - n);
+}
+
+// The GRU's step t backwards (reset after), one thread per (b, j). On entry dh_rec
+// (B, H) holds ∂L/∂h_t through the later steps; ∂L/∂h_t (plus the output's gradient)
+// goes to dh_all (T, B, H) for the flow, the gradients of the input projection's and of
+// the recurrent product's outputs to d_pre and d_rec (B, T, 3H), and dh_rec leaves with
+// the direct share z ⊙ ∂L/∂h_t of ∂L/∂h_{t−1} (the caller adds d_rec[:, t] · W_hh).
+extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden, int t,
+                                             const float* grad_out, const float* gates,
+                                             const float* hn,
+                                             const float* h_prev, long h_rs,
+                                             float* dh_rec, float* d_pre, float* d_rec,
+                                             float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const long cell = (b * seq_len + t) * hidden + j;
+    const long row = (b * seq_len + t) * 3L * hidden + j;
+    const float d_h = grad_out[cell] + dh_rec[at];
+    dh_all[(long)t * batch * hidden + at] = d_h;
+    const float r = gates[row], z = gates[row + hidden], n = gates[row + 2 * hidden];
+    const float d_n = d_h * (1.f - z) * (1.f - n * n);
+    const float d_z = d_h * (h_prev[b * h_rs + j] - n) * z * (1.f - z);
+    const float d_r = d_n * hn[cell] * r * (1.f - r);
+    d_pre[row] = d_r;
+    d_pre[row + hidden] = d_z;
+    d_pre[row + 2 * hidden] = d_n;
+    d_rec[row] = d_r;
+    d_rec[row + hidden] = d_z;
+    d_rec[row + 2 * hidden] = d_n * r;
+    dh_rec[at] = d_h * z;
+}
+
 // One step t of the vanilla RNN: out (B, T, H) holds the input projection with both
 // biases; the recurrent term is added and φ (tanh, or ReLU when relu ≠ 0) applied in
 // place.

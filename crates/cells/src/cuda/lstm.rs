@@ -200,7 +200,7 @@ pub(crate) fn lstm_backward(
                 &dh_all_at,
             ],
         )?;
-        gated::recurrent_grad(gpu, offsets, (&gates, &params), &dh_rec, t, dims)?;
+        gated::recurrent_grad(gpu, offsets, (&gates, &params), (&dh_rec, false), t, dims)?;
     }
     let d_state0 = gpu.zeros::<f32>(batch * 2 * hidden)?;
     gpu.launch(
@@ -218,7 +218,8 @@ pub(crate) fn lstm_backward(
     let (d_x, d_params) = gated::weight_grads(
         gpu,
         offsets,
-        (&gates, &x, &params),
+        (&gates, None),
+        (&x, &params),
         (&state0, 2 * hidden),
         (&out, out_rs),
         dims,

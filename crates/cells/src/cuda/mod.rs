@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 mod gated;
+mod gru;
 mod lstm;
 mod rnn;
 
@@ -29,6 +30,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+pub(crate) use gru::{GruGpuSaved, gru_backward, gru_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
 pub(crate) use rnn::{rnn_backward, rnn_forward};
 
@@ -90,6 +92,8 @@ struct Kernels {
     lstm_state_grads: CudaFunction,
     rnn_forward_step: CudaFunction,
     rnn_backward_step: CudaFunction,
+    gru_forward_step: CudaFunction,
+    gru_backward_step: CudaFunction,
 }
 
 /// One GPU with its own stream and the kernels loaded: what one training run holds.
@@ -143,6 +147,8 @@ impl Gpu {
             lstm_state_grads: load("lstm_state_grads")?,
             rnn_forward_step: load("rnn_forward_step")?,
             rnn_backward_step: load("rnn_backward_step")?,
+            gru_forward_step: load("gru_forward_step")?,
+            gru_backward_step: load("gru_backward_step")?,
         };
         Ok(Self {
             stream,

@@ -120,13 +120,21 @@ pub(crate) fn rnn_backward(
                 &args[4],
             ],
         )?;
-        gated::recurrent_grad(gpu, offsets, (&d_pre, &params_dev), &dh_rec, t, dims)?;
+        gated::recurrent_grad(
+            gpu,
+            offsets,
+            (&d_pre, &params_dev),
+            (&dh_rec, false),
+            t,
+            dims,
+        )?;
     }
     let flow = gated::flow(gpu, &dh_all, dims)?;
     let (d_x, d_params) = gated::weight_grads(
         gpu,
         offsets,
-        (&d_pre, &x_dev, &params_dev),
+        (&d_pre, None),
+        (&x_dev, &params_dev),
         (&h0_dev, hidden),
         (&out_dev, seq_len * hidden),
         dims,
