@@ -1,43 +1,36 @@
-//! The CUDA backend (feature `cuda`). Without a GPU: every kernel compiles with NVRTC
-//! (CI installs the `nvidia-cuda-nvrtc` wheel and sets `RNNLAB_REQUIRE_NVRTC=1`, so the
-//! test cannot pass by skipping there). With a GPU (`scripts/gpu-check.sh`): each cell
-//! with a CUDA kernel against its CPU kernel — outputs, final states, every gradient and
-//! the gradient flow — and a rerun that must give the same bits. A test that needs what
-//! the machine lacks says so by name and passes.
+//! The CUDA backend (feature `cuda`), checked against the CPU kernels. Without a GPU:
+//! every kernel compiles with NVRTC, and the host code with the kernels compiled for the
+//! host by a C++ compiler (`Gpu::emulated`: one OS thread per CUDA thread, barriers for
+//! `__syncthreads`) gives the CPU's outputs, final states, gradients and gradient flow.
+//! CI installs the `nvidia-cuda-nvrtc` wheel and sets `RNNLAB_REQUIRE_KERNEL_TESTS=1`,
+//! so neither test can pass there by skipping. With a GPU (`scripts/gpu-check.sh`): the
+//! same comparison on the device at larger shapes, and a rerun that must give the same
+//! bits. A test that needs what the machine lacks says so by name and passes.
 #![cfg(feature = "cuda")]
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{flat, gradients};
-use rnnlab_cells::cuda::{Gpu, compile, nvrtc_available};
+use rnnlab_cells::cuda::{
+    EMULATOR_HEADER, EMULATOR_SOURCE, Gpu, KERNEL_SOURCE, KERNELS, compile, nvrtc_available,
+};
 use rnnlab_cells::{Backend, CellConfig, HeadKind, Init, ModelConfig, State, registry};
 
-/// The kernel names the source must define (each is loaded by `Gpu::open`).
-const KERNELS: [&str; 13] = [
-    "gemm",
-    "add_bias",
-    "column_sums",
-    "previous_states",
-    "row_norms",
-    "transpose",
-    "lstm_forward_step",
-    "lstm_backward_step",
-    "lstm_state_grads",
-    "rnn_forward_step",
-    "rnn_backward_step",
-    "gru_forward_step",
-    "gru_backward_step",
-];
+/// Whether CI asked for the kernel tests to run rather than skip.
+fn required() -> bool {
+    std::env::var_os("RNNLAB_REQUIRE_KERNEL_TESTS").is_some()
+}
 
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
     if !nvrtc_available() {
         assert!(
-            std::env::var_os("RNNLAB_REQUIRE_NVRTC").is_none(),
-            "RNNLAB_REQUIRE_NVRTC is set but libnvrtc.so.13 is not on LD_LIBRARY_PATH"
+            !required(),
+            "RNNLAB_REQUIRE_KERNEL_TESTS is set but libnvrtc.so.13 is not on LD_LIBRARY_PATH"
         );
         eprintln!("skipped every_kernel_compiles_with_nvrtc: NVRTC not found");
         return;
@@ -126,19 +119,56 @@ fn cuda_cells() -> Vec<CellConfig> {
         .collect()
 }
 
-#[test]
-fn gpu_kernels_match_the_cpu_kernels() {
-    let Some(gpu) = gpu("gpu_kernels_match_the_cpu_kernels") else {
-        return;
-    };
+/// The emulator built in a fresh folder with `$CXX` (default `c++`), or `None` (and a
+/// line naming `test`) where no C++20 compiler is found.
+fn emulator(test: &str) -> Option<Arc<Gpu>> {
+    let dir = std::env::temp_dir().join(format!("rnnlab-cuda-emulator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list: String = KERNELS.iter().map(|k| format!("KERNEL({k})\n")).collect();
+    for (name, text) in [
+        ("kernels.cu", KERNEL_SOURCE),
+        ("emulator.h", EMULATOR_HEADER),
+        ("emulator.cpp", EMULATOR_SOURCE),
+        ("kernel_list.h", list.as_str()),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let library: PathBuf = dir.join("libemulator.so");
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let built = std::process::Command::new(&compiler)
+        .args(["-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror"])
+        .args([
+            "-Wno-unknown-pragmas",
+            "-include",
+            "emulator.h",
+            "emulator.cpp",
+        ])
+        .args(["-o", "libemulator.so", "-lpthread"])
+        .current_dir(&dir)
+        .output();
+    match built {
+        Ok(out) if out.status.success() => Some(Arc::new(Gpu::emulated(&library).unwrap())),
+        Ok(out) => panic!(
+            "{compiler} could not build the CUDA emulator:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(
+                !required(),
+                "RNNLAB_REQUIRE_KERNEL_TESTS is set but {compiler}: {e}"
+            );
+            eprintln!("skipped {test}: no C++ compiler ({compiler}: {e})");
+            None
+        }
+    }
+}
+
+/// Runs every cell with a CUDA kernel at `shapes` on `gpu` and on the CPU, and checks
+/// every value and gradient to 2e-5 of the largest (or absolutely, below 1).
+fn matches_the_cpu(gpu: &Arc<Gpu>, shapes: &[(usize, usize, usize, usize)]) {
     assert!(!cuda_cells().is_empty());
     for cell in cuda_cells() {
-        for dims in [
-            (1, 1, 3, 1),
-            (3, 7, 2, 5),
-            (32, 100, 2, 128),
-            (5, 30, 7, 300),
-        ] {
+        for &dims in shapes {
             let cpu = run(&cell, dims, &Backend::Cpu);
             let cuda = run(&cell, dims, &Backend::Cuda(gpu.clone()));
             for ((name, got), (_, want)) in cuda.iter().zip(&cpu) {
@@ -148,7 +178,8 @@ fn gpu_kernels_match_the_cpu_kernels() {
                     .zip(want)
                     .fold(0.0_f64, |m, (g, w)| m.max((g - w).abs()));
                 eprintln!(
-                    "{cell:?} {dims:?} {name}: max error {:.2e} of {scale:.2e}",
+                    "{} {dims:?} {name}: max error {:.2e} of {scale:.2e}",
+                    cell.label(),
                     err
                 );
                 assert!(
@@ -161,12 +192,42 @@ fn gpu_kernels_match_the_cpu_kernels() {
 }
 
 #[test]
+fn emulated_kernels_match_the_cpu_kernels() {
+    let Some(gpu) = emulator("emulated_kernels_match_the_cpu_kernels") else {
+        return;
+    };
+    // Partial tiles and blocks: H = 40 spans two blocks of 32 units, B = 9 two of 8 rows.
+    matches_the_cpu(&gpu, &[(1, 1, 3, 1), (3, 7, 2, 5), (9, 6, 3, 40)]);
+    reruns_give_the_same_bits(&gpu, (3, 5, 2, 7));
+}
+
+#[test]
+fn gpu_kernels_match_the_cpu_kernels() {
+    let Some(gpu) = gpu("gpu_kernels_match_the_cpu_kernels") else {
+        return;
+    };
+    matches_the_cpu(
+        &gpu,
+        &[
+            (1, 1, 3, 1),
+            (3, 7, 2, 5),
+            (32, 100, 2, 128),
+            (5, 30, 7, 300),
+        ],
+    );
+}
+
+#[test]
 fn gpu_reruns_give_the_same_bits() {
     let Some(gpu) = gpu("gpu_reruns_give_the_same_bits") else {
         return;
     };
+    reruns_give_the_same_bits(&gpu, (16, 50, 3, 64));
+}
+
+/// Two runs of every cell with a CUDA kernel on `gpu` give the same bits.
+fn reruns_give_the_same_bits(gpu: &Arc<Gpu>, dims: (usize, usize, usize, usize)) {
     for cell in cuda_cells() {
-        let dims = (16, 50, 3, 64);
         let first = run(&cell, dims, &Backend::Cuda(gpu.clone()));
         let second = run(&cell, dims, &Backend::Cuda(gpu.clone()));
         for ((name, a), (_, b)) in first.iter().zip(&second) {

@@ -4,7 +4,9 @@
 //! the GPU side of `fused::{GatedOffsets::prologue, gated_weight_grads, FlowNorms}`.
 
 use candle_core::Result;
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
+
+use super::Buf;
 
 use super::{Gpu, Strided, blocks, int, long};
 use crate::fused::{Dims, GatedOffsets};
@@ -39,10 +41,10 @@ pub(super) fn step_launch(batch: usize, hidden: usize) -> LaunchConfig {
 pub(super) fn input_projection(
     gpu: &Gpu,
     offsets: &GatedOffsets,
-    (x, params_dev, params): (&CudaSlice<f32>, &CudaSlice<f32>, &[f32]),
+    (x, params_dev, params): (&Buf<f32>, &Buf<f32>, &[f32]),
     (rows, input): (usize, usize),
     folded: usize,
-) -> Result<CudaSlice<f32>> {
+) -> Result<Buf<f32>> {
     let gh = offsets.gate_rows();
     let pre = gpu.zeros::<f32>(rows * gh)?;
     gpu.gemm(
@@ -59,7 +61,7 @@ pub(super) fn input_projection(
         .for_each(|(b, &h)| *b += h);
     let bias = gpu.upload(&bias)?;
     gpu.launch(
-        &gpu.kernels.add_bias,
+        "add_bias",
         Gpu::elementwise(rows * gh),
         &[
             &long(rows),
@@ -75,13 +77,13 @@ pub(super) fn input_projection(
 pub(super) fn weight_hh_t(
     gpu: &Gpu,
     offsets: &GatedOffsets,
-    params_dev: &CudaSlice<f32>,
+    params_dev: &Buf<f32>,
     hidden: usize,
-) -> Result<CudaSlice<f32>> {
+) -> Result<Buf<f32>> {
     let gh = offsets.gate_rows();
     let transposed = gpu.zeros::<f32>(hidden * gh)?;
     gpu.launch(
-        &gpu.kernels.transpose,
+        "transpose",
         Gpu::elementwise(hidden * gh),
         &[
             &int(gh),
@@ -98,8 +100,8 @@ pub(super) fn weight_hh_t(
 pub(super) fn recurrent_grad(
     gpu: &Gpu,
     offsets: &GatedOffsets,
-    (d_pre, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>),
-    (dh_rec, accumulate): (&CudaSlice<f32>, bool),
+    (d_pre, params_dev): (&Buf<f32>, &Buf<f32>),
+    (dh_rec, accumulate): (&Buf<f32>, bool),
     t: usize,
     dims: Dims,
 ) -> Result<()> {
@@ -123,10 +125,10 @@ pub(super) fn recurrent_grad(
 pub(super) fn weight_grads(
     gpu: &Gpu,
     offsets: &GatedOffsets,
-    (d_pre, d_rec): (&CudaSlice<f32>, Option<&CudaSlice<f32>>),
-    (x, params_dev): (&CudaSlice<f32>, &CudaSlice<f32>),
-    (h0, h0_rs): (&CudaSlice<f32>, usize),
-    (out, out_rs): (&CudaSlice<f32>, usize),
+    (d_pre, d_rec): (&Buf<f32>, Option<&Buf<f32>>),
+    (x, params_dev): (&Buf<f32>, &Buf<f32>),
+    (h0, h0_rs): (&Buf<f32>, usize),
+    (out, out_rs): (&Buf<f32>, usize),
     dims: Dims,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let Dims {
@@ -156,7 +158,7 @@ pub(super) fn weight_grads(
     )?;
     let h_prev = gpu.zeros::<f32>(rows * hidden)?;
     gpu.launch(
-        &gpu.kernels.previous_states,
+        "previous_states",
         Gpu::elementwise(rows * hidden),
         &[
             &int(batch),
@@ -176,9 +178,9 @@ pub(super) fn weight_grads(
         Strided::new(&d_params, offsets.weight_hh, hidden, 1),
         0.0,
     )?;
-    let column_sums = |of: &CudaSlice<f32>, into: usize| {
+    let column_sums = |of: &Buf<f32>, into: usize| {
         gpu.launch(
-            &gpu.kernels.column_sums,
+            "column_sums",
             Gpu::elementwise(gh),
             &[
                 &long(rows),
@@ -202,7 +204,7 @@ pub(super) fn weight_grads(
 
 /// The batch-averaged `‖∂L/∂h_t‖` of every step from `dh_all (T, B, H)`, summed over
 /// the batch in row order on the host (as `FlowNorms` does).
-pub(super) fn flow(gpu: &Gpu, dh_all: &CudaSlice<f32>, dims: Dims) -> Result<Vec<f64>> {
+pub(super) fn flow(gpu: &Gpu, dh_all: &Buf<f32>, dims: Dims) -> Result<Vec<f64>> {
     let Dims {
         batch,
         seq_len,
@@ -211,7 +213,7 @@ pub(super) fn flow(gpu: &Gpu, dh_all: &CudaSlice<f32>, dims: Dims) -> Result<Vec
     } = dims;
     let norms = gpu.zeros::<f64>(seq_len * batch)?;
     gpu.launch(
-        &gpu.kernels.row_norms,
+        "row_norms",
         Gpu::elementwise(seq_len * batch),
         &[
             &long(seq_len * batch),

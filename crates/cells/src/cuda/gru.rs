@@ -4,8 +4,8 @@
 //! for the recurrent share of `∂L/∂h_{t−1}`; then the weight gradients over all `B·T`
 //! rows, `W_hh`'s and `b_hh`'s from the recurrent product's own gradient.
 
+use super::Buf;
 use candle_core::{Result, bail};
-use cudarc::driver::CudaSlice;
 
 use super::gated::{self, Grads};
 use super::{Gpu, int, long};
@@ -13,22 +13,22 @@ use crate::fused::{Dims, GatedOffsets};
 
 /// What the forward keeps on the device for the backward.
 pub(crate) struct GruGpuSaved {
-    x: CudaSlice<f32>,
-    h0: CudaSlice<f32>,
-    params: CudaSlice<f32>,
+    x: Buf<f32>,
+    h0: Buf<f32>,
+    params: Buf<f32>,
     /// The activated gates `[r, z, n]` `(B, T, 3H)`.
-    gates: CudaSlice<f32>,
+    gates: Buf<f32>,
     /// `W_hn h_{t−1} + b_hn` `(B, T, H)`.
-    hn: CudaSlice<f32>,
+    hn: Buf<f32>,
     /// The hidden states `(B, T, H)`.
-    out: CudaSlice<f32>,
+    out: Buf<f32>,
 }
 
 /// `h_{t−1}`: `h0` at `t = 0`, else step `t − 1` of the output; address and row stride.
 fn previous(
     gpu: &Gpu,
     t: usize,
-    (h0, out): (&CudaSlice<f32>, &CudaSlice<f32>),
+    (h0, out): (&Buf<f32>, &Buf<f32>),
     dims: Dims,
 ) -> Result<(u64, usize)> {
     let Dims {
@@ -91,7 +91,7 @@ pub(crate) fn gru_forward(
     for t in 0..seq_len {
         let (h_prev, h_rs) = previous(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
-            &gpu.kernels.gru_forward_step,
+            "gru_forward_step",
             gated::step_launch(batch, hidden),
             &[
                 &int(batch),
@@ -168,7 +168,7 @@ pub(crate) fn gru_backward(
     for t in (0..seq_len).rev() {
         let (h_prev, h_rs) = previous(gpu, t, (&h0, &out), dims)?;
         gpu.launch(
-            &gpu.kernels.gru_backward_step,
+            "gru_backward_step",
             Gpu::elementwise(batch * hidden),
             &[
                 &int(batch),

@@ -4,8 +4,8 @@
 //! update; backwards, per step one pointwise kernel and one GEMM for `∂L/∂h_{t−1}`, then
 //! the weight gradients as GEMMs over all `B·T` rows.
 
+use super::Buf;
 use candle_core::{Result, bail};
-use cudarc::driver::CudaSlice;
 
 use super::gated::{self, Grads};
 use super::{Gpu, int, long};
@@ -13,15 +13,15 @@ use crate::fused::{Dims, GatedOffsets};
 
 /// What the forward keeps on the device for the backward.
 pub(crate) struct LstmGpuSaved {
-    x: CudaSlice<f32>,
-    state0: CudaSlice<f32>,
-    params: CudaSlice<f32>,
+    x: Buf<f32>,
+    state0: Buf<f32>,
+    params: Buf<f32>,
     /// The activated gates `(B, T, 4H)`.
-    gates: CudaSlice<f32>,
+    gates: Buf<f32>,
     /// `c_t` `(B, T, H)`.
-    cells: CudaSlice<f32>,
+    cells: Buf<f32>,
     /// The output `(B, T + 1, H)`.
-    out: CudaSlice<f32>,
+    out: Buf<f32>,
 }
 
 /// The forward of `Lstm` over `x (B, T, I)` from `state0 = [h0 | c0] (B, 2H)`: the output
@@ -65,7 +65,7 @@ pub(crate) fn lstm_forward(
     for t in 0..seq_len {
         let (h_prev, h_rs, c_prev, c_rs) = previous(gpu, t, (&state0_dev, &cells, &out), dims)?;
         gpu.launch(
-            &gpu.kernels.lstm_forward_step,
+            "lstm_forward_step",
             step,
             &[
                 &int(batch),
@@ -103,7 +103,7 @@ pub(crate) fn lstm_forward(
 fn previous(
     gpu: &Gpu,
     t: usize,
-    (state0, cells, out): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+    (state0, cells, out): (&Buf<f32>, &Buf<f32>, &Buf<f32>),
     dims: Dims,
 ) -> Result<(u64, usize, u64, usize)> {
     let Dims {
@@ -182,7 +182,7 @@ pub(crate) fn lstm_backward(
     for t in (0..seq_len).rev() {
         let (_, _, c_prev, c_rs) = previous(gpu, t, (&state0, &cells, &out), dims)?;
         gpu.launch(
-            &gpu.kernels.lstm_backward_step,
+            "lstm_backward_step",
             Gpu::elementwise(batch * hidden),
             &[
                 &int(batch),
@@ -204,7 +204,7 @@ pub(crate) fn lstm_backward(
     }
     let d_state0 = gpu.zeros::<f32>(batch * 2 * hidden)?;
     gpu.launch(
-        &gpu.kernels.lstm_state_grads,
+        "lstm_state_grads",
         Gpu::elementwise(batch * hidden),
         &[
             &int(batch),

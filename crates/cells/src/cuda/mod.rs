@@ -21,6 +21,8 @@ mod gru;
 mod lstm;
 mod rnn;
 
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Error, Result, bail};
@@ -79,35 +81,91 @@ fn driver<T>(
     result.map_err(|e| Error::Msg(format!("CUDA: {doing}: {e}")))
 }
 
-/// The loaded kernels, one field per `extern "C"` function of [`KERNEL_SOURCE`].
-struct Kernels {
-    gemm: CudaFunction,
-    add_bias: CudaFunction,
-    column_sums: CudaFunction,
-    previous_states: CudaFunction,
-    row_norms: CudaFunction,
-    transpose: CudaFunction,
-    lstm_forward_step: CudaFunction,
-    lstm_backward_step: CudaFunction,
-    lstm_state_grads: CudaFunction,
-    rnn_forward_step: CudaFunction,
-    rnn_backward_step: CudaFunction,
-    gru_forward_step: CudaFunction,
-    gru_backward_step: CudaFunction,
+/// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
+/// the emulator dispatches on.
+pub const KERNELS: [&str; 13] = [
+    "gemm",
+    "add_bias",
+    "column_sums",
+    "previous_states",
+    "row_norms",
+    "transpose",
+    "lstm_forward_step",
+    "lstm_backward_step",
+    "lstm_state_grads",
+    "rnn_forward_step",
+    "rnn_backward_step",
+    "gru_forward_step",
+    "gru_backward_step",
+];
+
+/// The header that runs [`KERNEL_SOURCE`] on the host for [`Gpu::emulated`]: one OS
+/// thread per CUDA thread, one block at a time, `__syncthreads` as a barrier.
+pub const EMULATOR_HEADER: &str = include_str!("emulator.h");
+
+/// The emulator's entry point, compiled with [`EMULATOR_HEADER`] and [`KERNEL_SOURCE`]:
+/// `rnnlab_emulate(name, [grid x, y, z, block x, y, z], args)` runs the kernel and
+/// returns 0 (1 for an unknown name).
+pub const EMULATOR_SOURCE: &str = include_str!("emulator.cpp");
+
+/// Where a [`Gpu`]'s kernels run.
+enum Device {
+    /// A CUDA device through its driver: one stream and the loaded kernels.
+    Cuda {
+        stream: Arc<CudaStream>,
+        kernels: HashMap<&'static str, CudaFunction>,
+    },
+    /// The same kernels compiled for the host ([`Gpu::emulated`]), for testing.
+    Emulated(libloading::Library),
 }
+
+/// The emulator's entry point.
+type EmulateFn = unsafe extern "C" fn(*const c_char, *const u32, *const *const c_void) -> i32;
 
 /// One GPU with its own stream and the kernels loaded: what one training run holds.
 /// Several runs (`--jobs N`) each open their own and share the device.
 pub struct Gpu {
-    stream: Arc<CudaStream>,
-    kernels: Kernels,
+    device: Device,
     name: String,
-    ordinal: usize,
 }
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cuda:{} ({})", self.ordinal, self.name)
+        f.write_str(&self.name)
+    }
+}
+
+/// A buffer in the memory the kernels read: the device's, or the host's for the
+/// emulator (allocated and freed here, written only through the kernels' addresses).
+pub(crate) enum Buf<T> {
+    Device(CudaSlice<T>),
+    Host { ptr: *mut T, len: usize },
+}
+
+// SAFETY: a host buffer is owned memory, only touched by the thread running its `Gpu`.
+unsafe impl<T: Send> Send for Buf<T> {}
+
+impl<T> Buf<T> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Device(slice) => slice.len(),
+            Self::Host { len, .. } => *len,
+        }
+    }
+
+    fn host(data: Vec<T>) -> Self {
+        let len = data.len();
+        let ptr = Box::into_raw(data.into_boxed_slice()).cast::<T>();
+        Self::Host { ptr, len }
+    }
+}
+
+impl<T> Drop for Buf<T> {
+    fn drop(&mut self) {
+        if let Self::Host { ptr, len } = *self {
+            // SAFETY: `ptr` and `len` came from `Box::into_raw` of a boxed slice in `host`.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
+        }
     }
 }
 
@@ -134,77 +192,133 @@ impl Gpu {
         let name = driver(ctx.name(), "reading the device name")?;
         let stream = driver(ctx.new_stream(), "creating a stream")?;
         let module = driver(ctx.load_module(ptx), "loading the kernels")?;
-        let load = |name: &str| driver(module.load_function(name), name);
-        let kernels = Kernels {
-            gemm: load("gemm")?,
-            add_bias: load("add_bias")?,
-            column_sums: load("column_sums")?,
-            previous_states: load("previous_states")?,
-            row_norms: load("row_norms")?,
-            transpose: load("transpose")?,
-            lstm_forward_step: load("lstm_forward_step")?,
-            lstm_backward_step: load("lstm_backward_step")?,
-            lstm_state_grads: load("lstm_state_grads")?,
-            rnn_forward_step: load("rnn_forward_step")?,
-            rnn_backward_step: load("rnn_backward_step")?,
-            gru_forward_step: load("gru_forward_step")?,
-            gru_backward_step: load("gru_backward_step")?,
-        };
+        let kernels = KERNELS
+            .iter()
+            .map(|&name| Ok((name, driver(module.load_function(name), name)?)))
+            .collect::<Result<_>>()?;
         Ok(Self {
-            stream,
-            kernels,
-            name,
-            ordinal,
+            device: Device::Cuda { stream, kernels },
+            name: format!("cuda:{ordinal} ({name})"),
         })
     }
 
-    /// The device's name (`NVIDIA H100 80GB HBM3`).
+    /// The kernels compiled for the host: `library` is [`EMULATOR_SOURCE`] built as a
+    /// shared library with a C++20 compiler (`c++ -std=c++20 -shared -fPIC -include
+    /// emulator.h emulator.cpp`, with `kernels.cu` beside it). Every kernel runs with one
+    /// OS thread per CUDA thread: slow, but the indexing, the bounds, the shared memory
+    /// and the barriers are those of the CUDA source, so the host code and the kernels
+    /// are tested on machines without a GPU.
+    pub fn emulated(library: &std::path::Path) -> Result<Self> {
+        // SAFETY: loading runs no code but the emulator's static initialisers.
+        let library = unsafe { libloading::Library::new(library) }
+            .map_err(|e| Error::Msg(format!("loading the CUDA emulator {library:?}: {e}")))?;
+        // SAFETY: the symbol has `EmulateFn`'s signature in `emulator.cpp`.
+        unsafe { library.get::<EmulateFn>(b"rnnlab_emulate") }
+            .map_err(|e| Error::Msg(format!("the CUDA emulator has no entry point: {e}")))?;
+        Ok(Self {
+            device: Device::Emulated(library),
+            name: "the CUDA emulator".into(),
+        })
+    }
+
+    /// The device's name (`cuda:0 (NVIDIA H100 80GB HBM3)`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Copies `data` to the device.
-    fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        driver(self.stream.clone_htod(data), "copying to the device")
+    fn upload<T: DeviceRepr + Copy>(&self, data: &[T]) -> Result<Buf<T>> {
+        match &self.device {
+            Device::Cuda { stream, .. } => Ok(Buf::Device(driver(
+                stream.clone_htod(data),
+                "copying to the device",
+            )?)),
+            Device::Emulated(_) => Ok(Buf::host(data.to_vec())),
+        }
     }
 
     /// A zeroed buffer of `len` elements.
-    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
-        driver(self.stream.alloc_zeros(len), "allocating device memory")
+    fn zeros<T: DeviceRepr + ValidAsZeroBits + Default + Copy>(
+        &self,
+        len: usize,
+    ) -> Result<Buf<T>> {
+        match &self.device {
+            Device::Cuda { stream, .. } => Ok(Buf::Device(driver(
+                stream.alloc_zeros(len),
+                "allocating device memory",
+            )?)),
+            Device::Emulated(_) => Ok(Buf::host(vec![T::default(); len])),
+        }
     }
 
     /// Copies `buf` to the host (waits for the stream).
-    fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-        let host = driver(self.stream.clone_dtoh(buf), "copying from the device")?;
-        driver(self.stream.synchronize(), "waiting for the device")?;
-        Ok(host)
+    fn download<T: DeviceRepr + Copy>(&self, buf: &Buf<T>) -> Result<Vec<T>> {
+        match (&self.device, buf) {
+            (Device::Cuda { stream, .. }, Buf::Device(slice)) => {
+                let host = driver(stream.clone_dtoh(slice), "copying from the device")?;
+                driver(stream.synchronize(), "waiting for the device")?;
+                Ok(host)
+            }
+            // SAFETY: `ptr` holds `len` initialised elements (`Buf::host`), and the
+            // emulator has finished every kernel before its call returned.
+            (Device::Emulated(_), Buf::Host { ptr, len }) => {
+                Ok(unsafe { std::slice::from_raw_parts(*ptr, *len) }.to_vec())
+            }
+            _ => bail!("a buffer of another device"),
+        }
     }
 
     /// The device address `offset` elements into `buf`, after checking that `extent`
     /// elements from there lie inside it.
-    fn at<T>(&self, buf: &CudaSlice<T>, offset: usize, extent: usize) -> Result<u64> {
+    fn at<T>(&self, buf: &Buf<T>, offset: usize, extent: usize) -> Result<u64> {
         if offset + extent > buf.len() {
             bail!(
                 "CUDA kernel would read {extent} elements at {offset} of a buffer of {}",
                 buf.len()
             );
         }
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
-        Ok(ptr + (offset * size_of::<T>()) as u64)
+        let base = match (&self.device, buf) {
+            (Device::Cuda { stream, .. }, Buf::Device(slice)) => slice.device_ptr(stream).0,
+            (Device::Emulated(_), Buf::Host { ptr, .. }) => *ptr as u64,
+            _ => bail!("a buffer of another device"),
+        };
+        Ok(base + (offset * size_of::<T>()) as u64)
     }
 
-    /// Launches `f` on the stream with `args` (each pushed by reference).
-    fn launch(&self, f: &CudaFunction, config: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
-        let mut builder = self.stream.launch_builder(f);
-        for arg in args {
-            arg.push(&mut builder);
+    /// Launches kernel `name` with `args` (each pushed by reference).
+    fn launch(&self, name: &'static str, config: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
+        match &self.device {
+            Device::Cuda { stream, kernels } => {
+                let Some(function) = kernels.get(name) else {
+                    bail!("no CUDA kernel `{name}`");
+                };
+                let mut builder = stream.launch_builder(function);
+                for arg in args {
+                    arg.push(&mut builder);
+                }
+                // SAFETY: the callers check every extent their kernel touches
+                // (`Gpu::at`) and pass the arguments in the kernel's order and types.
+                driver(unsafe { builder.launch(config) }.map(|_| ()), name)
+            }
+            Device::Emulated(library) => {
+                let (g, b) = (config.grid_dim, config.block_dim);
+                let dims = [g.0, g.1, g.2, b.0, b.1, b.2];
+                let pointers: Vec<*const c_void> = args.iter().map(|arg| arg.address()).collect();
+                let kernel = std::ffi::CString::new(name).expect("kernel names have no NUL");
+                // SAFETY: the symbol was checked in `emulated`; the arguments are as for
+                // a launch (above), each pointer to a live value of the kernel's type.
+                let status = unsafe {
+                    let emulate = library
+                        .get::<EmulateFn>(b"rnnlab_emulate")
+                        .map_err(|e| Error::Msg(e.to_string()))?;
+                    emulate(kernel.as_ptr(), dims.as_ptr(), pointers.as_ptr())
+                };
+                if status != 0 {
+                    bail!("the CUDA emulator has no kernel `{name}`");
+                }
+                Ok(())
+            }
         }
-        // SAFETY: the callers check every extent their kernel touches (`Gpu::at`) and
-        // pass the arguments in the kernel's order and types.
-        driver(
-            unsafe { builder.launch(config) }.map(|_| ()),
-            "launching a kernel",
-        )
     }
 
     /// `C(i, j) = beta·C(i, j) + Σ_k A(i, k)·B(k, j)` for `(m, n, k)`, each matrix given as
@@ -231,7 +345,7 @@ impl Gpu {
         };
         let [as0, as1, bs0, bs1, ldc] = [a.rows, a.cols, b.rows, b.cols, c.rows].map(long);
         self.launch(
-            &self.kernels.gemm,
+            "gemm",
             config,
             &[
                 &dims[0], &dims[1], &dims[2], &a_ptr, &as0, &as1, &b_ptr, &bs0, &bs1, &c_ptr, &ldc,
@@ -253,25 +367,32 @@ impl Gpu {
 /// A kernel argument, pushed by reference.
 trait Arg {
     fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
+
+    /// Where the value lies, for the emulator (CUDA's own launch takes the same).
+    fn address(&self) -> *const c_void;
 }
 
 impl<T: DeviceRepr> Arg for T {
     fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
         builder.arg(self);
     }
+
+    fn address(&self) -> *const c_void {
+        (self as *const T).cast()
+    }
 }
 
 /// A matrix inside a device buffer: element `(i, j)` at `offset + i·rows + j·cols`.
 #[derive(Clone, Copy)]
 struct Strided<'a> {
-    buf: &'a CudaSlice<f32>,
+    buf: &'a Buf<f32>,
     offset: usize,
     rows: usize,
     cols: usize,
 }
 
 impl<'a> Strided<'a> {
-    fn new(buf: &'a CudaSlice<f32>, offset: usize, rows: usize, cols: usize) -> Self {
+    fn new(buf: &'a Buf<f32>, offset: usize, rows: usize, cols: usize) -> Self {
         Self {
             buf,
             offset,

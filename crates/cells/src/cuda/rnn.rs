@@ -50,7 +50,7 @@ pub(crate) fn rnn_forward(
             (gpu.at(&out, offset, rows * hidden - offset)?, out_rs)
         };
         gpu.launch(
-            &gpu.kernels.rnn_forward_step,
+            "rnn_forward_step",
             gated::step_launch(batch, hidden),
             &[
                 &int(batch),
@@ -105,7 +105,7 @@ pub(crate) fn rnn_backward(
     ];
     for t in (0..seq_len).rev() {
         gpu.launch(
-            &gpu.kernels.rnn_backward_step,
+            "rnn_backward_step",
             Gpu::elementwise(batch * hidden),
             &[
                 &int(batch),
