@@ -354,7 +354,7 @@ impl CellSpec for LstmOptions {
     }
 
     fn has_cuda_kernel(&self) -> bool {
-        *self == Self::default()
+        !self.full_gate_recurrence
     }
 
     fn validate(&self) -> Result<()> {
@@ -1095,15 +1095,13 @@ impl Kernel for LstmOp {
         state0: &[f32],
         params: &[f32],
     ) -> Result<Vec<f32>> {
-        if !self.options.has_cuda_kernel() {
-            bail!(
-                "{} has a CUDA kernel for the plain LSTM only",
-                self.options.label()
-            );
-        }
         let offsets = GatedOffsets::new(&self.options, self.dims.input, self.dims.hidden);
-        let (out, saved) =
-            crate::cuda::lstm_forward(gpu, self.dims, &offsets, (x, state0, params))?;
+        let (out, saved) = crate::cuda::lstm_forward(
+            gpu,
+            (self.dims, &self.options),
+            &offsets,
+            (x, state0, params),
+        )?;
         *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
         Ok(out)
     }
@@ -1125,7 +1123,13 @@ impl Kernel for LstmOp {
             );
         };
         let offsets = GatedOffsets::new(&self.options, self.dims.input, self.dims.hidden);
-        let grads = crate::cuda::lstm_backward(gpu, self.dims, &offsets, *saved, grad_out)?;
+        let grads = crate::cuda::lstm_backward(
+            gpu,
+            (self.dims, &self.options),
+            &offsets,
+            *saved,
+            grad_out,
+        )?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

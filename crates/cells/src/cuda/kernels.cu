@@ -119,37 +119,169 @@ __device__ __forceinline__ void recurrent_product(int batch, int hidden, const f
     }
 }
 
-// One LSTM step t (gate order i, f, g, o). gates (B, T, 4H) holds the input projection
-// with both biases; the recurrent term comes from recurrent_product. The activated
-// gates replace the pre-activations (the backward reads them), c_t goes to cells
-// (B, T, H), h_t to out at b·out_rs + t·H, and after the last step c_T to out at
-// b·out_rs + T·H. c_{t−1}(b, j) = c_prev[b·c_rs + j].
-extern "C" __global__ void lstm_forward_step(int batch, int seq_len, int hidden, int t,
-                                             const float* w_t,
+// The LSTM and its variants (src/lstm.rs has the equations). A variant is given by
+// `cols`, the column block (in units of H) of each gate in a row of G·H gate values, 4
+// bits each — i in bits 0–3, f in 4–7, g in 8–11, o in 12–15 — with 0xF for a removed
+// gate, and `flags`: LSTM_COUPLED (i = 1 − f), LSTM_INPUT_ACT (g = tanh(·)),
+// LSTM_OUTPUT_ACT (h = o · tanh(c)), LSTM_PEEPHOLES (p_i, p_f, p_o, each H floats, on the
+// gates that exist). The plain LSTM is cols 0x3210 with both activations.
+#define LSTM_COUPLED 1
+#define LSTM_INPUT_ACT 2
+#define LSTM_OUTPUT_ACT 4
+#define LSTM_PEEPHOLES 8
+#define LSTM_ABSENT 0xF
+
+__device__ __forceinline__ int lstm_col(int cols, int gate) { return (cols >> (4 * gate)) & 0xF; }
+
+// One step t of an LSTM with G gate blocks. gates (B, T, G·H) holds the input projection
+// with both biases; the recurrent term comes from recurrent_product. The activated gates
+// replace the pre-activations (the backward reads them), c_t goes to cells (B, T, H),
+// h_t to out at b·out_rs + t·H, and after the last step c_T to out at b·out_rs + T·H.
+// c_{t−1}(b, j) = c_prev[b·c_rs + j].
+template <int G>
+__device__ __forceinline__ void lstm_forward(int batch, int seq_len, int hidden, int t,
+                                             int cols, int flags, const float* w_t,
                                              const float* h_prev, long h_rs,
                                              const float* c_prev, long c_rs,
-                                             float* gates, float* cells,
+                                             const float* p_i, const float* p_f,
+                                             const float* p_o, float* gates, float* cells,
                                              float* out, long out_rs) {
     const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
     const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
-    float acc[4];
-    recurrent_product<4>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    float acc[G];
+    recurrent_product<G>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
     if (b >= batch || j >= hidden) return;
-    float* g = gates + (b * seq_len + t) * 4L * hidden + j;
-    const float i_t = sigmoid(g[0] + acc[0]);
-    const float f_t = sigmoid(g[hidden] + acc[1]);
-    const float g_t = tanhf(g[2 * hidden] + acc[2]);
-    const float o_t = sigmoid(g[3 * hidden] + acc[3]);
-    const float c = f_t * c_prev[b * c_rs + j] + i_t * g_t;
-    g[0] = i_t;
-    g[hidden] = f_t;
-    g[2 * hidden] = g_t;
-    g[3 * hidden] = o_t;
+    const int ci = lstm_col(cols, 0), cf = lstm_col(cols, 1), cg = lstm_col(cols, 2),
+              co = lstm_col(cols, 3);
+    const bool peep = flags & LSTM_PEEPHOLES;
+    float* g = gates + (b * seq_len + t) * (long)G * hidden + j;
+    const float cp = c_prev[b * c_rs + j];
+    float f_t = 1.f, i_t = 1.f, o_t = 1.f;
+    if (cf != LSTM_ABSENT) {
+        f_t = sigmoid(g[cf * hidden] + acc[cf] + (peep ? p_f[j] * cp : 0.f));
+        g[cf * hidden] = f_t;
+    }
+    if (ci != LSTM_ABSENT) {
+        i_t = sigmoid(g[ci * hidden] + acc[ci] + (peep ? p_i[j] * cp : 0.f));
+        g[ci * hidden] = i_t;
+    } else if ((flags & LSTM_COUPLED) && cf != LSTM_ABSENT) {
+        i_t = 1.f - f_t;
+    }
+    const float pre_g = g[cg * hidden] + acc[cg];
+    const float g_t = (flags & LSTM_INPUT_ACT) ? tanhf(pre_g) : pre_g;
+    g[cg * hidden] = g_t;
+    const float c = f_t * cp + i_t * g_t;
+    const float tc = (flags & LSTM_OUTPUT_ACT) ? tanhf(c) : c;
+    if (co != LSTM_ABSENT) {
+        o_t = sigmoid(g[co * hidden] + acc[co] + (peep ? p_o[j] * c : 0.f));
+        g[co * hidden] = o_t;
+    }
     cells[(b * seq_len + t) * hidden + j] = c;
-    out[b * out_rs + (long)t * hidden + j] = o_t * tanhf(c);
+    out[b * out_rs + (long)t * hidden + j] = o_t * tc;
     if (t == seq_len - 1) {
         out[b * out_rs + (long)seq_len * hidden + j] = c;
     }
+}
+
+#define LSTM_FORWARD_STEP(G)                                                              \
+    extern "C" __global__ void lstm_forward_step_##G(                                     \
+        int batch, int seq_len, int hidden, int t, int cols, int flags, const float* w_t, \
+        const float* h_prev, long h_rs, const float* c_prev, long c_rs, const float* p_i, \
+        const float* p_f, const float* p_o, float* gates, float* cells, float* out,       \
+        long out_rs) {                                                                    \
+        lstm_forward<G>(batch, seq_len, hidden, t, cols, flags, w_t, h_prev, h_rs, c_prev, \
+                        c_rs, p_i, p_f, p_o, gates, cells, out, out_rs);                   \
+    }
+LSTM_FORWARD_STEP(1)
+LSTM_FORWARD_STEP(2)
+LSTM_FORWARD_STEP(3)
+LSTM_FORWARD_STEP(4)
+
+// The pointwise part of LSTM step t backwards (any variant, `cols` and `flags` as
+// forwards, G gate blocks), one thread per (b, j): ∂L/∂h_t is the output's gradient plus
+// the recurrent one (dh_rec (B, H)), kept in dh_all (T, B, H) for the gradient flow; the
+// gradients of the gates' pre-activations replace the activated gates in gates
+// (B, T, G·H), and d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}.
+extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
+                                              int gate_blocks, int cols, int flags,
+                                              const float* grad_out, long out_rs,
+                                              const float* dh_rec, float* d_c,
+                                              const float* cells,
+                                              const float* c_prev, long c_rs,
+                                              const float* p_i, const float* p_f,
+                                              const float* p_o,
+                                              float* gates, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const int ci = lstm_col(cols, 0), cf = lstm_col(cols, 1), cg = lstm_col(cols, 2),
+              co = lstm_col(cols, 3);
+    const bool peep = flags & LSTM_PEEPHOLES;
+    const float dh = grad_out[b * out_rs + (long)t * hidden + j] + dh_rec[at];
+    dh_all[(long)t * batch * hidden + at] = dh;
+    float* g = gates + (b * seq_len + t) * (long)gate_blocks * hidden + j;
+    const float c = cells[(b * seq_len + t) * hidden + j];
+    const float cp = c_prev[b * c_rs + j];
+    const float tc = (flags & LSTM_OUTPUT_ACT) ? tanhf(c) : c;
+    const float squash = (flags & LSTM_OUTPUT_ACT) ? 1.f - tc * tc : 1.f;
+    const float o_t = co != LSTM_ABSENT ? g[co * hidden] : 1.f;
+    float dc = d_c[at] + dh * o_t * squash;
+    if (co != LSTM_ABSENT) {
+        const float d_pre = dh * tc * o_t * (1.f - o_t);
+        g[co * hidden] = d_pre;
+        if (peep) dc += d_pre * p_o[j];
+    }
+    const float f_t = cf != LSTM_ABSENT ? g[cf * hidden] : 1.f;
+    float input = 1.f;
+    if (ci != LSTM_ABSENT) {
+        input = g[ci * hidden];
+    } else if ((flags & LSTM_COUPLED) && cf != LSTM_ABSENT) {
+        input = 1.f - f_t;
+    }
+    const float g_t = g[cg * hidden];
+    const float d_i = dc * g_t;
+    g[cg * hidden] = (flags & LSTM_INPUT_ACT) ? dc * input * (1.f - g_t * g_t) : dc * input;
+    float dc_prev = dc;
+    if (cf != LSTM_ABSENT) {
+        float d_f = dc * cp;
+        if (flags & LSTM_COUPLED) d_f -= d_i;
+        const float d_pre = d_f * f_t * (1.f - f_t);
+        g[cf * hidden] = d_pre;
+        dc_prev = dc * f_t;
+        if (peep) dc_prev += d_pre * p_f[j];
+    }
+    if (ci != LSTM_ABSENT) {
+        const float d_pre = d_i * input * (1.f - input);
+        g[ci * hidden] = d_pre;
+        if (peep) dc_prev += d_pre * p_i[j];
+    }
+    d_c[at] = dc_prev;
+}
+
+// out[j] = Σ_{b, t} d_pre(b, t, col·H + j) · c(b, t, j), the gradient of a peephole:
+// with c_{t−1} (c0(b, j) = c0[b·c0_rs + j] at t = 0) for i and f, c_t for o (use_c_t).
+// One thread per unit, the rows in order.
+extern "C" __global__ void lstm_peephole_grad(int batch, int seq_len, int hidden,
+                                              int gate_blocks, int col, int use_c_t,
+                                              const float* d_pre, const float* cells,
+                                              const float* c0, long c0_rs, float* out) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= hidden) return;
+    float sum = 0.f;
+    for (long b = 0; b < batch; ++b) {
+        for (int t = 0; t < seq_len; ++t) {
+            const long row = b * seq_len + t;
+            float c;
+            if (use_c_t) {
+                c = cells[row * hidden + j];
+            } else {
+                c = t == 0 ? c0[b * c0_rs + j] : cells[(row - 1) * hidden + j];
+            }
+            sum += d_pre[row * gate_blocks * (long)hidden + (long)col * hidden + j] * c;
+        }
+    }
+    out[j] = sum;
 }
 
 // One GRU step t, reset after W_hn (torch.nn.GRU; gate order r, z, n). gates (B, T, 3H)
@@ -244,33 +376,6 @@ extern "C" __global__ void rnn_backward_step(int batch, int seq_len, int hidden,
     const float h = out[row];
     const float slope = relu ? (h > 0.f ? 1.f : 0.f) : 1.f - h * h;
     d_pre[row] = dh * slope;
-}
-
-// The pointwise part of LSTM step t backwards, one thread per (b, j): ∂L/∂h_t is the
-// output's gradient plus the recurrent one (dh_rec (B, H)), kept in dh_all (T, B, H) for
-// the gradient flow; the gate gradients (of the pre-activations) replace the activated
-// gates in gates (B, T, 4H), and d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}.
-extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
-                                              const float* grad_out, long out_rs,
-                                              const float* dh_rec, float* d_c,
-                                              const float* cells,
-                                              const float* c_prev, long c_rs,
-                                              float* gates, float* dh_all) {
-    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (at >= (long)batch * hidden) return;
-    const int j = at % hidden;
-    const long b = at / hidden;
-    const float dh = grad_out[b * out_rs + (long)t * hidden + j] + dh_rec[at];
-    dh_all[(long)t * batch * hidden + at] = dh;
-    float* g = gates + (b * seq_len + t) * 4L * hidden + j;
-    const float i_t = g[0], f_t = g[hidden], g_t = g[2 * hidden], o_t = g[3 * hidden];
-    const float tc = tanhf(cells[(b * seq_len + t) * hidden + j]);
-    const float dc = d_c[at] + dh * o_t * (1.f - tc * tc);
-    g[0] = dc * g_t * i_t * (1.f - i_t);
-    g[hidden] = dc * c_prev[b * c_rs + j] * f_t * (1.f - f_t);
-    g[2 * hidden] = dc * i_t * (1.f - g_t * g_t);
-    g[3 * hidden] = dh * tc * o_t * (1.f - o_t);
-    d_c[at] = dc * f_t;
 }
 
 // d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).

@@ -1,22 +1,23 @@
-//! The plain LSTM (`torch.nn.LSTM`, gates i, f, g, o; [`crate::lstm`] has the equations)
-//! on the GPU: the same algorithm as the CPU kernel — the input projection of every step
-//! as one GEMM, then per step one kernel for the recurrent product and the pointwise
-//! update; backwards, per step one pointwise kernel and one GEMM for `∂L/∂h_{t−1}`, then
-//! the weight gradients as GEMMs over all `B·T` rows.
+//! The LSTM and its variants but full gate recurrence (gates i, f, g, o; peepholes;
+//! removed, coupled or unactivated gates; [`crate::lstm`] has the equations) on the GPU:
+//! the same algorithm as the CPU kernel — the input projection of every step as one GEMM,
+//! then per step one kernel for the recurrent product and the pointwise update;
+//! backwards, per step one pointwise kernel and one GEMM for `∂L/∂h_{t−1}`, then the
+//! weight gradients as GEMMs over all `B·T` rows and the peepholes' as sums.
 
-use super::Buf;
 use candle_core::{Result, bail};
 
 use super::gated::{self, Grads};
-use super::{Gpu, int, long};
+use super::{Buf, Gpu, int, long};
 use crate::fused::{Dims, GatedOffsets};
+use crate::lstm::{Gate, LstmOptions};
 
 /// What the forward keeps on the device for the backward.
 pub(crate) struct LstmGpuSaved {
     x: Buf<f32>,
     state0: Buf<f32>,
     params: Buf<f32>,
-    /// The activated gates `(B, T, 4H)`.
+    /// The activated gates `(B, T, G·H)`.
     gates: Buf<f32>,
     /// `c_t` `(B, T, H)`.
     cells: Buf<f32>,
@@ -24,11 +25,79 @@ pub(crate) struct LstmGpuSaved {
     out: Buf<f32>,
 }
 
-/// The forward of `Lstm` over `x (B, T, I)` from `state0 = [h0 | c0] (B, 2H)`: the output
-/// `(B, T + 1, H)` (hidden states, then the final cell state) and what the backward needs.
+/// A variant as the kernels take it (`kernels.cu`, "The LSTM and its variants").
+struct Variant {
+    /// Gate blocks `G` in a row of gate values.
+    blocks: usize,
+    /// Each gate's block, 4 bits per gate (i, f, g, o), `0xF` when removed.
+    cols: i32,
+    flags: i32,
+    /// Where the peepholes of i, f, o start in the parameters, if they exist.
+    peepholes: [Option<usize>; 3],
+}
+
+impl Variant {
+    fn new(options: &LstmOptions, offsets: &GatedOffsets) -> Result<Self> {
+        if options.full_gate_recurrence {
+            bail!("the LSTM with full gate recurrence has no CUDA kernel");
+        }
+        let rows = options.gate_rows();
+        let mut cols = 0;
+        for (k, gate) in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output]
+            .into_iter()
+            .enumerate()
+        {
+            let col = rows
+                .iter()
+                .position(|g| *g == gate)
+                .map_or(0xF, |c| c as i32);
+            cols |= col << (4 * k);
+        }
+        let mut peepholes = [None; 3];
+        for (gate, &start) in options.peephole_gates().iter().zip(&offsets.extra) {
+            let slot = match gate {
+                Gate::Input => 0,
+                Gate::Forget => 1,
+                _ => 2,
+            };
+            peepholes[slot] = Some(start);
+        }
+        let flags = [
+            (options.coupled_input_forget, 1),
+            (options.input_activation, 2),
+            (options.output_activation, 4),
+            (options.peepholes, 8),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, bit)| bit)
+        .sum();
+        Ok(Self {
+            blocks: rows.len(),
+            cols,
+            flags,
+            peepholes,
+        })
+    }
+
+    /// The peepholes' device addresses (0 for those that do not exist: never read).
+    fn peephole_addresses(&self, gpu: &Gpu, params: &Buf<f32>, hidden: usize) -> Result<[u64; 3]> {
+        let mut addresses = [0; 3];
+        for (address, start) in addresses.iter_mut().zip(self.peepholes) {
+            if let Some(start) = start {
+                *address = gpu.at(params, start, hidden)?;
+            }
+        }
+        Ok(addresses)
+    }
+}
+
+/// The forward of `Lstm` with `options` over `x (B, T, I)` from `state0 = [h0 | c0]
+/// (B, 2H)`: the output `(B, T + 1, H)` (hidden states, then the final cell state) and
+/// what the backward needs.
 pub(crate) fn lstm_forward(
     gpu: &Gpu,
-    dims: Dims,
+    (dims, options): (Dims, &LstmOptions),
     offsets: &GatedOffsets,
     (x, state0, params): (&[f32], &[f32], &[f32]),
 ) -> Result<(Vec<f32>, LstmGpuSaved)> {
@@ -38,7 +107,8 @@ pub(crate) fn lstm_forward(
         input,
         hidden,
     } = dims;
-    let gh = 4 * hidden;
+    let variant = Variant::new(options, offsets)?;
+    let gh = variant.blocks * hidden;
     let rows = batch * seq_len;
     if offsets.gate_rows() != gh || params.len() != offsets.end || x.len() != rows * input {
         bail!("fused-lstm on CUDA: inputs do not match the layer's sizes");
@@ -57,26 +127,37 @@ pub(crate) fn lstm_forward(
     let out_rs = (seq_len + 1) * hidden;
     let out = gpu.zeros::<f32>(batch * out_rs)?;
     let cells = gpu.zeros::<f32>(rows * hidden)?;
-    let step = gated::step_launch(batch, hidden);
     let weight_hh_t_at = gpu.at(&weight_hh_t, 0, hidden * gh)?;
+    let [p_i, p_f, p_o] = variant.peephole_addresses(gpu, &params_dev, hidden)?;
     let gates_at = gpu.at(&gates, 0, rows * gh)?;
     let cells_at = gpu.at(&cells, 0, rows * hidden)?;
     let out_at = gpu.at(&out, 0, batch * out_rs)?;
+    let kernel = [
+        "lstm_forward_step_1",
+        "lstm_forward_step_2",
+        "lstm_forward_step_3",
+        "lstm_forward_step_4",
+    ][variant.blocks - 1];
     for t in 0..seq_len {
         let (h_prev, h_rs, c_prev, c_rs) = previous(gpu, t, (&state0_dev, &cells, &out), dims)?;
         gpu.launch(
-            "lstm_forward_step",
-            step,
+            kernel,
+            gated::step_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
+                &variant.cols,
+                &variant.flags,
                 &weight_hh_t_at,
                 &h_prev,
                 &long(h_rs),
                 &c_prev,
                 &long(c_rs),
+                &p_i,
+                &p_f,
+                &p_o,
                 &gates_at,
                 &cells_at,
                 &out_at,
@@ -138,7 +219,7 @@ fn previous(
 /// batch-averaged `‖∂L/∂h_t‖` of every step.
 pub(crate) fn lstm_backward(
     gpu: &Gpu,
-    dims: Dims,
+    (dims, options): (Dims, &LstmOptions),
     offsets: &GatedOffsets,
     saved: LstmGpuSaved,
     grad_out: &[f32],
@@ -149,7 +230,8 @@ pub(crate) fn lstm_backward(
         hidden,
         ..
     } = dims;
-    let gh = 4 * hidden;
+    let variant = Variant::new(options, offsets)?;
+    let gh = variant.blocks * hidden;
     let rows = batch * seq_len;
     let out_rs = (seq_len + 1) * hidden;
     if grad_out.len() != batch * out_rs {
@@ -179,6 +261,7 @@ pub(crate) fn lstm_backward(
     let cells_at = gpu.at(&cells, 0, rows * hidden)?;
     let gates_at = gpu.at(&gates, 0, rows * gh)?;
     let dh_all_at = gpu.at(&dh_all, 0, seq_len * batch * hidden)?;
+    let [p_i, p_f, p_o] = variant.peephole_addresses(gpu, &params, hidden)?;
     for t in (0..seq_len).rev() {
         let (_, _, c_prev, c_rs) = previous(gpu, t, (&state0, &cells, &out), dims)?;
         gpu.launch(
@@ -189,6 +272,9 @@ pub(crate) fn lstm_backward(
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
+                &int(variant.blocks),
+                &variant.cols,
+                &variant.flags,
                 &grad_out_at,
                 &long(out_rs),
                 &dh_rec_at,
@@ -196,6 +282,9 @@ pub(crate) fn lstm_backward(
                 &cells_at,
                 &c_prev,
                 &long(c_rs),
+                &p_i,
+                &p_f,
+                &p_o,
                 &gates_at,
                 &dh_all_at,
             ],
@@ -215,7 +304,7 @@ pub(crate) fn lstm_backward(
         ],
     )?;
     let flow = gated::flow(gpu, &dh_all, dims)?;
-    let (d_x, d_params) = gated::weight_grads(
+    let (d_x, mut d_params) = gated::weight_grads(
         gpu,
         offsets,
         (&gates, None),
@@ -224,6 +313,34 @@ pub(crate) fn lstm_backward(
         (&out, out_rs),
         dims,
     )?;
+    // The peepholes: Σ over all rows of the gate's gradient times the cell state it reads
+    // (c_{t−1} for i and f, c_t for o).
+    for (gate, (start, use_c_t)) in [Gate::Input, Gate::Forget, Gate::Output]
+        .into_iter()
+        .zip(variant.peepholes.into_iter().zip([0, 0, 1]))
+    {
+        let Some(start) = start else { continue };
+        let col = (variant.cols >> (4 * gate as i32)) & 0xF;
+        let grad = gpu.zeros::<f32>(hidden)?;
+        gpu.launch(
+            "lstm_peephole_grad",
+            Gpu::elementwise(hidden),
+            &[
+                &int(batch),
+                &int(seq_len),
+                &int(hidden),
+                &int(variant.blocks),
+                &col,
+                &use_c_t,
+                &gates_at,
+                &cells_at,
+                &gpu.at(&state0, hidden, batch * 2 * hidden - hidden)?,
+                &long(2 * hidden),
+                &gpu.at(&grad, 0, hidden)?,
+            ],
+        )?;
+        d_params[start..start + hidden].copy_from_slice(&gpu.download(&grad)?);
+    }
     Ok(Grads {
         d_x,
         d_state0: gpu.download(&d_state0)?,

@@ -83,15 +83,19 @@ fn driver<T>(
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 13] = [
+pub const KERNELS: [&str; 17] = [
     "gemm",
     "add_bias",
     "column_sums",
     "previous_states",
     "row_norms",
     "transpose",
-    "lstm_forward_step",
+    "lstm_forward_step_1",
+    "lstm_forward_step_2",
+    "lstm_forward_step_3",
+    "lstm_forward_step_4",
     "lstm_backward_step",
+    "lstm_peephole_grad",
     "lstm_state_grads",
     "rnn_forward_step",
     "rnn_backward_step",
