@@ -57,6 +57,10 @@ impl CellSpec for IndRnnSpec {
     fn saved_floats_per_step(&self, hidden: usize) -> usize {
         hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        true
+    }
 }
 
 impl CellMath for IndRnnSpec {
@@ -231,6 +235,43 @@ impl Kernel for IndRnnOp {
         );
         add_column_sums(&mut d_params[bias], &d_pre, hidden);
         Ok((d_x, d_h0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (ranges, total) = self.ranges();
+        if params.len() != total {
+            bail!("fused IndRNN: inputs do not match the layer's sizes");
+        }
+        crate::cuda::indrnn_forward(gpu, self.dims, &ranges, (x, h0, params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+        out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (ranges, _) = self.ranges();
+        let grads = crate::cuda::indrnn_backward(
+            gpu,
+            self.dims,
+            &ranges,
+            (x, h0, params),
+            (out, grad_out),
+        )?;
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

@@ -170,11 +170,11 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     );
     assert_config_error(
         &BASE
-            .replace("cell: lstm", "cell: indrnn")
+            .replace("cell: lstm", "cell: lru")
             .replace("steps: 10", "steps: 10, device: cuda"),
         &[
             "`train.device: cuda`",
-            "`indrnn` has no CUDA kernel",
+            "`lru` has no CUDA kernel",
             "`rnn`, `rnn_relu`, `lstm`, `gru`",
         ],
     );

@@ -45,32 +45,94 @@ pub(super) fn input_projection(
     (rows, input): (usize, usize),
     folded: usize,
 ) -> Result<Buf<f32>> {
-    let gh = offsets.gate_rows();
-    let pre = gpu.zeros::<f32>(rows * gh)?;
-    gpu.gemm(
-        (rows, gh, input),
-        Strided::new(x, 0, input, 1),
-        Strided::new(params_dev, offsets.weight_ih, 1, input),
-        Strided::new(&pre, 0, gh, 1),
-        0.0,
-    )?;
     let mut bias = params[offsets.bias_ih..offsets.bias_hh].to_vec();
     bias[..folded]
         .iter_mut()
         .zip(&params[offsets.bias_hh..])
         .for_each(|(b, &h)| *b += h);
-    let bias = gpu.upload(&bias)?;
+    projection(
+        gpu,
+        (x, params_dev, offsets.weight_ih),
+        &bias,
+        (rows, input),
+    )
+}
+
+/// `(B·T, C)` `X · W_ihᵀ + bias`, with `W_ih` `(C, I)` at `weight_ih` in the parameters
+/// and `bias` the `C` values to add (the CPU's `input_projection`).
+pub(super) fn projection(
+    gpu: &Gpu,
+    (x, params_dev, weight_ih): (&Buf<f32>, &Buf<f32>, usize),
+    bias: &[f32],
+    (rows, input): (usize, usize),
+) -> Result<Buf<f32>> {
+    let cols = bias.len();
+    let pre = gpu.zeros::<f32>(rows * cols)?;
+    gpu.gemm(
+        (rows, cols, input),
+        Strided::new(x, 0, input, 1),
+        Strided::new(params_dev, weight_ih, 1, input),
+        Strided::new(&pre, 0, cols, 1),
+        0.0,
+    )?;
+    let bias = gpu.upload(bias)?;
     gpu.launch(
         "add_bias",
-        Gpu::elementwise(rows * gh),
+        Gpu::elementwise(rows * cols),
         &[
             &long(rows),
-            &int(gh),
-            &gpu.at(&bias, 0, gh)?,
-            &gpu.at(&pre, 0, rows * gh)?,
+            &int(cols),
+            &gpu.at(&bias, 0, cols)?,
+            &gpu.at(&pre, 0, rows * cols)?,
         ],
     )?;
     Ok(pre)
+}
+
+/// Given `d_pre (B·T, C)`, the gradient of a projection's output: writes `∂L/∂W_ih =
+/// d_preᵀ · X` at `weight_ih` in `d_params` and returns `∂L/∂X = d_pre · W_ih` (the
+/// CPU's `input_grads`).
+pub(super) fn input_grads(
+    gpu: &Gpu,
+    (d_pre, x, params_dev): (&Buf<f32>, &Buf<f32>, &Buf<f32>),
+    (d_params, weight_ih): (&Buf<f32>, usize),
+    (rows, cols, input): (usize, usize, usize),
+) -> Result<Buf<f32>> {
+    gpu.gemm(
+        (cols, input, rows),
+        Strided::new(d_pre, 0, 1, cols),
+        Strided::new(x, 0, input, 1),
+        Strided::new(d_params, weight_ih, input, 1),
+        0.0,
+    )?;
+    let d_x = gpu.zeros::<f32>(rows * input)?;
+    gpu.gemm(
+        (rows, input, cols),
+        Strided::new(d_pre, 0, cols, 1),
+        Strided::new(params_dev, weight_ih, input, 1),
+        Strided::new(&d_x, 0, input, 1),
+        0.0,
+    )?;
+    Ok(d_x)
+}
+
+/// `out[j] = Σ_r m[r·C + j]` for `rows` rows, the rows in order, into `C` floats of
+/// `into` from `offset`.
+pub(super) fn column_sums(
+    gpu: &Gpu,
+    (m, rows, cols): (&Buf<f32>, usize, usize),
+    (into, offset): (&Buf<f32>, usize),
+) -> Result<()> {
+    gpu.launch(
+        "column_sums",
+        Gpu::elementwise(cols),
+        &[
+            &long(rows),
+            &int(cols),
+            &gpu.at(m, 0, rows * cols)?,
+            &gpu.at(into, offset, cols)?,
+        ],
+    )
 }
 
 /// `W_hhᵀ` `(H, G·H)`, so that neighbouring threads (units) read neighbouring weights.
@@ -140,21 +202,11 @@ pub(super) fn weight_grads(
     let gh = offsets.gate_rows();
     let rows = batch * seq_len;
     let d_params = gpu.zeros::<f32>(offsets.end)?;
-    let d_pre_t = Strided::new(d_pre, 0, 1, gh);
-    gpu.gemm(
-        (gh, input, rows),
-        d_pre_t,
-        Strided::new(x, 0, input, 1),
-        Strided::new(&d_params, offsets.weight_ih, input, 1),
-        0.0,
-    )?;
-    let d_x = gpu.zeros::<f32>(rows * input)?;
-    gpu.gemm(
-        (rows, input, gh),
-        Strided::new(d_pre, 0, gh, 1),
-        Strided::new(params_dev, offsets.weight_ih, input, 1),
-        Strided::new(&d_x, 0, input, 1),
-        0.0,
+    let d_x = input_grads(
+        gpu,
+        (d_pre, x, params_dev),
+        (&d_params, offsets.weight_ih),
+        (rows, gh, input),
     )?;
     let h_prev = gpu.zeros::<f32>(rows * hidden)?;
     gpu.launch(
@@ -178,21 +230,9 @@ pub(super) fn weight_grads(
         Strided::new(&d_params, offsets.weight_hh, hidden, 1),
         0.0,
     )?;
-    let column_sums = |of: &Buf<f32>, into: usize| {
-        gpu.launch(
-            "column_sums",
-            Gpu::elementwise(gh),
-            &[
-                &long(rows),
-                &int(gh),
-                &gpu.at(of, 0, rows * gh)?,
-                &gpu.at(&d_params, into, gh)?,
-            ],
-        )
-    };
-    column_sums(d_pre, offsets.bias_ih)?;
+    column_sums(gpu, (d_pre, rows, gh), (&d_params, offsets.bias_ih))?;
     if let Some(d_rec) = d_rec {
-        column_sums(d_rec, offsets.bias_hh)?;
+        column_sums(gpu, (d_rec, rows, gh), (&d_params, offsets.bias_hh))?;
     }
     let mut d_params = gpu.download(&d_params)?;
     if d_rec.is_none() {

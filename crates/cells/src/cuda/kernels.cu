@@ -378,6 +378,50 @@ extern "C" __global__ void rnn_backward_step(int batch, int seq_len, int hidden,
     d_pre[row] = dh * slope;
 }
 
+// The IndRNN over the whole sequence, one thread per (b, j) (a unit sees only its own
+// past, so no step needs another thread's result): out (B, T, H) holds the input
+// projection with its bias and becomes h_t = relu(pre + u ⊙ h_{t−1}) in place.
+extern "C" __global__ void indrnn_forward(int batch, int seq_len, int hidden,
+                                         const float* u, const float* h0, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float h = h0[at];
+    for (int t = 0; t < seq_len; ++t) {
+        float* o = out + (b * seq_len + t) * hidden + j;
+        h = fmaxf(*o + u[j] * h, 0.f);
+        *o = h;
+    }
+}
+
+// Its backward, one thread per (b, j), steps in reverse: d_pre (B, T, H), ∂L/∂h_t in
+// dh_all (T, B, H) for the flow, ∂L/∂h0 in d_h0 (B, H), and this row's share of ∂L/∂u
+// in d_u_rows (B, H) (summed over b in order by column_sums).
+extern "C" __global__ void indrnn_backward(int batch, int seq_len, int hidden,
+                                          const float* u, const float* h0,
+                                          const float* out, const float* grad_out,
+                                          float* d_pre, float* dh_all, float* d_h0,
+                                          float* d_u_rows) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float d_rec = 0.f, d_u = 0.f;
+    for (int t = seq_len - 1; t >= 0; --t) {
+        const long cell = (b * seq_len + t) * hidden + j;
+        const float d_h = grad_out[cell] + d_rec;
+        dh_all[(long)t * batch * hidden + at] = d_h;
+        const float d = out[cell] > 0.f ? d_h : 0.f;
+        d_pre[cell] = d;
+        const float h_prev = t == 0 ? h0[at] : out[cell - hidden];
+        d_u += d * h_prev;
+        d_rec = d * u[j];
+    }
+    d_h0[at] = d_rec;
+    d_u_rows[at] = d_u;
+}
+
 // d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).
 extern "C" __global__ void lstm_state_grads(int batch, int hidden, const float* dh_rec,
                                             const float* d_c, float* d_state0) {

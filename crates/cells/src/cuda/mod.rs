@@ -18,6 +18,7 @@
 
 mod gated;
 mod gru;
+mod indrnn;
 mod lstm;
 mod rnn;
 
@@ -33,6 +34,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 pub(crate) use gru::{GruGpuSaved, gru_backward, gru_forward};
+pub(crate) use indrnn::{indrnn_backward, indrnn_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
 pub(crate) use rnn::{rnn_backward, rnn_forward};
 
@@ -83,7 +85,7 @@ fn driver<T>(
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 17] = [
+pub const KERNELS: [&str; 19] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -101,6 +103,8 @@ pub const KERNELS: [&str; 17] = [
     "rnn_backward_step",
     "gru_forward_step",
     "gru_backward_step",
+    "indrnn_forward",
+    "indrnn_backward",
 ];
 
 /// The header that runs [`KERNEL_SOURCE`] on the host for [`Gpu::emulated`]: one OS
