@@ -68,6 +68,10 @@ impl CellSpec for MinGruSpec {
         // z and h̃, and the output.
         3 * hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        self.form == ScanForm::Sequential
+    }
 }
 
 impl CellMath for MinGruSpec {
@@ -94,6 +98,8 @@ impl CellMath for MinGruSpec {
 impl ScanStep for MinGruSpec {
     const NAME: &'static str = "fused-mingru";
     const GATES: usize = 2;
+    #[cfg(feature = "cuda")]
+    const CUDA_KERNELS: [&'static str; 2] = ["mingru_forward", "mingru_backward"];
 
     /// Gates `[z, h̃]`: z is activated in place, h̃ is kept.
     #[inline(always)]

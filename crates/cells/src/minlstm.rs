@@ -70,6 +70,10 @@ impl CellSpec for MinLstmSpec {
         // f, i and h̃, and the output.
         4 * hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        self.form == ScanForm::Sequential
+    }
 }
 
 impl CellMath for MinLstmSpec {
@@ -98,6 +102,8 @@ impl CellMath for MinLstmSpec {
 impl ScanStep for MinLstmSpec {
     const NAME: &'static str = "fused-minlstm";
     const GATES: usize = 3;
+    #[cfg(feature = "cuda")]
+    const CUDA_KERNELS: [&'static str; 2] = ["minlstm_forward", "minlstm_backward"];
 
     /// Gates `[f, i, h̃]`: f and i are activated in place, h̃ is kept.
     #[inline(always)]

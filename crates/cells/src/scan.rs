@@ -60,6 +60,9 @@ pub(crate) trait ScanStep: CellSpec + Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Gate blocks `G` of `H` pre-activations per step.
     const GATES: usize;
+    /// The names of the sequential form's forward and backward in `cuda/kernels.cu`.
+    #[cfg(feature = "cuda")]
+    const CUDA_KERNELS: [&'static str; 2];
 
     /// Turns the step's pre-activations `gates` `(G·H)` into what the backward needs (in
     /// place) and writes `h` from `h_prev`.
@@ -92,6 +95,20 @@ pub(crate) struct ScanOp<C: ScanStep> {
 }
 
 impl<C: ScanStep> ScanOp<C> {
+    /// The sequential form's CUDA kernels (the log-space form has none).
+    #[cfg(feature = "cuda")]
+    fn cuda_kernels(&self) -> Result<crate::cuda::ScanKernels> {
+        if self.cell.form() != ScanForm::Sequential {
+            bail!("{}: the log-space form has no CUDA kernel", C::NAME);
+        }
+        let [forward, backward] = C::CUDA_KERNELS;
+        Ok(crate::cuda::ScanKernels {
+            gates: C::GATES,
+            forward,
+            backward,
+        })
+    }
+
     /// The time loop for one chunk of batch rows: `gates` holds their pre-activations.
     #[inline(always)]
     fn forward_chunk<T: Real>(&self, gates: &mut [T], out: &mut [T], h0: &[T]) {
@@ -249,6 +266,40 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
         );
         add_column_sums(&mut d_params[ranges[1].clone()], &d_gates, width);
         Ok((d_x, d_h0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (out, saved) =
+            crate::cuda::scan_forward(gpu, (self.dims, self.cuda_kernels()?), (x, h0, params))?;
+        *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
+        Ok(out)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        _x: &[f32],
+        _h0: &[f32],
+        _params: &[f32],
+        _out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let saved = self.saved.lock().expect("saved activations").take();
+        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::ScanGpuSaved>()) else {
+            bail!("{} backward on CUDA without its forward", C::NAME);
+        };
+        let grads =
+            crate::cuda::scan_backward(gpu, (self.dims, self.cuda_kernels()?), *saved, grad_out)?;
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

@@ -422,6 +422,101 @@ extern "C" __global__ void indrnn_backward(int batch, int seq_len, int hidden,
     d_u_rows[at] = d_u;
 }
 
+// minGRU and minLSTM in their sequential form (src/mingru.rs, src/minlstm.rs): the gates
+// read only the input, so after the input projection a thread per (b, j) runs the whole
+// sequence. gates (B, T, G·H) holds the pre-activations, [z, h̃] (G = 2) or [f, i, h̃]
+// (G = 3); the forward activates the gates in place and writes h_t to out (B, T, H).
+extern "C" __global__ void mingru_forward(int batch, int seq_len, int hidden,
+                                         const float* h0, float* gates, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float h = h0[at];
+    for (int t = 0; t < seq_len; ++t) {
+        float* g = gates + (b * seq_len + t) * 2L * hidden + j;
+        const float z = sigmoid(g[0]);
+        g[0] = z;
+        h = h + z * (g[hidden] - h);
+        out[(b * seq_len + t) * hidden + j] = h;
+    }
+}
+
+extern "C" __global__ void minlstm_forward(int batch, int seq_len, int hidden,
+                                          const float* h0, float* gates, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float h = h0[at];
+    for (int t = 0; t < seq_len; ++t) {
+        float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+        const float f = sigmoid(g[0]);
+        const float i = sigmoid(g[hidden]);
+        g[0] = f;
+        g[hidden] = i;
+        const float share = i / (f + i);
+        h = h + share * (g[2 * hidden] - h);
+        out[(b * seq_len + t) * hidden + j] = h;
+    }
+}
+
+// Their backwards, one thread per (b, j), steps in reverse: the saved gates become the
+// gradients of their pre-activations, ∂L/∂h_t goes to dh_all (T, B, H) for the flow and
+// ∂L/∂h0 to d_h0 (B, H).
+extern "C" __global__ void mingru_backward(int batch, int seq_len, int hidden,
+                                          const float* h0, const float* out,
+                                          const float* grad_out, float* gates,
+                                          float* dh_all, float* d_h0) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float d_rec = 0.f;
+    for (int t = seq_len - 1; t >= 0; --t) {
+        const long cell = (b * seq_len + t) * hidden + j;
+        const float d_h = grad_out[cell] + d_rec;
+        dh_all[(long)t * batch * hidden + at] = d_h;
+        const float h_prev = t == 0 ? h0[at] : out[cell - hidden];
+        float* g = gates + (b * seq_len + t) * 2L * hidden + j;
+        const float z = g[0];
+        const float d_z = d_h * (g[hidden] - h_prev);
+        d_rec = d_h * (1.f - z);
+        g[hidden] = d_h * z;
+        g[0] = d_z * z * (1.f - z);
+    }
+    d_h0[at] = d_rec;
+}
+
+extern "C" __global__ void minlstm_backward(int batch, int seq_len, int hidden,
+                                           const float* h0, const float* out,
+                                           const float* grad_out, float* gates,
+                                           float* dh_all, float* d_h0) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float d_rec = 0.f;
+    for (int t = seq_len - 1; t >= 0; --t) {
+        const long cell = (b * seq_len + t) * hidden + j;
+        const float d_h = grad_out[cell] + d_rec;
+        dh_all[(long)t * batch * hidden + at] = d_h;
+        const float h_prev = t == 0 ? h0[at] : out[cell - hidden];
+        float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+        const float f = g[0], i = g[hidden];
+        // With s = f + i and p = i / s: ∂p/∂i = f / s², ∂p/∂f = −i / s².
+        const float inv = 1.f / (f + i);
+        const float share = i * inv;
+        const float d_share = d_h * (g[2 * hidden] - h_prev);
+        const float d_over = d_share * inv * inv;
+        d_rec = d_h * (1.f - share);
+        g[2 * hidden] = d_h * share;
+        g[hidden] = d_over * f * i * (1.f - i);
+        g[0] = -(d_over * i) * f * (1.f - f);
+    }
+    d_h0[at] = d_rec;
+}
+
 // d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).
 extern "C" __global__ void lstm_state_grads(int batch, int hidden, const float* dh_rec,
                                             const float* d_c, float* d_state0) {

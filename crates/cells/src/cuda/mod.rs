@@ -21,6 +21,7 @@ mod gru;
 mod indrnn;
 mod lstm;
 mod rnn;
+mod scan;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
@@ -37,6 +38,7 @@ pub(crate) use gru::{GruGpuSaved, gru_backward, gru_forward};
 pub(crate) use indrnn::{indrnn_backward, indrnn_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
 pub(crate) use rnn::{rnn_backward, rnn_forward};
+pub(crate) use scan::{ScanGpuSaved, ScanKernels, scan_backward, scan_forward};
 
 /// The kernels' CUDA C source.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
@@ -85,7 +87,7 @@ fn driver<T>(
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 19] = [
+pub const KERNELS: [&str; 23] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -105,6 +107,10 @@ pub const KERNELS: [&str; 19] = [
     "gru_backward_step",
     "indrnn_forward",
     "indrnn_backward",
+    "mingru_forward",
+    "mingru_backward",
+    "minlstm_forward",
+    "minlstm_backward",
 ];
 
 /// The header that runs [`KERNEL_SOURCE`] on the host for [`Gpu::emulated`]: one OS
