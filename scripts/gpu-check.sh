@@ -7,7 +7,8 @@
 #                                CUDA kernel (outputs, every gradient, the gradient flow),
 #                                rerun determinism, a short sweep on cuda (twice: the same
 #                                bits), and `rnnlab bench --device cuda` beside PyTorch
-#                                cuDNN at B = 32, H = 128/256/512, T = 100/1,000
+#                                cuDNN, LSTM and GRU at B = 32, H = 128/256/512,
+#                                T = 100/1,000
 #
 # Output: results/bench/gpu/ (log, CSVs, ratios), copied to $OUT when set. About 3–5
 # minutes of device time. CUDA's libraries are looked up in /usr/local/cuda/lib64.
@@ -41,8 +42,8 @@ echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?'
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' || true
 
-echo "== parity and determinism (crates/cells/tests/cuda.rs)"
-"$bin/cuda-tests" --nocapture --test-threads 1
+echo "== parity and determinism on the GPU (the gpu_* tests of crates/cells/tests/cuda.rs)"
+"$bin/cuda-tests" gpu_ --nocapture --test-threads 1
 
 echo "== a short sweep on cuda, twice (--force): the same numbers"
 work=$(mktemp -d)
@@ -67,9 +68,9 @@ time "$bin/rnnlab" run "$work/gpu-sweep.yaml" --out "$work/cpu" --jobs 2 --no-re
 for f in "$work"/cpu/gpu-sweep/runs/*/summary.yaml; do grep -E '^final_loss:' "$f"; done
 
 echo "== rnnlab bench --device cuda beside PyTorch cuDNN"
-shapes=(--cells lstm --hidden 128,256,512 --seq-len 100,1000 --batch 32 --repeats 10 --max-seconds 10)
+shapes=(--cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 --repeats 10 --max-seconds 10)
 "$bin/rnnlab" bench "${shapes[@]}" --impl rnnlab --device cuda --threads 4 --out "$out/rnnlab.csv"
-python3 scripts/bench_torch.py --cells lstm --hidden 128,256,512 --seq-len 100,1000 --batch 32 \
+python3 scripts/bench_torch.py --cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 \
     --repeats 10 --max-seconds 10 --threads 4 --device cuda --out "$out/torch.csv"
 python3 scripts/bench_ratios.py "$out/rnnlab.csv" "$out/torch.csv" | tee "$out/ratios.md"
 
