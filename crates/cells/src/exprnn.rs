@@ -130,6 +130,10 @@ impl CellSpec for ExpRnnSpec {
     fn saved_floats_per_step(&self, hidden: usize) -> usize {
         hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        true
+    }
 }
 
 impl CellMath for ExpRnnSpec {
@@ -537,19 +541,84 @@ impl Kernel for ExpRnnOp {
             (&h_prev, hidden, 1),
             false,
         );
-        let d_w: Vec<f64> = d_w.iter().map(|v| v.to_f64()).collect();
-        let s_t = transpose(&s_matrix, hidden, hidden);
-        let d_s = expm(&s_t, Some(&d_w), hidden, squarings)
-            .tangent
-            .expect("a derivative was asked for");
-        let d_packed = &mut d_params[packed];
-        for i in 0..hidden {
-            for j in i + 1..hidden {
-                d_packed[packed_index(i, j, hidden)] =
-                    T::from_f64(d_s[i * hidden + j] - d_s[j * hidden + i]);
-            }
-        }
+        packed_grad(&d_w, (&s_matrix, squarings), hidden, &mut d_params[packed]);
         Ok((d_x, d_h0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (ranges, total) = self.ranges();
+        if params.len() != total {
+            bail!("fused expRNN: inputs do not match the layer's sizes");
+        }
+        let hidden = self.dims.hidden;
+        let generator = orthogonal(&params[ranges[1].clone()], hidden);
+        let w_t = cast::<f32>(&transpose(&generator.2, hidden, hidden));
+        let out = crate::cuda::exprnn_forward(gpu, (self.dims, &ranges), &w_t, (x, h0, params))?;
+        *self.saved.lock().expect("saved exponential") = Some(Box::new(generator));
+        Ok(out)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        h0: &[f32],
+        params: &[f32],
+        out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (ranges, _) = self.ranges();
+        let hidden = self.dims.hidden;
+        let saved = self.saved.lock().expect("saved exponential").take();
+        let Some(Ok(generator)) = saved.map(|s| s.downcast::<Orthogonal>()) else {
+            bail!("fused expRNN backward on CUDA without its forward's exponential");
+        };
+        let (s_matrix, squarings, w) = *generator;
+        let w_t = cast::<f32>(&transpose(&w, hidden, hidden));
+        let (mut grads, d_w) = crate::cuda::exprnn_backward(
+            gpu,
+            (self.dims, &ranges),
+            &w_t,
+            (x, h0, params),
+            (out, grad_out),
+        )?;
+        packed_grad(
+            &d_w,
+            (&s_matrix, squarings),
+            hidden,
+            &mut grads.d_params[ranges[1].clone()],
+        );
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
+    }
+}
+
+/// `∂L/∂A` (packed) from `∂L/∂W` through `W = exp(S)`, `S = A − Aᵀ`: the derivative's
+/// adjoint is the derivative at `Sᵀ` in the direction `∂L/∂W`, in f64.
+fn packed_grad<T: Real>(
+    d_w: &[T],
+    (s_matrix, squarings): (&[f64], u32),
+    hidden: usize,
+    d_packed: &mut [T],
+) {
+    let d_w: Vec<f64> = d_w.iter().map(|v| v.to_f64()).collect();
+    let s_t = transpose(s_matrix, hidden, hidden);
+    let d_s = expm(&s_t, Some(&d_w), hidden, squarings)
+        .tangent
+        .expect("a derivative was asked for");
+    for i in 0..hidden {
+        for j in i + 1..hidden {
+            d_packed[packed_index(i, j, hidden)] =
+                T::from_f64(d_s[i * hidden + j] - d_s[j * hidden + i]);
+        }
     }
 }
 

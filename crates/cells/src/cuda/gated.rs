@@ -208,21 +208,7 @@ pub(super) fn weight_grads(
         (&d_params, offsets.weight_ih),
         (rows, gh, input),
     )?;
-    let h_prev = gpu.zeros::<f32>(rows * hidden)?;
-    gpu.launch(
-        "previous_states",
-        Gpu::elementwise(rows * hidden),
-        &[
-            &int(batch),
-            &int(seq_len),
-            &int(hidden),
-            &gpu.at(h0, 0, (batch - 1) * h0_rs + hidden)?,
-            &long(h0_rs),
-            &gpu.at(out, 0, (batch - 1) * out_rs + seq_len * hidden)?,
-            &long(out_rs),
-            &gpu.at(&h_prev, 0, rows * hidden)?,
-        ],
-    )?;
+    let h_prev = previous_states(gpu, (h0, h0_rs), (out, out_rs), dims)?;
     gpu.gemm(
         (gh, hidden, rows),
         Strided::new(d_rec.unwrap_or(d_pre), 0, 1, gh),
@@ -240,6 +226,39 @@ pub(super) fn weight_grads(
         tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
     }
     Ok((gpu.download(&d_x)?, d_params))
+}
+
+/// `h_{t−1}` of every step as a `(B·T, H)` matrix: `h0` row `b` (stride `h0_rs`) at
+/// `t = 0`, else the output of step `t − 1` (rows of batch `b` at `b·out_rs`).
+pub(super) fn previous_states(
+    gpu: &Gpu,
+    (h0, h0_rs): (&Buf<f32>, usize),
+    (out, out_rs): (&Buf<f32>, usize),
+    dims: Dims,
+) -> Result<Buf<f32>> {
+    let Dims {
+        batch,
+        seq_len,
+        hidden,
+        ..
+    } = dims;
+    let rows = batch * seq_len;
+    let h_prev = gpu.zeros::<f32>(rows * hidden)?;
+    gpu.launch(
+        "previous_states",
+        Gpu::elementwise(rows * hidden),
+        &[
+            &int(batch),
+            &int(seq_len),
+            &int(hidden),
+            &gpu.at(h0, 0, (batch - 1) * h0_rs + hidden)?,
+            &long(h0_rs),
+            &gpu.at(out, 0, (batch - 1) * out_rs + seq_len * hidden)?,
+            &long(out_rs),
+            &gpu.at(&h_prev, 0, rows * hidden)?,
+        ],
+    )?;
+    Ok(h_prev)
 }
 
 /// The batch-averaged `‖∂L/∂h_t‖` of every step from `dh_all (T, B, H)`, summed over

@@ -359,6 +359,42 @@ extern "C" __global__ void rnn_forward_step(int batch, int seq_len, int hidden, 
     *h = relu ? fmaxf(v, 0.f) : tanhf(v);
 }
 
+// One step t of the expRNN (src/exprnn.rs): out (B, T, H) holds W_ih x_t (no bias); the
+// recurrent term h_{t−1} · Wᵀ (w_t = Wᵀ, W = exp(A − Aᵀ) formed on the host) is added and
+// modReLU applied in place: sign(z) · relu(|z| + b), 0 at z = 0.
+extern "C" __global__ void exprnn_forward_step(int batch, int seq_len, int hidden, int t,
+                                               const float* w_t, const float* bias,
+                                               const float* h_prev, long h_rs,
+                                               float* out) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[1];
+    recurrent_product<1>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    float* h = out + (b * seq_len + t) * hidden + j;
+    const float z = *h + acc[0];
+    *h = z > 0.f ? fmaxf(z + bias[j], 0.f) : (z < 0.f ? -fmaxf(bias[j] - z, 0.f) : 0.f);
+}
+
+// Its step t backwards, one thread per (b, j): ∂L/∂h_t to dh_all (T, B, H), ∂L/∂z_t to
+// d_pre (B, T, H) (modReLU's slope: 1 where its output is non-zero, else 0), and
+// sign(h_t) · ∂L/∂z_t to d_bias_rows (B, T, H), whose column sums are ∂L/∂b.
+extern "C" __global__ void exprnn_backward_step(int batch, int seq_len, int hidden, int t,
+                                                const float* out, const float* grad_out,
+                                                const float* dh_rec, float* d_pre,
+                                                float* d_bias_rows, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const long row = (b * seq_len + t) * hidden + j;
+    const float d_h = grad_out[row] + dh_rec[at];
+    dh_all[(long)t * batch * hidden + at] = d_h;
+    const float h = out[row];
+    d_pre[row] = h != 0.f ? d_h : 0.f;
+    d_bias_rows[row] = h > 0.f ? d_h : (h < 0.f ? -d_h : 0.f);
+}
+
 // The RNN's step t backwards, one thread per (b, j): ∂L/∂h_t (the output's gradient plus
 // the recurrent one, dh_rec (B, H)) is kept in dh_all (T, B, H) for the gradient flow,
 // and times φ' gives the pre-activation's gradient in d_pre (B, T, H).

@@ -16,6 +16,7 @@
 // checks the extents its kernel touches against the buffers first.
 #![allow(unsafe_code)]
 
+mod exprnn;
 mod gated;
 mod gru;
 mod indrnn;
@@ -34,6 +35,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+pub(crate) use exprnn::{exprnn_backward, exprnn_forward};
 pub(crate) use gru::{GruGpuSaved, gru_backward, gru_forward};
 pub(crate) use indrnn::{indrnn_backward, indrnn_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
@@ -87,7 +89,7 @@ fn driver<T>(
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 23] = [
+pub const KERNELS: [&str; 25] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -111,6 +113,8 @@ pub const KERNELS: [&str; 23] = [
     "mingru_backward",
     "minlstm_forward",
     "minlstm_backward",
+    "exprnn_forward_step",
+    "exprnn_backward_step",
 ];
 
 /// The header that runs [`KERNEL_SOURCE`] on the host for [`Gpu::emulated`]: one OS
