@@ -87,6 +87,10 @@ impl CellSpec for LruSpec {
         // B x̃ (2H), the state (2H), y (H) and the output.
         6 * hidden
     }
+
+    fn has_cuda_kernel(&self) -> bool {
+        true
+    }
 }
 
 /// `(Re λ, Im λ, γ)` of every unit from `ν` and `θ`, in f64.
@@ -106,6 +110,28 @@ fn eigenvalues(nu_log: &[f64], theta_log: &[f64]) -> Vec<(f64, f64, f64)> {
 }
 
 /// `GELU(y)` in the tanh approximation, and its derivative.
+/// `∂L/∂ν` and `∂L/∂θ` into `d_params` from each unit's `∂L/∂(Re λ, Im λ, γ)`, through
+/// `λ = r·e^{iφ}`, `r = exp(−e^ν)`, `φ = e^θ`, `γ = √(1 − r²)`, in f64.
+fn ring_grads<T: Real>(
+    sums: &[[f64; 3]],
+    params: &[T],
+    (nu, theta): (std::ops::Range<usize>, std::ops::Range<usize>),
+    d_params: &mut [T],
+) {
+    for (j, &[d_re, d_im, d_gamma]) in sums.iter().enumerate() {
+        let (e_nu, phase) = (
+            params[nu.start + j].to_f64().exp(),
+            params[theta.start + j].to_f64().exp(),
+        );
+        let radius = (-e_nu).exp();
+        let gamma = (1.0 - radius * radius).sqrt();
+        let d_radius = d_re * phase.cos() + d_im * phase.sin() - d_gamma * radius / gamma;
+        let d_phase = radius * (d_im * phase.cos() - d_re * phase.sin());
+        d_params[nu.start + j] = T::from_f64(d_radius * (-e_nu * radius));
+        d_params[theta.start + j] = T::from_f64(d_phase * phase);
+    }
+}
+
 #[inline(always)]
 fn gelu<T: Real>(y: T) -> (T, T) {
     let k = T::from_f64(0.797_884_560_802_865_4); // √(2/π)
@@ -438,27 +464,18 @@ impl Kernel for LruOp {
             )
             .collect();
         FlowNorms::finish(parts.iter().map(|(_, flow)| flow), self.dims, &self.flow);
-        // Chain (Re λ, Im λ, γ) to (ν, θ): λ = r·e^{iφ}, r = exp(−e^ν), φ = e^θ, γ = √(1 − r²).
-        let (nu_vals, theta_vals): (Vec<f64>, Vec<f64>) = (
-            params[nu.clone()].iter().map(|v| v.to_f64()).collect(),
-            params[theta.clone()].iter().map(|v| v.to_f64()).collect(),
-        );
-        for j in 0..hidden {
-            let [d_re, d_im, d_gamma] = parts.iter().fold([0.0; 3], |acc, (sums, _)| {
-                [
-                    acc[0] + sums[j][0],
-                    acc[1] + sums[j][1],
-                    acc[2] + sums[j][2],
-                ]
-            });
-            let (e_nu, phase) = (nu_vals[j].exp(), theta_vals[j].exp());
-            let radius = (-e_nu).exp();
-            let gamma = (1.0 - radius * radius).sqrt();
-            let d_radius = d_re * phase.cos() + d_im * phase.sin() - d_gamma * radius / gamma;
-            let d_phase = radius * (d_im * phase.cos() - d_re * phase.sin());
-            d_params[nu.start + j] = T::from_f64(d_radius * (-e_nu * radius));
-            d_params[theta.start + j] = T::from_f64(d_phase * phase);
-        }
+        let sums: Vec<[f64; 3]> = (0..hidden)
+            .map(|j| {
+                parts.iter().fold([0.0; 3], |acc, (sums, _)| {
+                    [
+                        acc[0] + sums[j][0],
+                        acc[1] + sums[j][1],
+                        acc[2] + sums[j][2],
+                    ]
+                })
+            })
+            .collect();
+        ring_grads(&sums, params, (nu, theta), &mut d_params);
         let d_x = input_grads(
             &projected,
             x,
@@ -467,6 +484,53 @@ impl Kernel for LruOp {
             (steps, 3 * hidden, input),
         );
         Ok((d_x, d_state0, d_params))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_forward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        x: &[f32],
+        state0: &[f32],
+        params: &[f32],
+    ) -> Result<Vec<f32>> {
+        let (ranges, total) = self.ranges();
+        if params.len() != total {
+            bail!("fused LRU: inputs do not match the layer's sizes");
+        }
+        let units = self.unit_constants::<f32>(params);
+        // [Re λ | Im λ | γ], H each.
+        let flat: Vec<f32> = [0, 1, 2]
+            .iter()
+            .flat_map(|&k| units.iter().map(move |u| [u.0, u.1, u.2][k]))
+            .collect();
+        let (out, saved) =
+            crate::cuda::lru_forward(gpu, (self.dims, &ranges), &flat, (x, state0, params))?;
+        *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
+        Ok(out)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_backward(
+        &self,
+        gpu: &crate::cuda::Gpu,
+        _x: &[f32],
+        _state0: &[f32],
+        params: &[f32],
+        _out: &[f32],
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (ranges, _) = self.ranges();
+        let saved = self.saved.lock().expect("saved activations").take();
+        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::LruGpuSaved>()) else {
+            bail!("fused LRU backward on CUDA without its forward");
+        };
+        let (mut grads, sums) =
+            crate::cuda::lru_backward(gpu, (self.dims, &ranges), *saved, grad_out)?;
+        let [nu, theta, ..] = ranges;
+        ring_grads(&sums, params, (nu, theta), &mut grads.d_params);
+        *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
+        Ok((grads.d_x, grads.d_state0, grads.d_params))
     }
 }
 

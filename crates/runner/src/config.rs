@@ -399,7 +399,8 @@ pub struct RawTrain {
     /// or `cuda:N`. A GPU needs the `cuda` feature (on by default), an NVIDIA driver and
     /// NVRTC (`libnvrtc.so.13` on `LD_LIBRARY_PATH`), and a cell with a CUDA kernel (the
     /// LSTM and its variants but full gate recurrence, the reset-after GRU, the tanh and
-    /// ReLU RNN, the IndRNN, the sequential minGRU and minLSTM, the expRNN). Its numbers differ from the CPU's in the last bits, so the kind of
+    /// ReLU RNN, the IndRNN, the sequential minGRU and minLSTM, the expRNN, the LRU).
+    /// Its numbers differ from the CPU's in the last bits, so the kind of
     /// device is part of the run's id; which GPU is not. Left out of the saved config
     /// on the CPU.
     #[serde(default, skip_serializing_if = "DeviceName::is_cpu")]

@@ -264,12 +264,13 @@ pub(super) fn previous_states(
 /// The batch-averaged `‖∂L/∂h_t‖` of every step from `dh_all (T, B, H)`, summed over
 /// the batch in row order on the host (as `FlowNorms` does).
 pub(super) fn flow(gpu: &Gpu, dh_all: &Buf<f32>, dims: Dims) -> Result<Vec<f64>> {
-    let Dims {
-        batch,
-        seq_len,
-        hidden,
-        ..
-    } = dims;
+    flow_of(gpu, dh_all, dims, dims.hidden)
+}
+
+/// [`flow`] of a state `width` floats wide (the LRU's `[Re x | Im x]`: `2H`).
+pub(super) fn flow_of(gpu: &Gpu, dh_all: &Buf<f32>, dims: Dims, width: usize) -> Result<Vec<f64>> {
+    let Dims { batch, seq_len, .. } = dims;
+    let hidden = width;
     let norms = gpu.zeros::<f64>(seq_len * batch)?;
     gpu.launch(
         "row_norms",

@@ -553,6 +553,131 @@ extern "C" __global__ void minlstm_backward(int batch, int seq_len, int hidden,
     d_h0[at] = d_rec;
 }
 
+// The LRU (src/lru.rs). units holds Re λ, Im λ and γ of the H units (3H floats, formed
+// on the host); the state is [h | Re x | Im x] (B, 3H), projected (B, T, 3H) the input
+// projection [B_re x̃ | B_im x̃ | D x̃]. The recurrence, one thread per (b, j):
+// x_t = λ x_{t−1} + γ (B x̃_t), stored as states (B, T, 2H) = [Re x_t | Im x_t].
+extern "C" __global__ void lru_forward_scan(int batch, int seq_len, int hidden,
+                                           const float* units, const float* state0,
+                                           const float* projected, float* states) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const float l_re = units[j], l_im = units[hidden + j], g = units[2 * hidden + j];
+    float re = state0[b * 3 * hidden + hidden + j];
+    float im = state0[b * 3 * hidden + 2 * hidden + j];
+    for (int t = 0; t < seq_len; ++t) {
+        const float* p = projected + (b * seq_len + t) * 3L * hidden;
+        const float next_re = l_re * re - l_im * im + g * p[j];
+        const float next_im = l_re * im + l_im * re + g * p[hidden + j];
+        re = next_re;
+        im = next_im;
+        float* s = states + (b * seq_len + t) * 2L * hidden;
+        s[j] = re;
+        s[hidden + j] = im;
+    }
+}
+
+// y (B·T, H) = D x̃ + b, before the readout GEMM adds states · W_cᵀ.
+extern "C" __global__ void lru_readout_init(long rows, int hidden, const float* projected,
+                                           const float* bias, float* y) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= rows * hidden) return;
+    const long r = at / hidden;
+    const int j = at % hidden;
+    y[at] = projected[r * 3 * hidden + 2 * hidden + j] + bias[j];
+}
+
+// GELU (tanh approximation) and its slope at y.
+__device__ __forceinline__ void gelu(float y, float* value, float* slope) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    const float t = tanhf(k * (y + c * y * y * y));
+    *value = 0.5f * y * (1.f + t);
+    *slope = 0.5f * (1.f + t) + 0.5f * y * (1.f - t * t) * k * (1.f + 3.f * c * y * y);
+}
+
+// out (B, T + 2, H): GELU(y_t) for t < T, then the final state [Re x_T | Im x_T].
+extern "C" __global__ void lru_output(int batch, int seq_len, int hidden, const float* y,
+                                     const float* states, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long per_row = (long)(seq_len + 2) * hidden;
+    if (at >= batch * per_row) return;
+    const long b = at / per_row;
+    const long rest = at % per_row;
+    const int t = rest / hidden;
+    const int j = rest % hidden;
+    if (t < seq_len) {
+        float value, slope;
+        gelu(y[(b * seq_len + t) * hidden + j], &value, &slope);
+        out[at] = value;
+    } else {
+        out[at] = states[(b * seq_len + seq_len - 1) * 2L * hidden + (long)(t - seq_len) * hidden + j];
+    }
+}
+
+// d_y (B·T, H) = ∂L/∂out · GELU'(y) on the output's first T rows.
+extern "C" __global__ void lru_d_y(int batch, int seq_len, int hidden, const float* grad_out,
+                                  const float* y, float* d_y) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * seq_len * hidden) return;
+    const long bt = at / hidden;
+    const int j = at % hidden;
+    const long b = bt / seq_len;
+    const int t = bt % seq_len;
+    float value, slope;
+    gelu(y[at], &value, &slope);
+    d_y[at] = grad_out[(b * (seq_len + 2) + t) * (long)hidden + j] * slope;
+}
+
+// The LRU's reverse recurrence, one thread per (b, j): ∂L/∂x_t (from the final-state
+// rows of the output, the readout's d_states (B, T, 2H) and the next step) goes to
+// flow_rows (T, B, 2H) for the gradient flow; projected becomes its gradient (γ ∂L/∂x_t
+// for B x̃, ∂L/∂y for D x̃); ∂L/∂(Re λ, Im λ, γ) of this row are summed in f64 into
+// unit_sums (B, H, 3); ∂L/∂x_0 goes to d_state0 (B, 3H) after its (zero) h part.
+extern "C" __global__ void lru_backward_scan(int batch, int seq_len, int hidden,
+                                            const float* units, const float* state0,
+                                            const float* states, const float* d_states,
+                                            const float* d_y, const float* grad_out,
+                                            float* projected, float* flow_rows,
+                                            float* d_state0, double* unit_sums) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    const float l_re = units[j], l_im = units[hidden + j], g = units[2 * hidden + j];
+    const long last = (b * (seq_len + 2) + seq_len) * (long)hidden;
+    float dr = grad_out[last + j], di = grad_out[last + hidden + j];
+    double s_re = 0.0, s_im = 0.0, s_g = 0.0;
+    for (int t = seq_len - 1; t >= 0; --t) {
+        const long now = (b * seq_len + t) * 2L * hidden;
+        dr += d_states[now + j];
+        di += d_states[now + hidden + j];
+        float* f = flow_rows + ((long)t * batch + b) * 2L * hidden;
+        f[j] = dr;
+        f[hidden + j] = di;
+        const float xr = t == 0 ? state0[b * 3 * hidden + hidden + j] : states[now - 2 * hidden + j];
+        const float xi = t == 0 ? state0[b * 3 * hidden + 2 * hidden + j] : states[now - hidden + j];
+        float* p = projected + (b * seq_len + t) * 3L * hidden;
+        s_re += (double)(dr * xr + di * xi);
+        s_im += (double)(di * xr - dr * xi);
+        s_g += (double)(dr * p[j] + di * p[hidden + j]);
+        p[j] = g * dr;
+        p[hidden + j] = g * di;
+        p[2 * hidden + j] = d_y[(b * seq_len + t) * hidden + j];
+        const float next_dr = l_re * dr + l_im * di;
+        const float next_di = l_re * di - l_im * dr;
+        dr = next_dr;
+        di = next_di;
+    }
+    d_state0[b * 3 * hidden + hidden + j] = dr;
+    d_state0[b * 3 * hidden + 2 * hidden + j] = di;
+    double* u = unit_sums + (b * hidden + j) * 3;
+    u[0] = s_re;
+    u[1] = s_im;
+    u[2] = s_g;
+}
+
 // d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).
 extern "C" __global__ void lstm_state_grads(int batch, int hidden, const float* dh_rec,
                                             const float* d_c, float* d_state0) {

@@ -20,6 +20,7 @@ mod exprnn;
 mod gated;
 mod gru;
 mod indrnn;
+mod lru;
 mod lstm;
 mod rnn;
 mod scan;
@@ -38,6 +39,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 pub(crate) use exprnn::{exprnn_backward, exprnn_forward};
 pub(crate) use gru::{GruGpuSaved, gru_backward, gru_forward};
 pub(crate) use indrnn::{indrnn_backward, indrnn_forward};
+pub(crate) use lru::{LruGpuSaved, lru_backward, lru_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
 pub(crate) use rnn::{rnn_backward, rnn_forward};
 pub(crate) use scan::{ScanGpuSaved, ScanKernels, scan_backward, scan_forward};
@@ -89,7 +91,7 @@ fn driver<T>(
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 25] = [
+pub const KERNELS: [&str; 30] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -115,6 +117,11 @@ pub const KERNELS: [&str; 25] = [
     "minlstm_backward",
     "exprnn_forward_step",
     "exprnn_backward_step",
+    "lru_forward_scan",
+    "lru_readout_init",
+    "lru_output",
+    "lru_d_y",
+    "lru_backward_scan",
 ];
 
 /// The header that runs [`KERNEL_SOURCE`] on the host for [`Gpu::emulated`]: one OS
