@@ -500,11 +500,8 @@ impl Kernel for ExpRnnOp {
             hidden,
         } = self.dims;
         let ([w_ih, packed, bias], total) = self.ranges();
-        let saved = self.saved.lock().expect("saved exponential").take();
-        let Some(Ok(generator)) = saved.map(|s| s.downcast::<Orthogonal>()) else {
-            bail!("fused expRNN backward without its forward's exponential");
-        };
-        let (s_matrix, squarings, w) = *generator;
+        let generator = fused::take_saved::<Orthogonal>(&self.saved, Self::NAME)?;
+        let (s_matrix, squarings, w) = generator;
         let w_cast = cast::<T>(&w);
         let out_rs = seq_len * hidden;
         let rows = batch * seq_len;
@@ -577,11 +574,8 @@ impl Kernel for ExpRnnOp {
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (ranges, _) = self.ranges();
         let hidden = self.dims.hidden;
-        let saved = self.saved.lock().expect("saved exponential").take();
-        let Some(Ok(generator)) = saved.map(|s| s.downcast::<Orthogonal>()) else {
-            bail!("fused expRNN backward on CUDA without its forward's exponential");
-        };
-        let (s_matrix, squarings, w) = *generator;
+        let generator = fused::take_saved::<Orthogonal>(&self.saved, Self::NAME)?;
+        let (s_matrix, squarings, w) = generator;
         let w_t = cast::<f32>(&transpose(&w, hidden, hidden));
         let (mut grads, d_w) = crate::cuda::exprnn_backward(
             gpu,

@@ -792,6 +792,17 @@ pub(crate) fn squared_sum<T: Real>(values: &[T]) -> f64 {
 /// Activations saved by a forward pass for its backward, whatever the dtype.
 pub(crate) type Saved = Mutex<Option<Box<dyn Any + Send>>>;
 
+/// What `kernel`'s forward left in `saved`, taken: each forward has one backward.
+pub(crate) fn take_saved<S: 'static>(saved: &Saved, kernel: &str) -> Result<S> {
+    let taken = saved.lock().expect("saved activations").take();
+    match taken.map(|s| s.downcast::<S>()) {
+        Some(Ok(s)) => Ok(*s),
+        _ => bail!(
+            "{kernel} backward without its forward's activations (run backward once per forward)"
+        ),
+    }
+}
+
 /// Whether the fused kernels serve this input: CPU, f32 or f64, at least one step.
 pub(crate) fn supported(xs: &Tensor) -> bool {
     xs.device().is_cpu()

@@ -549,12 +549,9 @@ impl Kernel for GruOp {
         _out: &[f32],
         grad_out: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::GruGpuSaved>()) else {
-            bail!("fused GRU backward on CUDA without its forward (run backward once per forward)");
-        };
+        let saved = fused::take_saved::<crate::cuda::GruGpuSaved>(&self.saved, Self::NAME)?;
         let offsets = GatedOffsets::new(&self.reset, self.dims.input, self.dims.hidden);
-        let grads = crate::cuda::gru_backward(gpu, self.dims, &offsets, *saved, grad_out)?;
+        let grads = crate::cuda::gru_backward(gpu, self.dims, &offsets, saved, grad_out)?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

@@ -356,15 +356,12 @@ impl Kernel for LruOp {
             hidden,
         } = self.dims;
         let ([nu, theta, w_ih, bias, w_c], total) = self.ranges();
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(act)) = saved.map(|s| s.downcast::<Activations<T>>()) else {
-            bail!("fused LRU backward without its forward's activations");
-        };
+        let act = fused::take_saved::<Activations<T>>(&self.saved, Self::NAME)?;
         let Activations {
             mut projected,
             states,
             y,
-        } = *act;
+        } = act;
         let units = self.unit_constants(params);
         let steps = batch * seq_len;
         let out_rs = (seq_len + 2) * hidden;
@@ -521,12 +518,9 @@ impl Kernel for LruOp {
         grad_out: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (ranges, _) = self.ranges();
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::LruGpuSaved>()) else {
-            bail!("fused LRU backward on CUDA without its forward");
-        };
+        let saved = fused::take_saved::<crate::cuda::LruGpuSaved>(&self.saved, Self::NAME)?;
         let (mut grads, sums) =
-            crate::cuda::lru_backward(gpu, (self.dims, &ranges), *saved, grad_out)?;
+            crate::cuda::lru_backward(gpu, (self.dims, &ranges), saved, grad_out)?;
         let [nu, theta, ..] = ranges;
         ring_grads(&sums, params, (nu, theta), &mut grads.d_params);
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);

@@ -1012,16 +1012,11 @@ impl Kernel for LstmOp {
         let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
         let weight_gg = offsets.weight_gg(params, hidden);
         // The activations are taken, not borrowed: the gate gradients overwrite them.
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(saved)) = saved.map(|s| s.downcast::<LstmSaved<T>>()) else {
-            bail!(
-                "fused LSTM backward without its forward's activations (run backward once per forward)"
-            );
-        };
+        let saved = fused::take_saved::<LstmSaved<T>>(&self.saved, Self::NAME)?;
         let LstmSaved {
             gates: mut d_gates,
             cells,
-        } = *saved;
+        } = saved;
         let out_rs = (seq_len + self.options.state_rows()) * hidden;
         let sw = self.state_width();
 
@@ -1116,20 +1111,10 @@ impl Kernel for LstmOp {
         _out: &[f32],
         grad_out: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::LstmGpuSaved>()) else {
-            bail!(
-                "fused LSTM backward on CUDA without its forward (run backward once per forward)"
-            );
-        };
+        let saved = fused::take_saved::<crate::cuda::LstmGpuSaved>(&self.saved, Self::NAME)?;
         let offsets = GatedOffsets::new(&self.options, self.dims.input, self.dims.hidden);
-        let grads = crate::cuda::lstm_backward(
-            gpu,
-            (self.dims, &self.options),
-            &offsets,
-            *saved,
-            grad_out,
-        )?;
+        let grads =
+            crate::cuda::lstm_backward(gpu, (self.dims, &self.options), &offsets, saved, grad_out)?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

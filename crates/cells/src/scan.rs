@@ -233,10 +233,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
         let width = C::GATES * hidden;
         let (ranges, total) = param_ranges(&self.cell.layer_params(input, hidden));
         // The gates are taken, not borrowed: their gradients overwrite them.
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(mut d_gates)) = saved.map(|s| s.downcast::<Vec<T>>()) else {
-            bail!("{} backward without its forward's activations", C::NAME);
-        };
+        let mut d_gates = fused::take_saved::<Vec<T>>(&self.saved, Self::NAME)?;
         let mut d_h0 = vec![T::ZERO; batch * hidden];
         let chunk = chunk_rows(batch);
         let out_rs = seq_len * hidden;
@@ -292,12 +289,9 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
         _out: &[f32],
         grad_out: &[f32],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let saved = self.saved.lock().expect("saved activations").take();
-        let Some(Ok(saved)) = saved.map(|s| s.downcast::<crate::cuda::ScanGpuSaved>()) else {
-            bail!("{} backward on CUDA without its forward", C::NAME);
-        };
+        let saved = fused::take_saved::<crate::cuda::ScanGpuSaved>(&self.saved, Self::NAME)?;
         let grads =
-            crate::cuda::scan_backward(gpu, (self.dims, self.cuda_kernels()?), *saved, grad_out)?;
+            crate::cuda::scan_backward(gpu, (self.dims, self.cuda_kernels()?), saved, grad_out)?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

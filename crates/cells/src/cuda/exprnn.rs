@@ -31,10 +31,7 @@ pub(crate) fn exprnn_forward(
     if x.len() != rows * input || w_t.len() != hidden * hidden || bias.end > params.len() {
         bail!("fused-exprnn on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let h0_dev = gpu.upload(h0)?;
-    let params_dev = gpu.upload(params)?;
-    let w_t_dev = gpu.upload(w_t)?;
+    let [x_dev, h0_dev, params_dev, w_t_dev] = gpu.upload_all([x, h0, params, w_t])?;
     // No input bias: the modReLU's b is the only one.
     let out = gated::projection(
         gpu,
@@ -46,15 +43,7 @@ pub(crate) fn exprnn_forward(
     let bias_at = gpu.at(&params_dev, bias.start, hidden)?;
     let out_at = gpu.at(&out, 0, rows * hidden)?;
     for t in 0..seq_len {
-        let (h_prev, h_rs) = if t == 0 {
-            (gpu.at(&h0_dev, 0, batch * hidden)?, hidden)
-        } else {
-            let offset = (t - 1) * hidden;
-            (
-                gpu.at(&out, offset, rows * hidden - offset)?,
-                seq_len * hidden,
-            )
-        };
+        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
             "exprnn_forward_step",
             gated::step_launch(batch, hidden),
@@ -95,9 +84,7 @@ pub(crate) fn exprnn_backward(
         bail!("fused-exprnn on CUDA: the output or its gradient does not match the layer");
     }
     let [x_dev, h0_dev, params_dev, out_dev, grad_out_dev, w_t_dev] =
-        [x, h0, params, out, grad_out, w_t].map(|data| gpu.upload(data));
-    let (x_dev, h0_dev, params_dev) = (x_dev?, h0_dev?, params_dev?);
-    let (out_dev, grad_out_dev, w_t_dev) = (out_dev?, grad_out_dev?, w_t_dev?);
+        gpu.upload_all([x, h0, params, out, grad_out, w_t])?;
     let d_pre = gpu.zeros::<f32>(rows * hidden)?;
     let d_bias_rows = gpu.zeros::<f32>(rows * hidden)?;
     let dh_rec = gpu.zeros::<f32>(batch * hidden)?;

@@ -6,9 +6,7 @@
 use candle_core::Result;
 use cudarc::driver::LaunchConfig;
 
-use super::Buf;
-
-use super::{Gpu, Strided, blocks, int, long};
+use super::{Buf, Gpu, Strided, blocks, int, long};
 use crate::fused::{Dims, GatedOffsets};
 
 /// A backward's results, on the host.
@@ -226,6 +224,31 @@ pub(super) fn weight_grads(
         tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
     }
     Ok((gpu.download(&d_x)?, d_params))
+}
+
+/// The address and row stride of `h_{t−1}` for a layer whose output is its hidden
+/// states `(B, T, H)`: `h0` at `t = 0`, else step `t − 1` of `out`.
+pub(super) fn previous_hidden(
+    gpu: &Gpu,
+    t: usize,
+    (h0, out): (&Buf<f32>, &Buf<f32>),
+    dims: Dims,
+) -> Result<(u64, usize)> {
+    let Dims {
+        batch,
+        seq_len,
+        hidden,
+        ..
+    } = dims;
+    if t == 0 {
+        Ok((gpu.at(h0, 0, batch * hidden)?, hidden))
+    } else {
+        let offset = (t - 1) * hidden;
+        Ok((
+            gpu.at(out, offset, batch * seq_len * hidden - offset)?,
+            seq_len * hidden,
+        ))
+    }
 }
 
 /// `h_{t−1}` of every step as a `(B·T, H)` matrix: `h0` row `b` (stride `h0_rs`) at

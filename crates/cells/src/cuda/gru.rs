@@ -4,11 +4,10 @@
 //! for the recurrent share of `∂L/∂h_{t−1}`; then the weight gradients over all `B·T`
 //! rows, `W_hh`'s and `b_hh`'s from the recurrent product's own gradient.
 
-use super::Buf;
 use candle_core::{Result, bail};
 
 use super::gated::{self, Grads};
-use super::{Gpu, int, long};
+use super::{Buf, Gpu, int, long};
 use crate::fused::{Dims, GatedOffsets};
 
 /// What the forward keeps on the device for the backward.
@@ -22,30 +21,6 @@ pub(crate) struct GruGpuSaved {
     hn: Buf<f32>,
     /// The hidden states `(B, T, H)`.
     out: Buf<f32>,
-}
-
-/// `h_{t−1}`: `h0` at `t = 0`, else step `t − 1` of the output; address and row stride.
-fn previous(
-    gpu: &Gpu,
-    t: usize,
-    (h0, out): (&Buf<f32>, &Buf<f32>),
-    dims: Dims,
-) -> Result<(u64, usize)> {
-    let Dims {
-        batch,
-        seq_len,
-        hidden,
-        ..
-    } = dims;
-    if t == 0 {
-        Ok((gpu.at(h0, 0, batch * hidden)?, hidden))
-    } else {
-        let offset = (t - 1) * hidden;
-        Ok((
-            gpu.at(out, offset, batch * seq_len * hidden - offset)?,
-            seq_len * hidden,
-        ))
-    }
 }
 
 /// The hidden states `(B, T, H)` of the GRU over `x (B, T, I)` from `h0 (B, H)`, and
@@ -67,9 +42,7 @@ pub(crate) fn gru_forward(
     if offsets.gate_rows() != gh || params.len() != offsets.end || x.len() != rows * input {
         bail!("fused-gru on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let h0_dev = gpu.upload(h0)?;
-    let params_dev = gpu.upload(params)?;
+    let [x_dev, h0_dev, params_dev] = gpu.upload_all([x, h0, params])?;
     // b_hn stays out: the reset gate scales it.
     let gates = gated::input_projection(
         gpu,
@@ -89,7 +62,7 @@ pub(crate) fn gru_forward(
         gpu.at(&out, 0, rows * hidden)?,
     ];
     for t in 0..seq_len {
-        let (h_prev, h_rs) = previous(gpu, t, (&h0_dev, &out), dims)?;
+        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
             "gru_forward_step",
             gated::step_launch(batch, hidden),
@@ -166,7 +139,7 @@ pub(crate) fn gru_backward(
         gpu.at(&dh_all, 0, seq_len * batch * hidden)?,
     ];
     for t in (0..seq_len).rev() {
-        let (h_prev, h_rs) = previous(gpu, t, (&h0, &out), dims)?;
+        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0, &out), dims)?;
         gpu.launch(
             "gru_backward_step",
             Gpu::elementwise(batch * hidden),

@@ -29,9 +29,7 @@ pub(crate) fn indrnn_forward(
     if x.len() != rows * input || h0.len() != batch * hidden || bias.end > params.len() {
         bail!("fused-indrnn on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let h0_dev = gpu.upload(h0)?;
-    let params_dev = gpu.upload(params)?;
+    let [x_dev, h0_dev, params_dev] = gpu.upload_all([x, h0, params])?;
     let out = gated::projection(
         gpu,
         (&x_dev, &params_dev, w_ih.start),
@@ -73,9 +71,7 @@ pub(crate) fn indrnn_backward(
         bail!("fused-indrnn on CUDA: the output or its gradient does not match the layer");
     }
     let [x_dev, h0_dev, params_dev, out_dev, grad_out_dev] =
-        [x, h0, params, out, grad_out].map(|data| gpu.upload(data));
-    let (x_dev, h0_dev, params_dev) = (x_dev?, h0_dev?, params_dev?);
-    let (out_dev, grad_out_dev) = (out_dev?, grad_out_dev?);
+        gpu.upload_all([x, h0, params, out, grad_out])?;
     let d_pre = gpu.zeros::<f32>(rows * hidden)?;
     let dh_all = gpu.zeros::<f32>(seq_len * batch * hidden)?;
     let d_h0 = gpu.zeros::<f32>(batch * hidden)?;

@@ -46,10 +46,7 @@ pub(crate) fn lru_forward(
     if x.len() != rows * input || state0.len() != batch * 3 * hidden || w_c.end > params.len() {
         bail!("fused-lru on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let state0_dev = gpu.upload(state0)?;
-    let params_dev = gpu.upload(params)?;
-    let units_dev = gpu.upload(units)?;
+    let [x_dev, state0_dev, params_dev, units_dev] = gpu.upload_all([x, state0, params, units])?;
     let projected = gated::projection(
         gpu,
         (&x_dev, &params_dev, w_ih.start),

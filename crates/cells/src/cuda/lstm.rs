@@ -113,9 +113,7 @@ pub(crate) fn lstm_forward(
     if offsets.gate_rows() != gh || params.len() != offsets.end || x.len() != rows * input {
         bail!("fused-lstm on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let state0_dev = gpu.upload(state0)?;
-    let params_dev = gpu.upload(params)?;
+    let [x_dev, state0_dev, params_dev] = gpu.upload_all([x, state0, params])?;
     let gates = gated::input_projection(
         gpu,
         offsets,

@@ -262,6 +262,17 @@ impl Gpu {
         }
     }
 
+    /// Copies each of `data` to the device.
+    fn upload_all<const N: usize>(&self, data: [&[f32]; N]) -> Result<[Buf<f32>; N]> {
+        let mut bufs = Vec::with_capacity(N);
+        for values in data {
+            bufs.push(self.upload(values)?);
+        }
+        Ok(bufs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one buffer per slice")))
+    }
+
     /// A zeroed buffer of `len` elements.
     fn zeros<T: DeviceRepr + ValidAsZeroBits + Default + Copy>(
         &self,

@@ -27,9 +27,7 @@ pub(crate) fn rnn_forward(
     if offsets.gate_rows() != hidden || params.len() != offsets.end || x.len() != rows * input {
         bail!("fused-rnn on CUDA: inputs do not match the layer's sizes");
     }
-    let x_dev = gpu.upload(x)?;
-    let h0_dev = gpu.upload(h0)?;
-    let params_dev = gpu.upload(params)?;
+    let [x_dev, h0_dev, params_dev] = gpu.upload_all([x, h0, params])?;
     // The pre-activations become the outputs in place: (B, T, H) is the same layout.
     let out = gated::input_projection(
         gpu,
@@ -41,14 +39,8 @@ pub(crate) fn rnn_forward(
     let weight_hh_t = gated::weight_hh_t(gpu, offsets, &params_dev, hidden)?;
     let weight_hh_t_at = gpu.at(&weight_hh_t, 0, hidden * hidden)?;
     let out_at = gpu.at(&out, 0, rows * hidden)?;
-    let out_rs = seq_len * hidden;
     for t in 0..seq_len {
-        let (h_prev, h_rs) = if t == 0 {
-            (gpu.at(&h0_dev, 0, batch * hidden)?, hidden)
-        } else {
-            let offset = (t - 1) * hidden;
-            (gpu.at(&out, offset, rows * hidden - offset)?, out_rs)
-        };
+        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
             "rnn_forward_step",
             gated::step_launch(batch, hidden),
@@ -90,9 +82,7 @@ pub(crate) fn rnn_backward(
         bail!("fused-rnn on CUDA: the output or its gradient does not match the layer");
     }
     let [x_dev, h0_dev, params_dev, out_dev, grad_out_dev] =
-        [x, h0, params, out, grad_out].map(|data| gpu.upload(data));
-    let (x_dev, h0_dev, params_dev) = (x_dev?, h0_dev?, params_dev?);
-    let (out_dev, grad_out_dev) = (out_dev?, grad_out_dev?);
+        gpu.upload_all([x, h0, params, out, grad_out])?;
     let d_pre = gpu.zeros::<f32>(rows * hidden)?;
     let dh_rec = gpu.zeros::<f32>(batch * hidden)?;
     let dh_all = gpu.zeros::<f32>(seq_len * batch * hidden)?;

@@ -50,9 +50,7 @@ pub(crate) fn scan_forward(
             kernels.forward
         );
     }
-    let x_dev = gpu.upload(x)?;
-    let h0_dev = gpu.upload(h0)?;
-    let params_dev = gpu.upload(params)?;
+    let [x_dev, h0_dev, params_dev] = gpu.upload_all([x, h0, params])?;
     let gates = gated::projection(
         gpu,
         (&x_dev, &params_dev, 0),
