@@ -16,7 +16,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{flat, gradients};
 use rnnlab_cells::cuda::{
-    EMULATOR_HEADER, EMULATOR_SOURCE, Gpu, KERNEL_SOURCE, KERNELS, compile, nvrtc_available,
+    EMULATOR_COMPILE, Gpu, KERNELS, compile, emulator_sources, nvrtc_available,
 };
 use rnnlab_cells::{Backend, CellConfig, HeadKind, Init, ModelConfig, State, registry};
 
@@ -129,26 +129,13 @@ fn cuda_cells() -> Vec<CellConfig> {
 fn emulator(test: &str) -> Option<Arc<Gpu>> {
     let dir = std::env::temp_dir().join(format!("rnnlab-cuda-emulator-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let list: String = KERNELS.iter().map(|k| format!("KERNEL({k})\n")).collect();
-    for (name, text) in [
-        ("kernels.cu", KERNEL_SOURCE),
-        ("emulator.h", EMULATOR_HEADER),
-        ("emulator.cpp", EMULATOR_SOURCE),
-        ("kernel_list.h", list.as_str()),
-    ] {
+    for (name, text) in emulator_sources() {
         std::fs::write(dir.join(name), text).unwrap();
     }
     let library: PathBuf = dir.join("libemulator.so");
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let built = std::process::Command::new(&compiler)
-        .args(["-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror"])
-        .args([
-            "-Wno-unknown-pragmas",
-            "-include",
-            "emulator.h",
-            "emulator.cpp",
-        ])
-        .args(["-o", "libemulator.so", "-lpthread"])
+        .args(EMULATOR_COMPILE)
         .current_dir(&dir)
         .output();
     match built {

@@ -89,6 +89,11 @@ pub struct Checkpoints<'a> {
     pub save: &'a mut dyn FnMut(&Checkpoint) -> anyhow::Result<()>,
 }
 
+/// The environment variable that, set to the CUDA emulator's library, makes
+/// `train.device: cuda` run the kernels on the host (slowly): the tests' way to drive the
+/// whole GPU path without a GPU.
+pub const CUDA_EMULATOR: &str = "RNNLAB_CUDA_EMULATOR";
+
 /// Opens `device` for one run's fused kernels: each run gets a stream of its own, so
 /// `--jobs N` runs share a GPU.
 pub fn open_backend(device: DeviceName) -> anyhow::Result<Backend> {
@@ -96,8 +101,14 @@ pub fn open_backend(device: DeviceName) -> anyhow::Result<Backend> {
         DeviceName::Cpu => Ok(Backend::Cpu),
         #[cfg(feature = "cuda")]
         DeviceName::Cuda(index) => {
-            let gpu = rnnlab_cells::cuda::Gpu::open(index)
-                .with_context(|| format!("opening cuda:{index} (train.device)"))?;
+            // For testing the whole GPU path on machines without one: the kernels
+            // compiled for the host (`rnnlab_cells::cuda::Gpu::emulated`).
+            let gpu = match std::env::var_os(CUDA_EMULATOR) {
+                Some(library) => rnnlab_cells::cuda::Gpu::emulated(library.as_ref())
+                    .with_context(|| format!("loading {CUDA_EMULATOR}"))?,
+                None => rnnlab_cells::cuda::Gpu::open(index)
+                    .with_context(|| format!("opening cuda:{index} (train.device)"))?,
+            };
             Ok(Backend::Cuda(std::sync::Arc::new(gpu)))
         }
         #[cfg(not(feature = "cuda"))]

@@ -509,3 +509,94 @@ fn a_gpu_that_does_not_open_is_refused_before_anything_is_written() {
     );
     assert!(!results.exists(), "nothing written");
 }
+
+/// `(cell, seed, final loss)` of every run in an experiment's `runs.parquet`, sorted.
+#[cfg(feature = "cuda")]
+fn final_losses(experiment: &Path) -> Vec<(String, i64, f64)> {
+    let runs = read(&experiment.join("runs.parquet"));
+    let cells = runs.column("model.cell").unwrap().str().unwrap().clone();
+    let seeds = runs.column("seed").unwrap().cast(&DataType::Int64).unwrap();
+    let losses = runs.column("final_loss").unwrap().f64().unwrap().clone();
+    let mut rows: Vec<_> = (0..runs.height())
+        .map(|k| {
+            (
+                cells.get(k).unwrap().to_owned(),
+                seeds.i64().unwrap().get(k).unwrap(),
+                losses.get(k).unwrap(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    rows
+}
+
+#[test]
+#[cfg(feature = "cuda")]
+fn a_sweep_on_the_cuda_emulator_trains_as_on_the_cpu_and_reruns_bit_for_bit() {
+    let (file, results) = setup("emulated-gpu");
+    // The CUDA kernels compiled for the host: the whole GPU path (backend, kernels,
+    // copies, checkpoints, evaluation, report) without a GPU.
+    let build = results.with_file_name("emulator");
+    std::fs::create_dir_all(&build).unwrap();
+    for (name, text) in rnnlab_cells::cuda::emulator_sources() {
+        std::fs::write(build.join(name), text).unwrap();
+    }
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match Command::new(&compiler)
+        .args(rnnlab_cells::cuda::EMULATOR_COMPILE)
+        .current_dir(&build)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(
+                std::env::var_os("RNNLAB_REQUIRE_KERNEL_TESTS").is_none(),
+                "RNNLAB_REQUIRE_KERNEL_TESTS is set but {compiler}: {e}"
+            );
+            eprintln!("skipped a_sweep_on_the_cuda_emulator: no C++ compiler ({e})");
+            return;
+        }
+    }
+    let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
+    let emulated = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+            .args(["run", file, "--out", out, "--device", "cuda", "--no-report"])
+            .args(extra)
+            .env("RNNLAB_CUDA_EMULATOR", build.join("libemulator.so"))
+            .output()
+            .unwrap();
+        ok(&output)
+    };
+    let first = emulated(&[]);
+    assert!(first.contains("4 runs trained"), "{first}");
+    let gpu = final_losses(&results.join("tiny"));
+    emulated(&["--force"]);
+    assert_eq!(
+        final_losses(&results.join("tiny")),
+        gpu,
+        "a rerun gives the same bits"
+    );
+
+    let cpu_out = results.with_file_name("cpu");
+    ok(&rnnlab(&[
+        "run",
+        file,
+        "--out",
+        cpu_out.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let cpu = final_losses(&cpu_out.join("tiny"));
+    assert_eq!(gpu.len(), 4);
+    for ((cell, seed, on_gpu), (_, _, on_cpu)) in gpu.iter().zip(&cpu) {
+        // 12 Adam steps from the same weights and data: the two differ only by f32
+        // rounding in different summation orders.
+        assert!(
+            (on_gpu - on_cpu).abs() <= 1e-4 * on_cpu.abs(),
+            "{cell} seed {seed}: {on_gpu} on the emulated GPU, {on_cpu} on the CPU"
+        );
+    }
+}

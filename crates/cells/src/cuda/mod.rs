@@ -133,6 +133,36 @@ pub const EMULATOR_HEADER: &str = include_str!("emulator.h");
 /// returns 0 (1 for an unknown name).
 pub const EMULATOR_SOURCE: &str = include_str!("emulator.cpp");
 
+/// The files to write into one folder to build the emulator (name, contents), the
+/// kernel list generated from [`KERNELS`]; then run a C++20 compiler there with
+/// [`EMULATOR_COMPILE`] to get `libemulator.so` for [`Gpu::emulated`].
+pub fn emulator_sources() -> [(&'static str, String); 4] {
+    let list = KERNELS.iter().map(|k| format!("KERNEL({k})\n")).collect();
+    [
+        ("kernels.cu", KERNEL_SOURCE.to_owned()),
+        ("emulator.h", EMULATOR_HEADER.to_owned()),
+        ("emulator.cpp", EMULATOR_SOURCE.to_owned()),
+        ("kernel_list.h", list),
+    ]
+}
+
+/// The compiler arguments that build the emulator from [`emulator_sources`].
+pub const EMULATOR_COMPILE: [&str; 13] = [
+    "-std=c++20",
+    "-O1",
+    "-shared",
+    "-fPIC",
+    "-Wall",
+    "-Werror",
+    "-Wno-unknown-pragmas",
+    "-include",
+    "emulator.h",
+    "emulator.cpp",
+    "-o",
+    "libemulator.so",
+    "-lpthread",
+];
+
 /// Where a [`Gpu`]'s kernels run.
 enum Device {
     /// A CUDA device through its driver: one stream and the loaded kernels.
