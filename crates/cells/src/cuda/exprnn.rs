@@ -8,7 +8,7 @@
 use candle_core::{Result, bail};
 
 use super::gated::{self, Grads};
-use super::{Gpu, Strided, int, long};
+use super::{ELMAN_MODRELU, Gpu, Strided, int, long};
 use crate::fused::Dims;
 
 /// Where `[weight_ih | log_weight_hh | bias]` lie in the flat parameters.
@@ -45,13 +45,14 @@ pub(crate) fn exprnn_forward(
     for t in 0..seq_len {
         let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
-            "exprnn_forward_step",
+            "elman_forward_step",
             gated::step_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
+                &ELMAN_MODRELU,
                 &w_t_at,
                 &bias_at,
                 &h_prev,
@@ -99,13 +100,14 @@ pub(crate) fn exprnn_backward(
     ];
     for t in (0..seq_len).rev() {
         gpu.launch(
-            "exprnn_backward_step",
+            "elman_backward_step",
             Gpu::elementwise(batch * hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
+                &ELMAN_MODRELU,
                 &args[0],
                 &args[1],
                 &args[2],

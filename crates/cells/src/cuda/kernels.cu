@@ -343,29 +343,20 @@ extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden,
     dh_rec[at] = d_h * z;
 }
 
-// One step t of the vanilla RNN: out (B, T, H) holds the input projection with both
-// biases; the recurrent term is added and φ (tanh, or ReLU when relu ≠ 0) applied in
-// place.
-extern "C" __global__ void rnn_forward_step(int batch, int seq_len, int hidden, int t,
-                                            int relu, const float* w_t,
-                                            const float* h_prev, long h_rs, float* out) {
-    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
-    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
-    float acc[1];
-    recurrent_product<1>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
-    if (b >= batch || j >= hidden) return;
-    float* h = out + (b * seq_len + t) * hidden + j;
-    const float v = *h + acc[0];
-    *h = relu ? fmaxf(v, 0.f) : tanhf(v);
-}
+// The Elman-type cells, h_t = φ(pre_t + W h_{t−1}): the vanilla RNN (φ = tanh, or ReLU)
+// and the expRNN (src/exprnn.rs: φ = modReLU, sign(z) · relu(|z| + b), 0 at z = 0; W =
+// exp(A − Aᵀ) formed on the host). `activation` picks φ.
+#define ELMAN_TANH 0
+#define ELMAN_RELU 1
+#define ELMAN_MODRELU 2
 
-// One step t of the expRNN (src/exprnn.rs): out (B, T, H) holds W_ih x_t (no bias); the
-// recurrent term h_{t−1} · Wᵀ (w_t = Wᵀ, W = exp(A − Aᵀ) formed on the host) is added and
-// modReLU applied in place: sign(z) · relu(|z| + b), 0 at z = 0.
-extern "C" __global__ void exprnn_forward_step(int batch, int seq_len, int hidden, int t,
-                                               const float* w_t, const float* bias,
-                                               const float* h_prev, long h_rs,
-                                               float* out) {
+// One step t: out (B, T, H) holds the input projection (with the RNN's biases); the
+// recurrent term h_{t−1} · Wᵀ (w_t = Wᵀ) is added and φ applied in place. `bias` is
+// modReLU's b (unread otherwise).
+extern "C" __global__ void elman_forward_step(int batch, int seq_len, int hidden, int t,
+                                              int activation, const float* w_t,
+                                              const float* bias, const float* h_prev,
+                                              long h_rs, float* out) {
     const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
     const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
     float acc[1];
@@ -373,35 +364,23 @@ extern "C" __global__ void exprnn_forward_step(int batch, int seq_len, int hidde
     if (b >= batch || j >= hidden) return;
     float* h = out + (b * seq_len + t) * hidden + j;
     const float z = *h + acc[0];
-    *h = z > 0.f ? fmaxf(z + bias[j], 0.f) : (z < 0.f ? -fmaxf(bias[j] - z, 0.f) : 0.f);
+    if (activation == ELMAN_MODRELU) {
+        *h = z > 0.f ? fmaxf(z + bias[j], 0.f) : (z < 0.f ? -fmaxf(bias[j] - z, 0.f) : 0.f);
+    } else {
+        *h = activation == ELMAN_RELU ? fmaxf(z, 0.f) : tanhf(z);
+    }
 }
 
-// Its step t backwards, one thread per (b, j): ∂L/∂h_t to dh_all (T, B, H), ∂L/∂z_t to
-// d_pre (B, T, H) (modReLU's slope: 1 where its output is non-zero, else 0), and
-// sign(h_t) · ∂L/∂z_t to d_bias_rows (B, T, H), whose column sums are ∂L/∂b.
-extern "C" __global__ void exprnn_backward_step(int batch, int seq_len, int hidden, int t,
-                                                const float* out, const float* grad_out,
-                                                const float* dh_rec, float* d_pre,
-                                                float* d_bias_rows, float* dh_all) {
-    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (at >= (long)batch * hidden) return;
-    const int j = at % hidden;
-    const long b = at / hidden;
-    const long row = (b * seq_len + t) * hidden + j;
-    const float d_h = grad_out[row] + dh_rec[at];
-    dh_all[(long)t * batch * hidden + at] = d_h;
-    const float h = out[row];
-    d_pre[row] = h != 0.f ? d_h : 0.f;
-    d_bias_rows[row] = h > 0.f ? d_h : (h < 0.f ? -d_h : 0.f);
-}
-
-// The RNN's step t backwards, one thread per (b, j): ∂L/∂h_t (the output's gradient plus
-// the recurrent one, dh_rec (B, H)) is kept in dh_all (T, B, H) for the gradient flow,
-// and times φ' gives the pre-activation's gradient in d_pre (B, T, H).
-extern "C" __global__ void rnn_backward_step(int batch, int seq_len, int hidden, int t,
-                                             int relu, const float* out,
-                                             const float* grad_out, const float* dh_rec,
-                                             float* d_pre, float* dh_all) {
+// Step t backwards, one thread per (b, j): ∂L/∂h_t (the output's gradient plus the
+// recurrent one, dh_rec (B, H)) is kept in dh_all (T, B, H) for the gradient flow, and
+// times φ' (read from the output) gives the pre-activation's gradient in d_pre
+// (B, T, H); for modReLU also sign(h_t) · ∂L/∂z_t in d_bias_rows (B, T, H), whose column
+// sums are ∂L/∂b (unwritten otherwise).
+extern "C" __global__ void elman_backward_step(int batch, int seq_len, int hidden, int t,
+                                               int activation, const float* out,
+                                               const float* grad_out, const float* dh_rec,
+                                               float* d_pre, float* d_bias_rows,
+                                               float* dh_all) {
     const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= (long)batch * hidden) return;
     const int j = at % hidden;
@@ -410,8 +389,13 @@ extern "C" __global__ void rnn_backward_step(int batch, int seq_len, int hidden,
     const float dh = grad_out[row] + dh_rec[at];
     dh_all[(long)t * batch * hidden + at] = dh;
     const float h = out[row];
-    const float slope = relu ? (h > 0.f ? 1.f : 0.f) : 1.f - h * h;
-    d_pre[row] = dh * slope;
+    if (activation == ELMAN_MODRELU) {
+        d_pre[row] = h != 0.f ? dh : 0.f;
+        d_bias_rows[row] = h > 0.f ? dh : (h < 0.f ? -dh : 0.f);
+    } else {
+        const float slope = activation == ELMAN_RELU ? (h > 0.f ? 1.f : 0.f) : 1.f - h * h;
+        d_pre[row] = dh * slope;
+    }
 }
 
 // The IndRNN over the whole sequence, one thread per (b, j) (a unit sees only its own

@@ -89,9 +89,14 @@ fn driver<T>(
     result.map_err(|e| Error::Msg(format!("CUDA: {doing}: {e}")))
 }
 
+/// `activation` codes of the Elman step kernels (`ELMAN_*` in `kernels.cu`).
+pub(crate) const ELMAN_TANH: i32 = 0;
+pub(crate) const ELMAN_RELU: i32 = 1;
+pub(crate) const ELMAN_MODRELU: i32 = 2;
+
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 30] = [
+pub const KERNELS: [&str; 28] = [
     "gemm",
     "add_bias",
     "column_sums",
@@ -105,8 +110,8 @@ pub const KERNELS: [&str; 30] = [
     "lstm_backward_step",
     "lstm_peephole_grad",
     "lstm_state_grads",
-    "rnn_forward_step",
-    "rnn_backward_step",
+    "elman_forward_step",
+    "elman_backward_step",
     "gru_forward_step",
     "gru_backward_step",
     "indrnn_forward",
@@ -115,8 +120,6 @@ pub const KERNELS: [&str; 30] = [
     "mingru_backward",
     "minlstm_forward",
     "minlstm_backward",
-    "exprnn_forward_step",
-    "exprnn_backward_step",
     "lru_forward_scan",
     "lru_readout_init",
     "lru_output",

@@ -6,7 +6,7 @@
 use candle_core::{Result, bail};
 
 use super::gated::{self, Grads};
-use super::{Gpu, int, long};
+use super::{ELMAN_RELU, ELMAN_TANH, Gpu, int, long};
 use crate::fused::{Dims, GatedOffsets};
 
 /// The hidden states `(B, T, H)` of the RNN over `x (B, T, I)` from `h0 (B, H)`.
@@ -42,15 +42,16 @@ pub(crate) fn rnn_forward(
     for t in 0..seq_len {
         let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
-            "rnn_forward_step",
+            "elman_forward_step",
             gated::step_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
-                &i32::from(relu),
+                &activation(relu),
                 &weight_hh_t_at,
+                &0u64,
                 &h_prev,
                 &long(h_rs),
                 &out_at,
@@ -95,18 +96,19 @@ pub(crate) fn rnn_backward(
     ];
     for t in (0..seq_len).rev() {
         gpu.launch(
-            "rnn_backward_step",
+            "elman_backward_step",
             Gpu::elementwise(batch * hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
                 &int(t),
-                &i32::from(relu),
+                &activation(relu),
                 &args[0],
                 &args[1],
                 &args[2],
                 &args[3],
+                &0u64,
                 &args[4],
             ],
         )?;
@@ -135,4 +137,9 @@ pub(crate) fn rnn_backward(
         d_params,
         flow,
     })
+}
+
+/// The Elman kernels' code for φ.
+fn activation(relu: bool) -> i32 {
+    if relu { ELMAN_RELU } else { ELMAN_TANH }
 }
