@@ -8,7 +8,9 @@
 //! - the backward runs the steps in reverse (one GEMM per step for `∂L/∂h_{t−1}`) and
 //!   then forms the weight gradients with one GEMM each over all `B·T` rows.
 //!
-//! GEMMs go through the `gemm` crate (the one candle uses); `tanh` and the sigmoid in
+//! The per-step recurrent GEMMs of the LSTM, GRU and RNN run on weights packed once per
+//! sequence (`crate::packed`, whose sums are the `gemm` crate's bit for bit); the other
+//! GEMMs go through the `gemm` crate (the one candle uses). `tanh` and the sigmoid in
 //! f32 are Eigen's rational approximation (a few ulp, branch-free, so the loops
 //! vectorise); f64 uses the exact functions, for finite-difference tests.
 
@@ -45,6 +47,13 @@ pub(crate) trait Real:
     fn max_(self, other: Self) -> Self;
     fn exp_(self) -> Self;
     fn ln_(self) -> Self;
+    /// `self · a + b` rounded once (a fused multiply-add), as the `gemm` crate's
+    /// microkernels compute their sums.
+    fn mul_add_(self, a: Self, b: Self) -> Self;
+    /// `values` as f32, when this type is f32 (for the SIMD kernels written for it).
+    fn f32s(values: &[Self]) -> Option<&[f32]>;
+    /// [`Self::f32s`] for a mutable slice.
+    fn f32s_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -75,6 +84,19 @@ impl Real for f32 {
     fn ln_(self) -> Self {
         self.ln()
     }
+
+    #[inline(always)]
+    fn mul_add_(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
+
+    fn f32s(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+
+    fn f32s_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
 }
 
 impl Real for f64 {
@@ -99,6 +121,19 @@ impl Real for f64 {
 
     fn ln_(self) -> Self {
         self.ln()
+    }
+
+    #[inline(always)]
+    fn mul_add_(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
+
+    fn f32s(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn f32s_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -616,15 +651,14 @@ impl GatedOffsets {
 
     /// The forward's prologue shared by the gated kernels: checks the sizes, then returns
     /// the input projection of every step `(B·T, G·H)` with `bias_ih` added and, on its
-    /// first `folded` columns, `bias_hh` too (the rest of `bias_hh` is the kernel's), and
-    /// `W_hhᵀ` `(H, G·H)` in the layout the per-step GEMMs read.
+    /// first `folded` columns, `bias_hh` too (the rest of `bias_hh` is the kernel's).
     pub(crate) fn prologue<T: Real>(
         &self,
         kernel: &str,
         (x, params): (&[T], &[T]),
         folded: usize,
-        (rows, input, hidden): (usize, usize, usize),
-    ) -> Result<(Vec<T>, Vec<T>)> {
+        (rows, input): (usize, usize),
+    ) -> Result<Vec<T>> {
         if params.len() != self.end || x.len() != rows * input {
             bail!("{kernel}: inputs do not match the layer's sizes");
         }
@@ -634,9 +668,7 @@ impl GatedOffsets {
             .zip(&params[self.bias_hh..])
             .for_each(|(b, &h)| *b += h);
         let weight_ih = &params[self.weight_ih..self.weight_hh];
-        let pre = input_projection(x, weight_ih, &bias, rows, input);
-        let weight_hh = &params[self.weight_hh..self.bias_ih];
-        Ok((pre, transpose(weight_hh, self.gate_rows(), hidden)))
+        Ok(input_projection(x, weight_ih, &bias, rows, input))
     }
 }
 

@@ -7,9 +7,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
-    input_grads, matmul, matmul_serial, previous_states, wide,
+    input_grads, matmul, previous_states, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
+use crate::packed::Panels;
 use crate::spec::{CellSpec, LayerWeights, ParamSpec, gated_layer};
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
@@ -164,6 +165,55 @@ struct GruSaved<T> {
     extra: Vec<T>,
 }
 
+/// The GRU's recurrent GEMMs on packed weights: `main` multiplies by `W_hh` (all three
+/// gates with the reset after `W_hn`; r and z with it before), `n` by `W_hn` alone (the
+/// reset before it, applied to `r ⊙ h`).
+struct GruPanels<T> {
+    main: Panels<T>,
+    n: Option<Panels<T>>,
+}
+
+impl<T: Real> GruPanels<T> {
+    /// For the forward's `h · W_hhᵀ`: `W_hh` read transposed.
+    fn forward(weight_hh: &[T], reset: GruReset, hidden: usize, rows: usize) -> Self {
+        let transposed =
+            |w: &[T], gates| Panels::pack(w, (1, hidden), hidden, (gates, hidden), rows);
+        match reset {
+            GruReset::After => Self {
+                main: transposed(weight_hh, 3),
+                n: None,
+            },
+            GruReset::Before => Self {
+                main: transposed(weight_hh, 2),
+                n: Some(transposed(&weight_hh[2 * hidden * hidden..], 1)),
+            },
+        }
+    }
+
+    /// For the backward's `∂L/∂h_{t−1} = d_rec · W_hh`: `W_hh` as it is.
+    fn backward(weight_hh: &[T], reset: GruReset, hidden: usize, rows: usize) -> Self {
+        let plain =
+            |w: &[T], gates: usize| Panels::pack(w, (hidden, 1), gates * hidden, (1, hidden), rows);
+        match reset {
+            GruReset::After => Self {
+                main: plain(weight_hh, 3),
+                n: None,
+            },
+            GruReset::Before => Self {
+                main: plain(weight_hh, 2),
+                n: Some(plain(&weight_hh[2 * hidden * hidden..], 1)),
+            },
+        }
+    }
+
+    /// The `W_hn` panels of the reset-before GRU.
+    fn n(&self) -> &Panels<T> {
+        self.n
+            .as_ref()
+            .expect("W_hn panels with the reset before W_hn")
+    }
+}
+
 impl GruOp {
     /// The time loop for the batch rows of one chunk: `[gates, out, extra]` as in the
     /// forward, `h0` the chunk's initial states.
@@ -172,7 +222,7 @@ impl GruOp {
         &self,
         [gates, out, extra]: [&mut [T]; 3],
         h0: &[T],
-        weight_hh_t: &[T],
+        recurrent: &GruPanels<T>,
         bias_hh: &[T],
     ) {
         let Dims {
@@ -183,32 +233,22 @@ impl GruOp {
         let batch = h0.len() / hidden;
         let out_rs = seq_len * hidden;
         // Per step: h W_hhᵀ (reset after) or h W_hrzᵀ (reset before), then (W_hn (r ⊙ h)).
-        let mut recurrent = vec![T::ZERO; batch * gh];
+        let mut products = vec![T::ZERO; batch * gh];
         for t in 0..seq_len {
             let (h_prev, h_rs) = if t == 0 {
                 (h0, hidden)
             } else {
                 (&out[(t - 1) * hidden..], out_rs)
             };
-            let rec_cols = if reset == GruReset::After {
-                gh
-            } else {
-                2 * hidden
-            };
-            matmul_serial(
-                (batch, rec_cols, hidden),
-                &mut recurrent,
-                gh,
-                (h_prev, h_rs, 1),
-                (weight_hh_t, gh, 1),
-                false,
-            );
+            recurrent
+                .main
+                .mul((&mut products, gh), (h_prev, h_rs), batch, false);
             if reset == GruReset::Before {
                 for b in 0..batch {
                     let row = (b * seq_len + t) * gh;
                     let (rz, rec) = (
                         &mut gates[row..row + 2 * hidden],
-                        &recurrent[b * gh..b * gh + 2 * hidden],
+                        &products[b * gh..b * gh + 2 * hidden],
                     );
                     rz.iter_mut()
                         .zip(rec)
@@ -219,13 +259,11 @@ impl GruOp {
                         .zip(rz[..hidden].iter().zip(h))
                         .for_each(|(v, (&r, &h))| *v = r * h);
                 }
-                // The n columns of `recurrent` get (r ⊙ h) W_hnᵀ.
-                matmul_serial(
-                    (batch, hidden, hidden),
-                    &mut recurrent[2 * hidden..],
-                    gh,
-                    (&extra[t * hidden..], seq_len * hidden, 1),
-                    (&weight_hh_t[2 * hidden..], gh, 1),
+                // The n columns of `products` get (r ⊙ h) W_hnᵀ.
+                recurrent.n().mul(
+                    (&mut products[2 * hidden..], gh),
+                    (&extra[t * hidden..], seq_len * hidden),
+                    batch,
                     false,
                 );
             }
@@ -233,7 +271,7 @@ impl GruOp {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
                 let g = &mut gates[row..row + gh];
-                let rec = &recurrent[b * gh..(b + 1) * gh];
+                let rec = &products[b * gh..(b + 1) * gh];
                 let (rz, n) = g.split_at_mut(2 * hidden);
                 let n_rec = &rec[2 * hidden..];
                 if reset == GruReset::After {
@@ -274,7 +312,7 @@ impl GruOp {
         &self,
         [d_pre, d_rec, d_h0]: [&mut [T]; 3],
         [grad_out, out, gates, extra, h0]: [&[T]; 5],
-        weight_hh: &[T],
+        recurrent: &GruPanels<T>,
     ) -> FlowNorms {
         let Dims {
             seq_len, hidden, ..
@@ -327,12 +365,10 @@ impl GruOp {
             }
             if reset == GruReset::Before {
                 // ∂L/∂(r ⊙ h) = d_n · W_hn, then r's gradient and r's share of ∂L/∂h.
-                matmul_serial(
-                    (batch, hidden, hidden),
-                    &mut d_rh,
-                    hidden,
-                    (&d_pre[t * gh + 2 * hidden..], seq_len * gh, 1),
-                    (&weight_hh[2 * hidden * hidden..], hidden, 1),
+                recurrent.n().mul(
+                    (&mut d_rh, hidden),
+                    (&d_pre[t * gh + 2 * hidden..], seq_len * gh),
+                    batch,
                     false,
                 );
                 for b in 0..batch {
@@ -351,17 +387,10 @@ impl GruOp {
             // ∂L/∂h_{t−1} = direct share + d_rec[:, t] · W_hh (r, z rows only when the
             // reset acts before W_hn: its n rows were applied to r ⊙ h, handled above).
             d_h_rec.copy_from_slice(&d_h_direct);
-            let k = if reset == GruReset::After {
-                gh
-            } else {
-                2 * hidden
-            };
-            matmul_serial(
-                (batch, hidden, k),
-                &mut d_h_rec,
-                hidden,
-                (&d_rec[t * gh..], seq_len * gh, 1),
-                (weight_hh, hidden, 1),
+            recurrent.main.mul(
+                (&mut d_h_rec, hidden),
+                (&d_rec[t * gh..], seq_len * gh),
+                batch,
                 true,
             );
         }
@@ -396,24 +425,22 @@ impl Kernel for GruOp {
         } else {
             2 * hidden
         };
-        let (mut gates, weight_hh_t) = offsets.prologue(
-            Self::NAME,
-            (x, params),
-            folded,
-            (batch * seq_len, input, hidden),
-        )?;
+        let mut gates =
+            offsets.prologue(Self::NAME, (x, params), folded, (batch * seq_len, input))?;
 
         let out_rs = seq_len * hidden;
         let mut out = vec![T::ZERO; batch * out_rs];
         let mut extra = vec![T::ZERO; batch * seq_len * hidden];
         let rows = chunk_rows(batch);
+        let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
+        let recurrent = GruPanels::forward(weight_hh, reset, hidden, rows);
         gates
             .par_chunks_mut(rows * seq_len * gh)
             .zip(out.par_chunks_mut(rows * out_rs))
             .zip(extra.par_chunks_mut(rows * seq_len * hidden))
             .zip(h0.par_chunks(rows * hidden))
             .for_each(|(((gates, out), extra), h0)| {
-                wide(|| self.forward_chunk([gates, out, extra], h0, &weight_hh_t, bias_hh));
+                wide(|| self.forward_chunk([gates, out, extra], h0, &recurrent, bias_hh));
             });
         *self.saved.lock().expect("saved activations") = Some(Box::new(GruSaved { gates, extra }));
         Ok(out)
@@ -456,6 +483,7 @@ impl Kernel for GruOp {
         let mut d_rec = vec![T::ZERO; rows * gh];
         let mut d_h0 = vec![T::ZERO; batch * hidden];
         let chunk = chunk_rows(batch);
+        let recurrent = GruPanels::backward(weight_hh, reset, hidden, chunk);
         let flows: Vec<FlowNorms> = d_pre
             .par_chunks_mut(chunk * seq_len * gh)
             .zip(d_rec.par_chunks_mut(chunk * seq_len * gh))
@@ -469,7 +497,7 @@ impl Kernel for GruOp {
                 |(((((((d_pre, d_rec), d_h0), grad_out), out), gates), extra), h0)| {
                     let grads = [d_pre, d_rec, d_h0];
                     wide(|| {
-                        self.backward_chunk(grads, [grad_out, out, gates, extra, h0], weight_hh)
+                        self.backward_chunk(grads, [grad_out, out, gates, extra, h0], &recurrent)
                     })
                 },
             )

@@ -42,6 +42,7 @@ mod lstm;
 mod mingru;
 mod minlstm;
 mod model;
+mod packed;
 mod params;
 pub mod registry;
 mod rnn;

@@ -10,6 +10,7 @@ use crate::fused::{
     matmul_serial, squared_sum, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
+use crate::packed::Panels;
 use crate::spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gated_layer};
 
 /// LSTM layer, `torch.nn.LSTM` with [`LstmOptions::default`] (gate order i, f, g, o):
@@ -713,7 +714,7 @@ impl LstmOp {
     fn forward_chunk<T: Real>(
         &self,
         chunk: ForwardChunk<'_, T>,
-        weight_hh_t: &[T],
+        recurrent: &Panels<T>,
         peephole: [Option<&[T]>; 4],
         weight_gg: Option<&[T]>,
     ) {
@@ -740,12 +741,10 @@ impl LstmOp {
             } else {
                 (&out[(t - 1) * hidden..], out_rs)
             };
-            matmul_serial(
-                (batch, gh, hidden),
-                &mut gates[t * gh..],
-                seq_len * gh,
-                (h_prev, h_rs, 1),
-                (weight_hh_t, gh, 1),
+            recurrent.mul(
+                (&mut gates[t * gh..], seq_len * gh),
+                (h_prev, h_rs),
+                batch,
                 true,
             );
             if let Some(rec) = gate_rec.as_mut() {
@@ -796,7 +795,7 @@ impl LstmOp {
     fn backward_chunk<T: Real>(
         &self,
         chunk: BackwardChunk<'_, T>,
-        weight_hh: &[T],
+        recurrent: &Panels<T>,
         peephole: [Option<&[T]>; 4],
         weight_gg: Option<&[T]>,
     ) -> ChunkGrads<T> {
@@ -887,12 +886,10 @@ impl LstmOp {
                 step_backward(step, self.options);
             }
             // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
-            matmul_serial(
-                (batch, hidden, gh),
-                &mut d_h_rec,
-                hidden,
-                (&gates[t * gh..], seq_len * gh, 1),
-                (weight_hh, hidden, 1),
+            recurrent.mul(
+                (&mut d_h_rec, hidden),
+                (&gates[t * gh..], seq_len * gh),
+                batch,
                 false,
             );
             if let Some(rec) = gate_rec.as_mut() {
@@ -960,16 +957,17 @@ impl Kernel for LstmOp {
         let peephole = offsets.peephole.map(|o| o.map(|o| &params[o..o + hidden]));
         let weight_gg = offsets.weight_gg(params, hidden);
         // Input projection of every step, with both biases folded in.
-        let (mut gates, weight_hh_t) = offsets.gated.prologue(
-            Self::NAME,
-            (x, params),
-            gh,
-            (batch * seq_len, input, hidden),
-        )?;
+        let mut gates =
+            offsets
+                .gated
+                .prologue(Self::NAME, (x, params), gh, (batch * seq_len, input))?;
         let out_rs = (seq_len + self.options.state_rows()) * hidden;
         let mut out = vec![T::ZERO; batch * out_rs];
         let mut cells = vec![T::ZERO; batch * seq_len * hidden];
         let rows = chunk_rows(batch);
+        // gates[:, t] += h_{t−1} · W_hhᵀ: W_hh read transposed, one block per gate.
+        let weight_hh = &params[offsets.gated.weight_hh..offsets.gated.bias_ih];
+        let recurrent = Panels::pack(weight_hh, (1, hidden), hidden, (layout.count, hidden), rows);
         gates
             .par_chunks_mut(rows * seq_len * gh)
             .zip(out.par_chunks_mut(rows * out_rs))
@@ -982,7 +980,7 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                wide(|| self.forward_chunk(chunk, &weight_hh_t, peephole, weight_gg));
+                wide(|| self.forward_chunk(chunk, &recurrent, peephole, weight_gg));
             });
         *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved { gates, cells }));
         Ok(out)
@@ -1022,6 +1020,8 @@ impl Kernel for LstmOp {
 
         let mut d_state0 = vec![T::ZERO; batch * sw];
         let chunk = chunk_rows(batch);
+        // ∂L/∂h_{t−1} = d_gates[:, t] · W_hh.
+        let recurrent = Panels::pack(weight_hh, (hidden, 1), gh, (1, hidden), chunk);
         let chunks: Vec<ChunkGrads<T>> = d_gates
             .par_chunks_mut(chunk * seq_len * gh)
             .zip(d_state0.par_chunks_mut(chunk * sw))
@@ -1036,7 +1036,7 @@ impl Kernel for LstmOp {
                     cells,
                     state0,
                 };
-                wide(|| self.backward_chunk(chunk, weight_hh, peephole, weight_gg))
+                wide(|| self.backward_chunk(chunk, &recurrent, peephole, weight_gg))
             })
             .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);

@@ -5,10 +5,10 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads,
-    matmul_serial, wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
+use crate::packed::Panels;
 use crate::spec::{CellOptions, CellSpec, LayerWeights, gated_layer};
 
 /// Vanilla RNN layer, `torch.nn.RNN`:
@@ -116,7 +116,7 @@ struct RnnOp {
 impl RnnOp {
     /// The time loop for the batch rows of one chunk (`out` holds their pre-activations).
     #[inline(always)]
-    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], weight_hh_t: &[T]) {
+    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], recurrent: &Panels<T>) {
         let Dims {
             seq_len, hidden, ..
         } = self.dims;
@@ -125,12 +125,10 @@ impl RnnOp {
         let out_rs = seq_len * hidden;
         let mut h_prev = h0.to_vec();
         for t in 0..seq_len {
-            matmul_serial(
-                (batch, hidden, hidden),
-                &mut out[t * hidden..],
-                out_rs,
-                (&h_prev, hidden, 1),
-                (weight_hh_t, hidden, 1),
+            recurrent.mul(
+                (&mut out[t * hidden..], out_rs),
+                (&h_prev, hidden),
+                batch,
                 true,
             );
             for b in 0..batch {
@@ -150,7 +148,7 @@ impl RnnOp {
         &self,
         [d_pre, d_h0]: [&mut [T]; 2],
         [out, grad_out]: [&[T]; 2],
-        weight_hh: &[T],
+        recurrent: &Panels<T>,
     ) -> FlowNorms {
         let Dims {
             seq_len, hidden, ..
@@ -179,12 +177,10 @@ impl RnnOp {
                 }
                 flow.add(t, squared);
             }
-            matmul_serial(
-                (batch, hidden, hidden),
-                &mut d_h_rec,
-                hidden,
-                (&d_pre[t * hidden..], out_rs, 1),
-                (weight_hh, hidden, 1),
+            recurrent.mul(
+                (&mut d_h_rec, hidden),
+                (&d_pre[t * hidden..], out_rs),
+                batch,
                 false,
             );
         }
@@ -209,17 +205,16 @@ impl Kernel for RnnOp {
         } = self.dims;
         let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
         // The pre-activations become the outputs in place: (B, T, H) is the same layout.
-        let (mut out, weight_hh_t) = offsets.prologue(
-            Self::NAME,
-            (x, params),
-            hidden,
-            (batch * seq_len, input, hidden),
-        )?;
+        let mut out =
+            offsets.prologue(Self::NAME, (x, params), hidden, (batch * seq_len, input))?;
         let out_rs = seq_len * hidden;
         let rows = chunk_rows(batch);
+        // out[:, t] += h_{t−1} · W_hhᵀ.
+        let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
+        let recurrent = Panels::pack(weight_hh, (1, hidden), hidden, (1, hidden), rows);
         out.par_chunks_mut(rows * out_rs)
             .zip(h0.par_chunks(rows * hidden))
-            .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, &weight_hh_t)));
+            .for_each(|(out, h0)| wide(|| self.forward_chunk(out, h0, &recurrent)));
         Ok(out)
     }
 
@@ -244,13 +239,15 @@ impl Kernel for RnnOp {
         let mut d_pre = vec![T::ZERO; rows * hidden];
         let mut d_h0 = vec![T::ZERO; batch * hidden];
         let chunk = chunk_rows(batch);
+        // ∂L/∂h_{t−1} = d_pre[:, t] · W_hh.
+        let recurrent = Panels::pack(weight_hh, (hidden, 1), hidden, (1, hidden), chunk);
         let flows: Vec<FlowNorms> = d_pre
             .par_chunks_mut(chunk * out_rs)
             .zip(d_h0.par_chunks_mut(chunk * hidden))
             .zip(out.par_chunks(chunk * out_rs))
             .zip(grad_out.par_chunks(chunk * out_rs))
             .map(|(((d_pre, d_h0), out), grad_out)| {
-                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], weight_hh))
+                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], &recurrent))
             })
             .collect();
         FlowNorms::finish(&flows, self.dims, &self.flow);
