@@ -26,6 +26,7 @@ use crate::backend::Backend;
 use crate::cell::{FlowSink, GradFlow};
 #[cfg(feature = "cuda")]
 use crate::cuda::Gpu;
+use crate::packed::par_product;
 use crate::spec::{CellSpec, LayerWeights, param_ranges};
 
 /// The float types the kernels run in.
@@ -189,11 +190,12 @@ pub(crate) fn matmul<T: Real>(
     gemm_checked(dims, dst, dst_rs, a, b, accumulate, threads);
 }
 
-/// `a · b` for `n × n` row-major f32 matrices through the GEMM the fused kernels use, on
-/// the current rayon pool: what `rnnlab bench --peak` times as the machine's peak.
+/// `a · b` for `n × n` row-major f32 matrices through the packed GEMM of the recurrent
+/// and weight-gradient products, on the current rayon pool: what `rnnlab bench --peak`
+/// times as the machine's peak.
 pub fn square_matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![0.0; n * n];
-    matmul((n, n, n), &mut out, n, (a, n, 1), (b, n, 1), false);
+    par_product(&mut out, (a, n, 1), b, n, n);
     out
 }
 
@@ -702,13 +704,12 @@ pub(crate) fn gated_weight_grads<T: Real>(
     let mut scratch = scratch.unwrap_or_else(|| vec![T::ZERO; rows * hidden]);
     let h_prev = &mut scratch[..rows * hidden];
     previous_states(h_prev, (h0, h0_rs), (out, out_rs), seq_len, hidden);
-    matmul(
-        (gh, hidden, rows),
+    par_product(
         &mut d_params[offsets.weight_hh..offsets.bias_ih],
-        hidden,
         (d_pre, 1, gh),
-        (h_prev, hidden, 1),
-        false,
+        h_prev,
+        rows,
+        hidden,
     );
     add_column_sums(&mut d_params[offsets.bias_ih..offsets.bias_hh], d_pre, gh);
     let (head, tail) = d_params.split_at_mut(offsets.bias_hh);

@@ -7,10 +7,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
-    input_grads, matmul, previous_states, wide,
+    input_grads, previous_states, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::packed::Panels;
+use crate::packed::{Panels, par_product};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec, gated_layer};
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
@@ -242,7 +242,7 @@ impl GruOp {
             };
             recurrent
                 .main
-                .mul((&mut products, gh), (h_prev, h_rs), batch, false);
+                .mul((&mut products, gh), (h_prev, h_rs, 1), batch, false);
             if reset == GruReset::Before {
                 for b in 0..batch {
                     let row = (b * seq_len + t) * gh;
@@ -262,7 +262,7 @@ impl GruOp {
                 // The n columns of `products` get (r ⊙ h) W_hnᵀ.
                 recurrent.n().mul(
                     (&mut products[2 * hidden..], gh),
-                    (&extra[t * hidden..], seq_len * hidden),
+                    (&extra[t * hidden..], seq_len * hidden, 1),
                     batch,
                     false,
                 );
@@ -367,7 +367,7 @@ impl GruOp {
                 // ∂L/∂(r ⊙ h) = d_n · W_hn, then r's gradient and r's share of ∂L/∂h.
                 recurrent.n().mul(
                     (&mut d_rh, hidden),
-                    (&d_pre[t * gh + 2 * hidden..], seq_len * gh),
+                    (&d_pre[t * gh + 2 * hidden..], seq_len * gh, 1),
                     batch,
                     false,
                 );
@@ -389,7 +389,7 @@ impl GruOp {
             d_h_rec.copy_from_slice(&d_h_direct);
             recurrent.main.mul(
                 (&mut d_h_rec, hidden),
-                (&d_rec[t * gh..], seq_len * gh),
+                (&d_rec[t * gh..], seq_len * gh, 1),
                 batch,
                 true,
             );
@@ -515,33 +515,16 @@ impl Kernel for GruOp {
         previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
         let d_weight_hh = &mut d_params[o_whh..o_bih];
         match reset {
-            GruReset::After => {
-                matmul(
-                    (gh, hidden, rows),
-                    d_weight_hh,
-                    hidden,
-                    (&d_rec, 1, gh),
-                    (&h_prev, hidden, 1),
-                    false,
-                );
-            }
+            GruReset::After => par_product(d_weight_hh, (&d_rec, 1, gh), &h_prev, rows, hidden),
             GruReset::Before => {
                 let (d_rz, d_n) = d_weight_hh.split_at_mut(2 * hidden * hidden);
-                matmul(
-                    (2 * hidden, hidden, rows),
-                    d_rz,
-                    hidden,
-                    (&d_rec, 1, gh),
-                    (&h_prev, hidden, 1),
-                    false,
-                );
-                matmul(
-                    (hidden, hidden, rows),
+                par_product(d_rz, (&d_rec, 1, gh), &h_prev, rows, hidden);
+                par_product(
                     d_n,
-                    hidden,
                     (&d_rec[2 * hidden..], 1, gh),
-                    (&saved.extra, hidden, 1),
-                    false,
+                    &saved.extra,
+                    rows,
+                    hidden,
                 );
             }
         }

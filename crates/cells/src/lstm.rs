@@ -743,7 +743,7 @@ impl LstmOp {
             };
             recurrent.mul(
                 (&mut gates[t * gh..], seq_len * gh),
-                (h_prev, h_rs),
+                (h_prev, h_rs, 1),
                 batch,
                 true,
             );
@@ -888,7 +888,7 @@ impl LstmOp {
             // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
             recurrent.mul(
                 (&mut d_h_rec, hidden),
-                (&gates[t * gh..], seq_len * gh),
+                (&gates[t * gh..], seq_len * gh, 1),
                 batch,
                 false,
             );

@@ -16,6 +16,8 @@
 //! change when it replaced the crate in the time loops (`same_bits_as_the_gemm_crate`);
 //! tile sizes, vector width and threads do not enter any element's sum.
 
+use rayon::prelude::*;
+
 use super::fused::Real;
 
 /// Columns per packed panel: two AVX2 vectors of f32.
@@ -23,6 +25,8 @@ pub(crate) const PANEL: usize = 16;
 /// Rows per register tile in the portable and AVX2 kernels (`ROWS × PANEL` accumulators:
 /// 8 of AVX2's 16 vector registers); the AVX-512 kernel takes twice as many.
 const ROWS: usize = 4;
+/// Floats of `a` a group of rows may take in one k-block (512 KiB of f32).
+const GROUP_FLOATS: usize = 128 * 1024;
 
 /// A `k × (blocks·width)` matrix packed into panels, for products `a (rows × k) · W`.
 ///
@@ -31,8 +35,11 @@ const ROWS: usize = 4;
 /// straddles two gates.
 pub(crate) struct Panels<T> {
     /// Panel `p` of block `b` holds `W[kk, b·width + p·PANEL + j]` at
-    /// `((b·per_block + p)·k + kk)·PANEL + j`.
-    data: Vec<T>,
+    /// `start + ((b·per_block + p)·k + kk)·PANEL + j`.
+    storage: Vec<T>,
+    /// Where the panels start in `storage`: on a 64-byte boundary, so that no vector
+    /// load of a panel row straddles two cache lines (the allocator aligns to 16).
+    start: usize,
     shape: Shape,
 }
 
@@ -48,7 +55,7 @@ struct Shape {
 }
 
 /// A kernel for f32: `(shape, panels, dst, a, rows, accumulate)` as [`Panels::mul`].
-type F32Kernel = fn(Shape, &[f32], (&mut [f32], usize), (&[f32], usize), usize, bool);
+type F32Kernel = fn(Shape, &[f32], (&mut [f32], usize), (&[f32], usize, usize), usize, bool);
 
 impl<T: Real> Panels<T> {
     /// Packs the matrix whose element `(kk, c)` is `w[kk·rs + c·cs]`, for `k` rows and
@@ -62,7 +69,11 @@ impl<T: Real> Panels<T> {
         rows: usize,
     ) -> Self {
         let per_block = width.div_ceil(PANEL);
-        let mut data = vec![T::ZERO; blocks * per_block * k * PANEL];
+        let len = blocks * per_block * k * PANEL;
+        let slack = 64 / size_of::<T>();
+        let mut storage = vec![T::ZERO; len + slack];
+        let start = storage.as_ptr().align_offset(64).min(slack);
+        let data = &mut storage[start..start + len];
         for (index, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
             let (block, p) = (index / per_block, index % per_block);
             let first = p * PANEL;
@@ -80,34 +91,76 @@ impl<T: Real> Panels<T> {
             per_block,
             kc: block_depth(k, blocks * width, rows, size_of::<T>()),
         };
-        Self { data, shape }
+        Self {
+            storage,
+            start,
+            shape,
+        }
     }
 
-    /// `dst[r·dst_rs + c] (+)= Σ_kk a[r·a_rs + kk] · W[kk, c]` for `rows` rows and every
-    /// column; `accumulate` adds to `dst` instead of overwriting it. In f32 on a CPU with
+    /// The panels.
+    fn data(&self) -> &[T] {
+        let len = self.shape.blocks * self.shape.per_block * self.shape.k * PANEL;
+        &self.storage[self.start..self.start + len]
+    }
+
+    /// `dst[r·dst_rs + c] (+)= Σ_kk a[r·a_rs + kk·a_cs] · W[kk, c]` for `rows` rows and every
+    /// column; `accumulate` adds to `dst` instead of overwriting it. `a`'s rows or its
+    /// terms are contiguous (`a_cs` or `a_rs` is 1). In f32 on a CPU with
     /// AVX-512 or AVX2 and FMA, by the widest SIMD kernel; else in plain Rust.
     pub(crate) fn mul(
         &self,
         (dst, dst_rs): (&mut [T], usize),
-        (a, a_rs): (&[T], usize),
+        (a, a_rs, a_cs): (&[T], usize, usize),
         rows: usize,
         accumulate: bool,
     ) {
         if let (Some(kernel), Some(data), Some(a)) =
-            (simd_kernel(), T::f32s(&self.data), T::f32s(a))
+            (simd_kernel(), T::f32s(self.data()), T::f32s(a))
         {
             let dst = T::f32s_mut(dst).expect("f32 like the weights");
-            return kernel(self.shape, data, (dst, dst_rs), (a, a_rs), rows, accumulate);
+            return kernel(
+                self.shape,
+                data,
+                (dst, dst_rs),
+                (a, a_rs, a_cs),
+                rows,
+                accumulate,
+            );
         }
         portable(
             self.shape,
-            &self.data,
+            self.data(),
             (dst, dst_rs),
-            (a, a_rs),
+            (a, a_rs, a_cs),
             rows,
             accumulate,
         );
     }
+}
+
+/// `dst = a · w` for a `k × n` row-major `w` and `rows = dst.len() / n` rows of `a`
+/// (`a[r·a_rs + kk·a_cs]`, rows or terms contiguous), with `w` packed once and the rows
+/// shared between the current pool's threads (which do not enter any sum): the same
+/// sums as the `gemm` crate's product. The weight gradients `dᵀ · h` over all `B·T`
+/// steps (`a_rs = 1`) and `rnnlab bench --peak` use it.
+pub(crate) fn par_product<T: Real>(
+    dst: &mut [T],
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    w: &[T],
+    k: usize,
+    n: usize,
+) {
+    let rows = dst.len() / n;
+    let panels = Panels::pack(w, (n, 1), k, (1, n), rows);
+    // Parts of 64 rows: a few per thread, so that no thread waits long for the others.
+    const PART: usize = 64;
+    dst.par_chunks_mut(PART * n)
+        .enumerate()
+        .for_each(|(part, dst)| {
+            let (first, part_rows) = (part * PART, dst.len() / n);
+            panels.mul((dst, n), (&a[first * a_rs..], a_rs, a_cs), part_rows, false);
+        });
 }
 
 /// The widest SIMD kernel this CPU runs, chosen once.
@@ -146,7 +199,7 @@ fn portable<T: Real>(
     shape: Shape,
     data: &[T],
     dst: (&mut [T], usize),
-    a: (&[T], usize),
+    a: (&[T], usize, usize),
     rows: usize,
     accumulate: bool,
 ) {
@@ -167,7 +220,7 @@ fn tiles<T: Real, const TILE: usize>(
     shape: Shape,
     data: &[T],
     (dst, dst_rs): (&mut [T], usize),
-    (a, a_rs): (&[T], usize),
+    (a, a_rs, a_cs): (&[T], usize, usize),
     rows: usize,
     accumulate: bool,
     mut each: impl FnMut(Tile<'_, T>),
@@ -183,8 +236,8 @@ fn tiles<T: Real, const TILE: usize>(
         return;
     }
     assert!(
-        (rows - 1) * a_rs + k <= a.len(),
-        "packed GEMM: lhs too short"
+        (rows - 1) * a_rs + (k.max(1) - 1) * a_cs < a.len() && (a_rs == 1 || a_cs == 1),
+        "packed GEMM: lhs too short, or neither its rows nor its terms contiguous"
     );
     assert!(
         (rows - 1) * dst_rs + blocks * width <= dst.len(),
@@ -196,41 +249,72 @@ fn tiles<T: Real, const TILE: usize>(
         }
         return;
     }
+    // Rows go in groups whose share of `a` in one k-block stays in L2 while the panels
+    // pass over it (the weight gradients' `a` is (G·H) × (B·T)); a batch chunk is one.
+    let group = (GROUP_FLOATS / kc).max(TILE) / TILE * TILE;
+    // `a` is copied per group and k-block, tile by tile, each tile's rows side by side
+    // per term: the tiles then read it sequentially at fixed offsets (the weight
+    // gradients' `dᵀ` would otherwise cost a page per term).
+    let mut group_a = vec![T::ZERO; group.min(rows.next_multiple_of(TILE)) * kc];
     for k0 in (0..k).step_by(kc) {
         let len = kc.min(k - k0);
         let add = accumulate || k0 > 0;
-        for (index, panel) in data.chunks_exact(k * PANEL).enumerate() {
-            let first = (index / per_block) * width + (index % per_block) * PANEL;
-            let mut r0 = 0;
-            while r0 < rows {
-                let tile_rows = TILE.min(rows - r0);
-                each(Tile {
-                    dst: &mut dst[r0 * dst_rs + first..],
-                    dst_rs,
-                    cols: PANEL.min(width - (index % per_block) * PANEL),
-                    add,
-                    a: &a[r0 * a_rs + k0..],
-                    a_rs,
-                    len,
-                    panel: &panel[k0 * PANEL..(k0 + len) * PANEL],
-                    rows: tile_rows,
-                });
-                r0 += tile_rows;
+        for g0 in (0..rows).step_by(group) {
+            let group_end = rows.min(g0 + group);
+            for (t, tile_a) in group_a.chunks_exact_mut(TILE * len).enumerate() {
+                let first = g0 + t * TILE;
+                if first >= group_end {
+                    break;
+                }
+                let tile_rows = TILE.min(group_end - first);
+                let a = &a[first * a_rs + k0 * a_cs..];
+                if a_cs == 1 {
+                    // Rows contiguous in k (the time loops): one row at a time.
+                    for r in 0..tile_rows {
+                        let row = &a[r * a_rs..r * a_rs + len];
+                        for (slot, &v) in tile_a[r..].iter_mut().step_by(TILE).zip(row) {
+                            *slot = v;
+                        }
+                    }
+                } else {
+                    // Rows contiguous per term (the weight gradients' `dᵀ`).
+                    for (kk, slots) in tile_a.chunks_exact_mut(TILE).enumerate() {
+                        slots[..tile_rows].copy_from_slice(&a[kk * a_cs..kk * a_cs + tile_rows]);
+                    }
+                }
+            }
+            for (index, panel) in data.chunks_exact(k * PANEL).enumerate() {
+                let first = (index / per_block) * width + (index % per_block) * PANEL;
+                let mut r0 = g0;
+                while r0 < group_end {
+                    let tile_rows = TILE.min(group_end - r0);
+                    each(Tile {
+                        dst: &mut dst[r0 * dst_rs + first..],
+                        dst_rs,
+                        cols: PANEL.min(width - (index % per_block) * PANEL),
+                        add,
+                        a: &group_a[(r0 - g0) * len..(r0 - g0 + TILE) * len],
+                        len,
+                        panel: &panel[k0 * PANEL..(k0 + len) * PANEL],
+                        rows: tile_rows,
+                    });
+                    r0 += tile_rows;
+                }
             }
         }
     }
 }
 
-/// One register tile's work: `rows` rows of `a` (row stride `a_rs`), `len` terms each,
-/// against `panel`; the sums go into the first `cols` columns of `dst`'s rows (stride
-/// `dst_rs`), added to them with `add`.
+/// One register tile's work: `rows` rows of `a`, `len` terms each, stored term by term
+/// with the tile's rows side by side (`a[kk·TILE + r]`, `TILE` the kernel's tile
+/// height), against `panel`; the sums go into the first `cols` columns of `dst`'s rows
+/// (stride `dst_rs`), added to them with `add`.
 struct Tile<'a, T> {
     dst: &'a mut [T],
     dst_rs: usize,
     cols: usize,
     add: bool,
     a: &'a [T],
-    a_rs: usize,
     len: usize,
     panel: &'a [T],
     rows: usize,
@@ -252,12 +336,11 @@ impl<T: Real> Tile<'_, T> {
 /// An `R`-row tile in plain Rust (`R = tile.rows`).
 #[inline(always)]
 fn portable_tile<T: Real, const R: usize>(mut tile: Tile<'_, T>) {
-    let len = tile.len;
-    let lhs: [&[T]; R] = std::array::from_fn(|r| &tile.a[r * tile.a_rs..r * tile.a_rs + len]);
+    let a = tile.a;
     let mut acc = [[T::ZERO; PANEL]; R];
     for (kk, w) in tile.panel.chunks_exact(PANEL).enumerate() {
-        for (acc, lhs) in acc.iter_mut().zip(&lhs) {
-            let x = lhs[kk];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = a[kk * ROWS + r];
             for (acc, &w) in acc.iter_mut().zip(w) {
                 *acc = x.mul_add_(w, *acc);
             }
@@ -282,7 +365,7 @@ mod avx2 {
         shape: Shape,
         data: &[f32],
         dst: (&mut [f32], usize),
-        a: (&[f32], usize),
+        a: (&[f32], usize, usize),
         rows: usize,
         accumulate: bool,
     ) {
@@ -301,7 +384,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     fn tile_of<const R: usize>(mut tile: Tile<'_, f32>) {
         let len = tile.len;
-        assert!(tile.panel.len() == len * PANEL && (R - 1) * tile.a_rs + len <= tile.a.len());
+        assert!(tile.panel.len() == len * PANEL && tile.a.len() == len * ROWS && R <= ROWS);
         let mut acc: [[__m256; 2]; R] = [[_mm256_setzero_ps(); 2]; R];
         let (panel, a) = (tile.panel.as_ptr(), tile.a.as_ptr());
         for kk in 0..len {
@@ -312,7 +395,7 @@ mod avx2 {
                 let w0 = _mm256_loadu_ps(panel.add(kk * PANEL));
                 let w1 = _mm256_loadu_ps(panel.add(kk * PANEL + 8));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*a.add(r * tile.a_rs + kk));
+                    let x = _mm256_set1_ps(*a.add(kk * ROWS + r));
                     acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
                 }
@@ -340,15 +423,16 @@ mod avx512 {
 
     use super::{PANEL, Shape, Tile, tiles};
 
-    /// Rows per tile: 8 accumulators of 16 lanes, enough to hide the FMA latency.
-    const ROWS: usize = 8;
+    /// Rows per tile: 16 accumulators of 16 lanes (a whole batch chunk), so that the
+    /// two FMA units never wait on a sum; the broadcasts of `a` ride the load ports.
+    const ROWS: usize = 16;
 
     #[target_feature(enable = "avx512f")]
     pub(super) fn mul(
         shape: Shape,
         data: &[f32],
         dst: (&mut [f32], usize),
-        a: (&[f32], usize),
+        a: (&[f32], usize, usize),
         rows: usize,
         accumulate: bool,
     ) {
@@ -361,6 +445,14 @@ mod avx512 {
                 5 => tile_of::<5>(tile),
                 6 => tile_of::<6>(tile),
                 7 => tile_of::<7>(tile),
+                8 => tile_of::<8>(tile),
+                9 => tile_of::<9>(tile),
+                10 => tile_of::<10>(tile),
+                11 => tile_of::<11>(tile),
+                12 => tile_of::<12>(tile),
+                13 => tile_of::<13>(tile),
+                14 => tile_of::<14>(tile),
+                15 => tile_of::<15>(tile),
                 _ => tile_of::<ROWS>(tile),
             }
         });
@@ -370,7 +462,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn tile_of<const R: usize>(mut tile: Tile<'_, f32>) {
         let len = tile.len;
-        assert!(tile.panel.len() == len * PANEL && (R - 1) * tile.a_rs + len <= tile.a.len());
+        assert!(tile.panel.len() == len * PANEL && tile.a.len() == len * ROWS && R <= ROWS);
         let mut acc: [__m512; R] = [_mm512_setzero_ps(); R];
         let (panel, a) = (tile.panel.as_ptr(), tile.a.as_ptr());
         for kk in 0..len {
@@ -379,7 +471,7 @@ mod avx512 {
             unsafe {
                 let w = _mm512_loadu_ps(panel.add(kk * PANEL));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * tile.a_rs + kk)), w, *acc);
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * ROWS + r)), w, *acc);
                 }
             }
         }
@@ -483,12 +575,12 @@ mod tests {
                 );
                 for &(kernel, mul) in &kernels {
                     let mut got = got.clone();
-                    let (shape, data) = (panels.shape, &panels.data);
+                    let (shape, data) = (panels.shape, panels.data());
                     mul(
                         shape,
                         data,
                         (&mut got, dst_rs),
-                        (&a, a_rs),
+                        (&a, a_rs, 1),
                         rows,
                         accumulate,
                     );
@@ -506,6 +598,33 @@ mod tests {
         }
     }
 
+    /// The weight gradient `dᵀ · h` against the `gemm` crate's parallel product, bit for
+    /// bit: LSTM and GRU shapes at B·T = 3,200 and a long one with several k-blocks.
+    #[test]
+    fn weight_gradients_have_the_gemm_crates_bits() {
+        for &(rows, hidden, k) in &[(1024, 256, 3200), (222, 74, 3200), (96, 40, 5000)] {
+            let d = values(k * rows, 6);
+            let h = values(k * hidden, 7);
+            let mut expected = vec![0.0f32; rows * hidden];
+            crate::fused::matmul(
+                (rows, hidden, k),
+                &mut expected,
+                hidden,
+                (&d, 1, rows),
+                (&h, hidden, 1),
+                false,
+            );
+            let mut got = values(rows * hidden, 8);
+            par_product(&mut got, (&d, 1, rows), &h, k, hidden);
+            let differ = expected
+                .iter()
+                .zip(&got)
+                .filter(|(e, g)| e.to_bits() != g.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{differ} differ at {rows} × {hidden}, k {k}");
+        }
+    }
+
     /// Row-major `W (k, n)` as the backward reads it, against the definition in f64.
     #[test]
     fn row_major_weights_give_the_product() {
@@ -514,7 +633,7 @@ mod tests {
         let w = values(k * n, 5);
         let panels = Panels::pack(&w, (n, 1), k, (1, n), rows);
         let mut got = vec![0.0f32; rows * n];
-        panels.mul((&mut got, n), (&a, k), rows, false);
+        panels.mul((&mut got, n), (&a, k, 1), rows, false);
         for r in 0..rows {
             for c in 0..n {
                 let exact: f64 = (0..k)

@@ -127,7 +127,7 @@ impl RnnOp {
         for t in 0..seq_len {
             recurrent.mul(
                 (&mut out[t * hidden..], out_rs),
-                (&h_prev, hidden),
+                (&h_prev, hidden, 1),
                 batch,
                 true,
             );
@@ -179,7 +179,7 @@ impl RnnOp {
             }
             recurrent.mul(
                 (&mut d_h_rec, hidden),
-                (&d_pre[t * hidden..], out_rs),
+                (&d_pre[t * hidden..], out_rs, 1),
                 batch,
                 false,
             );
