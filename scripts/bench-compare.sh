@@ -31,7 +31,7 @@ cargo build --release --bin rnnlab
 .venv/bin/python -c 'import torch; print("# torch", torch.__version__)'
 grep -m1 'model name' /proc/cpuinfo || true
 
-header=impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s
+header=impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device
 for impl in rnnlab torch candle-nn; do echo "$header" > "$OUT/$impl.csv"; done
 for round in $(seq "$ROUNDS"); do
   for cell in ${CELLS//,/ }; do
@@ -39,7 +39,7 @@ for round in $(seq "$ROUNDS"); do
       for hidden in ${HIDDEN//,/ }; do
         shape=(--cells "$cell" --hidden "$hidden" --seq-len "$seq_len" --batch "$BATCH" --threads "$THREADS")
         ./target/release/rnnlab bench --child --impl rnnlab "${shape[@]}" --repeats "$REPEATS" | tee -a "$OUT/rnnlab.csv"
-        .venv/bin/python scripts/bench_torch.py --child "{\"cell\": \"$cell\", \"hidden\": $hidden, \"seq_len\": $seq_len, \"batch\": $BATCH, \"threads\": $THREADS, \"warmup\": 2, \"repeats\": $REPEATS, \"max_seconds\": 30}" | tee -a "$OUT/torch.csv"
+        .venv/bin/python scripts/bench_torch.py --child "{\"cell\": \"$cell\", \"hidden\": $hidden, \"seq_len\": $seq_len, \"batch\": $BATCH, \"threads\": $THREADS, \"warmup\": 2, \"repeats\": $REPEATS, \"max_seconds\": 30, \"device\": \"cpu\"}" | tee -a "$OUT/torch.csv"
         if [[ ",$CANDLE_SEQ_LENS," == *",$seq_len,"* && "$cell" != rnn ]]; then
           ./target/release/rnnlab bench --child --impl candle-nn "${shape[@]}" --repeats 3 | tee -a "$OUT/candle-nn.csv"
         fi

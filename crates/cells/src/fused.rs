@@ -190,12 +190,13 @@ pub(crate) fn matmul<T: Real>(
     gemm_checked(dims, dst, dst_rs, a, b, accumulate, threads);
 }
 
-/// `a · b` for `n × n` row-major f32 matrices through the packed GEMM of the recurrent
-/// and weight-gradient products, on the current rayon pool: what `rnnlab bench --peak`
-/// times as the machine's peak.
+/// `a · b` for `n × n` row-major f32 matrices through the `gemm` crate on the current
+/// rayon pool: what `rnnlab bench --peak` times as the machine's GEMM peak. (The packed
+/// kernels are built for skinny products; on a large square one their blocking, bound
+/// to the crate's sums, leaves them below it.)
 pub fn square_matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![0.0; n * n];
-    par_product(&mut out, (a, n, 1), b, n, n);
+    matmul((n, n, n), &mut out, n, (a, n, 1), (b, n, 1), false);
     out
 }
 

@@ -142,8 +142,8 @@ impl<T: Real> Panels<T> {
 /// `dst = a · w` for a `k × n` row-major `w` and `rows = dst.len() / n` rows of `a`
 /// (`a[r·a_rs + kk·a_cs]`, rows or terms contiguous), with `w` packed once and the rows
 /// shared between the current pool's threads (which do not enter any sum): the same
-/// sums as the `gemm` crate's product. The weight gradients `dᵀ · h` over all `B·T`
-/// steps (`a_rs = 1`) and `rnnlab bench --peak` use it.
+/// sums as the `gemm` crate's product: the weight gradients `dᵀ · h` over all `B·T`
+/// steps (`a_rs = 1`).
 pub(crate) fn par_product<T: Real>(
     dst: &mut [T],
     (a, a_rs, a_cs): (&[T], usize, usize),

@@ -210,7 +210,7 @@ fn matrix_weights(cell: &CellKind, hidden: usize) -> anyhow::Result<usize> {
 }
 
 /// `--peak`: the median GFLOP/s of `repeats` square `size × size` f32 products through
-/// the kernels' GEMM, after `warmup` untimed ones, in a pool of `--threads`.
+/// the `gemm` crate, after `warmup` untimed ones, in a pool of `--threads`.
 fn peak(size: usize, args: &BenchArgs) -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads.get())
