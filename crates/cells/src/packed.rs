@@ -3,10 +3,13 @@
 //! Every step of a recurrence multiplies a few batch rows (a chunk of at most 16) by the
 //! same recurrent matrix. A general GEMM re-reads that matrix with a row stride and
 //! re-derives its blocking on every call; here the matrix is packed once per forward or
-//! backward into panels of [`PANEL`] columns, each panel's `k` rows contiguous, and a
-//! register tile of up to 4 (AVX2, portable) or 8 (AVX-512) rows × `PANEL` accumulators
-//! streams down a panel. Measured on the project's Xeon, one thread, 16 × 1,024 × 256
-//! (the LSTM's forward at H = 256): 92 GFLOP/s with AVX2 against the crate's 73.
+//! backward into panels of [`PANEL`] columns, each panel's `k` rows contiguous; the left
+//! operand is copied per block of terms with each register tile's rows side by side, and
+//! a tile of up to 4 (AVX2, portable) or 16 (AVX-512) rows × `PANEL` accumulators
+//! streams down a panel. [`par_product`] does the same for the weight gradients, the
+//! rows shared between threads. Measured on the project's Xeon, one thread,
+//! 16 × 1,024 × 256 (the LSTM's forward step at H = 256): 120–129 GFLOP/s with AVX-512
+//! and 91–96 with AVX2, against the crate's 67–81 (three runs, FAQ sweep paused).
 //!
 //! **The sums are the `gemm` crate's, bit for bit.** The kernels called it per step
 //! before; each output element there is a chain of fused multiply-adds from zero in `k`
@@ -23,7 +26,7 @@ use super::fused::Real;
 /// Columns per packed panel: two AVX2 vectors of f32.
 pub(crate) const PANEL: usize = 16;
 /// Rows per register tile in the portable and AVX2 kernels (`ROWS × PANEL` accumulators:
-/// 8 of AVX2's 16 vector registers); the AVX-512 kernel takes twice as many.
+/// 8 of AVX2's 16 vector registers); the AVX-512 kernel takes 16 rows.
 const ROWS: usize = 4;
 /// Floats of `a` a group of rows may take in one k-block (512 KiB of f32).
 const GROUP_FLOATS: usize = 128 * 1024;
@@ -141,9 +144,9 @@ impl<T: Real> Panels<T> {
 
 /// `dst = a · w` for a `k × n` row-major `w` and `rows = dst.len() / n` rows of `a`
 /// (`a[r·a_rs + kk·a_cs]`, rows or terms contiguous), with `w` packed once and the rows
-/// shared between the current pool's threads (which do not enter any sum): the same
-/// sums as the `gemm` crate's product: the weight gradients `dᵀ · h` over all `B·T`
-/// steps (`a_rs = 1`).
+/// shared between the current pool's threads (which do not enter any sum); the same
+/// sums as the `gemm` crate's product. The recurrent weight gradients `dᵀ · h` over all
+/// `B·T` steps use it (`a_rs = 1`).
 pub(crate) fn par_product<T: Real>(
     dst: &mut [T],
     (a, a_rs, a_cs): (&[T], usize, usize),
