@@ -28,8 +28,8 @@ pub(crate) const PANEL: usize = 16;
 /// Rows per register tile in the portable and AVX2 kernels (`ROWS × PANEL` accumulators:
 /// 8 of AVX2's 16 vector registers); the AVX-512 kernel takes 16 rows.
 const ROWS: usize = 4;
-/// Floats of `a` a group of rows may take in one k-block (512 KiB of f32).
-const GROUP_FLOATS: usize = 128 * 1024;
+/// Floats of `a` a group of rows may take in one k-block (1 MiB of f32, half an L2).
+const GROUP_FLOATS: usize = 256 * 1024;
 
 /// A `k × (blocks·width)` matrix packed into panels, for products `a (rows × k) · W`.
 ///
@@ -156,12 +156,19 @@ pub(crate) fn par_product<T: Real>(
 ) {
     let rows = dst.len() / n;
     let panels = Panels::pack(w, (n, 1), k, (1, n), rows);
-    // Parts of 64 rows: a few per thread, so that no thread waits long for the others.
-    const PART: usize = 64;
-    dst.par_chunks_mut(PART * n)
+    // One part per thread, of at most `MAX_PART` rows: each part streams every panel
+    // once per group of rows, so larger parts read the packed `h` (B·T × H, tens of MiB
+    // at T = 1,000) fewer times.
+    const MAX_PART: usize = 512;
+    let threads = rayon::current_num_threads().max(1);
+    let part_rows = rows
+        .div_ceil(threads)
+        .next_multiple_of(16)
+        .clamp(16, MAX_PART);
+    dst.par_chunks_mut(part_rows * n)
         .enumerate()
         .for_each(|(part, dst)| {
-            let (first, part_rows) = (part * PART, dst.len() / n);
+            let (first, part_rows) = (part * part_rows, dst.len() / n);
             panels.mul((dst, n), (&a[first * a_rs..], a_rs, a_cs), part_rows, false);
         });
 }
