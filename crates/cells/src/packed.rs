@@ -213,18 +213,28 @@ fn portable<T: Real>(
     rows: usize,
     accumulate: bool,
 ) {
-    tiles::<T, ROWS>(shape, data, dst, a, rows, accumulate, |tile| {
-        match tile.rows {
+    let copy = copy_rows::<T, ROWS>;
+    tiles::<T, ROWS>(
+        shape,
+        data,
+        dst,
+        a,
+        rows,
+        accumulate,
+        copy,
+        |tile| match tile.rows {
             1 => portable_tile::<T, 1>(tile),
             2 => portable_tile::<T, 2>(tile),
             3 => portable_tile::<T, 3>(tile),
             _ => portable_tile::<T, ROWS>(tile),
-        }
-    });
+        },
+    );
 }
 
 /// Cuts the product into register tiles (k-blocks, then panels, then up to `TILE`
-/// rows) and hands each to `each`.
+/// rows) and hands each to `each`; `copy` copies a tile's rows of `a` where they are
+/// contiguous in `k` ([`copy_rows`], or the kernel's faster one).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tiles<T: Real, const TILE: usize>(
     shape: Shape,
@@ -233,6 +243,7 @@ fn tiles<T: Real, const TILE: usize>(
     (a, a_rs, a_cs): (&[T], usize, usize),
     rows: usize,
     accumulate: bool,
+    mut copy: impl FnMut(&[T], usize, usize, usize, &mut [T]),
     mut each: impl FnMut(Tile<'_, T>),
 ) {
     let Shape {
@@ -278,13 +289,8 @@ fn tiles<T: Real, const TILE: usize>(
                     if first >= group_end {
                         break;
                     }
-                    let a = &a[first * a_rs + k0..];
-                    for r in 0..TILE.min(group_end - first) {
-                        let row = &a[r * a_rs..r * a_rs + len];
-                        for (slot, &v) in tile_a[r..].iter_mut().step_by(TILE).zip(row) {
-                            *slot = v;
-                        }
-                    }
+                    let tile_rows = TILE.min(group_end - first);
+                    copy(&a[first * a_rs + k0..], a_rs, tile_rows, len, tile_a);
                 }
             } else {
                 // Rows contiguous per term (`a_rs` = 1: the weight gradients' `dᵀ`): term
@@ -328,6 +334,24 @@ fn tiles<T: Real, const TILE: usize>(
                     r0 += tile_rows;
                 }
             }
+        }
+    }
+}
+
+/// Copies `rows` rows of `a` (`len` terms each, rows `a_rs` apart) into a tile's share
+/// of the left operand, term by term with the rows side by side (`tile_a[kk·TILE + r]`).
+#[inline(always)]
+fn copy_rows<T: Real, const TILE: usize>(
+    a: &[T],
+    a_rs: usize,
+    rows: usize,
+    len: usize,
+    tile_a: &mut [T],
+) {
+    for r in 0..rows {
+        let row = &a[r * a_rs..r * a_rs + len];
+        for (slot, &v) in tile_a[r..].iter_mut().step_by(TILE).zip(row) {
+            *slot = v;
         }
     }
 }
@@ -385,7 +409,7 @@ mod avx2 {
         _mm256_storeu_ps,
     };
 
-    use super::{PANEL, ROWS, Shape, Tile, tiles};
+    use super::{PANEL, ROWS, Shape, Tile, copy_rows, tiles};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn mul(
@@ -396,14 +420,22 @@ mod avx2 {
         rows: usize,
         accumulate: bool,
     ) {
-        tiles::<f32, ROWS>(shape, data, dst, a, rows, accumulate, |tile| {
-            match tile.rows {
+        let copy = copy_rows::<f32, ROWS>;
+        tiles::<f32, ROWS>(
+            shape,
+            data,
+            dst,
+            a,
+            rows,
+            accumulate,
+            copy,
+            |tile| match tile.rows {
                 1 => tile_of::<1>(tile),
                 2 => tile_of::<2>(tile),
                 3 => tile_of::<3>(tile),
                 _ => tile_of::<ROWS>(tile),
-            }
-        });
+            },
+        );
     }
 
     /// An `R`-row tile: two 8-lane accumulators per row, one broadcast of `a` per row
@@ -444,11 +476,12 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+        __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps,
+        _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
     };
 
-    use super::{PANEL, Shape, Tile, tiles};
+    use super::{PANEL, Shape, Tile, copy_rows, tiles};
 
     /// Rows per tile: 16 accumulators of 16 lanes (a whole batch chunk), so that the
     /// two FMA units never wait on a sum; the broadcasts of `a` ride the load ports.
@@ -463,8 +496,15 @@ mod avx512 {
         rows: usize,
         accumulate: bool,
     ) {
-        tiles::<f32, ROWS>(shape, data, dst, a, rows, accumulate, |tile| {
-            match tile.rows {
+        tiles::<f32, ROWS>(
+            shape,
+            data,
+            dst,
+            a,
+            rows,
+            accumulate,
+            |a, a_rs, rows, len, tile_a| transpose(a, a_rs, rows, len, tile_a),
+            |tile| match tile.rows {
                 1 => tile_of::<1>(tile),
                 2 => tile_of::<2>(tile),
                 3 => tile_of::<3>(tile),
@@ -481,8 +521,76 @@ mod avx512 {
                 14 => tile_of::<14>(tile),
                 15 => tile_of::<15>(tile),
                 _ => tile_of::<ROWS>(tile),
+            },
+        );
+    }
+
+    /// [`copy_rows`] for a whole tile of 16 rows: 16 × 16 blocks transposed in
+    /// registers (three rounds of lane shuffles) instead of 256 scattered stores.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(a: &[f32], a_rs: usize, rows: usize, len: usize, tile_a: &mut [f32]) {
+        if rows < ROWS {
+            return copy_rows::<f32, ROWS>(a, a_rs, rows, len, tile_a);
+        }
+        assert!((ROWS - 1) * a_rs + len <= a.len() && len * ROWS <= tile_a.len());
+        let whole = len / 16 * 16;
+        for kk0 in (0..whole).step_by(16) {
+            // SAFETY: rows r < 16 read terms kk0..kk0 + 16 ≤ len of row r, and the
+            // stores write terms kk0..kk0 + 16 of `tile_a` (asserted above).
+            #[allow(unsafe_code)]
+            unsafe {
+                let r: [__m512; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(a.as_ptr().add(i * a_rs + kk0)));
+                // Per 128-bit lane j: rows (2i, 2i+1) interleaved at terms 4j, 4j+1
+                // (even t) and 4j+2, 4j+3 (odd t).
+                let t: [__m512; 16] = std::array::from_fn(|i| {
+                    let (x, y) = (r[i & !1], r[i | 1]);
+                    if i % 2 == 0 {
+                        _mm512_unpacklo_ps(x, y)
+                    } else {
+                        _mm512_unpackhi_ps(x, y)
+                    }
+                });
+                // u[4g + c]: rows 4g..4g+4 of term 4j + c in lane j.
+                let u: [__m512; 16] = std::array::from_fn(|i| {
+                    let (g, c) = (i / 4, i % 4);
+                    let x = _mm512_castps_pd(t[4 * g + (c / 2)]);
+                    let y = _mm512_castps_pd(t[4 * g + 2 + (c / 2)]);
+                    _mm512_castpd_ps(if c % 2 == 0 {
+                        _mm512_unpacklo_pd(x, y)
+                    } else {
+                        _mm512_unpackhi_pd(x, y)
+                    })
+                });
+                // v[8h + c] (c < 4), lane by lane: terms c and c + 8 of rows 8h..8h+4,
+                // then the same terms of rows 8h+4..8h+8; v[8h + 4 + c]: terms c + 4
+                // and c + 12.
+                let v: [__m512; 16] = std::array::from_fn(|i| {
+                    let (h, odd, c) = (i / 8, (i / 4) % 2, i % 4);
+                    let (x, y) = (u[8 * h + c], u[8 * h + 4 + c]);
+                    if odd == 0 {
+                        _mm512_shuffle_f32x4::<0x88>(x, y)
+                    } else {
+                        _mm512_shuffle_f32x4::<0xdd>(x, y)
+                    }
+                });
+                // Term c: its 16 rows in order.
+                for c in 0..16 {
+                    let (x, y) = (v[c % 8], v[8 + c % 8]);
+                    let column = if c < 8 {
+                        _mm512_shuffle_f32x4::<0x88>(x, y)
+                    } else {
+                        _mm512_shuffle_f32x4::<0xdd>(x, y)
+                    };
+                    _mm512_storeu_ps(tile_a.as_mut_ptr().add((kk0 + c) * ROWS), column);
+                }
             }
-        });
+        }
+        for r in 0..ROWS {
+            for kk in whole..len {
+                tile_a[kk * ROWS + r] = a[r * a_rs + kk];
+            }
+        }
     }
 
     /// An `R`-row tile: one 16-lane accumulator per row (a panel is one vector).
