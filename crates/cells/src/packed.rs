@@ -4,10 +4,11 @@
 //! same recurrent matrix. A general GEMM re-reads that matrix with a row stride and
 //! re-derives its blocking on every call; here the matrix is packed once per forward or
 //! backward into panels of [`PANEL`] columns, each panel's `k` rows contiguous; the left
-//! operand is copied per block of terms with each register tile's rows side by side, and
-//! a tile of up to 4 (AVX2, portable) or 16 (AVX-512) rows × `PANEL` accumulators
-//! streams down a panel. [`par_product`] does the same for the weight gradients, the
-//! rows shared between threads. Measured on the project's Xeon, one thread,
+//! operand is copied per block of terms with each register tile's rows side by side (with
+//! AVX-512, 16 × 16 blocks transposed in registers), and a tile of up to 4 (AVX2,
+//! portable) or 16 (AVX-512) rows × `PANEL` accumulators streams down a panel.
+//! [`par_product`] does the same for the weight gradients, one part of the rows per
+//! thread. Measured on the project's Xeon, one thread,
 //! 16 × 1,024 × 256 (the LSTM's forward step at H = 256): 120–129 GFLOP/s with AVX-512
 //! and 91–96 with AVX2, against the crate's 67–81 (three runs, FAQ sweep paused).
 //!
