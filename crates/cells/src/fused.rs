@@ -605,6 +605,9 @@ pub(crate) fn input_projection<T: Real>(
     input: usize,
 ) -> Vec<T> {
     let cols = bias.len();
+    if input <= 2 && rows * cols > 256 {
+        return short_projection(x, weight_ih, bias, input);
+    }
     let mut pre = vec![T::ZERO; rows * cols];
     matmul(
         (rows, cols, input),
@@ -616,6 +619,24 @@ pub(crate) fn input_projection<T: Real>(
     );
     for row in pre.chunks_exact_mut(cols) {
         row.iter_mut().zip(bias).for_each(|(p, &b)| *p += b);
+    }
+    pre
+}
+
+/// [`input_projection`] for one or two input features (the adding task's), in one pass
+/// instead of three (zeroing, product, bias). The `gemm` crate computes such a product
+/// as `x₁·w₁ + x₀·w₀`, each product and the sum rounded on their own (no fused
+/// multiply-add: its small-`k` path, taken above 256 output elements), and the bias was
+/// added after it; the same operations in the same order give the same bits.
+fn short_projection<T: Real>(x: &[T], weight_ih: &[T], bias: &[T], input: usize) -> Vec<T> {
+    let mut pre = Vec::with_capacity(x.len() / input * bias.len());
+    for features in x.chunks_exact(input) {
+        let weights = weight_ih.chunks_exact(input).zip(bias);
+        if let [x0, x1] = *features {
+            pre.extend(weights.map(|(w, &b)| (x1 * w[1] + x0 * w[0]) + b));
+        } else {
+            pre.extend(weights.map(|(w, &b)| features[0] * w[0] + b));
+        }
     }
     pre
 }
@@ -873,6 +894,40 @@ pub(crate) fn tensor<T: Real>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass projection of one or two features has the `gemm` crate's bits (what
+    /// `input_projection` computed before), at the adding task's shapes and odd ones.
+    #[test]
+    fn short_projections_have_the_gemm_crates_bits() {
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| {
+                    let h = (i.wrapping_add(seed).wrapping_mul(2_654_435_761)) >> 8;
+                    (h % 20_001) as f32 / 1000.0 - 10.0 + (h % 7) as f32 * 1e-4
+                })
+                .collect()
+        };
+        for &(rows, cols, input) in &[(3200, 1024, 2), (600, 148, 2), (257, 3, 2), (1000, 37, 1)] {
+            let x = values(rows * input, 1);
+            let weight_ih = values(cols * input, 2);
+            let bias = values(cols, 3);
+            let mut expected = vec![0.0f32; rows * cols];
+            matmul(
+                (rows, cols, input),
+                &mut expected,
+                cols,
+                (&x, input, 1),
+                (&weight_ih, 1, input),
+                false,
+            );
+            for row in expected.chunks_exact_mut(cols) {
+                row.iter_mut().zip(&bias).for_each(|(p, &b)| *p += b);
+            }
+            let got = input_projection(&x, &weight_ih, &bias, rows, input);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&expected), "{rows} × {cols} × {input}");
+        }
+    }
 
     /// `input_grads`' `∂L/∂W_ih` through the packed kernels has the `gemm` crate's bits
     /// (what it computed before), on shapes of the adding task (2 inputs), the copy
