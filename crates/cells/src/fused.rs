@@ -891,6 +891,18 @@ pub(crate) fn tensor<T: Real>(data: Vec<T>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
 }
 
+/// Values of mixed sign and magnitude, so that the order of a sum shows in its bits:
+/// the inputs of the tests that hold a kernel to the `gemm` crate's bits.
+#[cfg(test)]
+pub(crate) fn mixed_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i.wrapping_add(seed).wrapping_mul(2_654_435_761)) >> 8;
+            (h % 20_001) as f32 / 1000.0 - 10.0 + (h % 7) as f32 * 1e-4
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -899,18 +911,10 @@ mod tests {
     /// `input_projection` computed before), at the adding task's shapes and odd ones.
     #[test]
     fn short_projections_have_the_gemm_crates_bits() {
-        let values = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n as u32)
-                .map(|i| {
-                    let h = (i.wrapping_add(seed).wrapping_mul(2_654_435_761)) >> 8;
-                    (h % 20_001) as f32 / 1000.0 - 10.0 + (h % 7) as f32 * 1e-4
-                })
-                .collect()
-        };
         for &(rows, cols, input) in &[(3200, 1024, 2), (600, 148, 2), (257, 3, 2), (1000, 37, 1)] {
-            let x = values(rows * input, 1);
-            let weight_ih = values(cols * input, 2);
-            let bias = values(cols, 3);
+            let x = mixed_values(rows * input, 1);
+            let weight_ih = mixed_values(cols * input, 2);
+            let bias = mixed_values(cols, 3);
             let mut expected = vec![0.0f32; rows * cols];
             matmul(
                 (rows, cols, input),
@@ -935,14 +939,6 @@ mod tests {
     /// up to 6,400 terms); and `∂L/∂X` too.
     #[test]
     fn input_gradients_have_the_gemm_crates_bits() {
-        let values = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n as u32)
-                .map(|i| {
-                    let h = (i.wrapping_add(seed).wrapping_mul(2_654_435_761)) >> 8;
-                    (h % 20_001) as f32 / 1000.0 - 10.0 + (h % 7) as f32 * 1e-4
-                })
-                .collect()
-        };
         // (rows = B·T, cols = G·H, input)
         for &(rows, cols, input) in &[
             (6400, 1024, 2),
@@ -950,10 +946,10 @@ mod tests {
             (1000, 600, 3),
             (130, 96, 5),
         ] {
-            let d_pre = values(rows * cols, 1);
-            let x = values(rows * input, 2);
-            let weight_ih = values(cols * input, 3);
-            let mut d_weight_ih = values(cols * input, 4);
+            let d_pre = mixed_values(rows * cols, 1);
+            let x = mixed_values(rows * input, 2);
+            let weight_ih = mixed_values(cols * input, 3);
+            let mut d_weight_ih = mixed_values(cols * input, 4);
             let d_x = input_grads(
                 &d_pre,
                 &x,

@@ -641,17 +641,7 @@ fn block_depth(k: usize, n: usize, rows: usize, size: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::matmul_serial;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        // Values of mixed sign and magnitude, so that the order of the sums shows.
-        (0..n as u32)
-            .map(|i| {
-                let h = (i.wrapping_add(seed).wrapping_mul(2_654_435_761)) >> 8;
-                (h % 20_001) as f32 / 1000.0 - 10.0 + (h % 7) as f32 * 1e-4
-            })
-            .collect()
-    }
+    use crate::fused::{matmul_serial, mixed_values as values};
 
     /// Every f32 kernel this CPU can run: the portable one and the SIMD ones.
     fn kernels() -> Vec<(&'static str, F32Kernel)> {
