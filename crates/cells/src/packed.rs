@@ -214,7 +214,6 @@ fn portable<T: Real>(
     rows: usize,
     accumulate: bool,
 ) {
-    let copy = copy_rows::<T, ROWS>;
     tiles::<T, ROWS>(
         shape,
         data,
@@ -222,7 +221,7 @@ fn portable<T: Real>(
         a,
         rows,
         accumulate,
-        copy,
+        copy_rows::<T, ROWS>,
         |tile| match tile.rows {
             1 => portable_tile::<T, 1>(tile),
             2 => portable_tile::<T, 2>(tile),
@@ -421,7 +420,6 @@ mod avx2 {
         rows: usize,
         accumulate: bool,
     ) {
-        let copy = copy_rows::<f32, ROWS>;
         tiles::<f32, ROWS>(
             shape,
             data,
@@ -429,7 +427,7 @@ mod avx2 {
             a,
             rows,
             accumulate,
-            copy,
+            copy_rows::<f32, ROWS>,
             |tile| match tile.rows {
                 1 => tile_of::<1>(tile),
                 2 => tile_of::<2>(tile),
