@@ -518,3 +518,47 @@ fn no_figure_against_a_length_that_each_panel_has_once() {
         ]
     );
 }
+
+/// Adding at T = 6 and 9, temporal order at T = 10 and 12.
+const TWO_T_PER_TASK: &str = "name: lengths
+description: One cell on two tasks, each at its own two lengths.
+seeds: [0]
+base:
+  task: { kind: adding, seq_len: 6 }
+  model: { cell: gru, hidden: 4 }
+  train: { steps: 3, batch_size: 8, eval_every: 3, eval_samples: 16 }
+variants:
+  - { task.kind: adding, task.seq_len: 6 }
+  - { task.kind: adding, task.seq_len: 9 }
+  - { task.kind: temporal_order, task.seq_len: 10 }
+  - { task.kind: temporal_order, task.seq_len: 12 }
+";
+
+#[test]
+fn the_solved_table_has_only_the_lengths_each_task_ran_at() {
+    let (file, results) = setup("lengths", TWO_T_PER_TASK);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let dir = results.join("lengths");
+    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    let svg = std::fs::read_to_string(dir.join("plots/solved_vs_seq_len.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    let count = |label: &str| texts.iter().filter(|t| **t == label).count();
+    // One column per length its task has, one cell each (the GRU row): no empty columns
+    // for the other task's lengths.
+    for label in ["6", "9", "10", "12"] {
+        assert_eq!(count(label), 1, "column {label}: {texts:?}");
+    }
+    assert_eq!(count("0/1") + count("1/1"), 4, "{texts:?}");
+}

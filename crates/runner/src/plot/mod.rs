@@ -842,10 +842,17 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
         .iter()
         .map(|panel| {
             let grouped = by_series(&series, &panel.runs);
+            // Only the lengths this panel's task was run at: copy's T = 25 … 100 is not
+            // drawn with empty columns for adding's T = 400.
+            let present: Vec<_> = x_values
+                .iter()
+                .filter(|x| panel.runs.iter().any(|r| r.values[key] == **x))
+                .cloned()
+                .collect();
             let cells = grouped
                 .iter()
                 .map(|(_, runs)| {
-                    x_values
+                    present
                         .iter()
                         .map(|x| {
                             let at: Vec<_> = runs.iter().filter(|r| r.values[key] == *x).collect();
@@ -867,7 +874,7 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
             PanelSpec::Heatmap(HeatmapPanel {
                 title: panel_title(results, panel),
                 rows: grouped.iter().map(|(s, _)| s.label.clone()).collect(),
-                cols: x_values.clone(),
+                cols: present,
                 col_label: "sequence length T".into(),
                 cells,
             })

@@ -436,6 +436,31 @@ impl ValueFormatter<f64> for Ticked {
     }
 }
 
+/// Pixels between a panel and its neighbours: all round, and on the right.
+const MARGIN: i32 = 14;
+const MARGIN_RIGHT: i32 = 30;
+
+/// Every `k`-th of the ticks of a horizontal axis `pixels` wide, with the smallest `k` at
+/// which no two labels come closer than a space: a 3,000-step axis in a third of a page
+/// keeps 0, 1000, 2000, 3000 of its 500-step ticks instead of printing "10001500…".
+fn readable(ticks: Vec<(f64, String)>, (lo, hi): (f64, f64), pixels: i32) -> Vec<(f64, String)> {
+    let space = f64::from(TICK_SIZE) * 0.6;
+    let widths: Vec<f64> = ticks
+        .iter()
+        .map(|t| f64::from(text_width(&t.1, f64::from(TICK_SIZE))))
+        .collect();
+    let scale = f64::from(pixels.max(1)) / (hi - lo);
+    let fits = |every: usize| {
+        let kept: Vec<usize> = (0..ticks.len()).step_by(every).collect();
+        kept.windows(2).all(|pair| {
+            let (a, b) = (pair[0], pair[1]);
+            (ticks[b].0 - ticks[a].0) * scale >= (widths[a] + widths[b]) / 2.0 + space
+        })
+    };
+    let every = (1..=ticks.len().max(1)).find(|&k| fits(k)).unwrap_or(1);
+    ticks.into_iter().step_by(every).collect()
+}
+
 /// A 1, 2 or 5 × 10^k step that cuts `span` into 4 to 8 pieces.
 fn nice_step(span: f64) -> f64 {
     let raw = span / 5.0;
@@ -479,12 +504,13 @@ fn draw_lines<DB: DrawingBackend>(
 ) -> anyhow::Result<()> {
     let x_data = panel_values(panel).0;
     let (x0, x1) = axis_range(&panel.x, x_data.iter().copied());
-    let x_ticks = ticks(&panel.x, (x0, x1), &x_data);
+    let plot_width = area.dim_in_pixel().0 as i32 - LABEL_AREAS.1 as i32 - MARGIN - MARGIN_RIGHT;
+    let x_ticks = readable(ticks(&panel.x, (x0, x1), &x_data), (x0, x1), plot_width);
     let y_ticks = ticks(&panel.y, (y0, y1), &[]);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
-        .margin(14)
-        .margin_right(30)
+        .margin(MARGIN as u32)
+        .margin_right(MARGIN_RIGHT as u32)
         .x_label_area_size(LABEL_AREAS.0)
         .y_label_area_size(LABEL_AREAS.1)
         .build_cartesian_2d(Ticked::new(x0..x1, x_ticks), Ticked::new(y0..y1, y_ticks))
@@ -623,8 +649,8 @@ fn draw_heatmap<DB: DrawingBackend>(
         .unwrap_or(0);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, PANEL_TITLE_SIZE))
-        .margin(14)
-        .margin_right(30)
+        .margin(MARGIN as u32)
+        .margin_right(MARGIN_RIGHT as u32)
         .x_label_area_size(LABEL_AREAS.0)
         .y_label_area_size((longest + 30).min(area.dim_in_pixel().0 as i32 / 2) as u32)
         .build_cartesian_2d(0.0..ncols as f64, 0.0..nrows as f64)
@@ -750,6 +776,29 @@ mod tests {
             labels(Some(2.0), (lo, hi), &[25.0, 50.0, 100.0, 50.0]),
             ["25", "50", "100"]
         );
+    }
+
+    #[test]
+    fn crowded_labels_keep_every_second_tick() {
+        let steps = labels(None, (0.0, 3000.0), &[]);
+        assert_eq!(steps, ["0", "500", "1000", "1500", "2000", "2500", "3000"]);
+        let axis = Axis {
+            label: String::new(),
+            log: None,
+            range: None,
+        };
+        let kept = |pixels| -> Vec<String> {
+            readable(ticks(&axis, (0.0, 3000.0), &[]), (0.0, 3000.0), pixels)
+                .into_iter()
+                .map(|t| t.1)
+                .collect()
+        };
+        // A full-width panel (about 1,900 px) has room for all seven labels; a third of
+        // the page (about 500 px) for every second one (four labels of up to 4 digits at
+        // about 20 px each, 167 px apart).
+        assert_eq!(kept(1900), steps);
+        assert_eq!(kept(500), ["0", "1000", "2000", "3000"]);
+        assert_eq!(kept(1), ["0"]);
     }
 
     #[test]
