@@ -41,6 +41,22 @@ fn setup(name: &str, experiment: &str) -> (PathBuf, PathBuf) {
     (file, dir.join("results"))
 }
 
+/// The results folder of `experiment` (named `name`), trained and then plotted by
+/// `rnnlab plot`.
+fn trained_and_plotted(name: &str, experiment: &str) -> PathBuf {
+    let (file, results) = setup(name, experiment);
+    ok(&rnnlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+        "--no-report",
+    ]));
+    let dir = results.join(name);
+    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    dir
+}
+
 fn figure_stems(plots: &Path) -> Vec<String> {
     let mut stems: Vec<String> = std::fs::read_dir(plots)
         .unwrap()
@@ -494,16 +510,7 @@ variants:
 
 #[test]
 fn no_figure_against_a_length_that_each_panel_has_once() {
-    let (file, results) = setup("pertask", ONE_T_PER_TASK);
-    ok(&rnnlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        results.to_str().unwrap(),
-        "--no-report",
-    ]));
-    let dir = results.join("pertask");
-    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    let dir = trained_and_plotted("pertask", ONE_T_PER_TASK);
     let stems: Vec<String> = figure_stems(&dir.join("plots"))
         .into_iter()
         .filter(|s| !s.ends_with("_column"))
@@ -536,16 +543,7 @@ variants:
 
 #[test]
 fn the_solved_table_has_only_the_lengths_each_task_ran_at() {
-    let (file, results) = setup("lengths", TWO_T_PER_TASK);
-    ok(&rnnlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        results.to_str().unwrap(),
-        "--no-report",
-    ]));
-    let dir = results.join("lengths");
-    ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
+    let dir = trained_and_plotted("lengths", TWO_T_PER_TASK);
     let svg = std::fs::read_to_string(dir.join("plots/solved_vs_seq_len.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let texts: Vec<&str> = doc
