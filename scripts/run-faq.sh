@@ -4,7 +4,7 @@
 #
 #   scripts/run-faq.sh            the full suite (hours on 2 cores; resumable: run it again
 #                                 after an interruption and it goes on where it stopped)
-#   QUICK=1 scripts/run-faq.sh    every grid, tuning included, with 27 steps, into
+#   QUICK=1 scripts/run-faq.sh    every grid, tuning included, with 27 steps of batch 8, into
 #                                 results/faq-quick
 #   FORCE=1 scripts/run-faq.sh    retrain complete runs too (same numbers, bit for bit)
 #   JOBS=4 OUT=elsewhere scripts/run-faq.sh
@@ -32,7 +32,7 @@ for name in ${ONLY:-$all}; do
     if [ "$quick" = 1 ]; then
         case $name in
             article-*) args+=(--set train.epochs=1 --set train.samples=320 --set train.eval_samples=100) ;;
-            *) args+=(--set train.steps=27 --set train.eval_every=9 --set train.eval_samples=100) ;;
+            *) args+=(--set train.steps=27 --set train.eval_every=9 --set train.eval_samples=100 --set train.batch_size=8) ;;
         esac
     fi
     echo "== $name" >&2
