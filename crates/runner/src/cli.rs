@@ -24,7 +24,7 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 /// Reproducible comparison studies of recurrent cells (RNN, LSTM, GRU, peephole LSTM and
 /// LSTM ablations) on synthetic long-dependency tasks.
 #[derive(Debug, Parser)]
-#[command(name = "rnnlab", version, about, propagate_version = true)]
+#[command(name = "rnnlab", version = crate::VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); `RUST_LOG` overrides it.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

@@ -28,6 +28,18 @@ use std::io::IsTerminal;
 use cli::{Cli, Command, DataCommand};
 pub use error::UsageError;
 
+/// The commit this binary was built from (`<sha>`, `<sha>-dirty` or `unknown`; see
+/// `build.rs`), recorded in every `manifest.yaml`.
+pub const BUILD_COMMIT: &str = env!("RNNLAB_BUILD_COMMIT");
+
+/// What `rnnlab --version` prints: the package version and the build commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RNNLAB_BUILD_COMMIT"),
+    ")"
+);
+
 /// The process exit code for an error returned by [`run()`].
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<UsageError>().is_some() {

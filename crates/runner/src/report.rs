@@ -530,8 +530,31 @@ fn provenance(results: &Results) -> String {
     }
     if let Some(version) = get("rnnlab") {
         let _ = write!(text, " rnnlab {version}");
-        if let Some(commit) = get("git_commit") {
-            let _ = write!(text, " at commit {}", &commit[..commit.len().min(12)]);
+        let short = |commit: &str| commit.get(..12).unwrap_or(commit).to_owned();
+        let dirty = |commit: &str| {
+            if commit.ends_with("-dirty") {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        };
+        match (get("build_commit"), get("git_commit")) {
+            // Manifests from before the build commit was recorded name the checkout only.
+            (None, Some(checkout)) => {
+                let _ = write!(text, " at commit {}", short(&checkout));
+            }
+            (Some(build), checkout) => {
+                let _ = write!(
+                    text,
+                    " built from commit {}{}",
+                    short(&build),
+                    dirty(&build)
+                );
+                if let Some(checkout) = checkout.filter(|c| !build.starts_with(c.as_str())) {
+                    let _ = write!(text, ", run in a checkout at commit {}", short(&checkout));
+                }
+            }
+            (None, None) => {}
         }
         text.push('.');
     }

@@ -352,9 +352,10 @@ pub fn write_plan<'a>(
     write_text(&experiment_dir.plan(), &serde_yaml::to_string(&entries)?)
 }
 
-/// `manifest.yaml`: the experiment's question and what ran it (rnnlab version, git commit
-/// of the working directory if any, CPU, threads, runs at once and threads per run, start
-/// time), rewritten at every `rnnlab run`.
+/// `manifest.yaml`: the experiment's question and what ran it (rnnlab version, the commit
+/// the binary was built from, the git commit of the working directory if any, CPU,
+/// threads, runs at once and threads per run, start time), rewritten at every `rnnlab run`
+/// that trains.
 pub fn write_manifest(
     experiment_dir: &ExperimentDir,
     file: &Path,
@@ -383,6 +384,7 @@ pub fn write_manifest(
     manifest.insert("rnnlab".into(), env!("CARGO_PKG_VERSION").into());
     manifest.insert("experiment_file".into(), file.display().to_string().into());
     manifest.insert("description".into(), description.into());
+    manifest.insert("build_commit".into(), crate::BUILD_COMMIT.into());
     manifest.insert("git_commit".into(), git.map_or(Value::Null, Value::from));
     manifest.insert("cpu".into(), cpu.map_or(Value::Null, Value::from));
     manifest.insert(

@@ -357,6 +357,16 @@ fn the_findings_follow_the_data() {
         set_losses(&dir, "gru", t, 0.1);
     }
     let first = report(&dir);
+    // The provenance names the binary's commit (the checkout's HEAD, perhaps dirty).
+    let build = first
+        .split(" built from commit ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no build commit in\n{first}"));
+    assert!(build.len() > 12 && build.is_char_boundary(12), "{build}");
+    assert!(
+        build[..12].chars().all(|c| c.is_ascii_hexdigit()),
+        "{build}"
+    );
     let line = finding(&first, "T = 6");
     assert!(line.contains("lowest loss: **LSTM**"), "{line}");
     assert!(line.contains("100× its loss"), "{line}");

@@ -123,6 +123,26 @@ fn a_sweep_runs_resumes_and_reruns_bit_for_bit() {
     assert_eq!(read(&results.join("tiny/metrics.parquet")).height(), 4 * 32);
     let manifest = results.join("tiny/manifest.yaml");
     assert!(manifest.is_file());
+    // The manifest names the commit the binary was built from (this checkout's HEAD,
+    // "-dirty" while tracked files are edited), and so does `--version`.
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or("unknown".into(), |out| {
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        });
+    let recorded: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let build = recorded["build_commit"].as_str().unwrap().to_owned();
+    assert!(
+        build == head || build == format!("{head}-dirty"),
+        "build_commit {build} for HEAD {head}"
+    );
+    let version = ok(&rnnlab(&["--version"]));
+    assert!(version.contains(&format!("(commit {build})")), "{version}");
 
     // Where the runs trained stays recorded when a later invocation trains nothing (as
     // when the report is regenerated on another machine).
