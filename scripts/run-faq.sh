@@ -22,7 +22,7 @@ if [ -z "${RNNLAB:-}" ]; then
 fi
 rnnlab=${RNNLAB:-target/release/rnnlab}
 # Cheapest first, so that an interrupted suite has as many complete experiments as it can.
-all="faq-exploding article-keras-lstm article-keras-gru article-keras-budget faq-peephole faq-units faq-long-sequences faq-lstm-vs-gru"
+all="faq-exploding article-keras-lstm article-keras-gru article-keras-budget faq-peephole faq-units faq-units-copy faq-long-sequences faq-lstm-vs-gru"
 
 started=$(date +%s)
 for name in ${ONLY:-$all}; do

@@ -13,12 +13,13 @@ fn experiments() -> PathBuf {
 }
 
 /// Every shipped file and the size of its grid.
-const GRIDS: [(&str, usize); 11] = [
+const GRIDS: [(&str, usize); 12] = [
     ("quick", 16),
     ("lstm-vs-gru", 48),
     ("faq-lstm-vs-gru", 150),
     ("faq-peephole", 100),
     ("faq-units", 60),
+    ("faq-units-copy", 50),
     ("faq-long-sequences", 50),
     ("faq-long-memory", 175),
     ("faq-exploding", 30),
