@@ -25,7 +25,7 @@ const GRIDS: [(&str, usize); 12] = [
     ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
-    ("article-keras-budget", 24),
+    ("article-keras-budget", 36),
 ];
 
 #[test]
