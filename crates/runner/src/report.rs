@@ -864,7 +864,145 @@ fn findings(results: &Results, series: &[Series], panels: &[Panel]) -> (String, 
     if let Some(key) = results.panel_key("model.hidden") {
         md.push_str(&solved_up_to(results, series, &key.name, "units"));
     }
+    if let Some(key) = results.axis_key("model.hidden") {
+        let (text, size_rows) = by_units(key, series, panels, &all);
+        md.push_str(&text);
+        rows.extend(size_rows);
+    }
     md.push_str(&gradient_table(series, panels));
+    (md, rows)
+}
+
+/// Does size matter? Along the units axis, each series' final loss at every width
+/// against the next smaller one and the largest width against the smallest: Welch on
+/// log10 final loss, Holm-adjusted as a family of their own (so that the comparisons of
+/// series above keep their numbers), in `findings.parquet` as `welch_log10_loss_by_units`.
+fn by_units(
+    key: &crate::results::Key,
+    series: &[Series],
+    panels: &[Panel],
+    all: &[Vec<Outcome>],
+) -> (String, Vec<FindingRow>) {
+    // Panels that differ only in the width (keyed by the other panel keys' values), each
+    // as (its width's place in the key's order, the width, the panel's index).
+    type Widths = Vec<(usize, String, usize)>;
+    let mut groups: BTreeMap<Vec<(String, String)>, Widths> = BTreeMap::new();
+    for (index, panel) in panels.iter().enumerate() {
+        let rest: Vec<(String, String)> = panel
+            .values
+            .iter()
+            .filter(|(k, _)| *k != key.name)
+            .cloned()
+            .collect();
+        let Some((_, width)) = panel.values.iter().find(|(k, _)| *k == key.name) else {
+            continue;
+        };
+        let order = key.values.iter().position(|v| v == width).unwrap_or(0);
+        groups
+            .entry(rest)
+            .or_default()
+            .push((order, width.clone(), index));
+    }
+    // (group title, series, smaller width, larger width, their outcomes, Welch).
+    let mut tests = Vec::new();
+    // (group title, series, (width, loss) from the smallest width up).
+    type LossPath<'a> = (String, &'a Series, Vec<(String, f64)>);
+    let mut lines: Vec<LossPath> = Vec::new();
+    for (rest, mut widths) in groups {
+        widths.sort();
+        let title = rest
+            .iter()
+            .map(|(k, v)| key_value(k, v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for s in series {
+            let at: Vec<(String, &Outcome)> = widths
+                .iter()
+                .filter_map(|(_, width, panel)| {
+                    let outcome = all[*panel].iter().find(|o| o.series.label == s.label)?;
+                    Some((width.clone(), outcome))
+                })
+                .collect();
+            if at.len() < 2 {
+                continue;
+            }
+            let mut pairs: Vec<(usize, usize)> = (1..at.len()).map(|i| (i - 1, i)).collect();
+            if at.len() > 2 {
+                pairs.push((0, at.len() - 1));
+            }
+            for (i, j) in pairs {
+                let (small, large) = (at[i].clone(), at[j].clone());
+                if let Some(welch) = Welch::of(&small.1.log_losses, &large.1.log_losses) {
+                    tests.push((title.clone(), s, small, large, welch));
+                }
+            }
+            let losses = at
+                .iter()
+                .filter_map(|(width, o)| Some((width.clone(), o.loss()?)))
+                .collect();
+            lines.push((title.clone(), s, losses));
+        }
+    }
+    if tests.is_empty() {
+        return (String::new(), Vec::new());
+    }
+    let adjusted = holm(&tests.iter().map(|t| t.4.p).collect::<Vec<_>>());
+    let mut md = format!(
+        "\n### By units\n\nEach series' final loss at each width against the next smaller \
+         width, and at the largest against the smallest: Welch's t-test on log10 final loss, \
+         Holm-adjusted over these {} tests (a family of their own); ratios are the larger \
+         width's loss over the smaller's, with their 95 % interval.\n\n",
+        tests.len()
+    );
+    let mut rows = Vec::new();
+    for (title, s, losses) in &lines {
+        let path: Vec<String> = losses
+            .iter()
+            .map(|(width, loss)| format!("{} ({width} units)", sig(*loss)))
+            .collect();
+        let prefix = if title.is_empty() {
+            String::new()
+        } else {
+            format!("{title}, ")
+        };
+        let _ = write!(md, "- {prefix}{}: loss {}", s.label, path.join(" → "));
+        let mut steps = Vec::new();
+        for ((t_title, t_series, small, large, welch), p_adj) in tests.iter().zip(&adjusted) {
+            if t_title != title || t_series.label != s.label {
+                continue;
+            }
+            let (ratio, lo, hi) = ratio_interval(welch, false);
+            let clear = if *p_adj < ALPHA { ", clear" } else { "" };
+            steps.push(format!(
+                "{} → {} units: {}× ({}–{}; p = {}, adjusted {}{clear})",
+                small.0,
+                large.0,
+                sig(ratio),
+                sig(lo),
+                sig(hi),
+                sig(welch.p),
+                sig(*p_adj)
+            ));
+            let label = |width: &str| format!("{}, {width} units", s.label);
+            rows.push(FindingRow {
+                setting: if title.is_empty() {
+                    "by units".to_owned()
+                } else {
+                    format!("{title}, by units")
+                },
+                a: label(&small.0),
+                b: label(&large.0),
+                test: "welch_log10_loss_by_units",
+                statistic: welch.t,
+                n_a: small.1.log_losses.len(),
+                n_b: large.1.log_losses.len(),
+                p: Some(welch.p),
+                p_adjusted: Some(*p_adj),
+                ratio: Some((ratio, lo, hi)),
+            });
+        }
+        let _ = writeln!(md, ". {}.", steps.join("; "));
+    }
     (md, rows)
 }
 

@@ -41,9 +41,9 @@ fn setup(name: &str, experiment: &str) -> (PathBuf, PathBuf) {
     (file, dir.join("results"))
 }
 
-/// The results folder of `experiment` (named `name`), trained and then plotted by
-/// `rnnlab plot`.
-fn trained_and_plotted(name: &str, experiment: &str) -> PathBuf {
+/// The results folder of `experiment`, trained without a report in a folder of its own
+/// (`name`).
+fn trained(name: &str, experiment: &str) -> PathBuf {
     let (file, results) = setup(name, experiment);
     ok(&rnnlab(&[
         "run",
@@ -52,7 +52,17 @@ fn trained_and_plotted(name: &str, experiment: &str) -> PathBuf {
         results.to_str().unwrap(),
         "--no-report",
     ]));
-    let dir = results.join(name);
+    let experiment_name = experiment
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("name: "))
+        .expect("the experiment's first line names it");
+    results.join(experiment_name)
+}
+
+/// [`trained`], then plotted by `rnnlab plot`.
+fn trained_and_plotted(name: &str, experiment: &str) -> PathBuf {
+    let dir = trained(name, experiment);
     ok(&rnnlab(&["plot", dir.to_str().unwrap()]));
     dir
 }
@@ -307,16 +317,27 @@ fn plotting_a_folder_that_is_no_experiment_is_a_usage_error() {
 /// Sets the final validation loss of every run of `cell` at `seq_len` to `loss` times a
 /// small per-seed factor (so the seeds spread a little).
 fn set_losses(dir: &Path, cell: &str, seq_len: u64, loss: f64) {
+    set_losses_by(dir, |model_cell, length, _| {
+        (model_cell == cell && length == seq_len).then_some(loss)
+    });
+}
+
+/// Gives every run for which `loss(cell, seq_len, hidden)` says so that loss, times
+/// 1 + 0.1 · seed (so that seeds differ).
+fn set_losses_by(dir: &Path, loss: impl Fn(&str, u64, u64) -> Option<f64>) {
     for entry in std::fs::read_dir(dir.join("runs")).unwrap() {
         let run = entry.unwrap().path();
         let config: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(run.join("config.yaml")).unwrap())
                 .unwrap();
-        let model_cell = config["run"]["model"]["cell"].as_str().unwrap();
-        let length = config["run"]["task"]["seq_len"].as_u64().unwrap();
-        if model_cell != cell || length != seq_len {
+        let model = &config["run"]["model"];
+        let Some(loss) = loss(
+            model["cell"].as_str().unwrap(),
+            config["run"]["task"]["seq_len"].as_u64().unwrap(),
+            model["hidden"].as_u64().unwrap(),
+        ) else {
             continue;
-        }
+        };
         let seed = config["seed"].as_u64().unwrap() as f64;
         let path = run.join("summary.yaml");
         let mut summary: serde_yaml::Value =
@@ -337,15 +358,7 @@ fn finding(report: &str, setting: &str) -> String {
 #[test]
 fn the_findings_follow_the_data() {
     let grid = GRID.replace("  model.hidden: [4, 8]\n", "");
-    let (file, results) = setup("findings", &grid);
-    ok(&rnnlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--out",
-        results.to_str().unwrap(),
-        "--no-report",
-    ]));
-    let dir = results.join("grid");
+    let dir = trained("findings", &grid);
     let report = |dir: &Path| {
         ok(&rnnlab(&["report", dir.to_str().unwrap()]));
         std::fs::read_to_string(dir.join("REPORT.md")).unwrap()
@@ -569,4 +582,50 @@ fn the_solved_table_has_only_the_lengths_each_task_ran_at() {
         assert_eq!(count(label), 1, "column {label}: {texts:?}");
     }
     assert_eq!(count("0/1") + count("1/1"), 4, "{texts:?}");
+}
+
+#[test]
+fn the_report_says_whether_size_matters() {
+    let dir = trained("units", GRID);
+    // The LSTM's loss is 100× lower at 8 units than at 4; the GRU's does not change.
+    set_losses_by(&dir, |cell, _, hidden| {
+        Some(match (cell, hidden) {
+            ("lstm", 4) => 0.1,
+            ("lstm", _) => 0.001,
+            _ => 0.01,
+        })
+    });
+    ok(&rnnlab(&["report", dir.to_str().unwrap()]));
+    let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    // Per T, each cell's 4 → 8 units: 4 tests. The LSTM's: log10 losses (−1, −0.959)
+    // against (−3, −2.959), t = 2 / 0.0293 = 68.3 with 2 degrees of freedom, p = 1 −
+    // t / √(2 + t²) = 2.1e-4, Holm-adjusted × 4 = 8.6e-4; the GRU's are equal (p = 1).
+    assert!(
+        report.contains("Holm-adjusted over these 4 tests"),
+        "{report}"
+    );
+    let line = |prefix: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in\n{report}"))
+            .to_owned()
+    };
+    let lstm = line("- T = 6, LSTM: loss");
+    assert!(lstm.contains("4 → 8 units: 0.01× ("), "{lstm}");
+    assert!(lstm.contains(", clear)"), "{lstm}");
+    let gru = line("- T = 9, GRU: loss");
+    assert!(gru.contains("4 → 8 units: 1× ("), "{gru}");
+    assert!(!gru.contains("clear"), "{gru}");
+    let findings = {
+        use polars::prelude::{ParquetReader, SerReader};
+        ParquetReader::new(std::fs::File::open(dir.join("findings.parquet")).unwrap())
+            .finish()
+            .unwrap()
+    };
+    let tests = findings.column("test").unwrap().str().unwrap();
+    let by_units = (0..tests.len())
+        .filter(|&i| tests.get(i) == Some("welch_log10_loss_by_units"))
+        .count();
+    assert_eq!(by_units, 4);
 }
