@@ -280,9 +280,18 @@ fn show_prints_a_readable_sample() {
 #[test]
 fn version_and_help() {
     let result = rnnlab(&["--version"]);
-    assert_eq!(
-        String::from_utf8(result.stdout).unwrap().trim(),
-        format!("rnnlab {}", env!("CARGO_PKG_VERSION"))
+    // The version and the commit the binary was built from (a 40-digit sha, "-dirty"
+    // while tracked files are edited, or "unknown" outside a git checkout).
+    let version = String::from_utf8(result.stdout).unwrap();
+    let commit = version
+        .trim()
+        .strip_prefix(&format!("rnnlab {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    let sha = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        commit == "unknown" || (sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
     );
     let help = String::from_utf8(rnnlab(&["--help"]).stdout).unwrap();
     assert!(help.contains("data"), "{help}");
