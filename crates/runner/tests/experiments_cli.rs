@@ -111,7 +111,11 @@ fn the_faq_experiments_run_end_to_end_with_a_tiny_budget() {
         // T varies within a panel (not one T per task, as in faq-peephole).
         let seq_len_swept = !matches!(
             *name,
-            "faq-units" | "faq-exploding" | "article-keras-budget" | "faq-peephole"
+            "faq-units"
+                | "faq-units-copy"
+                | "faq-exploding"
+                | "article-keras-budget"
+                | "faq-peephole"
         );
         for figure in [
             "learning_curves",
