@@ -292,11 +292,14 @@ fn figures_without_data_are_skipped() {
     assert!(!plots.join("loss_curves_copy.png").exists());
     assert!(plots.join("notes.txt").exists());
     assert!(plots.join("loss_curves.png").exists());
+    // With no panel keys the panel is titled by its task, not by the file's name.
     check_figure(
         &dir.join("plots"),
         "learning_curves",
-        &["recall accuracy", "single"],
+        &["recall accuracy", "copy, T = 5"],
     );
+    let svg = std::fs::read_to_string(plots.join("learning_curves.svg")).unwrap();
+    assert!(!svg.contains(">single<"), "the slug as a title");
     let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
     assert!(report.contains("- **All runs**: loss "), "{report}");
 }

@@ -404,12 +404,28 @@ fn balanced_columns(n: usize) -> usize {
     n.max(1).div_ceil(rows)
 }
 
-fn panel_title(results: &Results, panel: &Panel) -> String {
+/// The panel's settings in words; with no panel keys, the task its runs share (`copy,
+/// T = 25`, or `adding` where T is the figure's axis) rather than the experiment's file
+/// name.
+fn panel_title(panel: &Panel) -> String {
     let title = panel.title();
-    if title.is_empty() {
-        results.name.clone()
+    if !title.is_empty() {
+        return title;
+    }
+    let task = panel.task();
+    let kind = key_value("task.kind", task.name());
+    let seq_len = task.config_seq_len();
+    if panel
+        .runs
+        .iter()
+        .all(|r| r.task.config_seq_len() == seq_len)
+    {
+        format!(
+            "{kind}, {}",
+            key_value("task.seq_len", &seq_len.to_string())
+        )
     } else {
-        title
+        kind
     }
 }
 
@@ -481,7 +497,7 @@ fn learning_curves(results: &Results, measure: Measure) -> Figure {
                 run.curve.iter().filter_map(value).collect()
             });
             PanelSpec::Lines(LinesPanel {
-                title: panel_title(results, panel),
+                title: panel_title(panel),
                 x: step_axis(),
                 y: match measure {
                     Measure::Metric => Axis {
@@ -621,7 +637,7 @@ fn grad_norms(results: &Results) -> Figure {
                 window_maxima(&run.grad_norm, width)
             });
             PanelSpec::Lines(LinesPanel {
-                title: panel_title(results, panel),
+                title: panel_title(panel),
                 x: step_axis(),
                 y: Axis {
                     label: "gradient norm before clipping".into(),
@@ -787,7 +803,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
         };
         let (base_loss, base_metric) = baseline(&task);
         specs.push(PanelSpec::Lines(LinesPanel {
-            title: panel_title(results, panel),
+            title: panel_title(panel),
             x: x_axis.clone(),
             y: Axis {
                 label: format!("final {}", metric_label(&task)),
@@ -798,7 +814,7 @@ fn final_vs(results: &Results, key: &str, x_kind: XKind) -> Figure {
             baseline: Some(base_metric),
         }));
         specs.push(PanelSpec::Lines(LinesPanel {
-            title: panel_title(results, panel),
+            title: panel_title(panel),
             x: x_axis.clone(),
             y: Axis {
                 label: format!("final loss ({})", loss_name(&task)),
@@ -872,7 +888,7 @@ fn solved_vs(results: &Results, key: &str) -> Figure {
                 })
                 .collect();
             PanelSpec::Heatmap(HeatmapPanel {
-                title: panel_title(results, panel),
+                title: panel_title(panel),
                 rows: grouped.iter().map(|(s, _)| s.label.clone()).collect(),
                 cols: present,
                 col_label: "sequence length T".into(),
@@ -936,7 +952,7 @@ fn gradient_flow(results: &Results) -> Figure {
                 })
                 .collect();
             specs.push(PanelSpec::Lines(LinesPanel {
-                title: format!("{} - {when}", panel_title(results, panel)),
+                title: format!("{} - {when}", panel_title(panel)),
                 x: Axis {
                     label: "time step t".into(),
                     log: None,
@@ -995,7 +1011,7 @@ fn throughput(results: &Results, key: &str) -> Figure {
                 })
                 .collect();
             PanelSpec::Lines(LinesPanel {
-                title: panel_title(results, panel),
+                title: panel_title(panel),
                 x: Axis {
                     label: if hidden {
                         "hidden units".into()
