@@ -903,18 +903,17 @@ fn by_units(
             .or_default()
             .push((order, width.clone(), index));
     }
-    // (group title, series, smaller width, larger width, their outcomes, Welch).
-    let mut tests = Vec::new();
-    // (group title, series, (width, loss) from the smallest width up).
-    type LossPath<'a> = (String, &'a Series, Vec<(String, f64)>);
-    let mut lines: Vec<LossPath> = Vec::new();
+    // Per group and series: the title prefix, the (width, loss) path from the smallest
+    // width up, and its tests (smaller and larger width with their outcomes, Welch).
+    type Tested<'a> = ((String, &'a Outcome<'a>), (String, &'a Outcome<'a>), Welch);
+    type Line<'a> = (String, &'a Series, Vec<(String, f64)>, Vec<Tested<'a>>);
+    let mut lines: Vec<Line> = Vec::new();
     for (rest, mut widths) in groups {
         widths.sort();
-        let title = rest
+        let prefix: String = rest
             .iter()
-            .map(|(k, v)| key_value(k, v))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .map(|(k, v)| format!("{}, ", key_value(k, v)))
+            .collect();
         for s in series {
             let at: Vec<(String, &Outcome)> = widths
                 .iter()
@@ -930,49 +929,46 @@ fn by_units(
             if at.len() > 2 {
                 pairs.push((0, at.len() - 1));
             }
-            for (i, j) in pairs {
-                let (small, large) = (at[i].clone(), at[j].clone());
-                if let Some(welch) = Welch::of(&small.1.log_losses, &large.1.log_losses) {
-                    tests.push((title.clone(), s, small, large, welch));
-                }
-            }
+            let tests = pairs
+                .into_iter()
+                .filter_map(|(i, j)| {
+                    let welch = Welch::of(&at[i].1.log_losses, &at[j].1.log_losses)?;
+                    Some((at[i].clone(), at[j].clone(), welch))
+                })
+                .collect();
             let losses = at
                 .iter()
                 .filter_map(|(width, o)| Some((width.clone(), o.loss()?)))
                 .collect();
-            lines.push((title.clone(), s, losses));
+            lines.push((prefix.clone(), s, losses, tests));
         }
     }
-    if tests.is_empty() {
+    let p: Vec<f64> = lines
+        .iter()
+        .flat_map(|line| line.3.iter().map(|t| t.2.p))
+        .collect();
+    if p.is_empty() {
         return (String::new(), Vec::new());
     }
-    let adjusted = holm(&tests.iter().map(|t| t.4.p).collect::<Vec<_>>());
+    let mut adjusted = holm(&p).into_iter();
     let mut md = format!(
         "\n### By units\n\nEach series' final loss at each width against the next smaller \
          width, and at the largest against the smallest: Welch's t-test on log10 final loss, \
          Holm-adjusted over these {} tests (a family of their own); ratios are the larger \
          width's loss over the smaller's, with their 95 % interval.\n\n",
-        tests.len()
+        p.len()
     );
     let mut rows = Vec::new();
-    for (title, s, losses) in &lines {
+    for (prefix, s, losses, tests) in &lines {
         let path: Vec<String> = losses
             .iter()
             .map(|(width, loss)| format!("{} ({width} units)", sig(*loss)))
             .collect();
-        let prefix = if title.is_empty() {
-            String::new()
-        } else {
-            format!("{title}, ")
-        };
         let _ = write!(md, "- {prefix}{}: loss {}", s.label, path.join(" → "));
         let mut steps = Vec::new();
-        for ((t_title, t_series, small, large, welch), p_adj) in tests.iter().zip(&adjusted) {
-            if t_title != title || t_series.label != s.label {
-                continue;
-            }
+        for ((small, large, welch), p_adj) in tests.iter().zip(adjusted.by_ref()) {
             let (ratio, lo, hi) = ratio_interval(welch, false);
-            let clear = if *p_adj < ALPHA { ", clear" } else { "" };
+            let clear = if p_adj < ALPHA { ", clear" } else { "" };
             steps.push(format!(
                 "{} → {} units: {}× ({}–{}; p = {}, adjusted {}{clear})",
                 small.0,
@@ -981,15 +977,11 @@ fn by_units(
                 sig(lo),
                 sig(hi),
                 sig(welch.p),
-                sig(*p_adj)
+                sig(p_adj)
             ));
             let label = |width: &str| format!("{}, {width} units", s.label);
             rows.push(FindingRow {
-                setting: if title.is_empty() {
-                    "by units".to_owned()
-                } else {
-                    format!("{title}, by units")
-                },
+                setting: format!("{prefix}by units"),
                 a: label(&small.0),
                 b: label(&large.0),
                 test: "welch_log10_loss_by_units",
@@ -997,7 +989,7 @@ fn by_units(
                 n_a: small.1.log_losses.len(),
                 n_b: large.1.log_losses.len(),
                 p: Some(welch.p),
-                p_adjusted: Some(*p_adj),
+                p_adjusted: Some(p_adj),
                 ratio: Some((ratio, lo, hi)),
             });
         }
