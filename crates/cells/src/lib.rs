@@ -44,6 +44,7 @@ mod minlstm;
 mod model;
 mod packed;
 mod params;
+mod parts;
 pub mod registry;
 mod rnn;
 mod scan;

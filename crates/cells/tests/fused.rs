@@ -177,3 +177,52 @@ fn gradient_flow_of_the_fused_kernels_equals_the_unrolled_graphs() {
         assert!(fused[11] > 0.1, "{cell:?}: {fused:?}");
     }
 }
+
+#[test]
+fn the_thread_count_does_not_change_a_bit() {
+    // At H = 256 the LSTM's time loops split the units between the threads (two or
+    // three parts here) instead of the batch chunks (16 + 4 rows); every output,
+    // gradient and gradient-flow norm must keep its bits, in f32 (SIMD kernels) and f64.
+    let dims = (20, 6, 3, 256);
+    for cell in every_cell() {
+        for dtype in [DType::F32, DType::F64] {
+            let on_threads = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let flow = std::cell::RefCell::new(None);
+                    let mut values = measure(&cell, dims, dtype, |layer, x, state| {
+                        let (out, last, traced) = layer.sequence_traced(x, state).unwrap();
+                        *flow.borrow_mut() = Some(traced);
+                        (out, last)
+                    });
+                    let norms = flow
+                        .into_inner()
+                        .unwrap()
+                        .norms()
+                        .expect("filled by the backward");
+                    values.push(("flow".into(), norms));
+                    values
+                })
+            };
+            let one = on_threads(1);
+            for threads in [2, 3] {
+                for ((name, want), (_, got)) in one.iter().zip(&on_threads(threads)) {
+                    let differ = want
+                        .iter()
+                        .zip(got)
+                        .filter(|(w, g)| w.to_bits() != g.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{cell:?} {dtype:?}, {threads} threads: {differ} of {name}'s {} values differ",
+                        want.len()
+                    );
+                }
+            }
+        }
+    }
+}
