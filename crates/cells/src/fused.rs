@@ -53,6 +53,8 @@ pub(crate) trait Real:
     fn mul_add_(self, a: Self, b: Self) -> Self;
     /// `values` as f32, when this type is f32 (for the SIMD kernels written for it).
     fn f32s(values: &[Self]) -> Option<&[f32]>;
+    /// [`Self::f32s`] for a mutable slice.
+    fn f32s_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -92,6 +94,10 @@ impl Real for f32 {
     fn f32s(values: &[Self]) -> Option<&[f32]> {
         Some(values)
     }
+
+    fn f32s_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
 }
 
 impl Real for f64 {
@@ -124,6 +130,10 @@ impl Real for f64 {
     }
 
     fn f32s(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn f32s_mut(_: &mut [Self]) -> Option<&mut [f32]> {
         None
     }
 }

@@ -44,7 +44,6 @@ mod minlstm;
 mod model;
 mod packed;
 mod params;
-mod parts;
 pub mod registry;
 mod rnn;
 mod scan;

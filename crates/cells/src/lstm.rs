@@ -1,7 +1,5 @@
 //! The LSTM, its Greff et al. 2017 ablations and the peephole LSTM.
 
-use std::ops::Range;
-
 use candle_core::{Result, Shape, Tensor, bail};
 use candle_nn::ops::sigmoid;
 use rayon::prelude::*;
@@ -13,7 +11,6 @@ use crate::fused::{
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
 use crate::packed::Panels;
-use crate::parts::{Barrier, Parts, Shared};
 use crate::spec::{CellOptions, CellSpec, LayerWeights, ParamRole, ParamSpec, gated_layer};
 
 /// LSTM layer, `torch.nn.LSTM` with [`LstmOptions::default`] (gate order i, f, g, o):
@@ -517,28 +514,14 @@ impl Layout4 {
     }
 }
 
-/// Units `units` of each present gate in the row of `G·H` gate values starting at
-/// `row` (indexed by [`Gate`]).
-///
-/// # Safety
-/// As [`Shared::slice_mut`] for each gate's units.
-#[allow(unsafe_code)]
+/// Splits a row of `G·H` gate values into per-gate slices (indexed by [`Gate`]).
 #[inline(always)]
-unsafe fn unit_gates<'a, T>(
-    gates: Shared<'a, T>,
-    row: usize,
-    hidden: usize,
-    layout: Layout4,
-    units: &Range<usize>,
-) -> [Option<&'a mut [T]>; 4] {
+fn split_gates<T>(row: &mut [T], hidden: usize, layout: Layout4) -> [Option<&mut [T]>; 4] {
     let mut slots: [Option<&mut [T]>; 4] = [None, None, None, None];
-    let mut first = row;
+    let mut chunks = row.chunks_exact_mut(hidden);
     for gate in [Gate::Input, Gate::Forget, Gate::Cell, Gate::Output] {
         if layout.present[gate as usize] {
-            // SAFETY: the caller's.
-            slots[gate as usize] =
-                Some(unsafe { gates.slice_mut(first + units.start..first + units.end) });
-            first += hidden;
+            slots[gate as usize] = chunks.next();
         }
     }
     slots
@@ -701,26 +684,19 @@ struct LstmSaved<T> {
     cells: Vec<T>,
 }
 
-/// The buffers of the batch rows one forward time loop covers: one batch chunk, or
-/// the whole batch with its units split between threads ([`Parts`]).
-#[derive(Clone, Copy)]
+/// One batch chunk's buffers for the forward recurrence.
 struct ForwardChunk<'a, T> {
-    gates: Shared<'a, T>,
-    out: Shared<'a, T>,
-    cells: Shared<'a, T>,
+    gates: &'a mut [T],
+    out: &'a mut [T],
+    cells: &'a mut [T],
     state0: &'a [T],
 }
 
-/// The buffers of the batch rows one backward time loop covers.
-#[derive(Clone, Copy)]
+/// One batch chunk's buffers for the backward recurrence.
 struct BackwardChunk<'a, T> {
     /// In: activated gates; out: gradients of the gate pre-activations.
-    gates: Shared<'a, T>,
-    d_state0: Shared<'a, T>,
-    /// ∂L/∂h_{t−1} through the recurrence, `(rows, H)`.
-    d_h_rec: Shared<'a, T>,
-    /// ∂L/∂h_t of the step being processed, `(rows, H)`.
-    d_h: Shared<'a, T>,
+    gates: &'a mut [T],
+    d_state0: &'a mut [T],
     grad_out: &'a [T],
     cells: &'a [T],
     state0: &'a [T],
@@ -732,24 +708,12 @@ impl LstmOp {
         self.dims.hidden + self.options.cell_state_size(self.dims.hidden)
     }
 
-    /// How the time loops share the threads: by units where the recurrent matrix is
-    /// large ([`Parts::for_matrix`]), else by batch chunks. The full gate recurrence's
-    /// own product runs over all units, so it always goes by chunks.
-    fn parts(&self, weight_gg: Option<&[impl Real]>) -> Option<Parts> {
-        let Dims { batch, hidden, .. } = self.dims;
-        let gh = Layout4::new(&self.options).count * hidden;
-        Parts::for_matrix(hidden, hidden * gh, batch).filter(|_| weight_gg.is_none())
-    }
-
-    /// The time loop for units `units` of the rows of `chunk`: per step, the recurrent
-    /// GEMM of those units' gate columns, a barrier (every part has read `h_{t−1}`),
-    /// the pointwise pass, a barrier (every part has written `h_t`); then the final cell
-    /// state (and last gates) after the hidden states.
+    /// The time loop for the batch rows of `chunk`: recurrent GEMM and pointwise pass
+    /// per step, then the final cell state (and last gates) after the hidden states.
     #[inline(always)]
     fn forward_chunk<T: Real>(
         &self,
         chunk: ForwardChunk<'_, T>,
-        (units, barrier): (Range<usize>, &Barrier),
         recurrent: &Panels<T>,
         peephole: [Option<&[T]>; 4],
         weight_gg: Option<&[T]>,
@@ -768,63 +732,37 @@ impl LstmOp {
         let sw = self.state_width();
         let batch = state0.len() / sw;
         let out_rs = (seq_len + self.options.state_rows()) * hidden;
-        let mut tanh_cell = vec![T::ZERO; units.len()];
+        let mut tanh_cell = vec![T::ZERO; hidden];
         let mut gate_rec = GateRecurrence::new(weight_gg, batch, hidden);
-        assert!(
-            gate_rec.is_none() || units == (0..hidden),
-            "the full gate recurrence runs over all units"
-        );
-        let peephole = peephole.map(|p| p.map(|p| &p[units.clone()]));
-        let unit_range = |at: usize| at + units.start..at + units.end;
         for t in 0..seq_len {
-            // gates[:, t] += h_{t−1} · W_hhᵀ, these units' columns of every gate.
-            // SAFETY: no part writes the hidden states before the barrier below, and the
-            // product writes only these units' gate columns.
-            #[allow(unsafe_code)]
-            unsafe {
-                let (h_prev, h_rs) = if t == 0 {
-                    (state0, sw)
-                } else {
-                    (out.slice((t - 1) * hidden..out.len()), out_rs)
-                };
-                recurrent.mul_units(
-                    (gates, t * gh, seq_len * gh),
-                    (h_prev, h_rs, 1),
-                    batch,
-                    true,
-                    units.clone(),
-                );
-            }
+            // gates[:, t] += h_{t−1} · W_hhᵀ
+            let (h_prev, h_rs) = if t == 0 {
+                (state0, sw)
+            } else {
+                (&out[(t - 1) * hidden..], out_rs)
+            };
+            recurrent.mul(
+                (&mut gates[t * gh..], seq_len * gh),
+                (h_prev, h_rs, 1),
+                batch,
+                true,
+            );
             if let Some(rec) = gate_rec.as_mut() {
-                // SAFETY: one part: the chunk is this thread's alone.
-                #[allow(unsafe_code)]
-                rec.forward_step(
-                    unsafe { gates.slice_mut(0..gates.len()) },
-                    state0,
-                    t,
-                    seq_len,
-                );
+                rec.forward_step(gates, state0, t, seq_len);
             }
-            barrier.wait();
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
-                // SAFETY: step t's gates, cell and hidden state of these units are this
-                // part's alone; so is the previous cell state of these units, which this
-                // part wrote.
-                #[allow(unsafe_code)]
-                let ([i, f, g, o], c_prev, c, h) = unsafe {
-                    (
-                        unit_gates(gates, row, hidden, layout, &units),
-                        if t == 0 {
-                            &state0[unit_range(b * sw + hidden)]
-                        } else {
-                            cells.slice(unit_range(cell - hidden))
-                        },
-                        cells.slice_mut(unit_range(cell)),
-                        out.slice_mut(unit_range(b * out_rs + t * hidden)),
-                    )
+                let (before, rest) = cells.split_at_mut(cell);
+                let c_prev = if t == 0 {
+                    &state0[b * sw + hidden..b * sw + 2 * hidden]
+                } else {
+                    &before[cell - hidden..]
                 };
+                let [i, f, g, o] = split_gates(&mut gates[row..row + gh], hidden, layout);
+                let c = &mut rest[..hidden];
+                let tc = &mut tanh_cell[..];
+                let h = &mut out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
                 let step = StepForward {
                     i,
                     f,
@@ -832,59 +770,38 @@ impl LstmOp {
                     o,
                     c_prev,
                     c,
-                    tc: &mut tanh_cell,
+                    tc,
                     h,
                     peephole,
                 };
                 step_forward(step, self.options);
             }
-            barrier.wait();
         }
         for b in 0..batch {
             let last = (b * seq_len + seq_len - 1) * hidden;
-            let tail = b * out_rs + seq_len * hidden;
-            // SAFETY: the tail's units are this part's alone; the loop has ended.
-            #[allow(unsafe_code)]
-            unsafe {
-                out.slice_mut(unit_range(tail))
-                    .copy_from_slice(cells.slice(unit_range(last)));
-            }
+            let tail = &mut out[b * out_rs + seq_len * hidden..(b + 1) * out_rs];
+            tail[..hidden].copy_from_slice(&cells[last..last + hidden]);
             if gate_rec.is_some() {
                 let row = (b * seq_len + seq_len - 1) * gh;
-                // SAFETY: one part (asserted above).
-                #[allow(unsafe_code)]
-                unsafe {
-                    GateRecurrence::gather(
-                        gates.slice(row..row + gh),
-                        hidden,
-                        out.slice_mut(tail + hidden..tail + 4 * hidden),
-                    );
-                }
+                GateRecurrence::gather(&gates[row..row + gh], hidden, &mut tail[hidden..]);
             }
         }
     }
 
-    /// The reverse time loop for units `units` of the rows of `chunk` (part `part` of
-    /// the barrier's parties): fills those units' gate gradients and initial-state gradient; returns,
-    /// per batch chunk of the rows, the peephole gradients of these units (and all of
-    /// the gate recurrence's) and, for the chunks numbered `part` modulo the parties,
-    /// the gradient flow. Per step: the pointwise pass, a barrier (every part has written
-    /// its units' gate gradients and `∂L/∂h_t`), the flow and the recurrent GEMM of
-    /// these units, a barrier (every part has read them).
+    /// The reverse time loop for the batch rows of `chunk`: fills the chunk's gate
+    /// gradients and its initial-state gradient, and returns its peephole and gate
+    /// recurrence gradients and its gradient flow.
     #[inline(always)]
     fn backward_chunk<T: Real>(
         &self,
         chunk: BackwardChunk<'_, T>,
-        (part, units, barrier): (usize, Range<usize>, &Barrier),
         recurrent: &Panels<T>,
         peephole: [Option<&[T]>; 4],
         weight_gg: Option<&[T]>,
-    ) -> Vec<ChunkGrads<T>> {
+    ) -> ChunkGrads<T> {
         let BackwardChunk {
             gates,
             d_state0,
-            d_h_rec,
-            d_h,
             grad_out,
             cells,
             state0,
@@ -897,15 +814,9 @@ impl LstmOp {
         let sw = self.state_width();
         let batch = state0.len() / sw;
         let out_rs = (seq_len + self.options.state_rows()) * hidden;
-        let n = units.len();
-        let parts = barrier.parties();
-        let unit_range = |at: usize| at + units.start..at + units.end;
-        let mut d_c = vec![T::ZERO; batch * n];
+        let mut d_h_rec = vec![T::ZERO; batch * hidden];
+        let mut d_c = vec![T::ZERO; batch * hidden];
         let mut gate_rec = GateRecurrence::new(weight_gg, batch, hidden);
-        assert!(
-            gate_rec.is_none() || units == (0..hidden),
-            "the full gate recurrence runs over all units"
-        );
         // ∂L/∂[i | f | o] of the step before the one being processed (full gate recurrence).
         let mut d_previous = vec![
             T::ZERO;
@@ -925,46 +836,32 @@ impl LstmOp {
         ];
         for b in 0..batch {
             let at = b * out_rs + seq_len * hidden;
-            d_c[b * n..(b + 1) * n].copy_from_slice(&grad_out[unit_range(at)]);
+            d_c[b * hidden..(b + 1) * hidden].copy_from_slice(&grad_out[at..at + hidden]);
             if gate_rec.is_some() {
                 d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]
                     .copy_from_slice(&grad_out[at + hidden..at + 4 * hidden]);
             }
         }
-        let rows_per_chunk = chunk_rows(self.dims.batch);
-        let mut chunks: Vec<ChunkGrads<T>> = (0..batch.div_ceil(rows_per_chunk))
-            .map(|_| ChunkGrads {
-                d_peep: [(); 4].map(|_| vec![T::ZERO; hidden]),
-                d_weight_gg: Vec::new(),
-                flow: FlowNorms::new(seq_len),
-            })
-            .collect();
-        let peephole = peephole.map(|p| p.map(|p| &p[units.clone()]));
-        let mut tanh_cell = vec![T::ZERO; n];
+        let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
+        let mut d_h = vec![T::ZERO; hidden];
+        let mut tanh_cell = vec![T::ZERO; hidden];
+        let mut flow = FlowNorms::new(seq_len);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
                 let c_prev = if t == 0 {
-                    &state0[unit_range(b * sw + hidden)]
+                    &state0[b * sw + hidden..b * sw + 2 * hidden]
                 } else {
-                    &cells[unit_range(cell - hidden)]
+                    &cells[cell - hidden..cell]
                 };
-                let g_out = &grad_out[unit_range(b * out_rs + t * hidden)];
-                // SAFETY: step t's gates and ∂L/∂h_t of these units are this part's
-                // alone, and so is their ∂L/∂h through the recurrence, which it wrote.
-                #[allow(unsafe_code)]
-                let (step_gates, d_h, rec) = unsafe {
-                    (
-                        unit_gates(gates, row, hidden, layout, &units),
-                        d_h.slice_mut(unit_range(b * hidden)),
-                        d_h_rec.slice(unit_range(b * hidden)),
-                    )
-                };
+                let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
                 d_h.iter_mut()
                     .zip(g_out.iter().zip(rec))
                     .for_each(|(d, (&a, &r))| *d = a + r);
-                let c = &cells[unit_range(cell)];
+                flow.add(t, squared_sum(&d_h));
+                let c = &cells[cell..cell + hidden];
                 if self.options.output_activation {
                     tanh_cell
                         .iter_mut()
@@ -973,83 +870,52 @@ impl LstmOp {
                 } else {
                     tanh_cell.copy_from_slice(c);
                 }
-                let d_peep = &mut chunks[b / rows_per_chunk].d_peep;
                 let step = StepBackward {
-                    gates: step_gates,
+                    gates: split_gates(&mut gates[row..row + gh], hidden, layout),
                     c_prev,
                     c,
                     tc: &tanh_cell,
-                    d_h,
-                    d_c: &mut d_c[b * n..(b + 1) * n],
+                    d_h: &d_h,
+                    d_c: &mut d_c[b * hidden..(b + 1) * hidden],
                     peephole,
-                    d_peep: d_peep.each_mut().map(|d| &mut d[units.clone()]),
+                    d_peep: &mut d_peep,
                     d_gates_later: gate_rec
                         .is_some()
                         .then(|| &d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]),
                 };
                 step_backward(step, self.options);
             }
-            barrier.wait();
-            for (index, chunk) in chunks.iter_mut().enumerate() {
-                if index % parts != part {
-                    continue;
-                }
-                let first = index * rows_per_chunk;
-                for b in first..batch.min(first + rows_per_chunk) {
-                    // SAFETY: no part writes ∂L/∂h_t before the barrier below.
-                    #[allow(unsafe_code)]
-                    let d_h = unsafe { d_h.slice(b * hidden..(b + 1) * hidden) };
-                    chunk.flow.add(t, squared_sum(d_h));
-                }
-            }
-            // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh, these units.
-            // SAFETY: no part writes the gate gradients before the barrier below, and
-            // the product writes only these units' columns.
-            #[allow(unsafe_code)]
-            unsafe {
-                recurrent.mul_units(
-                    (d_h_rec, 0, hidden),
-                    (gates.slice(t * gh..gates.len()), seq_len * gh, 1),
-                    batch,
-                    false,
-                    units.clone(),
-                );
-            }
+            // ∂L/∂h_{t−1} through the recurrence: d_gates[:, t] · W_hh.
+            recurrent.mul(
+                (&mut d_h_rec, hidden),
+                (&gates[t * gh..], seq_len * gh, 1),
+                batch,
+                false,
+            );
             if let Some(rec) = gate_rec.as_mut() {
-                // SAFETY: one part (asserted above).
-                #[allow(unsafe_code)]
                 rec.backward_step(
-                    (unsafe { gates.slice(0..gates.len()) }, state0),
+                    (gates, state0),
                     (t, seq_len),
                     &mut d_previous,
                     &mut d_weight_gg,
                 );
             }
-            barrier.wait();
         }
         for b in 0..batch {
             let at = b * sw;
-            // SAFETY: these units of the initial state's gradient are this part's alone;
-            // with the gate recurrence, all of it is (one part).
-            #[allow(unsafe_code)]
-            unsafe {
-                d_state0
-                    .slice_mut(unit_range(at))
-                    .copy_from_slice(d_h_rec.slice(unit_range(b * hidden)));
-                d_state0
-                    .slice_mut(unit_range(at + hidden))
-                    .copy_from_slice(&d_c[b * n..(b + 1) * n]);
-                if gate_rec.is_some() {
-                    d_state0
-                        .slice_mut(at + 2 * hidden..at + 5 * hidden)
-                        .copy_from_slice(&d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]);
-                }
+            d_state0[at..at + hidden].copy_from_slice(&d_h_rec[b * hidden..(b + 1) * hidden]);
+            d_state0[at + hidden..at + 2 * hidden]
+                .copy_from_slice(&d_c[b * hidden..(b + 1) * hidden]);
+            if gate_rec.is_some() {
+                d_state0[at + 2 * hidden..at + 5 * hidden]
+                    .copy_from_slice(&d_previous[b * 3 * hidden..(b + 1) * 3 * hidden]);
             }
         }
-        if gate_rec.is_some() {
-            chunks[0].d_weight_gg = d_weight_gg;
+        ChunkGrads {
+            d_peep,
+            d_weight_gg,
+            flow,
         }
-        chunks
     }
 }
 
@@ -1059,31 +925,6 @@ struct ChunkGrads<T> {
     d_peep: [Vec<T>; 4],
     d_weight_gg: Vec<T>,
     flow: FlowNorms,
-}
-
-/// The batch chunks' gradients from the parts' shares ([`LstmOp::backward_chunk`]):
-/// each chunk's flow from the part that summed it, each unit's peephole gradients from
-/// the part that owns the unit.
-fn merge_parts<T: Real>(per_part: Vec<Vec<ChunkGrads<T>>>, parts: &Parts) -> Vec<ChunkGrads<T>> {
-    let ranges: Vec<_> = parts.ranges().collect();
-    let mut per_part: Vec<Vec<Option<ChunkGrads<T>>>> = per_part
-        .into_iter()
-        .map(|chunks| chunks.into_iter().map(Some).collect())
-        .collect();
-    (0..per_part[0].len())
-        .map(|index| {
-            let summed_by = index % ranges.len();
-            let mut merged = per_part[summed_by][index].take().expect("each chunk once");
-            for (part, units) in ranges.iter().enumerate() {
-                if let Some(other) = per_part[part][index].as_ref() {
-                    for (to, from) in merged.d_peep.iter_mut().zip(&other.d_peep) {
-                        to[units.clone()].copy_from_slice(&from[units.clone()]);
-                    }
-                }
-            }
-            merged
-        })
-        .collect()
 }
 
 impl Kernel for LstmOp {
@@ -1127,36 +968,20 @@ impl Kernel for LstmOp {
         // gates[:, t] += h_{t−1} · W_hhᵀ: W_hh read transposed, one block per gate.
         let weight_hh = &params[offsets.gated.weight_hh..offsets.gated.bias_ih];
         let recurrent = Panels::pack(weight_hh, (1, hidden), hidden, (layout.count, hidden), rows);
-        match self.parts(weight_gg) {
-            Some(parts) => {
+        gates
+            .par_chunks_mut(rows * seq_len * gh)
+            .zip(out.par_chunks_mut(rows * out_rs))
+            .zip(cells.par_chunks_mut(rows * seq_len * hidden))
+            .zip(state0.par_chunks(rows * self.state_width()))
+            .for_each(|(((gates, out), cells), state0)| {
                 let chunk = ForwardChunk {
-                    gates: Shared::new(&mut gates),
-                    out: Shared::new(&mut out),
-                    cells: Shared::new(&mut cells),
+                    gates,
+                    out,
+                    cells,
                     state0,
                 };
-                parts.run(|_, units, barrier| {
-                    wide(|| {
-                        self.forward_chunk(chunk, (units, barrier), &recurrent, peephole, None)
-                    });
-                });
-            }
-            None => gates
-                .par_chunks_mut(rows * seq_len * gh)
-                .zip(out.par_chunks_mut(rows * out_rs))
-                .zip(cells.par_chunks_mut(rows * seq_len * hidden))
-                .zip(state0.par_chunks(rows * self.state_width()))
-                .for_each(|(((gates, out), cells), state0)| {
-                    let chunk = ForwardChunk {
-                        gates: Shared::new(gates),
-                        out: Shared::new(out),
-                        cells: Shared::new(cells),
-                        state0,
-                    };
-                    let alone = (0..hidden, &Barrier::new(1));
-                    wide(|| self.forward_chunk(chunk, alone, &recurrent, peephole, weight_gg));
-                }),
-        }
+                wide(|| self.forward_chunk(chunk, &recurrent, peephole, weight_gg));
+            });
         *self.saved.lock().expect("saved activations") = Some(Box::new(LstmSaved { gates, cells }));
         Ok(out)
     }
@@ -1197,57 +1022,23 @@ impl Kernel for LstmOp {
         let chunk = chunk_rows(batch);
         // ∂L/∂h_{t−1} = d_gates[:, t] · W_hh.
         let recurrent = Panels::pack(weight_hh, (hidden, 1), gh, (1, hidden), chunk);
-        let chunks: Vec<ChunkGrads<T>> = match self.parts(weight_gg) {
-            Some(parts) => {
-                let (mut d_h_rec, mut d_h) =
-                    (vec![T::ZERO; batch * hidden], vec![T::ZERO; batch * hidden]);
+        let chunks: Vec<ChunkGrads<T>> = d_gates
+            .par_chunks_mut(chunk * seq_len * gh)
+            .zip(d_state0.par_chunks_mut(chunk * sw))
+            .zip(grad_out.par_chunks(chunk * out_rs))
+            .zip(cells.par_chunks(chunk * seq_len * hidden))
+            .zip(state0.par_chunks(chunk * sw))
+            .map(|((((gates, d_state0), grad_out), cells), state0)| {
                 let chunk = BackwardChunk {
-                    gates: Shared::new(&mut d_gates),
-                    d_state0: Shared::new(&mut d_state0),
-                    d_h_rec: Shared::new(&mut d_h_rec),
-                    d_h: Shared::new(&mut d_h),
+                    gates,
+                    d_state0,
                     grad_out,
-                    cells: &cells,
+                    cells,
                     state0,
                 };
-                let per_part = parts.run(|part, units, barrier| {
-                    wide(|| {
-                        self.backward_chunk(
-                            chunk,
-                            (part, units, barrier),
-                            &recurrent,
-                            peephole,
-                            None,
-                        )
-                    })
-                });
-                merge_parts(per_part, &parts)
-            }
-            None => d_gates
-                .par_chunks_mut(chunk * seq_len * gh)
-                .zip(d_state0.par_chunks_mut(chunk * sw))
-                .zip(grad_out.par_chunks(chunk * out_rs))
-                .zip(cells.par_chunks(chunk * seq_len * hidden))
-                .zip(state0.par_chunks(chunk * sw))
-                .map(|((((gates, d_state0), grad_out), cells), state0)| {
-                    let rows = state0.len() / sw;
-                    let (mut d_h_rec, mut d_h) =
-                        (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
-                    let chunk = BackwardChunk {
-                        gates: Shared::new(gates),
-                        d_state0: Shared::new(d_state0),
-                        d_h_rec: Shared::new(&mut d_h_rec),
-                        d_h: Shared::new(&mut d_h),
-                        grad_out,
-                        cells,
-                        state0,
-                    };
-                    let alone = (0, 0..hidden, &Barrier::new(1));
-                    wide(|| self.backward_chunk(chunk, alone, &recurrent, peephole, weight_gg))
-                })
-                .flatten_iter()
-                .collect(),
-        };
+                wide(|| self.backward_chunk(chunk, &recurrent, peephole, weight_gg))
+            })
+            .collect();
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_weight_gg = vec![
             T::ZERO;
@@ -1429,8 +1220,7 @@ struct StepBackward<'a, T> {
     /// In: ∂L/∂c_t from later steps; out: ∂L/∂c_{t−1}.
     d_c: &'a mut [T],
     peephole: [Option<&'a [T]>; 4],
-    /// The peepholes' gradients of these units, indexed by [`Gate`].
-    d_peep: [&'a mut [T]; 4],
+    d_peep: &'a mut [Vec<T>; 4],
     /// Full gate recurrence: ∂L/∂[i | f | o] of this step through the next step's gates.
     d_gates_later: Option<&'a [T]>,
 }

@@ -20,13 +20,9 @@
 //! change when it replaced the crate in the time loops (`same_bits_as_the_gemm_crate`);
 //! tile sizes, vector width and threads do not enter any element's sum.
 
-use std::marker::PhantomData;
-use std::ops::Range;
-
 use rayon::prelude::*;
 
 use super::fused::Real;
-use super::parts::Shared;
 
 /// Columns per packed panel: two AVX2 vectors of f32.
 pub(crate) const PANEL: usize = 16;
@@ -62,68 +58,8 @@ struct Shape {
     kc: usize,
 }
 
-/// A kernel for f32: `(shape, panels, dst, a, rows, accumulate, units)` as
-/// [`Panels::mul`] and [`Panels::mul_units`].
-type F32Kernel = fn(Shape, &[f32], Dst<'_, f32>, (&[f32], usize, usize), usize, bool, Range<usize>);
-
-/// The rows a product writes: row `r` starts at `r·rs`. A call writes only the columns
-/// of the panels it covers, so that calls over disjoint units may share one buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct Dst<'a, T> {
-    ptr: *mut T,
-    len: usize,
-    rs: usize,
-    buffer: PhantomData<&'a mut [T]>,
-}
-
-impl<'a, T: Real> Dst<'a, T> {
-    fn new(buffer: &'a mut [T], rs: usize) -> Self {
-        Self {
-            ptr: buffer.as_mut_ptr(),
-            len: buffer.len(),
-            rs,
-            buffer: PhantomData,
-        }
-    }
-
-    /// The same rows from element `at` on.
-    fn from(self, at: usize) -> Self {
-        assert!(at <= self.len, "packed GEMM: dst too short");
-        Self {
-            // SAFETY: `at` is within the buffer (asserted).
-            #[allow(unsafe_code)]
-            ptr: unsafe { self.ptr.add(at) },
-            len: self.len - at,
-            ..self
-        }
-    }
-
-    /// Columns `cols` of row `r`.
-    fn row(&mut self, r: usize, cols: Range<usize>) -> &mut [T] {
-        let start = r * self.rs + cols.start;
-        assert!(
-            cols.start <= cols.end && start + cols.len() <= self.len,
-            "packed GEMM: dst too short"
-        );
-        // SAFETY: in bounds (asserted). The buffer was a `&mut [T]` of this call alone
-        // (`Panels::mul`) or is shared under `Panels::mul_units`'s contract, by which no
-        // other thread touches these columns while the call runs.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.add(start), cols.len())
-        }
-    }
-
-    /// The same rows as f32, when `T` is f32.
-    fn f32s(self) -> Option<Dst<'a, f32>> {
-        T::f32s(&[]).map(|_| Dst {
-            ptr: self.ptr.cast(),
-            len: self.len,
-            rs: self.rs,
-            buffer: PhantomData,
-        })
-    }
-}
+/// A kernel for f32: `(shape, panels, dst, a, rows, accumulate)` as [`Panels::mul`].
+type F32Kernel = fn(Shape, &[f32], (&mut [f32], usize), (&[f32], usize, usize), usize, bool);
 
 impl<T: Real> Panels<T> {
     /// Packs the matrix whose element `(kk, c)` is `w[kk·rs + c·cs]`, for `k` rows and
@@ -179,79 +115,30 @@ impl<T: Real> Panels<T> {
     pub(crate) fn mul(
         &self,
         (dst, dst_rs): (&mut [T], usize),
-        a: (&[T], usize, usize),
-        rows: usize,
-        accumulate: bool,
-    ) {
-        self.mul_columns(
-            Dst::new(dst, dst_rs),
-            a,
-            rows,
-            accumulate,
-            0..self.shape.width,
-        );
-    }
-
-    /// [`Self::mul`] for the columns of units `units` of every block only, into rows
-    /// `dst[at + r·dst_rs..]` of a buffer that other threads write at the same time.
-    /// `units` starts on a panel boundary and ends on one or at the width.
-    ///
-    /// # Safety
-    /// While the call runs, no other thread accesses these rows' elements in the
-    /// columns of `units` (of any block), and no thread writes `a`.
-    #[allow(unsafe_code)]
-    pub(crate) unsafe fn mul_units(
-        &self,
-        (dst, at, dst_rs): (Shared<'_, T>, usize, usize),
-        a: (&[T], usize, usize),
-        rows: usize,
-        accumulate: bool,
-        units: Range<usize>,
-    ) {
-        let dst = Dst {
-            ptr: dst.as_mut_ptr(),
-            len: dst.len(),
-            rs: dst_rs,
-            buffer: PhantomData,
-        };
-        self.mul_columns(dst.from(at), a, rows, accumulate, units);
-    }
-
-    fn mul_columns(
-        &self,
-        dst: Dst<'_, T>,
         (a, a_rs, a_cs): (&[T], usize, usize),
         rows: usize,
         accumulate: bool,
-        units: Range<usize>,
     ) {
-        assert!(
-            units.start % PANEL == 0
-                && (units.end % PANEL == 0 || units.end == self.shape.width)
-                && units.end <= self.shape.width,
-            "packed GEMM: units {units:?} do not fall on panels of {PANEL}"
-        );
-        if let (Some(kernel), Some(data), Some(a), Some(dst)) =
-            (simd_kernel(), T::f32s(self.data()), T::f32s(a), dst.f32s())
+        if let (Some(kernel), Some(data), Some(a)) =
+            (simd_kernel(), T::f32s(self.data()), T::f32s(a))
         {
+            let dst = T::f32s_mut(dst).expect("f32 like the weights");
             return kernel(
                 self.shape,
                 data,
-                dst,
+                (dst, dst_rs),
                 (a, a_rs, a_cs),
                 rows,
                 accumulate,
-                units,
             );
         }
         portable(
             self.shape,
             self.data(),
-            dst,
+            (dst, dst_rs),
             (a, a_rs, a_cs),
             rows,
             accumulate,
-            units,
         );
     }
 }
@@ -302,16 +189,16 @@ fn simd_kernels() -> Vec<(&'static str, F32Kernel)> {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: only listed when the CPU has the feature the kernel is compiled for.
             #[allow(unsafe_code)]
-            kernels.push(("avx512", |s, p, d, a, r, acc, u| unsafe {
-                avx512::mul(s, p, d, a, r, acc, u)
+            kernels.push(("avx512", |s, p, d, a, r, acc| unsafe {
+                avx512::mul(s, p, d, a, r, acc)
             }));
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
             #[allow(unsafe_code)]
-            kernels.push(("avx2", |s, p, d, a, r, acc, u| unsafe {
-                avx2::mul(s, p, d, a, r, acc, u)
+            kernels.push(("avx2", |s, p, d, a, r, acc| unsafe {
+                avx2::mul(s, p, d, a, r, acc)
             }));
         }
     }
@@ -322,11 +209,10 @@ fn simd_kernels() -> Vec<(&'static str, F32Kernel)> {
 fn portable<T: Real>(
     shape: Shape,
     data: &[T],
-    dst: Dst<'_, T>,
+    dst: (&mut [T], usize),
     a: (&[T], usize, usize),
     rows: usize,
     accumulate: bool,
-    units: Range<usize>,
 ) {
     tiles::<T, ROWS>(
         shape,
@@ -335,7 +221,6 @@ fn portable<T: Real>(
         a,
         rows,
         accumulate,
-        units,
         copy_rows::<T, ROWS>,
         |tile| match tile.rows {
             1 => portable_tile::<T, 1>(tile),
@@ -346,19 +231,18 @@ fn portable<T: Real>(
     );
 }
 
-/// Cuts the product into register tiles (k-blocks, then the panels of `units` in every
-/// block, then up to `TILE` rows) and hands each to `each`; `copy` copies a tile's rows
-/// of `a` where they are contiguous in `k` ([`copy_rows`], or the kernel's faster one).
+/// Cuts the product into register tiles (k-blocks, then panels, then up to `TILE`
+/// rows) and hands each to `each`; `copy` copies a tile's rows of `a` where they are
+/// contiguous in `k` ([`copy_rows`], or the kernel's faster one).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tiles<T: Real, const TILE: usize>(
     shape: Shape,
     data: &[T],
-    mut dst: Dst<'_, T>,
+    (dst, dst_rs): (&mut [T], usize),
     (a, a_rs, a_cs): (&[T], usize, usize),
     rows: usize,
     accumulate: bool,
-    units: Range<usize>,
     mut copy: impl FnMut(&[T], usize, usize, usize, &mut [T]),
     mut each: impl FnMut(Tile<'_, T>),
 ) {
@@ -376,23 +260,16 @@ fn tiles<T: Real, const TILE: usize>(
         (rows - 1) * a_rs + (k.max(1) - 1) * a_cs < a.len() && (a_rs == 1 || a_cs == 1),
         "packed GEMM: lhs too short, or neither its rows nor its terms contiguous"
     );
-    let dst_rs = dst.rs;
     assert!(
-        (rows - 1) * dst_rs + blocks * width <= dst.len,
+        (rows - 1) * dst_rs + blocks * width <= dst.len(),
         "packed GEMM: dst too short"
     );
     if k == 0 {
         if !accumulate {
-            for r in 0..rows {
-                for b in 0..blocks {
-                    dst.row(r, b * width + units.start..b * width + units.end)
-                        .fill(T::ZERO);
-                }
-            }
+            (0..rows).for_each(|r| dst[r * dst_rs..r * dst_rs + blocks * width].fill(T::ZERO));
         }
         return;
     }
-    let panels = units.start / PANEL..units.end.div_ceil(PANEL);
     // Rows go in groups whose share of `a` in one k-block stays in L2 while the panels
     // pass over it (the weight gradients' `a` is (G·H) × (B·T)); a batch chunk is one.
     let group = (GROUP_FLOATS / kc).max(TILE) / TILE * TILE;
@@ -440,15 +317,13 @@ fn tiles<T: Real, const TILE: usize>(
                 }
             }
             for (index, panel) in data.chunks_exact(k * PANEL).enumerate() {
-                if !panels.contains(&(index % per_block)) {
-                    continue;
-                }
                 let first = (index / per_block) * width + (index % per_block) * PANEL;
                 let mut r0 = g0;
                 while r0 < group_end {
                     let tile_rows = TILE.min(group_end - r0);
                     each(Tile {
-                        dst: dst.from(r0 * dst_rs + first),
+                        dst: &mut dst[r0 * dst_rs + first..],
+                        dst_rs,
                         cols: PANEL.min(width - (index % per_block) * PANEL),
                         add,
                         a: &group_a[(r0 - g0) * len..(r0 - g0 + TILE) * len],
@@ -484,9 +359,10 @@ fn copy_rows<T: Real, const TILE: usize>(
 /// One register tile's work: `rows` rows of `a`, `len` terms each, stored term by term
 /// with the tile's rows side by side (`a[kk·TILE + r]`, `TILE` the kernel's tile
 /// height), against `panel`; the sums go into the first `cols` columns of `dst`'s rows
-/// (`dst.rs` apart), added to them with `add`.
+/// (stride `dst_rs`), added to them with `add`.
 struct Tile<'a, T> {
-    dst: Dst<'a, T>,
+    dst: &'a mut [T],
+    dst_rs: usize,
     cols: usize,
     add: bool,
     a: &'a [T],
@@ -499,8 +375,7 @@ impl<T: Real> Tile<'_, T> {
     /// Stores (or adds) row `r`'s sums.
     #[inline(always)]
     fn store(&mut self, r: usize, sums: &[T; PANEL]) {
-        let cols = self.cols;
-        let out = self.dst.row(r, 0..cols);
+        let out = &mut self.dst[r * self.dst_rs..r * self.dst_rs + self.cols];
         if self.add {
             out.iter_mut().zip(sums).for_each(|(o, &s)| *o += s);
         } else {
@@ -534,19 +409,16 @@ mod avx2 {
         _mm256_storeu_ps,
     };
 
-    use std::ops::Range;
-
-    use super::{Dst, PANEL, ROWS, Shape, Tile, copy_rows, tiles};
+    use super::{PANEL, ROWS, Shape, Tile, copy_rows, tiles};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn mul(
         shape: Shape,
         data: &[f32],
-        dst: Dst<'_, f32>,
+        dst: (&mut [f32], usize),
         a: (&[f32], usize, usize),
         rows: usize,
         accumulate: bool,
-        units: Range<usize>,
     ) {
         tiles::<f32, ROWS>(
             shape,
@@ -555,7 +427,6 @@ mod avx2 {
             a,
             rows,
             accumulate,
-            units,
             copy_rows::<f32, ROWS>,
             |tile| match tile.rows {
                 1 => tile_of::<1>(tile),
@@ -609,9 +480,7 @@ mod avx512 {
         _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
     };
 
-    use std::ops::Range;
-
-    use super::{Dst, PANEL, Shape, Tile, copy_rows, tiles};
+    use super::{PANEL, Shape, Tile, copy_rows, tiles};
 
     /// Rows per tile: 16 accumulators of 16 lanes (a whole batch chunk), so that the
     /// two FMA units never wait on a sum; the broadcasts of `a` ride the load ports.
@@ -621,11 +490,10 @@ mod avx512 {
     pub(super) fn mul(
         shape: Shape,
         data: &[f32],
-        dst: Dst<'_, f32>,
+        dst: (&mut [f32], usize),
         a: (&[f32], usize, usize),
         rows: usize,
         accumulate: bool,
-        units: Range<usize>,
     ) {
         tiles::<f32, ROWS>(
             shape,
@@ -634,7 +502,6 @@ mod avx512 {
             a,
             rows,
             accumulate,
-            units,
             |a, a_rs, rows, len, tile_a| transpose(a, a_rs, rows, len, tile_a),
             |tile| match tile.rows {
                 1 => tile_of::<1>(tile),
@@ -773,7 +640,6 @@ fn block_depth(k: usize, n: usize, rows: usize, size: usize) -> usize {
 mod tests {
     use super::*;
     use crate::fused::{matmul_serial, mixed_values as values};
-    use crate::parts::Parts;
 
     /// Every f32 kernel this CPU can run: the portable one and the SIMD ones.
     fn kernels() -> Vec<(&'static str, F32Kernel)> {
@@ -831,35 +697,25 @@ mod tests {
                     (&w, n, 1),
                     accumulate,
                 );
-                // Whole, and in two or three parts of the units (the threads of
-                // `parts`), one call per part.
-                let splits = [1, 2, 3].map(|count| Parts::new(width, count));
-                for (&(kernel, mul), parts) in kernels
-                    .iter()
-                    .flat_map(|k| splits.iter().map(move |p| (k, p)))
-                {
+                for &(kernel, mul) in &kernels {
                     let mut got = got.clone();
                     let (shape, data) = (panels.shape, panels.data());
-                    for units in parts.ranges() {
-                        mul(
-                            shape,
-                            data,
-                            Dst::new(&mut got, dst_rs),
-                            (&a, a_rs, 1),
-                            rows,
-                            accumulate,
-                            units,
-                        );
-                    }
+                    mul(
+                        shape,
+                        data,
+                        (&mut got, dst_rs),
+                        (&a, a_rs, 1),
+                        rows,
+                        accumulate,
+                    );
                     let differ = expected
                         .iter()
                         .zip(&got)
                         .filter(|(e, g)| e.to_bits() != g.to_bits())
                         .count();
-                    let count = parts.ranges().count();
                     assert_eq!(
                         differ, 0,
-                        "{kernel}: {differ} elements differ at rows {rows}, {blocks}×{width} columns, k {k}, accumulate {accumulate}, {count} parts"
+                        "{kernel}: {differ} elements differ at rows {rows}, {blocks}×{width} columns, k {k}, accumulate {accumulate}"
                     );
                 }
             }
