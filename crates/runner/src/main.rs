@@ -6,6 +6,7 @@ use clap::Parser;
 use rnnlab::cli::Cli;
 
 fn main() -> ExitCode {
+    rnnlab::resources::run_candle_elementwise_inline();
     rnnlab::resources::keep_freed_memory();
     let cli = Cli::parse();
     rnnlab::init_logging(cli.verbose);

@@ -159,6 +159,28 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Runs candle's large elementwise ops on the thread that calls them, not on candle's
+/// own worker pool, unless `CANDLE_NUM_THREADS` says otherwise. candle 0.11 splits every
+/// elementwise op of 64 Ki elements or more (Adam's updates of an LSTM's weights from
+/// H ≈ 128 on) over a global pool of `CANDLE_NUM_THREADS` − 1 workers (by default the
+/// cores), which ignores `--threads` and spins up to 25,000 times after each op before it
+/// parks: on 2 cores its worker held 15 % of an LSTM step's CPU samples (`perf record`,
+/// H = 128, T = 100) while the fused kernels wanted both cores. One candle thread means
+/// no pool. Measured with `rnnlab bench --cells lstm`, 2 threads, B = 32, on the AMD EPYC
+/// (Zen 5) of 2026-12-06, alternating with and without: a step 16–22 % shorter at T = 100
+/// and H = 64 and 128 (2.52 → 2.12 ms, 7.2 → 5.6 ms; 3 rounds), within the machine's noise
+/// at H = 256–512 and at T = 1,000. An elementwise op's results do not depend on how it is
+/// split, so the numbers cannot change. Call it first in `main`, before any thread starts.
+pub fn run_candle_elementwise_inline() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet to read the environment meanwhile.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    }
+}
+
 /// `VmHWM` (peak resident memory) of this process in MiB, where Linux reports it.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
