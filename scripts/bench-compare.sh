@@ -48,5 +48,5 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 # The machine's GEMM peak at the same thread count, for the table's share-of-peak column.
-peak=$(./target/release/rnnlab bench --peak 2048 --threads "$THREADS" --repeats 5 | tee "$OUT/peak.txt" | sed -E 's/.*,([0-9.]+) GFLOP\/s/\1/')
+peak=$(./target/release/rnnlab bench --peak 2048 --threads "$THREADS" --repeats 5 | tee "$OUT/peak.txt" | grep '^peak,' | sed -E 's/.*,([0-9.]+) GFLOP\/s/\1/')
 python3 scripts/bench_ratios.py --peak "$peak" "$OUT/rnnlab.csv" "$OUT/candle-nn.csv" "$OUT/torch.csv" | tee "$OUT/ratios.md"

@@ -246,10 +246,10 @@ pub struct BenchArgs {
     /// CSV file to write (columns impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Instead of training steps, time the `gemm` crate (the kernels' GEMM for the input
-    /// projections; the recurrent products use packed AVX-512/AVX2 tiles that can beat
-    /// it) on a square f32 problem of this size (e.g. 2048) with `--threads`, and print
-    /// its GFLOP/s: the peak that `gflop_per_s` compares with.
+    /// Instead of training steps, time a square f32 product of this size (e.g. 2048)
+    /// with `--threads`, through the `gemm` crate (the kernels' GEMM for the input
+    /// projections) and through the packed AVX-512/AVX2 tiles of the recurrent products,
+    /// and print both GFLOP/s and the faster as `peak`: what `gflop_per_s` compares with.
     #[arg(long)]
     pub peak: Option<NonZeroUsize>,
     /// Internal: measure the single shape given and print its CSV row (each shape runs
