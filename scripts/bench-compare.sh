@@ -19,6 +19,9 @@ BATCH=${BATCH:-32}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-1}
 REPEATS=${REPEATS:-10}
+# Untimed steps first, on every side: PyTorch's step keeps getting faster over its first
+# tens of steps at small shapes (LSTM H = 128, T = 100: 7–8 ms timed after 2, 6.3 after 50).
+WARMUP=${WARMUP:-10}
 OUT=${OUT:-results/bench}
 mkdir -p "$OUT"
 
@@ -38,8 +41,8 @@ for round in $(seq "$ROUNDS"); do
     for seq_len in ${SEQ_LENS//,/ }; do
       for hidden in ${HIDDEN//,/ }; do
         shape=(--cells "$cell" --hidden "$hidden" --seq-len "$seq_len" --batch "$BATCH" --threads "$THREADS")
-        ./target/release/rnnlab bench --child --impl rnnlab "${shape[@]}" --repeats "$REPEATS" | tee -a "$OUT/rnnlab.csv"
-        .venv/bin/python scripts/bench_torch.py --child "{\"cell\": \"$cell\", \"hidden\": $hidden, \"seq_len\": $seq_len, \"batch\": $BATCH, \"threads\": $THREADS, \"warmup\": 2, \"repeats\": $REPEATS, \"max_seconds\": 30, \"device\": \"cpu\"}" | tee -a "$OUT/torch.csv"
+        ./target/release/rnnlab bench --child --impl rnnlab "${shape[@]}" --warmup "$WARMUP" --repeats "$REPEATS" | tee -a "$OUT/rnnlab.csv"
+        .venv/bin/python scripts/bench_torch.py --child "{\"cell\": \"$cell\", \"hidden\": $hidden, \"seq_len\": $seq_len, \"batch\": $BATCH, \"threads\": $THREADS, \"warmup\": $WARMUP, \"repeats\": $REPEATS, \"max_seconds\": 30, \"device\": \"cpu\"}" | tee -a "$OUT/torch.csv"
         if [[ ",$CANDLE_SEQ_LENS," == *",$seq_len,"* && "$cell" != rnn ]]; then
           ./target/release/rnnlab bench --child --impl candle-nn "${shape[@]}" --repeats 3 | tee -a "$OUT/candle-nn.csv"
         fi
