@@ -190,19 +190,22 @@ pub(crate) fn matmul<T: Real>(
     gemm_checked(dims, dst, dst_rs, a, b, accumulate, threads);
 }
 
-/// `a · b` for `n × n` row-major f32 matrices on the current rayon pool, through the
-/// `gemm` crate or (`packed`) the time loops' packed kernels: `rnnlab bench --peak` times
-/// both and takes the faster as the machine's GEMM peak. Which is faster depends on the
-/// CPU: on the project's Xeon the crate's (the packed kernels' blocking is bound to the
-/// crate's sums), on the AMD EPYC (Zen 5) the packed ones (343–357 against 216–219
-/// GFLOP/s at n = 2,048 on 2 threads, 2026-12-06).
-pub fn square_matmul(a: &[f32], b: &[f32], n: usize, packed: bool) -> Vec<f32> {
+/// `a · b` for `n × n` row-major f32 matrices through the `gemm` crate on the current
+/// rayon pool. `rnnlab bench --peak` times it and [`square_matmul_packed`] and takes the
+/// faster as the machine's GEMM peak. Which is faster depends on the CPU: on the
+/// project's Xeon the crate (the packed kernels' blocking is bound to the crate's sums),
+/// on the AMD EPYC (Zen 5) the packed kernels (343–357 against 216–219 GFLOP/s at
+/// n = 2,048 on 2 threads, 2026-12-06).
+pub fn square_matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![0.0; n * n];
-    if packed {
-        par_product(&mut out, (a, n, 1), b, n, n);
-    } else {
-        matmul((n, n, n), &mut out, n, (a, n, 1), (b, n, 1), false);
-    }
+    matmul((n, n, n), &mut out, n, (a, n, 1), (b, n, 1), false);
+    out
+}
+
+/// [`square_matmul`] through the time loops' packed kernels ([`par_product`]).
+pub fn square_matmul_packed(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n * n];
+    par_product(&mut out, (a, n, 1), b, n, n);
     out
 }
 

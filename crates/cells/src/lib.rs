@@ -53,7 +53,7 @@ mod unroll;
 pub use backend::Backend;
 pub use cell::{Cell, GradFlow, State};
 pub use exprnn::{EXPRNN, ExpRnn, ExpRnnSpec, SkewInit, TAYLOR_DEGREE, recurrent_matrix};
-pub use fused::square_matmul;
+pub use fused::{square_matmul, square_matmul_packed};
 pub use gru::{GRU, Gru, GruReset};
 pub use indrnn::{INDRNN, IndRnn, IndRnnSpec};
 pub use init::{Init, InitScheme};

@@ -223,9 +223,14 @@ fn peak(size: usize, args: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let b: Vec<f32> = a.iter().rev().copied().collect();
     let mut peak: f64 = 0.0;
-    for (name, packed) in [("gemm", false), ("packed", true)] {
+    type SquareProduct = fn(&[f32], &[f32], usize) -> Vec<f32>;
+    let products: [(&str, SquareProduct); 2] = [
+        ("gemm", rnnlab_cells::square_matmul),
+        ("packed", rnnlab_cells::square_matmul_packed),
+    ];
+    for (name, multiply) in products {
         let mut times = pool.install(|| {
-            let product = || drop(rnnlab_cells::square_matmul(&a, &b, size, packed));
+            let product = || drop(multiply(&a, &b, size));
             (0..args.warmup).for_each(|_| product());
             (0..args.repeats.get())
                 .map(|_| {
