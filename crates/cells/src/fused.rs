@@ -202,7 +202,7 @@ pub fn square_matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     out
 }
 
-/// [`square_matmul`] through the time loops' packed kernels ([`par_product`]).
+/// [`square_matmul`] through the packed kernels of the recurrent time loops.
 pub fn square_matmul_packed(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![0.0; n * n];
     par_product(&mut out, (a, n, 1), b, n, n);
