@@ -8,9 +8,10 @@
 #                                rerun determinism, a short sweep on cuda (twice: the same
 #                                bits), and `rnnlab bench --device cuda` beside PyTorch
 #                                cuDNN, LSTM and GRU at B = 32, H = 128/256/512,
-#                                T = 100/1,000
+#                                T = 100/1,000, with each time loop (per step,
+#                                persistent) as well
 #
-# Output: results/bench/gpu/ (log, CSVs, ratios), copied to $OUT when set. About 3–5
+# Output: results/bench/gpu/ (log, CSVs, ratios), copied to $OUT when set. About 4–7
 # minutes of device time. CUDA's libraries are looked up in /usr/local/cuda/lib64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +74,14 @@ shapes=(--cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 --re
 python3 scripts/bench_torch.py --cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 \
     --repeats 10 --max-seconds 10 --threads 4 --device cuda --out "$out/torch.csv"
 python3 scripts/bench_ratios.py "$out/rnnlab.csv" "$out/torch.csv" | tee "$out/ratios.md"
+# Both time loops (same numbers; `auto` above is persistent up to 128 units, per step
+# above), to set PERSISTENT_MAX_HIDDEN in crates/cells/src/cuda/mod.rs from measurements.
+for loop in per-step persistent; do
+    echo "== the time loop: $loop"
+    "$bin/rnnlab" bench "${shapes[@]}" --impl rnnlab --device cuda --threads 4 --cuda-loop "$loop" \
+        --out "$out/rnnlab-$loop.csv"
+    python3 scripts/bench_ratios.py "$out/rnnlab-$loop.csv" "$out/torch.csv" | tee "$out/ratios-$loop.md"
+done
 
 if [ -n "${OUT:-}" ]; then cp -r "$out" "$OUT/"; fi
 echo "== done"

@@ -8,16 +8,13 @@
 //! bits. A test that needs what the machine lacks says so by name and passes.
 #![cfg(feature = "cuda")]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{flat, gradients};
-use rnnlab_cells::cuda::{
-    EMULATOR_COMPILE, Gpu, KERNELS, compile, emulator_sources, nvrtc_available,
-};
+use rnnlab_cells::cuda::{Gpu, KERNELS, TimeLoop, build_emulator, compile, nvrtc_available};
 use rnnlab_cells::{Backend, CellConfig, HeadKind, Init, ModelConfig, State, registry};
 
 /// Whether CI asked for the kernel tests to run rather than skip.
@@ -124,26 +121,19 @@ fn cuda_cells() -> Vec<CellConfig> {
         .collect()
 }
 
-/// The emulator built in a fresh folder with `$CXX` (default `c++`), or `None` (and a
-/// line naming `test`) where no C++20 compiler is found.
-fn emulator(test: &str) -> Option<Arc<Gpu>> {
+/// The emulator built in a fresh folder with `$CXX` (default `c++`) as one handle per
+/// time loop (per step, persistent), or `None` (and a line naming `test`) where no C++20
+/// compiler is found.
+fn emulator(test: &str) -> Option<[Arc<Gpu>; 2]> {
     let dir = std::env::temp_dir().join(format!("rnnlab-cuda-emulator-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in emulator_sources() {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    let library: PathBuf = dir.join("libemulator.so");
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let built = std::process::Command::new(&compiler)
-        .args(EMULATOR_COMPILE)
-        .current_dir(&dir)
-        .output();
-    match built {
-        Ok(out) if out.status.success() => Some(Arc::new(Gpu::emulated(&library).unwrap())),
-        Ok(out) => panic!(
-            "{compiler} could not build the CUDA emulator:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    match build_emulator(&dir, &compiler) {
+        Ok(Ok(library)) => {
+            Some([TimeLoop::PerStep, TimeLoop::Persistent].map(|time_loop| {
+                Arc::new(Gpu::emulated(&library).unwrap().with_time_loop(time_loop))
+            }))
+        }
+        Ok(Err(messages)) => panic!("{compiler} could not build the CUDA emulator:\n{messages}"),
         Err(e) => {
             assert!(
                 !required(),
@@ -155,29 +145,49 @@ fn emulator(test: &str) -> Option<Arc<Gpu>> {
     }
 }
 
-/// Runs every cell with a CUDA kernel at `shapes` on `gpu` and on the CPU, and checks
-/// every value and gradient to 2e-5 of the largest (or absolutely, below 1).
-fn matches_the_cpu(gpu: &Arc<Gpu>, shapes: &[(usize, usize, usize, usize)]) {
+/// Runs every cell with a CUDA kernel at `shapes` on each of `gpus` and on the CPU, and
+/// checks every value and gradient to 2e-5 of the largest (or absolutely, below 1), and
+/// that the `gpus` (the time loops) agree bit for bit: the same sums in the same order,
+/// only launched differently.
+fn matches_the_cpu(gpus: &[Arc<Gpu>], shapes: &[(usize, usize, usize, usize)]) {
     assert!(!cuda_cells().is_empty());
     for cell in cuda_cells() {
         for &dims in shapes {
             let cpu = run(&cell, dims, &Backend::Cpu);
-            let cuda = run(&cell, dims, &Backend::Cuda(gpu.clone()));
-            for ((name, got), (_, want)) in cuda.iter().zip(&cpu) {
-                let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
-                let err = got
-                    .iter()
-                    .zip(want)
-                    .fold(0.0_f64, |m, (g, w)| m.max((g - w).abs()));
-                eprintln!(
-                    "{} {dims:?} {name}: max error {:.2e} of {scale:.2e}",
-                    cell.label(),
-                    err
-                );
-                assert!(
-                    err <= 2e-5 * scale.max(1.0),
-                    "{cell:?} {dims:?}: {name} differs by {err} (largest value {scale})"
-                );
+            let runs: Vec<_> = gpus
+                .iter()
+                .map(|gpu| run(&cell, dims, &Backend::Cuda(gpu.clone())))
+                .collect();
+            for (values, gpu) in runs.iter().zip(gpus) {
+                for ((name, got), (_, want)) in values.iter().zip(&cpu) {
+                    let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
+                    let err = got
+                        .iter()
+                        .zip(want)
+                        .fold(0.0_f64, |m, (g, w)| m.max((g - w).abs()));
+                    eprintln!(
+                        "{} {dims:?} {name} ({gpu:?}): max error {err:.2e} of {scale:.2e}",
+                        cell.label(),
+                    );
+                    assert!(
+                        err <= 2e-5 * scale.max(1.0),
+                        "{cell:?} {dims:?} on {gpu:?}: {name} differs by {err} (largest value {scale})"
+                    );
+                }
+            }
+            for (other, gpu) in runs[1..].iter().zip(&gpus[1..]) {
+                for ((name, a), (_, b)) in runs[0].iter().zip(other) {
+                    let differ = a
+                        .iter()
+                        .zip(b)
+                        .filter(|(x, y)| x.to_bits() != y.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ, 0,
+                        "{cell:?} {dims:?}: {differ} values of {name} differ between {:?} and {gpu:?}",
+                        gpus[0]
+                    );
+                }
             }
         }
     }
@@ -185,21 +195,26 @@ fn matches_the_cpu(gpu: &Arc<Gpu>, shapes: &[(usize, usize, usize, usize)]) {
 
 #[test]
 fn emulated_kernels_match_the_cpu_kernels() {
-    let Some(gpu) = emulator("emulated_kernels_match_the_cpu_kernels") else {
+    let Some(gpus) = emulator("emulated_kernels_match_the_cpu_kernels") else {
         return;
     };
-    // Partial tiles and blocks: H = 40 spans two blocks of 32 units, B = 9 two of 8 rows.
-    matches_the_cpu(&gpu, &[(1, 1, 3, 1), (3, 7, 2, 5), (9, 6, 3, 40)]);
-    reruns_give_the_same_bits(&gpu, (3, 5, 2, 7));
+    // Partial tiles and blocks: H = 40 spans two blocks of 32 units, B = 9 two of 8 rows
+    // (three persistent blocks of 4).
+    matches_the_cpu(&gpus, &[(1, 1, 3, 1), (3, 7, 2, 5), (9, 6, 3, 40)]);
+    for gpu in &gpus {
+        reruns_give_the_same_bits(gpu, (3, 5, 2, 7));
+    }
 }
 
 #[test]
 fn gpu_kernels_match_the_cpu_kernels() {
-    let Some(gpu) = gpu("gpu_kernels_match_the_cpu_kernels") else {
+    if gpu("gpu_kernels_match_the_cpu_kernels").is_none() {
         return;
-    };
+    }
+    let gpus = [TimeLoop::PerStep, TimeLoop::Persistent]
+        .map(|time_loop| Arc::new(Gpu::open(0).unwrap().with_time_loop(time_loop)));
     matches_the_cpu(
-        &gpu,
+        &gpus,
         &[
             (1, 1, 3, 1),
             (3, 7, 2, 5),

@@ -20,8 +20,9 @@ use crate::optim::Trainer;
 use rnnlab_cells::{CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
 use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
 
-use crate::cli::{BenchArgs, BenchImpl};
+use crate::cli::{BenchArgs, BenchImpl, CudaLoop};
 use crate::error::UsageError;
+use clap::ValueEnum as _;
 
 /// One measured shape: a CSV row.
 #[derive(Debug, Clone)]
@@ -106,6 +107,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             seq_len: args.seq_len[0].get(),
             batch: args.batch.get(),
             device: args.device,
+            cuda_loop: args.cuda_loop,
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(args.threads.get())
@@ -171,6 +173,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         ])
                         .args(["--max-seconds", &args.max_seconds.to_string()])
                         .args(["--device", &String::from(args.device)])
+                        .args([
+                            "--cuda-loop",
+                            args.cuda_loop
+                                .to_possible_value()
+                                .expect("no variant is skipped")
+                                .get_name(),
+                        ])
                         .output()
                         .context("running a benchmark shape")?;
                     if !output.status.success() {
@@ -272,6 +281,7 @@ struct Shape {
     seq_len: usize,
     batch: usize,
     device: DeviceName,
+    cuda_loop: CudaLoop,
 }
 
 /// A training step, ready to be called repeatedly.
@@ -319,6 +329,7 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
         seq_len,
         batch,
         device,
+        cuda_loop,
     } = shape;
     let task = Task::new(TaskConfig::Adding { seq_len })
         .map_err(|e| UsageError(format!("invalid --seq-len: {e}")))?;
@@ -345,7 +356,7 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
                 head: HeadKind::LastStep,
             };
             let mut params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
-            params.set_backend(crate::train::open_backend(device)?);
+            params.set_backend(crate::train::open_backend(device, cuda_loop)?);
             let model = Model::new(&config, &params)?;
             // The runner's own Adam, so the benchmark times what `rnnlab run` trains with.
             let vars = params.iter().map(|(_, v)| v.clone()).collect();

@@ -231,6 +231,12 @@ pub struct BenchArgs {
     /// optimiser stay on the CPU; the cells with a CUDA kernel only).
     #[arg(long, value_parser = parse_device, default_value = "cpu")]
     pub device: DeviceName,
+    /// With `--device cuda`: how the recurrent time loops (LSTM, GRU, RNN, expRNN) run — `auto`
+    /// (persistent up to 128 units, as training does), `per-step` (a launch per step) or
+    /// `persistent` (one launch per sequence each way). The same numbers either way; for
+    /// timing the two.
+    #[arg(long, value_enum, default_value_t = CudaLoop::Auto)]
+    pub cuda_loop: CudaLoop,
     /// Implementations to time.
     #[arg(long = "impl", value_enum, value_delimiter = ',', default_values_t = [BenchImpl::Rnnlab, BenchImpl::CandleNn])]
     pub implementations: Vec<BenchImpl>,
@@ -264,6 +270,17 @@ fn parse_cell(name: &str) -> Result<&'static CellKind, String> {
         let names: Vec<&str> = registry::CELLS.iter().map(|kind| kind.name).collect();
         format!("unknown cell `{name}`, allowed: {}", names.join(", "))
     })
+}
+
+/// How the recurrent time loops run on a GPU (`rnnlab_cells::cuda::TimeLoop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CudaLoop {
+    /// Persistent up to `rnnlab_cells::cuda::PERSISTENT_MAX_HIDDEN` units, per step above.
+    Auto,
+    /// A launch per step.
+    PerStep,
+    /// One launch per sequence each way.
+    Persistent,
 }
 
 /// An implementation the benchmark times.

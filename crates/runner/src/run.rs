@@ -45,7 +45,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     devices.sort_unstable();
     devices.dedup();
     for device in devices {
-        crate::train::open_backend(device)?;
+        crate::train::open_backend(device, crate::cli::CudaLoop::Auto)?;
     }
     let jobs = args.jobs.get();
     let dir = ExperimentDir::new(&args.out, &experiment.name);

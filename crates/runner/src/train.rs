@@ -19,6 +19,7 @@ use rnnlab_cells::{Backend, Model, Params};
 use rnnlab_tasks::{Evaluation, Split, Task};
 
 use crate::checkpoint::{Checkpoint, Record};
+use crate::cli::CudaLoop;
 use crate::config::{Budget, CheckpointEvery, DeviceName, RunConfig};
 use crate::loss::{inputs, task_loss};
 use crate::optim::{Trainer, clip_gradients};
@@ -95,8 +96,8 @@ pub struct Checkpoints<'a> {
 pub const CUDA_EMULATOR: &str = "RNNLAB_CUDA_EMULATOR";
 
 /// Opens `device` for one run's fused kernels: each run gets a stream of its own, so
-/// `--jobs N` runs share a GPU.
-pub fn open_backend(device: DeviceName) -> anyhow::Result<Backend> {
+/// `--jobs N` runs share a GPU, whose recurrent time loops run as `time_loop` says.
+pub fn open_backend(device: DeviceName, time_loop: CudaLoop) -> anyhow::Result<Backend> {
     match device {
         DeviceName::Cpu => Ok(Backend::Cpu),
         #[cfg(feature = "cuda")]
@@ -109,10 +110,19 @@ pub fn open_backend(device: DeviceName) -> anyhow::Result<Backend> {
                 None => rnnlab_cells::cuda::Gpu::open(index)
                     .with_context(|| format!("opening cuda:{index} (train.device)"))?,
             };
-            Ok(Backend::Cuda(std::sync::Arc::new(gpu)))
+            use rnnlab_cells::cuda::TimeLoop;
+            let time_loop = match time_loop {
+                CudaLoop::Auto => TimeLoop::Auto,
+                CudaLoop::PerStep => TimeLoop::PerStep,
+                CudaLoop::Persistent => TimeLoop::Persistent,
+            };
+            Ok(Backend::Cuda(std::sync::Arc::new(
+                gpu.with_time_loop(time_loop),
+            )))
         }
         #[cfg(not(feature = "cuda"))]
         DeviceName::Cuda(_) => {
+            let _ = time_loop; // only a GPU has time loops to choose from
             anyhow::bail!("train.device: cuda needs rnnlab built with the `cuda` feature")
         }
     }
@@ -140,7 +150,7 @@ pub fn train(
     let mut params = config
         .init
         .params(&config.model, config.seed, DType::F32, &device)?;
-    params.set_backend(open_backend(config.train.device)?);
+    params.set_backend(open_backend(config.train.device, CudaLoop::Auto)?);
     let model = Model::new(&config.model, &params)?;
     let vars: Vec<_> = params.iter().map(|(_, var)| var.clone()).collect();
     let mut trainer = Trainer::new(config.train.optimizer, vars.clone())?;

@@ -556,37 +556,25 @@ fn a_sweep_on_the_cuda_emulator_trains_as_on_the_cpu_and_reruns_bit_for_bit() {
     let (file, results) = setup("emulated-gpu");
     // The CUDA kernels compiled for the host: the whole GPU path (backend, kernels,
     // copies, checkpoints, evaluation, report) without a GPU.
-    let build = results.with_file_name("emulator");
-    std::fs::create_dir_all(&build).unwrap();
-    for (name, text) in rnnlab_cells::cuda::emulator_sources() {
-        std::fs::write(build.join(name), text).unwrap();
-    }
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    match Command::new(&compiler)
-        .args(rnnlab_cells::cuda::EMULATOR_COMPILE)
-        .current_dir(&build)
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => {
-            assert!(
-                std::env::var_os("RNNLAB_REQUIRE_KERNEL_TESTS").is_none(),
-                "RNNLAB_REQUIRE_KERNEL_TESTS is set but {compiler}: {e}"
-            );
-            eprintln!("skipped a_sweep_on_the_cuda_emulator: no C++ compiler ({e})");
-            return;
-        }
-    }
+    let library =
+        match rnnlab_cells::cuda::build_emulator(&results.with_file_name("emulator"), &compiler) {
+            Ok(built) => built.unwrap_or_else(|messages| panic!("{messages}")),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("RNNLAB_REQUIRE_KERNEL_TESTS").is_none(),
+                    "RNNLAB_REQUIRE_KERNEL_TESTS is set but {compiler}: {e}"
+                );
+                eprintln!("skipped a_sweep_on_the_cuda_emulator: no C++ compiler ({e})");
+                return;
+            }
+        };
     let (file, out) = (file.to_str().unwrap(), results.to_str().unwrap());
     let emulated = |extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
             .args(["run", file, "--out", out, "--device", "cuda", "--no-report"])
             .args(extra)
-            .env("RNNLAB_CUDA_EMULATOR", build.join("libemulator.so"))
+            .env("RNNLAB_CUDA_EMULATOR", &library)
             .output()
             .unwrap();
         ok(&output)

@@ -1,9 +1,10 @@
 //! The expRNN ([`crate::exprnn`] has the equations) on the GPU. The orthogonal matrix
 //! `W = exp(A − Aᵀ)` and the adjoint of the exponential stay on the host in f64 (one
 //! `H × H` exponential per training step, as on the CPU); the recurrence runs here: the
-//! input projection as one GEMM, one launch per step forward, one pointwise kernel and
-//! one GEMM per step backward, then `∂L/∂W = Σ ∂L/∂z_tᵀ h_{t−1}` and the input weights'
-//! gradients over all `B·T` rows.
+//! input projection as one GEMM, the time loop as the RNN's (one persistent kernel each
+//! way, or one launch per step forward and a pointwise kernel and a GEMM per step
+//! backward), then `∂L/∂W = Σ ∂L/∂z_tᵀ h_{t−1}` and the input weights' gradients over
+//! all `B·T` rows.
 
 use candle_core::{Result, bail};
 
@@ -42,6 +43,23 @@ pub(crate) fn exprnn_forward(
     let w_t_at = gpu.at(&w_t_dev, 0, hidden * hidden)?;
     let bias_at = gpu.at(&params_dev, bias.start, hidden)?;
     let out_at = gpu.at(&out, 0, rows * hidden)?;
+    if gpu.persistent(hidden) {
+        gpu.launch(
+            "elman_forward_persistent",
+            gated::persistent_launch(batch, hidden),
+            &[
+                &int(batch),
+                &int(seq_len),
+                &int(hidden),
+                &ELMAN_MODRELU,
+                &w_t_at,
+                &bias_at,
+                &gpu.at(&h0_dev, 0, batch * hidden)?,
+                &out_at,
+            ],
+        )?;
+        return gpu.download(&out);
+    }
     for t in 0..seq_len {
         let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
@@ -98,16 +116,28 @@ pub(crate) fn exprnn_backward(
         gpu.at(&d_bias_rows, 0, rows * hidden)?,
         gpu.at(&dh_all, 0, seq_len * batch * hidden)?,
     ];
-    for t in (0..seq_len).rev() {
+    if gpu.persistent(hidden) {
+        // W row-major, so that neighbouring threads read neighbouring weights.
+        let w = gpu.zeros::<f32>(hidden * hidden)?;
         gpu.launch(
-            "elman_backward_step",
-            Gpu::elementwise(batch * hidden),
+            "transpose",
+            Gpu::elementwise(hidden * hidden),
+            &[
+                &int(hidden),
+                &int(hidden),
+                &gpu.at(&w_t_dev, 0, hidden * hidden)?,
+                &gpu.at(&w, 0, hidden * hidden)?,
+            ],
+        )?;
+        gpu.launch(
+            "elman_backward_persistent",
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
                 &ELMAN_MODRELU,
+                &gpu.at(&w, 0, hidden * hidden)?,
                 &args[0],
                 &args[1],
                 &args[2],
@@ -116,14 +146,34 @@ pub(crate) fn exprnn_backward(
                 &args[5],
             ],
         )?;
-        // ∂L/∂h_{t−1} = ∂L/∂z_t · W, with W(k, j) = w_t[j·H + k].
-        gpu.gemm(
-            (batch, hidden, hidden),
-            Strided::new(&d_pre, t * hidden, seq_len * hidden, 1),
-            Strided::new(&w_t_dev, 0, 1, hidden),
-            Strided::new(&dh_rec, 0, hidden, 1),
-            0.0,
-        )?;
+    } else {
+        for t in (0..seq_len).rev() {
+            gpu.launch(
+                "elman_backward_step",
+                Gpu::elementwise(batch * hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &ELMAN_MODRELU,
+                    &args[0],
+                    &args[1],
+                    &args[2],
+                    &args[3],
+                    &args[4],
+                    &args[5],
+                ],
+            )?;
+            // ∂L/∂h_{t−1} = ∂L/∂z_t · W, with W(k, j) = w_t[j·H + k].
+            gpu.gemm(
+                (batch, hidden, hidden),
+                Strided::new(&d_pre, t * hidden, seq_len * hidden, 1),
+                Strided::new(&w_t_dev, 0, 1, hidden),
+                Strided::new(&dh_rec, 0, hidden, 1),
+                0.0,
+            )?;
+        }
     }
     let flow = gated::flow(gpu, &dh_all, dims)?;
     let d_params = gpu.zeros::<f32>(params.len())?;

@@ -34,6 +34,19 @@ pub(super) fn step_launch(batch: usize, hidden: usize) -> LaunchConfig {
     }
 }
 
+/// The launch shape of a persistent kernel: a block per `SEQ_ROWS` batch rows, a thread
+/// per unit (rounded up to whole warps).
+pub(super) fn persistent_launch(batch: usize, hidden: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(batch, SEQ_ROWS), 1, 1),
+        block_dim: (blocks(hidden, 32) * 32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Batch rows per block of the persistent kernels (`SEQ_ROWS`).
+const SEQ_ROWS: usize = 4;
+
 /// `(B·T, G·H)` pre-activations `X · W_ihᵀ + bias_ih`, with `bias_hh` added on the
 /// first `folded` columns (the CPU's order: product, then biases).
 pub(super) fn input_projection(

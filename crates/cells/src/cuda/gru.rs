@@ -1,8 +1,10 @@
 //! The GRU with the reset gate after `W_hn` (`torch.nn.GRU`; [`crate::gru`] has the
 //! equations) on the GPU: the input projection as one GEMM (with `b_hr`, `b_hz` folded
-//! in), one kernel per step forward; per step backward one pointwise kernel and one GEMM
-//! for the recurrent share of `∂L/∂h_{t−1}`; then the weight gradients over all `B·T`
-//! rows, `W_hh`'s and `b_hh`'s from the recurrent product's own gradient.
+//! in); the time loop in one persistent kernel each way or (per the
+//! [`super::TimeLoop`]) one kernel per step forward and, per step backward, one
+//! pointwise kernel and one GEMM for the recurrent share of `∂L/∂h_{t−1}`; then the
+//! weight gradients over all `B·T` rows, `W_hh`'s and `b_hh`'s from the recurrent
+//! product's own gradient.
 
 use candle_core::{Result, bail};
 
@@ -61,25 +63,43 @@ pub(crate) fn gru_forward(
         gpu.at(&hn, 0, rows * hidden)?,
         gpu.at(&out, 0, rows * hidden)?,
     ];
-    for t in 0..seq_len {
-        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
+    if gpu.persistent(hidden) {
         gpu.launch(
-            "gru_forward_step",
-            gated::step_launch(batch, hidden),
+            "gru_forward_persistent",
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
                 &weight_hh_t_at,
                 &b_hn,
-                &h_prev,
-                &long(h_rs),
+                &gpu.at(&h0_dev, 0, batch * hidden)?,
                 &gates_at,
                 &hn_at,
                 &out_at,
             ],
         )?;
+    } else {
+        for t in 0..seq_len {
+            let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
+            gpu.launch(
+                "gru_forward_step",
+                gated::step_launch(batch, hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &weight_hh_t_at,
+                    &b_hn,
+                    &h_prev,
+                    &long(h_rs),
+                    &gates_at,
+                    &hn_at,
+                    &out_at,
+                ],
+            )?;
+        }
     }
     let host_out = gpu.download(&out)?;
     Ok((
@@ -138,29 +158,51 @@ pub(crate) fn gru_backward(
         gpu.at(&d_rec, 0, rows * gh)?,
         gpu.at(&dh_all, 0, seq_len * batch * hidden)?,
     ];
-    for t in (0..seq_len).rev() {
-        let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0, &out), dims)?;
+    if gpu.persistent(hidden) {
         gpu.launch(
-            "gru_backward_step",
-            Gpu::elementwise(batch * hidden),
+            "gru_backward_persistent",
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
+                &gpu.at(&params, offsets.weight_hh, gh * hidden)?,
                 &fixed[0],
                 &fixed[1],
                 &fixed[2],
-                &h_prev,
-                &long(h_rs),
+                &gpu.at(&h0, 0, batch * hidden)?,
+                &gpu.at(&out, 0, rows * hidden)?,
                 &written[0],
                 &written[1],
                 &written[2],
                 &written[3],
             ],
         )?;
-        // ∂L/∂h_{t−1} = z ⊙ ∂L/∂h_t (left in dh_rec) + d_rec[:, t] · W_hh.
-        gated::recurrent_grad(gpu, offsets, (&d_rec, &params), (&dh_rec, true), t, dims)?;
+    } else {
+        for t in (0..seq_len).rev() {
+            let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0, &out), dims)?;
+            gpu.launch(
+                "gru_backward_step",
+                Gpu::elementwise(batch * hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &fixed[0],
+                    &fixed[1],
+                    &fixed[2],
+                    &h_prev,
+                    &long(h_rs),
+                    &written[0],
+                    &written[1],
+                    &written[2],
+                    &written[3],
+                ],
+            )?;
+            // ∂L/∂h_{t−1} = z ⊙ ∂L/∂h_t (left in dh_rec) + d_rec[:, t] · W_hh.
+            gated::recurrent_grad(gpu, offsets, (&d_rec, &params), (&dh_rec, true), t, dims)?;
+        }
     }
     let flow = gated::flow(gpu, &dh_all, dims)?;
     let (d_x, d_params) = gated::weight_grads(

@@ -38,6 +38,70 @@ extern "C" __global__ void gemm(int m, int n, int k,
     }
 }
 
+// `gemm` for large products: the same sums (each element's over k in order from 0, then
+// beta), so the same bits, with 4 × 4 elements of C per thread in 64 × 64 blocks of C
+// (256 threads), so that each value read from shared memory feeds 4 multiply-adds
+// instead of one. A's and B's tiles are loaded with neighbouring threads along whichever
+// of the operand's dimensions is contiguous. Launch with blocks (256) on a grid
+// (⌈n/64⌉, ⌈m/64⌉).
+#define BIG_TILE 64
+#define BIG_K 16
+extern "C" __global__ void gemm_tiled(int m, int n, int k,
+                                      const float* a, long as0, long as1,
+                                      const float* b, long bs0, long bs1,
+                                      float* c, long ldc, float beta) {
+    __shared__ float ta[BIG_K][BIG_TILE + 1];
+    __shared__ float tb[BIG_K][BIG_TILE + 1];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const long row0 = (long)blockIdx.y * BIG_TILE, col0 = (long)blockIdx.x * BIG_TILE;
+    float acc[4][4];
+    for (int r = 0; r < 4; ++r)
+        for (int s = 0; s < 4; ++s) acc[r][s] = 0.f;
+    for (int k0 = 0; k0 < k; k0 += BIG_K) {
+        for (int e = tid; e < BIG_TILE * BIG_K; e += 256) {
+            const bool along_k = as1 == 1;
+            const int i = along_k ? e / BIG_K : e % BIG_TILE;
+            const int kk = along_k ? e % BIG_K : e / BIG_TILE;
+            const long gi = row0 + i;
+            const int gk = k0 + kk;
+            ta[kk][i] = (gi < m && gk < k) ? a[gi * as0 + gk * as1] : 0.f;
+        }
+        for (int e = tid; e < BIG_TILE * BIG_K; e += 256) {
+            const bool along_k = bs0 == 1;
+            const int j = along_k ? e / BIG_K : e % BIG_TILE;
+            const int kk = along_k ? e % BIG_K : e / BIG_TILE;
+            const long gj = col0 + j;
+            const int gk = k0 + kk;
+            tb[kk][j] = (gk < k && gj < n) ? b[gk * bs0 + gj * bs1] : 0.f;
+        }
+        __syncthreads();
+        const int kmax = min(BIG_K, k - k0);
+        for (int kk = 0; kk < kmax; ++kk) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) av[r] = ta[kk][ty + 16 * r];
+#pragma unroll
+            for (int s = 0; s < 4; ++s) bv[s] = tb[kk][tx + 16 * s];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int s = 0; s < 4; ++s) acc[r][s] = fmaf(av[r], bv[s], acc[r][s]);
+        }
+        __syncthreads();
+    }
+    for (int r = 0; r < 4; ++r) {
+        const long row = row0 + ty + 16 * r;
+        for (int s = 0; s < 4; ++s) {
+            const long col = col0 + tx + 16 * s;
+            if (row < m && col < n) {
+                const long at = row * ldc + col;
+                c[at] = beta == 0.f ? acc[r][s] : fmaf(beta, c[at], acc[r][s]);
+            }
+        }
+    }
+}
+
 // out (rows, cols) += bias (cols) on every row; one thread per element.
 extern "C" __global__ void add_bias(long rows, int cols, const float* bias, float* out) {
     const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -133,29 +197,22 @@ __device__ __forceinline__ void recurrent_product(int batch, int hidden, const f
 
 __device__ __forceinline__ int lstm_col(int cols, int gate) { return (cols >> (4 * gate)) & 0xF; }
 
-// One step t of an LSTM with G gate blocks. gates (B, T, G·H) holds the input projection
-// with both biases; the recurrent term comes from recurrent_product. The activated gates
-// replace the pre-activations (the backward reads them), c_t goes to cells (B, T, H),
-// h_t to out at b·out_rs + t·H, and after the last step c_T to out at b·out_rs + T·H.
-// c_{t−1}(b, j) = c_prev[b·c_rs + j].
+// The pointwise part of LSTM step t for row b, unit j, given the recurrent term acc[g]
+// of each gate block and c_{t−1} = cp. gates (B, T, G·H) holds the input projection with
+// both biases; the activated gates replace the pre-activations (the backward reads
+// them), c_t goes to cells (B, T, H), h_t to out at b·out_rs + t·H, and after the last
+// step c_T to out at b·out_rs + T·H. Returns h_t; c_t in *c_out.
 template <int G>
-__device__ __forceinline__ void lstm_forward(int batch, int seq_len, int hidden, int t,
-                                             int cols, int flags, const float* w_t,
-                                             const float* h_prev, long h_rs,
-                                             const float* c_prev, long c_rs,
+__device__ __forceinline__ float lstm_update(int seq_len, int hidden, int t, int cols,
+                                             int flags, const float* acc, float cp,
                                              const float* p_i, const float* p_f,
                                              const float* p_o, float* gates, float* cells,
-                                             float* out, long out_rs) {
-    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
-    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
-    float acc[G];
-    recurrent_product<G>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
-    if (b >= batch || j >= hidden) return;
+                                             float* out, long out_rs, long b, int j,
+                                             float* c_out) {
     const int ci = lstm_col(cols, 0), cf = lstm_col(cols, 1), cg = lstm_col(cols, 2),
               co = lstm_col(cols, 3);
     const bool peep = flags & LSTM_PEEPHOLES;
     float* g = gates + (b * seq_len + t) * (long)G * hidden + j;
-    const float cp = c_prev[b * c_rs + j];
     float f_t = 1.f, i_t = 1.f, o_t = 1.f;
     if (cf != LSTM_ABSENT) {
         f_t = sigmoid(g[cf * hidden] + acc[cf] + (peep ? p_f[j] * cp : 0.f));
@@ -176,11 +233,34 @@ __device__ __forceinline__ void lstm_forward(int batch, int seq_len, int hidden,
         o_t = sigmoid(g[co * hidden] + acc[co] + (peep ? p_o[j] * c : 0.f));
         g[co * hidden] = o_t;
     }
+    const float h = o_t * tc;
     cells[(b * seq_len + t) * hidden + j] = c;
-    out[b * out_rs + (long)t * hidden + j] = o_t * tc;
+    out[b * out_rs + (long)t * hidden + j] = h;
     if (t == seq_len - 1) {
         out[b * out_rs + (long)seq_len * hidden + j] = c;
     }
+    *c_out = c;
+    return h;
+}
+
+// One step t of an LSTM with G gate blocks: the recurrent term from recurrent_product,
+// then lstm_update. c_{t−1}(b, j) = c_prev[b·c_rs + j].
+template <int G>
+__device__ __forceinline__ void lstm_forward(int batch, int seq_len, int hidden, int t,
+                                             int cols, int flags, const float* w_t,
+                                             const float* h_prev, long h_rs,
+                                             const float* c_prev, long c_rs,
+                                             const float* p_i, const float* p_f,
+                                             const float* p_o, float* gates, float* cells,
+                                             float* out, long out_rs) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[G];
+    recurrent_product<G>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    float c;
+    lstm_update<G>(seq_len, hidden, t, cols, flags, acc, c_prev[b * c_rs + j], p_i, p_f, p_o,
+                   gates, cells, out, out_rs, b, j, &c);
 }
 
 #define LSTM_FORWARD_STEP(G)                                                              \
@@ -197,36 +277,30 @@ LSTM_FORWARD_STEP(2)
 LSTM_FORWARD_STEP(3)
 LSTM_FORWARD_STEP(4)
 
-// The pointwise part of LSTM step t backwards (any variant, `cols` and `flags` as
-// forwards, G gate blocks), one thread per (b, j): ∂L/∂h_t is the output's gradient plus
-// the recurrent one (dh_rec (B, H)), kept in dh_all (T, B, H) for the gradient flow; the
-// gradients of the gates' pre-activations replace the activated gates in gates
-// (B, T, G·H), and d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}.
-extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
-                                              int gate_blocks, int cols, int flags,
-                                              const float* grad_out, long out_rs,
-                                              const float* dh_rec, float* d_c,
-                                              const float* cells,
-                                              const float* c_prev, long c_rs,
-                                              const float* p_i, const float* p_f,
-                                              const float* p_o,
-                                              float* gates, float* dh_all) {
-    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (at >= (long)batch * hidden) return;
-    const int j = at % hidden;
-    const long b = at / hidden;
+// The pointwise part of LSTM step t backwards for row b, unit j (any variant, `cols`
+// and `flags` as forwards, G gate blocks): ∂L/∂h_t is the output's gradient plus the
+// recurrent one (dh_rec), kept in dh_all (T, B, H) for the gradient flow; the gradients
+// of the gates' pre-activations replace the activated gates in gates (B, T, G·H).
+// Takes ∂L/∂c_t and returns ∂L/∂c_{t−1}.
+__device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, int hidden,
+                                                      int t, int gate_blocks, int cols,
+                                                      int flags, const float* grad_out,
+                                                      long out_rs, float dh_rec, float d_c,
+                                                      const float* cells, float cp,
+                                                      const float* p_i, const float* p_f,
+                                                      const float* p_o, float* gates,
+                                                      float* dh_all, long b, int j) {
     const int ci = lstm_col(cols, 0), cf = lstm_col(cols, 1), cg = lstm_col(cols, 2),
               co = lstm_col(cols, 3);
     const bool peep = flags & LSTM_PEEPHOLES;
-    const float dh = grad_out[b * out_rs + (long)t * hidden + j] + dh_rec[at];
-    dh_all[(long)t * batch * hidden + at] = dh;
+    const float dh = grad_out[b * out_rs + (long)t * hidden + j] + dh_rec;
+    dh_all[((long)t * batch + b) * hidden + j] = dh;
     float* g = gates + (b * seq_len + t) * (long)gate_blocks * hidden + j;
     const float c = cells[(b * seq_len + t) * hidden + j];
-    const float cp = c_prev[b * c_rs + j];
     const float tc = (flags & LSTM_OUTPUT_ACT) ? tanhf(c) : c;
     const float squash = (flags & LSTM_OUTPUT_ACT) ? 1.f - tc * tc : 1.f;
     const float o_t = co != LSTM_ABSENT ? g[co * hidden] : 1.f;
-    float dc = d_c[at] + dh * o_t * squash;
+    float dc = d_c + dh * o_t * squash;
     if (co != LSTM_ABSENT) {
         const float d_pre = dh * tc * o_t * (1.f - o_t);
         g[co * hidden] = d_pre;
@@ -256,7 +330,28 @@ extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden
         g[ci * hidden] = d_pre;
         if (peep) dc_prev += d_pre * p_i[j];
     }
-    d_c[at] = dc_prev;
+    return dc_prev;
+}
+
+// lstm_backward_update as one step's kernel, one thread per (b, j): dh_rec (B, H) holds
+// the recurrent share of ∂L/∂h_t, d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}, and
+// c_{t−1}(b, j) = c_prev[b·c_rs + j]. The caller then sets dh_rec = d_pre[:, t] · W_hh.
+extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
+                                              int gate_blocks, int cols, int flags,
+                                              const float* grad_out, long out_rs,
+                                              const float* dh_rec, float* d_c,
+                                              const float* cells,
+                                              const float* c_prev, long c_rs,
+                                              const float* p_i, const float* p_f,
+                                              const float* p_o,
+                                              float* gates, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    d_c[at] = lstm_backward_update(batch, seq_len, hidden, t, gate_blocks, cols, flags,
+                                   grad_out, out_rs, dh_rec[at], d_c[at], cells,
+                                   c_prev[b * c_rs + j], p_i, p_f, p_o, gates, dh_all, b, j);
 }
 
 // out[j] = Σ_{b, t} d_pre(b, t, col·H + j) · c(b, t, j), the gradient of a peephole:
@@ -284,20 +379,14 @@ extern "C" __global__ void lstm_peephole_grad(int batch, int seq_len, int hidden
     out[j] = sum;
 }
 
-// One GRU step t, reset after W_hn (torch.nn.GRU; gate order r, z, n). gates (B, T, 3H)
-// holds the input projection with b_ih and, on r and z, b_hh; the recurrent term of all
-// three gates comes from recurrent_product. The activated gates replace the
-// pre-activations, hn (B, T, H) keeps W_hn h_{t−1} + b_hn for the backward, and
-// h_t = n + z (h_{t−1} − n) goes to out (B, T, H). b_hn = bias_hh[2H..3H].
-extern "C" __global__ void gru_forward_step(int batch, int seq_len, int hidden, int t,
-                                            const float* w_t, const float* b_hn,
-                                            const float* h_prev, long h_rs,
-                                            float* gates, float* hn, float* out) {
-    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
-    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
-    float acc[3];
-    recurrent_product<3>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
-    if (b >= batch || j >= hidden) return;
+// The pointwise part of GRU step t (reset after W_hn, torch.nn.GRU; gate order r, z, n)
+// for row b, unit j, given the recurrent term acc[g] of each gate and h_{t−1} = hp.
+// gates (B, T, 3H) holds the input projection with b_ih and, on r and z, b_hh; the
+// activated gates replace the pre-activations, hn (B, T, H) keeps W_hn h_{t−1} + b_hn for
+// the backward, and h_t = n + z (h_{t−1} − n) goes to out (B, T, H) and is returned.
+__device__ __forceinline__ float gru_update(int seq_len, int hidden, int t, const float* acc,
+                                            float hp, const float* b_hn, float* gates,
+                                            float* hn, float* out, long b, int j) {
     const long cell = (b * seq_len + t) * hidden + j;
     float* g = gates + (b * seq_len + t) * 3L * hidden + j;
     const float r = sigmoid(g[0] + acc[0]);
@@ -308,14 +397,56 @@ extern "C" __global__ void gru_forward_step(int batch, int seq_len, int hidden, 
     g[hidden] = z;
     g[2 * hidden] = n;
     hn[cell] = h_n;
-    out[cell] = n + z * (h_prev[b * h_rs + j] - n);
+    const float h = n + z * (hp - n);
+    out[cell] = h;
+    return h;
 }
 
-// The GRU's step t backwards (reset after), one thread per (b, j). On entry dh_rec
-// (B, H) holds ∂L/∂h_t through the later steps; ∂L/∂h_t (plus the output's gradient)
-// goes to dh_all (T, B, H) for the flow, the gradients of the input projection's and of
-// the recurrent product's outputs to d_pre and d_rec (B, T, 3H), and dh_rec leaves with
-// the direct share z ⊙ ∂L/∂h_t of ∂L/∂h_{t−1} (the caller adds d_rec[:, t] · W_hh).
+// One GRU step t: the recurrent term of all three gates from recurrent_product, then
+// gru_update. b_hn = bias_hh[2H..3H].
+extern "C" __global__ void gru_forward_step(int batch, int seq_len, int hidden, int t,
+                                            const float* w_t, const float* b_hn,
+                                            const float* h_prev, long h_rs,
+                                            float* gates, float* hn, float* out) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[3];
+    recurrent_product<3>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    gru_update(seq_len, hidden, t, acc, h_prev[b * h_rs + j], b_hn, gates, hn, out, b, j);
+}
+
+// The GRU's step t backwards (reset after) for row b, unit j, given dh_rec, the share of
+// ∂L/∂h_t through the later steps: ∂L/∂h_t (plus the output's gradient) goes to dh_all
+// (T, B, H) for the flow, the gradients of the input projection's and of the recurrent
+// product's outputs to d_pre and d_rec (B, T, 3H); returns the direct share
+// z ⊙ ∂L/∂h_t of ∂L/∂h_{t−1} (d_rec[:, t] · W_hh is the rest).
+__device__ __forceinline__ float gru_backward_update(int batch, int seq_len, int hidden,
+                                                     int t, const float* grad_out,
+                                                     const float* gates, const float* hn,
+                                                     float hp, float dh_rec, float* d_pre,
+                                                     float* d_rec, float* dh_all, long b,
+                                                     int j) {
+    const long cell = (b * seq_len + t) * hidden + j;
+    const long row = (b * seq_len + t) * 3L * hidden + j;
+    const float d_h = grad_out[cell] + dh_rec;
+    dh_all[((long)t * batch + b) * hidden + j] = d_h;
+    const float r = gates[row], z = gates[row + hidden], n = gates[row + 2 * hidden];
+    const float d_n = d_h * (1.f - z) * (1.f - n * n);
+    const float d_z = d_h * (hp - n) * z * (1.f - z);
+    const float d_r = d_n * hn[cell] * r * (1.f - r);
+    d_pre[row] = d_r;
+    d_pre[row + hidden] = d_z;
+    d_pre[row + 2 * hidden] = d_n;
+    d_rec[row] = d_r;
+    d_rec[row + hidden] = d_z;
+    d_rec[row + 2 * hidden] = d_n * r;
+    return d_h * z;
+}
+
+// gru_backward_update as one step's kernel, one thread per (b, j): dh_rec (B, H) enters
+// with the share of ∂L/∂h_t through the later steps and leaves with the direct share of
+// ∂L/∂h_{t−1} (the caller adds d_rec[:, t] · W_hh).
 extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden, int t,
                                              const float* grad_out, const float* gates,
                                              const float* hn,
@@ -326,21 +457,233 @@ extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden,
     if (at >= (long)batch * hidden) return;
     const int j = at % hidden;
     const long b = at / hidden;
-    const long cell = (b * seq_len + t) * hidden + j;
-    const long row = (b * seq_len + t) * 3L * hidden + j;
-    const float d_h = grad_out[cell] + dh_rec[at];
-    dh_all[(long)t * batch * hidden + at] = d_h;
-    const float r = gates[row], z = gates[row + hidden], n = gates[row + 2 * hidden];
-    const float d_n = d_h * (1.f - z) * (1.f - n * n);
-    const float d_z = d_h * (h_prev[b * h_rs + j] - n) * z * (1.f - z);
-    const float d_r = d_n * hn[cell] * r * (1.f - r);
-    d_pre[row] = d_r;
-    d_pre[row + hidden] = d_z;
-    d_pre[row + 2 * hidden] = d_n;
-    d_rec[row] = d_r;
-    d_rec[row + hidden] = d_z;
-    d_rec[row + 2 * hidden] = d_n * r;
-    dh_rec[at] = d_h * z;
+    dh_rec[at] = gru_backward_update(batch, seq_len, hidden, t, grad_out, gates, hn,
+                                     h_prev[b * h_rs + j], dh_rec[at], d_pre, d_rec, dh_all,
+                                     b, j);
+}
+
+// ---- Persistent kernels: the whole time loop in one launch ----
+//
+// The step kernels above take one launch (and, backwards, a GEMM) per step, which bounds
+// a short sequence's speed by the launch rate. Batch rows never exchange anything within
+// a sequence, so a block that owns SEQ_ROWS rows and every unit (one thread per unit,
+// blockDim.x = ⌈H/32⌉·32 ≤ SEQ_MAX_UNITS, grid ⌈B/SEQ_ROWS⌉) can run every step itself
+// with only __syncthreads between them: h_{t−1} of its rows in shared memory, c_{t−1}
+// and the recurrent gradient in registers. Each thread reads its units' weight columns
+// from global memory (L1/L2) every step. The sums are those of the step kernels, term by
+// term in the same order, so both paths give the same bits.
+#define SEQ_ROWS 4
+#define SEQ_MAX_UNITS 1024
+
+// acc[r][g] = Σ_k hs[r][k] · W_hhᵀ(k, g·H + j) for the block's `rows` rows, k in order
+// from 0 (recurrent_product's sums). Reads hs only.
+template <int G>
+__device__ __forceinline__ void block_product(int rows, int hidden, const float* w_t,
+                                              const float (*hs)[SEQ_MAX_UNITS], int j,
+                                              float (*acc)[G]) {
+    for (int r = 0; r < SEQ_ROWS; ++r)
+        for (int g = 0; g < G; ++g) acc[r][g] = 0.f;
+    const long gh = (long)G * hidden;
+    for (int k = 0; k < hidden; ++k) {
+        float w[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) w[g] = w_t[k * gh + (long)g * hidden + j];
+#pragma unroll
+        for (int r = 0; r < SEQ_ROWS; ++r) {
+            if (r < rows) {
+                const float h = hs[r][k];
+#pragma unroll
+                for (int g = 0; g < G; ++g) acc[r][g] = fmaf(h, w[g], acc[r][g]);
+            }
+        }
+    }
+}
+
+// rec[r] = Σ_c d(b_r, t, c) · W_hh(c, j) over the C = gate_blocks·H gate columns, c in
+// order from 0 (the per-step GEMM's sums), for the block's rows from d (B, T, C) and
+// W_hh (C, H) row-major (neighbouring threads read neighbouring weights).
+__device__ __forceinline__ void block_recurrent_grad(int rows, int seq_len, int hidden,
+                                                     int gate_blocks, int t, const float* d,
+                                                     const float* w_hh, long b0, int j,
+                                                     float* rec) {
+    const long gh = (long)gate_blocks * hidden;
+    for (int r = 0; r < SEQ_ROWS; ++r) rec[r] = 0.f;
+    for (long c = 0; c < gh; ++c) {
+        const float w = w_hh[c * hidden + j];
+#pragma unroll
+        for (int r = 0; r < SEQ_ROWS; ++r) {
+            if (r < rows) rec[r] = fmaf(d[((b0 + r) * seq_len + t) * gh + c], w, rec[r]);
+        }
+    }
+}
+
+// The rows [b0, b0 + rows) of this block.
+__device__ __forceinline__ int block_rows(int batch, long* b0) {
+    *b0 = (long)blockIdx.x * SEQ_ROWS;
+    return (int)min((long)SEQ_ROWS, (long)batch - *b0);
+}
+
+// The forward time loop of a persistent kernel: the block's rows start from h0 (row b at
+// b·h0_rs); at every step each thread gets the recurrent term acc[g] of its unit's G
+// gate blocks, and update(t, r, b, j, acc, h_{t−1}) for its row r (batch row b) returns
+// h_t. h_{t−1} of the block's rows stays in shared memory.
+template <int G, class Update>
+__device__ __forceinline__ void persistent_forward(int batch, int seq_len, int hidden,
+                                                   const float* w_t, const float* h0,
+                                                   long h0_rs, Update update) {
+    __shared__ float hs[SEQ_ROWS][SEQ_MAX_UNITS];
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) hs[r][j] = h0[(b0 + r) * h0_rs + j];
+    }
+    for (int t = 0; t < seq_len; ++t) {
+        __syncthreads();
+        float acc[SEQ_ROWS][G];
+        if (j < hidden) block_product<G>(rows, hidden, w_t, hs, j, acc);
+        __syncthreads();
+        if (j >= hidden) continue;
+        for (int r = 0; r < rows; ++r) hs[r][j] = update(t, r, b0 + r, j, acc[r], hs[r][j]);
+    }
+}
+
+// The backward time loop of a persistent kernel, from the last step: pointwise(t, r, b,
+// j, dh) gets the recurrent share dh of ∂L/∂h_t for row r (batch row b), writes the
+// step's gradients and returns the share of ∂L/∂h_{t−1} that skips W_hh (used with
+// Direct); then ∂L/∂h_{t−1} = [that share +] d[:, t] · W_hh over the C = gate_blocks·H
+// columns of d (B, T, C), w_hh (C, H) row-major — the per-step GEMM's sums (its beta = 1
+// is fmaf(1, share, Σ), which rounds as share + Σ). dh_rec (B, H) enters with the
+// recurrent share of ∂L/∂h_T (zero) and leaves with that of ∂L/∂h0.
+template <bool Direct, class Pointwise>
+__device__ __forceinline__ void persistent_backward(int batch, int seq_len, int hidden,
+                                                    int gate_blocks, const float* d,
+                                                    const float* w_hh, float* dh_rec,
+                                                    Pointwise pointwise) {
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    float rec[SEQ_ROWS], direct[SEQ_ROWS];
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) rec[r] = dh_rec[(b0 + r) * hidden + j];
+    }
+    for (int t = seq_len - 1; t >= 0; --t) {
+        if (j < hidden) {
+            for (int r = 0; r < rows; ++r) direct[r] = pointwise(t, r, b0 + r, j, rec[r]);
+        }
+        // Step t's gradients, written by the whole block, are read by every thread; step
+        // t − 1 writes other rows, so one barrier per step suffices.
+        __syncthreads();
+        if (j < hidden) {
+            block_recurrent_grad(rows, seq_len, hidden, gate_blocks, t, d, w_hh, b0, j, rec);
+            if (Direct) {
+                for (int r = 0; r < rows; ++r) rec[r] = direct[r] + rec[r];
+            }
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) dh_rec[(b0 + r) * hidden + j] = rec[r];
+    }
+}
+
+// The LSTM's forward over the whole sequence (arguments as lstm_forward_step's, with the
+// initial states h0 (stride h0_rs) and c0 (stride c0_rs) instead of step t's).
+template <int G>
+__device__ __forceinline__ void lstm_forward_persistent(
+    int batch, int seq_len, int hidden, int cols, int flags, const float* w_t,
+    const float* h0, long h0_rs, const float* c0, long c0_rs, const float* p_i,
+    const float* p_f, const float* p_o, float* gates, float* cells, float* out,
+    long out_rs) {
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    float c[SEQ_ROWS];
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) c[r] = c0[(b0 + r) * c0_rs + j];
+    }
+    persistent_forward<G>(batch, seq_len, hidden, w_t, h0, h0_rs,
+                          [&](int t, int r, long b, int u, const float* acc, float) {
+                              return lstm_update<G>(seq_len, hidden, t, cols, flags, acc, c[r],
+                                                    p_i, p_f, p_o, gates, cells, out, out_rs,
+                                                    b, u, &c[r]);
+                          });
+}
+
+#define LSTM_FORWARD_PERSISTENT(G)                                                        \
+    extern "C" __global__ void lstm_forward_persistent_##G(                               \
+        int batch, int seq_len, int hidden, int cols, int flags, const float* w_t,        \
+        const float* h0, long h0_rs, const float* c0, long c0_rs, const float* p_i,       \
+        const float* p_f, const float* p_o, float* gates, float* cells, float* out,       \
+        long out_rs) {                                                                    \
+        lstm_forward_persistent<G>(batch, seq_len, hidden, cols, flags, w_t, h0, h0_rs,   \
+                                   c0, c0_rs, p_i, p_f, p_o, gates, cells, out, out_rs);  \
+    }
+LSTM_FORWARD_PERSISTENT(1)
+LSTM_FORWARD_PERSISTENT(2)
+LSTM_FORWARD_PERSISTENT(3)
+LSTM_FORWARD_PERSISTENT(4)
+
+// The LSTM's backward over the whole sequence: per step lstm_backward_update, then
+// ∂L/∂h_{t−1} = d_pre[:, t] · W_hh (w_hh (G·H, H)). dh_rec (B, H) enters zero and d_c
+// (B, H) with ∂L/∂c_T; they leave with the recurrent ∂L/∂h0 and ∂L/∂c0. cells holds
+// c_{t−1} (c0 at t = 0).
+extern "C" __global__ void lstm_backward_persistent(
+    int batch, int seq_len, int hidden, int gate_blocks, int cols, int flags,
+    const float* w_hh, const float* grad_out, long out_rs, float* dh_rec, float* d_c,
+    const float* cells, const float* c0, long c0_rs, const float* p_i, const float* p_f,
+    const float* p_o, float* gates, float* dh_all) {
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    float dc[SEQ_ROWS];
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) dc[r] = d_c[(b0 + r) * hidden + j];
+    }
+    persistent_backward<false>(
+        batch, seq_len, hidden, gate_blocks, gates, w_hh, dh_rec,
+        [&](int t, int r, long b, int u, float dh) {
+            const float cp =
+                t == 0 ? c0[b * c0_rs + u] : cells[(b * seq_len + t - 1) * hidden + u];
+            dc[r] = lstm_backward_update(batch, seq_len, hidden, t, gate_blocks, cols, flags,
+                                         grad_out, out_rs, dh, dc[r], cells, cp, p_i, p_f,
+                                         p_o, gates, dh_all, b, u);
+            return 0.f;
+        });
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) d_c[(b0 + r) * hidden + j] = dc[r];
+    }
+}
+
+// The GRU's forward over the whole sequence (arguments as gru_forward_step's, with h0
+// (B, H) instead of step t's h_{t−1}).
+extern "C" __global__ void gru_forward_persistent(int batch, int seq_len, int hidden,
+                                                  const float* w_t, const float* b_hn,
+                                                  const float* h0, float* gates, float* hn,
+                                                  float* out) {
+    persistent_forward<3>(batch, seq_len, hidden, w_t, h0, hidden,
+                          [&](int t, int, long b, int j, const float* acc, float hp) {
+                              return gru_update(seq_len, hidden, t, acc, hp, b_hn, gates, hn,
+                                                out, b, j);
+                          });
+}
+
+// The GRU's backward over the whole sequence: per step gru_backward_update, then
+// ∂L/∂h_{t−1} = its direct share + d_rec[:, t] · W_hh (w_hh (3H, H)); dh_rec (B, H)
+// enters zero and leaves with ∂L/∂h0.
+extern "C" __global__ void gru_backward_persistent(int batch, int seq_len, int hidden,
+                                                   const float* w_hh, const float* grad_out,
+                                                   const float* gates, const float* hn,
+                                                   const float* h0, const float* out,
+                                                   float* dh_rec, float* d_pre, float* d_rec,
+                                                   float* dh_all) {
+    persistent_backward<true>(
+        batch, seq_len, hidden, 3, d_rec, w_hh, dh_rec,
+        [&](int t, int, long b, int j, float dh) {
+            const float hp =
+                t == 0 ? h0[b * hidden + j] : out[(b * seq_len + t - 1) * hidden + j];
+            return gru_backward_update(batch, seq_len, hidden, t, grad_out, gates, hn, hp, dh,
+                                       d_pre, d_rec, dh_all, b, j);
+        });
 }
 
 // The Elman-type cells, h_t = φ(pre_t + W h_{t−1}): the vanilla RNN (φ = tanh, or ReLU)
@@ -350,9 +693,17 @@ extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden,
 #define ELMAN_RELU 1
 #define ELMAN_MODRELU 2
 
+// φ of a pre-activation z of unit j (`bias` is modReLU's b, unread otherwise).
+__device__ __forceinline__ float elman_activation(int activation, float z, const float* bias,
+                                                  int j) {
+    if (activation == ELMAN_MODRELU) {
+        return z > 0.f ? fmaxf(z + bias[j], 0.f) : (z < 0.f ? -fmaxf(bias[j] - z, 0.f) : 0.f);
+    }
+    return activation == ELMAN_RELU ? fmaxf(z, 0.f) : tanhf(z);
+}
+
 // One step t: out (B, T, H) holds the input projection (with the RNN's biases); the
-// recurrent term h_{t−1} · Wᵀ (w_t = Wᵀ) is added and φ applied in place. `bias` is
-// modReLU's b (unread otherwise).
+// recurrent term h_{t−1} · Wᵀ (w_t = Wᵀ) is added and φ applied in place.
 extern "C" __global__ void elman_forward_step(int batch, int seq_len, int hidden, int t,
                                               int activation, const float* w_t,
                                               const float* bias, const float* h_prev,
@@ -363,31 +714,22 @@ extern "C" __global__ void elman_forward_step(int batch, int seq_len, int hidden
     recurrent_product<1>(batch, hidden, w_t, h_prev, h_rs, b, j, acc);
     if (b >= batch || j >= hidden) return;
     float* h = out + (b * seq_len + t) * hidden + j;
-    const float z = *h + acc[0];
-    if (activation == ELMAN_MODRELU) {
-        *h = z > 0.f ? fmaxf(z + bias[j], 0.f) : (z < 0.f ? -fmaxf(bias[j] - z, 0.f) : 0.f);
-    } else {
-        *h = activation == ELMAN_RELU ? fmaxf(z, 0.f) : tanhf(z);
-    }
+    *h = elman_activation(activation, *h + acc[0], bias, j);
 }
 
-// Step t backwards, one thread per (b, j): ∂L/∂h_t (the output's gradient plus the
-// recurrent one, dh_rec (B, H)) is kept in dh_all (T, B, H) for the gradient flow, and
-// times φ' (read from the output) gives the pre-activation's gradient in d_pre
-// (B, T, H); for modReLU also sign(h_t) · ∂L/∂z_t in d_bias_rows (B, T, H), whose column
-// sums are ∂L/∂b (unwritten otherwise).
-extern "C" __global__ void elman_backward_step(int batch, int seq_len, int hidden, int t,
-                                               int activation, const float* out,
-                                               const float* grad_out, const float* dh_rec,
-                                               float* d_pre, float* d_bias_rows,
-                                               float* dh_all) {
-    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (at >= (long)batch * hidden) return;
-    const int j = at % hidden;
-    const long b = at / hidden;
+// Step t backwards for row b, unit j: ∂L/∂h_t (the output's gradient plus the recurrent
+// one, dh_rec) is kept in dh_all (T, B, H) for the gradient flow, and times φ' (read
+// from the output) gives the pre-activation's gradient in d_pre (B, T, H); for modReLU
+// also sign(h_t) · ∂L/∂z_t in d_bias_rows (B, T, H), whose column sums are ∂L/∂b
+// (unwritten otherwise).
+__device__ __forceinline__ void elman_backward_update(int batch, int seq_len, int hidden,
+                                                      int t, int activation, const float* out,
+                                                      const float* grad_out, float dh_rec,
+                                                      float* d_pre, float* d_bias_rows,
+                                                      float* dh_all, long b, int j) {
     const long row = (b * seq_len + t) * hidden + j;
-    const float dh = grad_out[row] + dh_rec[at];
-    dh_all[(long)t * batch * hidden + at] = dh;
+    const float dh = grad_out[row] + dh_rec;
+    dh_all[((long)t * batch + b) * hidden + j] = dh;
     const float h = out[row];
     if (activation == ELMAN_MODRELU) {
         d_pre[row] = h != 0.f ? dh : 0.f;
@@ -396,6 +738,49 @@ extern "C" __global__ void elman_backward_step(int batch, int seq_len, int hidde
         const float slope = activation == ELMAN_RELU ? (h > 0.f ? 1.f : 0.f) : 1.f - h * h;
         d_pre[row] = dh * slope;
     }
+}
+
+// elman_backward_update as one step's kernel, one thread per (b, j), dh_rec (B, H).
+extern "C" __global__ void elman_backward_step(int batch, int seq_len, int hidden, int t,
+                                               int activation, const float* out,
+                                               const float* grad_out, const float* dh_rec,
+                                               float* d_pre, float* d_bias_rows,
+                                               float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    elman_backward_update(batch, seq_len, hidden, t, activation, out, grad_out, dh_rec[at],
+                          d_pre, d_bias_rows, dh_all, at / hidden, at % hidden);
+}
+
+// The Elman forward over the whole sequence, persistent (see "Persistent kernels"):
+// arguments as elman_forward_step's, with h0 (B, H) instead of step t's h_{t−1}.
+extern "C" __global__ void elman_forward_persistent(int batch, int seq_len, int hidden,
+                                                    int activation, const float* w_t,
+                                                    const float* bias, const float* h0,
+                                                    float* out) {
+    persistent_forward<1>(batch, seq_len, hidden, w_t, h0, hidden,
+                          [&](int t, int, long b, int j, const float* acc, float) {
+                              float* h = out + (b * seq_len + t) * hidden + j;
+                              *h = elman_activation(activation, *h + acc[0], bias, j);
+                              return *h;
+                          });
+}
+
+// The Elman backward over the whole sequence, persistent: per step
+// elman_backward_update, then ∂L/∂h_{t−1} = d_pre[:, t] · W (w (H, H) row-major);
+// dh_rec (B, H) enters zero and leaves with ∂L/∂h0.
+extern "C" __global__ void elman_backward_persistent(int batch, int seq_len, int hidden,
+                                                     int activation, const float* w,
+                                                     const float* out, const float* grad_out,
+                                                     float* dh_rec, float* d_pre,
+                                                     float* d_bias_rows, float* dh_all) {
+    persistent_backward<false>(batch, seq_len, hidden, 1, d_pre, w, dh_rec,
+                               [&](int t, int, long b, int j, float dh) {
+                                   elman_backward_update(batch, seq_len, hidden, t, activation,
+                                                         out, grad_out, dh, d_pre,
+                                                         d_bias_rows, dh_all, b, j);
+                                   return 0.f;
+                               });
 }
 
 // The IndRNN over the whole sequence, one thread per (b, j) (a unit sees only its own

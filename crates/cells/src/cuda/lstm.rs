@@ -1,9 +1,10 @@
 //! The LSTM and its variants but full gate recurrence (gates i, f, g, o; peepholes;
 //! removed, coupled or unactivated gates; [`crate::lstm`] has the equations) on the GPU:
 //! the same algorithm as the CPU kernel — the input projection of every step as one GEMM,
-//! then per step one kernel for the recurrent product and the pointwise update;
-//! backwards, per step one pointwise kernel and one GEMM for `∂L/∂h_{t−1}`, then the
-//! weight gradients as GEMMs over all `B·T` rows and the peepholes' as sums.
+//! then the time loop: in one persistent kernel each way, or (per the [`super::TimeLoop`])
+//! per step one kernel for the recurrent product and the pointwise update forwards and
+//! one pointwise kernel and one GEMM for `∂L/∂h_{t−1}` backwards; then the weight
+//! gradients as GEMMs over all `B·T` rows and the peepholes' as sums.
 
 use candle_core::{Result, bail};
 
@@ -130,29 +131,27 @@ pub(crate) fn lstm_forward(
     let gates_at = gpu.at(&gates, 0, rows * gh)?;
     let cells_at = gpu.at(&cells, 0, rows * hidden)?;
     let out_at = gpu.at(&out, 0, batch * out_rs)?;
-    let kernel = [
-        "lstm_forward_step_1",
-        "lstm_forward_step_2",
-        "lstm_forward_step_3",
-        "lstm_forward_step_4",
-    ][variant.blocks - 1];
-    for t in 0..seq_len {
-        let (h_prev, h_rs, c_prev, c_rs) = previous(gpu, t, (&state0_dev, &cells, &out), dims)?;
+    if gpu.persistent(hidden) {
+        let (h0, _, c0, state_rs) = previous(gpu, 0, (&state0_dev, &cells, &out), dims)?;
         gpu.launch(
-            kernel,
-            gated::step_launch(batch, hidden),
+            [
+                "lstm_forward_persistent_1",
+                "lstm_forward_persistent_2",
+                "lstm_forward_persistent_3",
+                "lstm_forward_persistent_4",
+            ][variant.blocks - 1],
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
                 &variant.cols,
                 &variant.flags,
                 &weight_hh_t_at,
-                &h_prev,
-                &long(h_rs),
-                &c_prev,
-                &long(c_rs),
+                &h0,
+                &long(state_rs),
+                &c0,
+                &long(state_rs),
                 &p_i,
                 &p_f,
                 &p_o,
@@ -162,6 +161,40 @@ pub(crate) fn lstm_forward(
                 &long(out_rs),
             ],
         )?;
+    } else {
+        let kernel = [
+            "lstm_forward_step_1",
+            "lstm_forward_step_2",
+            "lstm_forward_step_3",
+            "lstm_forward_step_4",
+        ][variant.blocks - 1];
+        for t in 0..seq_len {
+            let (h_prev, h_rs, c_prev, c_rs) = previous(gpu, t, (&state0_dev, &cells, &out), dims)?;
+            gpu.launch(
+                kernel,
+                gated::step_launch(batch, hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &variant.cols,
+                    &variant.flags,
+                    &weight_hh_t_at,
+                    &h_prev,
+                    &long(h_rs),
+                    &c_prev,
+                    &long(c_rs),
+                    &p_i,
+                    &p_f,
+                    &p_o,
+                    &gates_at,
+                    &cells_at,
+                    &out_at,
+                    &long(out_rs),
+                ],
+            )?;
+        }
     }
     let host_out = gpu.download(&out)?;
     Ok((
@@ -260,26 +293,26 @@ pub(crate) fn lstm_backward(
     let gates_at = gpu.at(&gates, 0, rows * gh)?;
     let dh_all_at = gpu.at(&dh_all, 0, seq_len * batch * hidden)?;
     let [p_i, p_f, p_o] = variant.peephole_addresses(gpu, &params, hidden)?;
-    for t in (0..seq_len).rev() {
-        let (_, _, c_prev, c_rs) = previous(gpu, t, (&state0, &cells, &out), dims)?;
+    if gpu.persistent(hidden) {
+        let (_, _, c0, c0_rs) = previous(gpu, 0, (&state0, &cells, &out), dims)?;
         gpu.launch(
-            "lstm_backward_step",
-            Gpu::elementwise(batch * hidden),
+            "lstm_backward_persistent",
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
                 &int(variant.blocks),
                 &variant.cols,
                 &variant.flags,
+                &gpu.at(&params, offsets.weight_hh, gh * hidden)?,
                 &grad_out_at,
                 &long(out_rs),
                 &dh_rec_at,
                 &d_c_at,
                 &cells_at,
-                &c_prev,
-                &long(c_rs),
+                &c0,
+                &long(c0_rs),
                 &p_i,
                 &p_f,
                 &p_o,
@@ -287,7 +320,36 @@ pub(crate) fn lstm_backward(
                 &dh_all_at,
             ],
         )?;
-        gated::recurrent_grad(gpu, offsets, (&gates, &params), (&dh_rec, false), t, dims)?;
+    } else {
+        for t in (0..seq_len).rev() {
+            let (_, _, c_prev, c_rs) = previous(gpu, t, (&state0, &cells, &out), dims)?;
+            gpu.launch(
+                "lstm_backward_step",
+                Gpu::elementwise(batch * hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &int(variant.blocks),
+                    &variant.cols,
+                    &variant.flags,
+                    &grad_out_at,
+                    &long(out_rs),
+                    &dh_rec_at,
+                    &d_c_at,
+                    &cells_at,
+                    &c_prev,
+                    &long(c_rs),
+                    &p_i,
+                    &p_f,
+                    &p_o,
+                    &gates_at,
+                    &dh_all_at,
+                ],
+            )?;
+            gated::recurrent_grad(gpu, offsets, (&gates, &params), (&dh_rec, false), t, dims)?;
+        }
     }
     let d_state0 = gpu.zeros::<f32>(batch * 2 * hidden)?;
     gpu.launch(

@@ -96,8 +96,9 @@ pub(crate) const ELMAN_MODRELU: i32 = 2;
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 28] = [
+pub const KERNELS: [&str; 38] = [
     "gemm",
+    "gemm_tiled",
     "add_bias",
     "column_sums",
     "previous_states",
@@ -110,10 +111,19 @@ pub const KERNELS: [&str; 28] = [
     "lstm_backward_step",
     "lstm_peephole_grad",
     "lstm_state_grads",
+    "lstm_forward_persistent_1",
+    "lstm_forward_persistent_2",
+    "lstm_forward_persistent_3",
+    "lstm_forward_persistent_4",
+    "lstm_backward_persistent",
     "elman_forward_step",
     "elman_backward_step",
+    "elman_forward_persistent",
+    "elman_backward_persistent",
     "gru_forward_step",
     "gru_backward_step",
+    "gru_forward_persistent",
+    "gru_backward_persistent",
     "indrnn_forward",
     "indrnn_backward",
     "mingru_forward",
@@ -149,6 +159,29 @@ pub fn emulator_sources() -> [(&'static str, String); 4] {
     ]
 }
 
+/// Builds the emulator in `dir`: writes [`emulator_sources`] there and runs `compiler`
+/// (a C++20 compiler) with [`EMULATOR_COMPILE`]. The library's path; `Ok(Err(..))` with
+/// the compiler's messages when it ran and failed; `Err` when it could not be run (none
+/// installed) or `dir` not written.
+pub fn build_emulator(
+    dir: &std::path::Path,
+    compiler: &str,
+) -> std::io::Result<std::result::Result<std::path::PathBuf, String>> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in emulator_sources() {
+        std::fs::write(dir.join(name), text)?;
+    }
+    let out = std::process::Command::new(compiler)
+        .args(EMULATOR_COMPILE)
+        .current_dir(dir)
+        .output()?;
+    Ok(if out.status.success() {
+        Ok(dir.join("libemulator.so"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
 /// The compiler arguments that build the emulator from [`emulator_sources`].
 pub const EMULATOR_COMPILE: [&str; 13] = [
     "-std=c++20",
@@ -180,16 +213,44 @@ enum Device {
 /// The emulator's entry point.
 type EmulateFn = unsafe extern "C" fn(*const c_char, *const u32, *const *const c_void) -> i32;
 
+/// How the time loops of the cells with a recurrent matrix (LSTM, GRU, RNN, expRNN) run
+/// on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeLoop {
+    /// Persistent up to [`PERSISTENT_MAX_HIDDEN`] units, per step above.
+    #[default]
+    Auto,
+    /// One launch per step forwards; a pointwise launch and a GEMM per step backwards.
+    PerStep,
+    /// One launch per sequence each way: a block owns a few batch rows and every unit
+    /// and runs all the steps itself (`kernels.cu`, "Persistent kernels"); up to
+    /// [`PERSISTENT_MAX_UNITS`] units. The same sums as per step, in the same order.
+    Persistent,
+}
+
+/// The widest layer the persistent kernels take (one thread per unit in a block).
+pub const PERSISTENT_MAX_UNITS: usize = 1024;
+
+/// The widest layer [`TimeLoop::Auto`] runs persistently. A persistent block reads all of
+/// `W_hh` from L2 every step on one SM, while the per-step kernels spread it over
+/// `⌈H/32⌉·⌈B/8⌉` blocks but pay a launch (a few µs) per step: an estimate of where the
+/// two cross, not yet measured (`scripts/gpu-check.sh` times both).
+pub const PERSISTENT_MAX_HIDDEN: usize = 128;
+
 /// One GPU with its own stream and the kernels loaded: what one training run holds.
 /// Several runs (`--jobs N`) each open their own and share the device.
 pub struct Gpu {
     device: Device,
     name: String,
+    time_loop: TimeLoop,
+    /// The device's streaming multiprocessors: a GEMM whose 64 × 64 blocks fill them
+    /// takes the tiled kernel. The emulator counts as 2, so that its tests run both.
+    multiprocessors: usize,
 }
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
+        write!(f, "{} ({:?} time loop)", self.name, self.time_loop)
     }
 }
 
@@ -248,6 +309,12 @@ impl Gpu {
         // cross-stream events cudarc would record are not needed.
         unsafe { ctx.disable_event_tracking() };
         let name = driver(ctx.name(), "reading the device name")?;
+        let multiprocessors = driver(
+            ctx.attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            ),
+            "reading the multiprocessor count",
+        )?;
         let stream = driver(ctx.new_stream(), "creating a stream")?;
         let module = driver(ctx.load_module(ptx), "loading the kernels")?;
         let kernels = KERNELS
@@ -257,6 +324,8 @@ impl Gpu {
         Ok(Self {
             device: Device::Cuda { stream, kernels },
             name: format!("cuda:{ordinal} ({name})"),
+            time_loop: TimeLoop::Auto,
+            multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
         })
     }
 
@@ -276,7 +345,23 @@ impl Gpu {
         Ok(Self {
             device: Device::Emulated(library),
             name: "the CUDA emulator".into(),
+            time_loop: TimeLoop::Auto,
+            multiprocessors: 2,
         })
+    }
+
+    /// This handle with the recurrent time loops run as `time_loop` says.
+    pub fn with_time_loop(self, time_loop: TimeLoop) -> Self {
+        Self { time_loop, ..self }
+    }
+
+    /// Whether a layer of `hidden` units runs its time loop in a persistent kernel.
+    fn persistent(&self, hidden: usize) -> bool {
+        match self.time_loop {
+            TimeLoop::Auto => hidden <= PERSISTENT_MAX_HIDDEN,
+            TimeLoop::PerStep => false,
+            TimeLoop::Persistent => hidden <= PERSISTENT_MAX_UNITS,
+        }
     }
 
     /// The device's name (`cuda:0 (NVIDIA H100 80GB HBM3)`).
@@ -391,9 +476,30 @@ impl Gpu {
     }
 
     /// `C(i, j) = beta·C(i, j) + Σ_k A(i, k)·B(k, j)` for `(m, n, k)`, each matrix given as
-    /// (buffer, offset, row stride, column stride); `C`'s column stride is 1.
+    /// (buffer, offset, row stride, column stride); `C`'s column stride is 1. By the tiled
+    /// kernel when its blocks fill the multiprocessors, else by the plain one: the same
+    /// bits either way.
     fn gemm(
         &self,
+        dims: (usize, usize, usize),
+        a: Strided<'_>,
+        b: Strided<'_>,
+        c: Strided<'_>,
+        beta: f32,
+    ) -> Result<()> {
+        let (m, n, _) = dims;
+        let kernel = if blocks(m, 64) as usize * blocks(n, 64) as usize >= self.multiprocessors {
+            Gemm::Tiled
+        } else {
+            Gemm::Plain
+        };
+        self.gemm_by(kernel, dims, a, b, c, beta)
+    }
+
+    /// [`Gpu::gemm`] by the kernel given.
+    fn gemm_by(
+        &self,
+        kernel: Gemm,
         (m, n, k): (usize, usize, usize),
         a: Strided<'_>,
         b: Strided<'_>,
@@ -407,14 +513,27 @@ impl Gpu {
         let b_ptr = b.address(self, k, n)?;
         let c_ptr = c.address(self, m, n)?;
         let dims = [m, n, k].map(|d| i32::try_from(d).expect("matrix sizes fit in i32"));
-        let config = LaunchConfig {
-            grid_dim: (blocks(n, 16), blocks(m, 16), 1),
-            block_dim: (16, 16, 1),
-            shared_mem_bytes: 0,
+        let (name, config) = match kernel {
+            Gemm::Plain => (
+                "gemm",
+                LaunchConfig {
+                    grid_dim: (blocks(n, 16), blocks(m, 16), 1),
+                    block_dim: (16, 16, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+            Gemm::Tiled => (
+                "gemm_tiled",
+                LaunchConfig {
+                    grid_dim: (blocks(n, 64), blocks(m, 64), 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
         };
         let [as0, as1, bs0, bs1, ldc] = [a.rows, a.cols, b.rows, b.cols, c.rows].map(long);
         self.launch(
-            "gemm",
+            name,
             config,
             &[
                 &dims[0], &dims[1], &dims[2], &a_ptr, &as0, &as1, &b_ptr, &bs0, &bs1, &c_ptr, &ldc,
@@ -431,6 +550,15 @@ impl Gpu {
             shared_mem_bytes: 0,
         }
     }
+}
+
+/// The GEMM kernels (`gemm`, `gemm_tiled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gemm {
+    /// One element of C per thread, 16 × 16 per block: many blocks for small products.
+    Plain,
+    /// 4 × 4 elements per thread, 64 × 64 per block.
+    Tiled,
 }
 
 /// A kernel argument, pushed by reference.
@@ -494,4 +622,92 @@ fn long(v: usize) -> i64 {
 /// A size as the kernels' `int`.
 fn int(v: usize) -> i32 {
     i32::try_from(v).expect("sizes fit in i32")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The emulator, or `None` (and a line saying why) where no C++ compiler runs.
+    fn emulator() -> Option<Gpu> {
+        let dir = std::env::temp_dir().join(format!("rnnlab-gemm-emulator-{}", std::process::id()));
+        let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        match build_emulator(&dir, &compiler) {
+            Ok(Ok(library)) => Some(Gpu::emulated(&library).unwrap()),
+            Ok(Err(messages)) => {
+                panic!("{compiler} could not build the CUDA emulator:\n{messages}")
+            }
+            Err(e) => {
+                assert!(
+                    std::env::var_os("RNNLAB_REQUIRE_KERNEL_TESTS").is_none(),
+                    "RNNLAB_REQUIRE_KERNEL_TESTS is set but {compiler}: {e}"
+                );
+                eprintln!("skipped both_gemm_kernels_give_the_same_bits: no C++ compiler ({e})");
+                None
+            }
+        }
+    }
+
+    /// The tiled GEMM sums each element as the plain one does, so their results are the
+    /// same bits, whatever the operands' layouts, partial blocks and `beta`; both are
+    /// the product to f32 rounding (against f64).
+    #[test]
+    fn both_gemm_kernels_give_the_same_bits() {
+        let Some(gpu) = emulator() else {
+            return;
+        };
+        let values = |len: usize, salt: f32| -> Vec<f32> {
+            (0..len).map(|i| (i as f32 * 0.37 + salt).sin()).collect()
+        };
+        // (m, n, k): partial 64 × 64 blocks, k not a multiple of 16, a block wider than C.
+        for (m, n, k) in [(70, 130, 37), (64, 64, 16), (3, 200, 5), (150, 3, 100)] {
+            let (a, b, c0) = (values(m * k, 1.0), values(k * n, 2.0), values(m * n, 3.0));
+            let (a_dev, b_dev) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+            // Each operand as stored or transposed (column-major), overwrite or accumulate.
+            for (a_t, b_t, beta) in [
+                (false, false, 0.0),
+                (true, false, 1.0),
+                (false, true, 1.0),
+                (true, true, 0.0),
+            ] {
+                let (a_rs, a_cs) = if a_t { (1, m) } else { (k, 1) };
+                let (b_rs, b_cs) = if b_t { (1, k) } else { (n, 1) };
+                let [plain, tiled] = [Gemm::Plain, Gemm::Tiled].map(|kernel| {
+                    let c_dev = gpu.upload(&c0).unwrap();
+                    gpu.gemm_by(
+                        kernel,
+                        (m, n, k),
+                        Strided::new(&a_dev, 0, a_rs, a_cs),
+                        Strided::new(&b_dev, 0, b_rs, b_cs),
+                        Strided::new(&c_dev, 0, n, 1),
+                        beta,
+                    )
+                    .unwrap();
+                    gpu.download(&c_dev).unwrap()
+                });
+                let differ = plain
+                    .iter()
+                    .zip(&tiled)
+                    .filter(|(p, t)| p.to_bits() != t.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "({m}, {n}, {k}) {a_t} {b_t} {beta}: {differ} differ"
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|kk| {
+                            f64::from(a[i * a_rs + kk * a_cs]) * f64::from(b[kk * b_rs + j * b_cs])
+                        });
+                        let exact = f64::from(beta) * f64::from(c0[i * n + j]) + terms.sum::<f64>();
+                        let err = (f64::from(plain[i * n + j]) - exact).abs();
+                        assert!(
+                            err <= 1e-5 * (k as f64 + 1.0),
+                            "({i}, {j}) of ({m}, {n}, {k}): {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

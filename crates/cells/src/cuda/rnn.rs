@@ -1,6 +1,7 @@
 //! The vanilla RNN (`torch.nn.RNN`, tanh or ReLU; [`crate::rnn`] has the equation) on
-//! the GPU: the input projection as one GEMM, one kernel per step forward (recurrent
-//! product and activation), one pointwise kernel and one GEMM per step backward, then
+//! the GPU: the input projection as one GEMM; the time loop in one persistent kernel
+//! each way or (per the [`super::TimeLoop`]) one kernel per step forward (recurrent
+//! product and activation) and one pointwise kernel and one GEMM per step backward; then
 //! the weight gradients over all `B·T` rows.
 
 use candle_core::{Result, bail};
@@ -39,6 +40,23 @@ pub(crate) fn rnn_forward(
     let weight_hh_t = gated::weight_hh_t(gpu, offsets, &params_dev, hidden)?;
     let weight_hh_t_at = gpu.at(&weight_hh_t, 0, hidden * hidden)?;
     let out_at = gpu.at(&out, 0, rows * hidden)?;
+    if gpu.persistent(hidden) {
+        gpu.launch(
+            "elman_forward_persistent",
+            gated::persistent_launch(batch, hidden),
+            &[
+                &int(batch),
+                &int(seq_len),
+                &int(hidden),
+                &activation(relu),
+                &weight_hh_t_at,
+                &0u64,
+                &gpu.at(&h0_dev, 0, batch * hidden)?,
+                &out_at,
+            ],
+        )?;
+        return gpu.download(&out);
+    }
     for t in 0..seq_len {
         let (h_prev, h_rs) = gated::previous_hidden(gpu, t, (&h0_dev, &out), dims)?;
         gpu.launch(
@@ -94,16 +112,16 @@ pub(crate) fn rnn_backward(
         gpu.at(&d_pre, 0, rows * hidden)?,
         gpu.at(&dh_all, 0, seq_len * batch * hidden)?,
     ];
-    for t in (0..seq_len).rev() {
+    if gpu.persistent(hidden) {
         gpu.launch(
-            "elman_backward_step",
-            Gpu::elementwise(batch * hidden),
+            "elman_backward_persistent",
+            gated::persistent_launch(batch, hidden),
             &[
                 &int(batch),
                 &int(seq_len),
                 &int(hidden),
-                &int(t),
                 &activation(relu),
+                &gpu.at(&params_dev, offsets.weight_hh, hidden * hidden)?,
                 &args[0],
                 &args[1],
                 &args[2],
@@ -112,14 +130,34 @@ pub(crate) fn rnn_backward(
                 &args[4],
             ],
         )?;
-        gated::recurrent_grad(
-            gpu,
-            offsets,
-            (&d_pre, &params_dev),
-            (&dh_rec, false),
-            t,
-            dims,
-        )?;
+    } else {
+        for t in (0..seq_len).rev() {
+            gpu.launch(
+                "elman_backward_step",
+                Gpu::elementwise(batch * hidden),
+                &[
+                    &int(batch),
+                    &int(seq_len),
+                    &int(hidden),
+                    &int(t),
+                    &activation(relu),
+                    &args[0],
+                    &args[1],
+                    &args[2],
+                    &args[3],
+                    &0u64,
+                    &args[4],
+                ],
+            )?;
+            gated::recurrent_grad(
+                gpu,
+                offsets,
+                (&d_pre, &params_dev),
+                (&dh_rec, false),
+                t,
+                dims,
+            )?;
+        }
     }
     let flow = gated::flow(gpu, &dh_all, dims)?;
     let (d_x, d_params) = gated::weight_grads(
