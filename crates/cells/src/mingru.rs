@@ -70,7 +70,7 @@ impl CellSpec for MinGruSpec {
     }
 
     fn has_cuda_kernel(&self) -> bool {
-        self.form == ScanForm::Sequential
+        true
     }
 }
 
@@ -100,6 +100,8 @@ impl ScanStep for MinGruSpec {
     const GATES: usize = 2;
     #[cfg(feature = "cuda")]
     const CUDA_KERNELS: [&'static str; 2] = ["mingru_forward", "mingru_backward"];
+    #[cfg(feature = "cuda")]
+    const CUDA_LOG_CELL: i32 = crate::cuda::SCAN_MINGRU;
 
     /// Gates `[z, h̃]`: z is activated in place, h̃ is kept.
     #[inline(always)]

@@ -72,7 +72,7 @@ impl CellSpec for MinLstmSpec {
     }
 
     fn has_cuda_kernel(&self) -> bool {
-        self.form == ScanForm::Sequential
+        true
     }
 }
 
@@ -104,6 +104,8 @@ impl ScanStep for MinLstmSpec {
     const GATES: usize = 3;
     #[cfg(feature = "cuda")]
     const CUDA_KERNELS: [&'static str; 2] = ["minlstm_forward", "minlstm_backward"];
+    #[cfg(feature = "cuda")]
+    const CUDA_LOG_CELL: i32 = crate::cuda::SCAN_MINLSTM;
 
     /// Gates `[f, i, h̃]`: f and i are activated in place, h̃ is kept.
     #[inline(always)]

@@ -63,6 +63,9 @@ pub(crate) trait ScanStep: CellSpec + Copy + Send + Sync + 'static {
     /// The names of the sequential form's forward and backward in `cuda/kernels.cu`.
     #[cfg(feature = "cuda")]
     const CUDA_KERNELS: [&'static str; 2];
+    /// The cell's code for the log-space form's kernels (`crate::cuda::SCAN_*`).
+    #[cfg(feature = "cuda")]
+    const CUDA_LOG_CELL: i32;
 
     /// Turns the step's pre-activations `gates` `(G·H)` into what the backward needs (in
     /// place) and writes `h` from `h_prev`.
@@ -95,18 +98,20 @@ pub(crate) struct ScanOp<C: ScanStep> {
 }
 
 impl<C: ScanStep> ScanOp<C> {
-    /// The sequential form's CUDA kernels (the log-space form has none).
+    /// The CUDA kernels of the cell's form.
     #[cfg(feature = "cuda")]
-    fn cuda_kernels(&self) -> Result<crate::cuda::ScanKernels> {
-        if self.cell.form() != ScanForm::Sequential {
-            bail!("{}: the log-space form has no CUDA kernel", C::NAME);
-        }
+    fn cuda_kernels(&self) -> crate::cuda::ScanKernels {
+        use crate::cuda::ScanKernelForm;
         let [forward, backward] = C::CUDA_KERNELS;
-        Ok(crate::cuda::ScanKernels {
+        crate::cuda::ScanKernels {
             gates: C::GATES,
-            forward,
-            backward,
-        })
+            form: match self.cell.form() {
+                ScanForm::Sequential => ScanKernelForm::Sequential { forward, backward },
+                ScanForm::LogSpace => ScanKernelForm::LogSpace {
+                    cell: C::CUDA_LOG_CELL,
+                },
+            },
+        }
     }
 
     /// The time loop for one chunk of batch rows: `gates` holds their pre-activations.
@@ -274,7 +279,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
         params: &[f32],
     ) -> Result<Vec<f32>> {
         let (out, saved) =
-            crate::cuda::scan_forward(gpu, (self.dims, self.cuda_kernels()?), (x, h0, params))?;
+            crate::cuda::scan_forward(gpu, (self.dims, self.cuda_kernels()), (x, h0, params))?;
         *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
         Ok(out)
     }
@@ -291,7 +296,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let saved = fused::take_saved::<crate::cuda::ScanGpuSaved>(&self.saved, Self::NAME)?;
         let grads =
-            crate::cuda::scan_backward(gpu, (self.dims, self.cuda_kernels()?), saved, grad_out)?;
+            crate::cuda::scan_backward(gpu, (self.dims, self.cuda_kernels()), saved, grad_out)?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

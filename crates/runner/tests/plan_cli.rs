@@ -170,11 +170,11 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     );
     assert_config_error(
         &BASE
-            .replace("cell: lstm", "cell: mingru, scan: log_space")
+            .replace("cell: lstm", "cell: gru, gru_reset: before")
             .replace("steps: 10", "steps: 10, device: cuda"),
         &[
             "`train.device: cuda`",
-            "`mingru (log-space)` has no CUDA kernel",
+            "`gru (reset before)` has no CUDA kernel",
             "`rnn`, `rnn_relu`, `lstm`, `gru`",
         ],
     );

@@ -922,6 +922,136 @@ extern "C" __global__ void minlstm_backward(int batch, int seq_len, int hidden,
     d_h0[at] = d_rec;
 }
 
+// minGRU and minLSTM in their log-space form (src/scan.rs, ScanForm::LogSpace): h_t =
+// a_t h_{t−1} + b_t as h_t = exp(A_t) h0 + exp(A_t + s_t) with A_t = Σ log a and s_t the
+// running log-sum-exp of log b_k − A_k, one thread per (b, j) as in the sequential form.
+// `cell` picks the coefficients: SCAN_MINGRU (gates [k, h̃]) or SCAN_MINLSTM ([f, i, h̃]).
+#define SCAN_MINGRU 0
+#define SCAN_MINLSTM 1
+
+__device__ __forceinline__ float softplus(float x) {
+    return fmaxf(x, 0.f) + logf(1.f + expf(-fabsf(x)));
+}
+
+// log g(x), which keeps the candidate positive (Feng et al.), and its derivative in *d.
+__device__ __forceinline__ float log_g(float x, float* d) {
+    if (x >= 0.f) {
+        const float shifted = x + 0.5f;
+        *d = 1.f / shifted;
+        return logf(shifted);
+    }
+    *d = sigmoid(-x);
+    return -softplus(-x);
+}
+
+__device__ __forceinline__ float log_add_exp(float x, float y) {
+    const float big = x > y ? x : y, small = x > y ? y : x;
+    return big + logf(1.f + expf(small - big));
+}
+
+// log a and log b of unit j from a step's pre-activations g (G·H from the unit's row).
+__device__ __forceinline__ void log_coefficients(int cell, int hidden, const float* g,
+                                                 float* log_a, float* log_b) {
+    float unused;
+    if (cell == SCAN_MINGRU) {
+        *log_a = -softplus(g[0]);
+        *log_b = -softplus(-g[0]) + log_g(g[hidden], &unused);
+    } else {
+        const float d = softplus(-g[0]) - softplus(-g[hidden]);
+        *log_a = -softplus(d);
+        *log_b = -softplus(-d) + log_g(g[2 * hidden], &unused);
+    }
+}
+
+// Overwrites the pre-activations g with their gradients, given those of log a and log b.
+__device__ __forceinline__ void log_backward(int cell, int hidden, float* g, float d_log_a,
+                                             float d_log_b) {
+    if (cell == SCAN_MINGRU) {
+        const float z = sigmoid(g[0]);
+        float d_p;
+        log_g(g[hidden], &d_p);
+        g[0] = d_log_b * (1.f - z) - d_log_a * z;
+        g[hidden] = d_log_b * d_p;
+    } else {
+        const float d = softplus(-g[0]) - softplus(-g[hidden]);
+        const float share = sigmoid(d);
+        const float d_d = d_log_b * (1.f - share) - d_log_a * share;
+        // ∂d/∂f = −σ(−f), ∂d/∂i = σ(−i).
+        const float sf = sigmoid(-g[0]), si = sigmoid(-g[hidden]);
+        float d_p;
+        log_g(g[2 * hidden], &d_p);
+        g[0] = -d_d * sf;
+        g[hidden] = d_d * si;
+        g[2 * hidden] = d_log_b * d_p;
+    }
+}
+
+// The sweep over time of row b, unit j: A_t into cum and s_t into sums (both (B, T, H),
+// when given), and h_t into out (when given). gates holds the pre-activations, unchanged.
+__device__ __forceinline__ void log_sweep(int seq_len, int hidden, int gate_blocks, int cell,
+                                          float h0, const float* gates, float* cum,
+                                          float* sums, float* out, long b, int j) {
+    float a_prev = 0.f, s = 0.f;
+    for (int t = 0; t < seq_len; ++t) {
+        float log_a, log_b;
+        log_coefficients(cell, hidden,
+                         gates + (b * seq_len + t) * (long)gate_blocks * hidden + j, &log_a,
+                         &log_b);
+        const float a_star = a_prev + log_a;
+        const float v = log_b - a_star;
+        s = t == 0 ? v : log_add_exp(s, v);
+        a_prev = a_star;
+        const long cell_at = (b * seq_len + t) * hidden + j;
+        if (cum) cum[cell_at] = a_star;
+        if (sums) sums[cell_at] = s;
+        if (out) out[cell_at] = expf(a_star) * h0 + expf(a_star + s);
+    }
+}
+
+extern "C" __global__ void scan_log_forward(int batch, int seq_len, int hidden,
+                                            int gate_blocks, int cell, const float* h0,
+                                            const float* gates, float* out) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    log_sweep(seq_len, hidden, gate_blocks, cell, h0[at], gates, nullptr, nullptr, out,
+              at / hidden, at % hidden);
+}
+
+// The backward (src/scan.rs, log_backward_chunk): the sweep again into cum and sums, then
+// from the last step σ_t = g_t e^{A_t + s_t} + σ_{t+1} e^{s_t − s_{t+1}}, ∂L/∂log b_t =
+// σ_t e^{log b_t − A_t − s_t}, ∂L/∂log a_t = Σ_{k ≥ t} (g_k h_k − ∂L/∂log b_k); gates
+// become their gradients, ∂L/∂h_t (as a state: the output's gradient plus a_{t+1} times
+// the next one) goes to dh_all (T, B, H) and ∂L/∂h0 to d_h0 (B, H).
+extern "C" __global__ void scan_log_backward(int batch, int seq_len, int hidden,
+                                             int gate_blocks, int cell, const float* h0,
+                                             const float* out, const float* grad_out,
+                                             float* gates, float* cum, float* sums,
+                                             float* dh_all, float* d_h0) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    log_sweep(seq_len, hidden, gate_blocks, cell, h0[at], gates, cum, sums, nullptr, b, j);
+    float sigma = 0.f, alpha = 0.f, d_state = 0.f;
+    for (int t = seq_len - 1; t >= 0; --t) {
+        const long cell_at = (b * seq_len + t) * hidden + j;
+        float* g = gates + (b * seq_len + t) * (long)gate_blocks * hidden + j;
+        const float grad = grad_out[cell_at];
+        const float a_star = cum[cell_at], s = sums[cell_at];
+        const float next = t + 1 < seq_len ? sigma * expf(s - sums[cell_at + hidden]) : 0.f;
+        sigma = grad * expf(a_star + s) + next;
+        float log_a, log_b;
+        log_coefficients(cell, hidden, g, &log_a, &log_b);
+        const float d_b = sigma * expf(log_b - a_star - s);
+        alpha += grad * out[cell_at] - d_b;
+        d_state += grad;
+        dh_all[(long)t * batch * hidden + at] = d_state;
+        d_state *= expf(log_a);
+        log_backward(cell, hidden, g, alpha, d_b);
+    }
+    d_h0[at] = d_state;
+}
+
 // The LRU (src/lru.rs). units holds Re λ, Im λ and γ of the H units (3H floats, formed
 // on the host); the state is [h | Re x | Im x] (B, 3H), projected (B, T, 3H) the input
 // projection [B_re x̃ | B_im x̃ | D x̃]. The recurrence, one thread per (b, j):

@@ -42,7 +42,7 @@ pub(crate) use indrnn::{indrnn_backward, indrnn_forward};
 pub(crate) use lru::{LruGpuSaved, lru_backward, lru_forward};
 pub(crate) use lstm::{LstmGpuSaved, lstm_backward, lstm_forward};
 pub(crate) use rnn::{rnn_backward, rnn_forward};
-pub(crate) use scan::{ScanGpuSaved, ScanKernels, scan_backward, scan_forward};
+pub(crate) use scan::{ScanGpuSaved, ScanKernelForm, ScanKernels, scan_backward, scan_forward};
 
 /// The kernels' CUDA C source.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
@@ -94,9 +94,13 @@ pub(crate) const ELMAN_TANH: i32 = 0;
 pub(crate) const ELMAN_RELU: i32 = 1;
 pub(crate) const ELMAN_MODRELU: i32 = 2;
 
+/// `cell` codes of the log-space scan kernels (`SCAN_*` in `kernels.cu`).
+pub(crate) const SCAN_MINGRU: i32 = 0;
+pub(crate) const SCAN_MINLSTM: i32 = 1;
+
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 38] = [
+pub const KERNELS: [&str; 40] = [
     "gemm",
     "gemm_tiled",
     "add_bias",
@@ -130,6 +134,8 @@ pub const KERNELS: [&str; 38] = [
     "mingru_backward",
     "minlstm_forward",
     "minlstm_backward",
+    "scan_log_forward",
+    "scan_log_backward",
     "lru_forward_scan",
     "lru_readout_init",
     "lru_output",
