@@ -69,8 +69,8 @@ time "$bin/rnnlab" run "$work/gpu-sweep.yaml" --out "$work/cpu" --jobs 2 --no-re
 for f in "$work"/cpu/gpu-sweep/runs/*/summary.yaml; do grep -E '^final_loss:' "$f"; done
 
 echo "== rnnlab bench --device cuda beside PyTorch cuDNN"
-shapes=(--cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 --repeats 10 --max-seconds 10)
-"$bin/rnnlab" bench "${shapes[@]}" --impl rnnlab --device cuda --threads 4 --out "$out/rnnlab.csv"
+shapes=(--cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 --max-seconds 10)
+"$bin/rnnlab" bench "${shapes[@]}" --repeats 10 --impl rnnlab --device cuda --threads 4 --out "$out/rnnlab.csv"
 python3 scripts/bench_torch.py --cells lstm,gru --hidden 128,256,512 --seq-len 100,1000 --batch 32 \
     --repeats 10 --max-seconds 10 --threads 4 --device cuda --out "$out/torch.csv"
 python3 scripts/bench_ratios.py "$out/rnnlab.csv" "$out/torch.csv" | tee "$out/ratios.md"
@@ -79,7 +79,7 @@ python3 scripts/bench_ratios.py "$out/rnnlab.csv" "$out/torch.csv" | tee "$out/r
 for loop in per-step persistent; do
     echo "== the time loop: $loop"
     "$bin/rnnlab" bench "${shapes[@]}" --impl rnnlab --device cuda --threads 4 --cuda-loop "$loop" \
-        --out "$out/rnnlab-$loop.csv"
+        --repeats 5 --out "$out/rnnlab-$loop.csv"
     python3 scripts/bench_ratios.py "$out/rnnlab-$loop.csv" "$out/torch.csv" | tee "$out/ratios-$loop.md"
 done
 

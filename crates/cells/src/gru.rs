@@ -89,7 +89,7 @@ impl CellSpec for GruReset {
     }
 
     fn has_cuda_kernel(&self) -> bool {
-        *self == Self::After
+        true
     }
 }
 
@@ -541,11 +541,9 @@ impl Kernel for GruOp {
         h0: &[f32],
         params: &[f32],
     ) -> Result<Vec<f32>> {
-        if self.reset != GruReset::After {
-            bail!("the GRU has a CUDA kernel with the reset gate after W_hn only");
-        }
         let offsets = GatedOffsets::new(&self.reset, self.dims.input, self.dims.hidden);
-        let (out, saved) = crate::cuda::gru_forward(gpu, self.dims, &offsets, (x, h0, params))?;
+        let (out, saved) =
+            crate::cuda::gru_forward(gpu, (self.dims, self.reset), &offsets, (x, h0, params))?;
         *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
         Ok(out)
     }
@@ -562,7 +560,8 @@ impl Kernel for GruOp {
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let saved = fused::take_saved::<crate::cuda::GruGpuSaved>(&self.saved, Self::NAME)?;
         let offsets = GatedOffsets::new(&self.reset, self.dims.input, self.dims.hidden);
-        let grads = crate::cuda::gru_backward(gpu, self.dims, &offsets, saved, grad_out)?;
+        let grads =
+            crate::cuda::gru_backward(gpu, (self.dims, self.reset), &offsets, saved, grad_out)?;
         *self.flow.lock().expect("gradient-flow sink") = Some(grads.flow);
         Ok((grads.d_x, grads.d_state0, grads.d_params))
     }

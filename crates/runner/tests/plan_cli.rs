@@ -170,11 +170,14 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
     );
     assert_config_error(
         &BASE
-            .replace("cell: lstm", "cell: gru, gru_reset: before")
+            .replace(
+                "cell: lstm",
+                "cell: lstm, ablation: { full_gate_recurrence: true }",
+            )
             .replace("steps: 10", "steps: 10, device: cuda"),
         &[
             "`train.device: cuda`",
-            "`gru (reset before)` has no CUDA kernel",
+            "`lstm (full gate recurrence)` has no CUDA kernel",
             "`rnn`, `rnn_relu`, `lstm`, `gru`",
         ],
     );

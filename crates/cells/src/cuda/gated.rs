@@ -153,19 +153,33 @@ pub(super) fn weight_hh_t(
     params_dev: &Buf<f32>,
     hidden: usize,
 ) -> Result<Buf<f32>> {
-    let gh = offsets.gate_rows();
-    let transposed = gpu.zeros::<f32>(hidden * gh)?;
+    transposed(
+        gpu,
+        (params_dev, offsets.weight_hh),
+        offsets.gate_rows(),
+        hidden,
+    )
+}
+
+/// The transpose `(cols, rows)` of the row-major `(rows, cols)` matrix at `offset` in `m`.
+pub(super) fn transposed(
+    gpu: &Gpu,
+    (m, offset): (&Buf<f32>, usize),
+    rows: usize,
+    cols: usize,
+) -> Result<Buf<f32>> {
+    let out = gpu.zeros::<f32>(rows * cols)?;
     gpu.launch(
         "transpose",
-        Gpu::elementwise(hidden * gh),
+        Gpu::elementwise(rows * cols),
         &[
-            &int(gh),
-            &int(hidden),
-            &gpu.at(params_dev, offsets.weight_hh, gh * hidden)?,
-            &gpu.at(&transposed, 0, hidden * gh)?,
+            &int(rows),
+            &int(cols),
+            &gpu.at(m, offset, rows * cols)?,
+            &gpu.at(&out, 0, rows * cols)?,
         ],
     )?;
-    Ok(transposed)
+    Ok(out)
 }
 
 /// `∂L/∂h_{t−1} = d_pre[:, t] · W_hh` `(B, H)` into `dh_rec`, added to what it holds
@@ -194,7 +208,9 @@ pub(super) fn recurrent_grad(
 /// recurrent product's output has a gradient of its own (the GRU's), gives `weight_hh`
 /// and `bias_hh` theirs; otherwise `d_pre` does. `h0` and `out` give `h_{t−1}`: `h0` row
 /// `b` at stride `h0_rs` for `t = 0`, else the output of step `t − 1` (rows of batch `b`
-/// at `b·out_rs`).
+/// at `b·out_rs`). `last_rows_input`, when given `(B·T, H)`, is what the last `H` rows of
+/// `W_hh` multiplied instead of `h_{t−1}` (the reset-before GRU's `r ⊙ h_{t−1}`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grads(
     gpu: &Gpu,
     offsets: &GatedOffsets,
@@ -202,6 +218,7 @@ pub(super) fn weight_grads(
     (x, params_dev): (&Buf<f32>, &Buf<f32>),
     (h0, h0_rs): (&Buf<f32>, usize),
     (out, out_rs): (&Buf<f32>, usize),
+    last_rows_input: Option<&Buf<f32>>,
     dims: Dims,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let Dims {
@@ -220,13 +237,24 @@ pub(super) fn weight_grads(
         (rows, gh, input),
     )?;
     let h_prev = previous_states(gpu, (h0, h0_rs), (out, out_rs), dims)?;
+    let d_out = d_rec.unwrap_or(d_pre);
+    let from_h = gh - last_rows_input.map_or(0, |_| hidden);
     gpu.gemm(
-        (gh, hidden, rows),
-        Strided::new(d_rec.unwrap_or(d_pre), 0, 1, gh),
+        (from_h, hidden, rows),
+        Strided::new(d_out, 0, 1, gh),
         Strided::new(&h_prev, 0, hidden, 1),
         Strided::new(&d_params, offsets.weight_hh, hidden, 1),
         0.0,
     )?;
+    if let Some(input) = last_rows_input {
+        gpu.gemm(
+            (hidden, hidden, rows),
+            Strided::new(d_out, from_h, 1, gh),
+            Strided::new(input, 0, hidden, 1),
+            Strided::new(&d_params, offsets.weight_hh + from_h * hidden, hidden, 1),
+            0.0,
+        )?;
+    }
     column_sums(gpu, (d_pre, rows, gh), (&d_params, offsets.bias_ih))?;
     if let Some(d_rec) = d_rec {
         column_sums(gpu, (d_rec, rows, gh), (&d_params, offsets.bias_hh))?;

@@ -499,20 +499,19 @@ __device__ __forceinline__ void block_product(int rows, int hidden, const float*
     }
 }
 
-// rec[r] = Σ_c d(b_r, t, c) · W_hh(c, j) over the C = gate_blocks·H gate columns, c in
-// order from 0 (the per-step GEMM's sums), for the block's rows from d (B, T, C) and
-// W_hh (C, H) row-major (neighbouring threads read neighbouring weights).
+// rec[r] = Σ_c d(b_r, t, c) · W(c, j) over `cols` columns, c in order from 0 (the
+// per-step GEMM's sums), for the block's rows from d (row (b, t) at (b·T + t)·d_rs) and
+// W (cols, H) row-major (neighbouring threads read neighbouring weights).
 __device__ __forceinline__ void block_recurrent_grad(int rows, int seq_len, int hidden,
-                                                     int gate_blocks, int t, const float* d,
-                                                     const float* w_hh, long b0, int j,
-                                                     float* rec) {
-    const long gh = (long)gate_blocks * hidden;
+                                                     long cols, long d_rs, int t,
+                                                     const float* d, const float* w, long b0,
+                                                     int j, float* rec) {
     for (int r = 0; r < SEQ_ROWS; ++r) rec[r] = 0.f;
-    for (long c = 0; c < gh; ++c) {
-        const float w = w_hh[c * hidden + j];
+    for (long c = 0; c < cols; ++c) {
+        const float wc = w[c * hidden + j];
 #pragma unroll
         for (int r = 0; r < SEQ_ROWS; ++r) {
-            if (r < rows) rec[r] = fmaf(d[((b0 + r) * seq_len + t) * gh + c], w, rec[r]);
+            if (r < rows) rec[r] = fmaf(d[((b0 + r) * seq_len + t) * d_rs + c], wc, rec[r]);
         }
     }
 }
@@ -575,7 +574,8 @@ __device__ __forceinline__ void persistent_backward(int batch, int seq_len, int 
         // t − 1 writes other rows, so one barrier per step suffices.
         __syncthreads();
         if (j < hidden) {
-            block_recurrent_grad(rows, seq_len, hidden, gate_blocks, t, d, w_hh, b0, j, rec);
+            const long gh = (long)gate_blocks * hidden;
+            block_recurrent_grad(rows, seq_len, hidden, gh, gh, t, d, w_hh, b0, j, rec);
             if (Direct) {
                 for (int r = 0; r < rows; ++r) rec[r] = direct[r] + rec[r];
             }
@@ -684,6 +684,214 @@ extern "C" __global__ void gru_backward_persistent(int batch, int seq_len, int h
             return gru_backward_update(batch, seq_len, hidden, t, grad_out, gates, hn, hp, dh,
                                        d_pre, d_rec, dh_all, b, j);
         });
+}
+
+// The GRU with the reset gate before W_hn (Cho et al. 2014; src/gru.rs): per step
+// r, z = σ(pre + W_hr,hz h_{t−1}), then n = tanh(pre_n + W_hn (r ⊙ h_{t−1})), all of
+// b_hh folded into the input projection. w_rz_t = W_hrzᵀ (H, 2H), w_n_t = W_hnᵀ (H, H);
+// extra (B, T, H) keeps r ⊙ h_{t−1}, the input of W_hn, for the backward.
+
+// Step t's first half, one thread per (b, j): r and z.
+extern "C" __global__ void gru_before_rz_step(int batch, int seq_len, int hidden, int t,
+                                              const float* w_rz_t, const float* h_prev,
+                                              long h_rs, float* gates, float* extra) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[2];
+    recurrent_product<2>(batch, hidden, w_rz_t, h_prev, h_rs, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+    const float r = sigmoid(g[0] + acc[0]);
+    g[0] = r;
+    g[hidden] = sigmoid(g[hidden] + acc[1]);
+    extra[(b * seq_len + t) * hidden + j] = r * h_prev[b * h_rs + j];
+}
+
+// The pointwise end of step t given W_hn (r ⊙ h_{t−1}) in acc_n: n, then h_t to out
+// (B, T, H), returned.
+__device__ __forceinline__ float gru_before_update(int seq_len, int hidden, int t,
+                                                   float acc_n, float hp, float* gates,
+                                                   float* out, long b, int j) {
+    float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+    const float n = tanhf(g[2 * hidden] + acc_n);
+    g[2 * hidden] = n;
+    const float h = n + g[hidden] * (hp - n);
+    out[(b * seq_len + t) * hidden + j] = h;
+    return h;
+}
+
+// Step t's second half: n and h_t, the product over step t's row of extra.
+extern "C" __global__ void gru_before_n_step(int batch, int seq_len, int hidden, int t,
+                                             const float* w_n_t, const float* h_prev,
+                                             long h_rs, float* gates, const float* extra,
+                                             float* out) {
+    const int j = blockIdx.x * STEP_UNITS + threadIdx.x;
+    const long b = (long)blockIdx.y * STEP_ROWS + threadIdx.y;
+    float acc[1];
+    recurrent_product<1>(batch, hidden, w_n_t, extra + (long)t * hidden,
+                         (long)seq_len * hidden, b, j, acc);
+    if (b >= batch || j >= hidden) return;
+    gru_before_update(seq_len, hidden, t, acc[0], h_prev[b * h_rs + j], gates, out, b, j);
+}
+
+// The whole forward in one launch (see "Persistent kernels"): per step the product for
+// r and z over h_{t−1} (in shared memory), then, after a barrier, the one for n over
+// r ⊙ h_{t−1} (in shared memory too).
+extern "C" __global__ void gru_before_forward_persistent(int batch, int seq_len, int hidden,
+                                                         const float* w_rz_t,
+                                                         const float* w_n_t, const float* h0,
+                                                         float* gates, float* extra,
+                                                         float* out) {
+    __shared__ float hs[SEQ_ROWS][SEQ_MAX_UNITS];
+    __shared__ float rh[SEQ_ROWS][SEQ_MAX_UNITS];
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) hs[r][j] = h0[(b0 + r) * hidden + j];
+    }
+    for (int t = 0; t < seq_len; ++t) {
+        __syncthreads();
+        float acc[SEQ_ROWS][2];
+        if (j < hidden) {
+            block_product<2>(rows, hidden, w_rz_t, hs, j, acc);
+            for (int r = 0; r < rows; ++r) {
+                const long b = b0 + r;
+                float* g = gates + (b * seq_len + t) * 3L * hidden + j;
+                const float reset = sigmoid(g[0] + acc[r][0]);
+                g[0] = reset;
+                g[hidden] = sigmoid(g[hidden] + acc[r][1]);
+                rh[r][j] = reset * hs[r][j];
+                extra[(b * seq_len + t) * hidden + j] = rh[r][j];
+            }
+        }
+        __syncthreads();
+        float acc_n[SEQ_ROWS][1];
+        if (j >= hidden) continue;
+        block_product<1>(rows, hidden, w_n_t, rh, j, acc_n);
+        for (int r = 0; r < rows; ++r) {
+            hs[r][j] = gru_before_update(seq_len, hidden, t, acc_n[r][0], hs[r][j], gates, out,
+                                         b0 + r, j);
+        }
+    }
+}
+
+// Step t backwards, first part, for row b, unit j: ∂L/∂h_t (the output's gradient plus
+// the recurrent share dh) to dh_all (T, B, H); z's and n's gradients to d_pre and d_rec
+// (B, T, 3H), equal here; returns the direct share z ⊙ ∂L/∂h_t of ∂L/∂h_{t−1}.
+__device__ __forceinline__ float gru_before_backward_update(int batch, int seq_len,
+                                                            int hidden, int t,
+                                                            const float* grad_out,
+                                                            const float* gates, float hp,
+                                                            float dh, float* d_pre,
+                                                            float* d_rec, float* dh_all,
+                                                            long b, int j) {
+    const long cell = (b * seq_len + t) * hidden + j;
+    const long row = (b * seq_len + t) * 3L * hidden + j;
+    const float d_h = grad_out[cell] + dh;
+    dh_all[((long)t * batch + b) * hidden + j] = d_h;
+    const float z = gates[row + hidden], n = gates[row + 2 * hidden];
+    const float d_n = d_h * (1.f - z) * (1.f - n * n);
+    const float d_z = d_h * (hp - n) * z * (1.f - z);
+    d_pre[row + hidden] = d_z;
+    d_pre[row + 2 * hidden] = d_n;
+    d_rec[row + hidden] = d_z;
+    d_rec[row + 2 * hidden] = d_n;
+    return d_h * z;
+}
+
+// Second part, given d_rh = ∂L/∂(r ⊙ h_{t−1}) = d_n · W_hn: r's gradient to d_pre and
+// d_rec; returns direct + d_rh ⊙ r, the share of ∂L/∂h_{t−1} that skips W_hr,hz.
+__device__ __forceinline__ float gru_before_reset_update(int seq_len, int hidden, int t,
+                                                         const float* gates, float hp,
+                                                         float d_rh, float direct,
+                                                         float* d_pre, float* d_rec, long b,
+                                                         int j) {
+    const long row = (b * seq_len + t) * 3L * hidden + j;
+    const float r = gates[row];
+    const float d_r = d_rh * hp * r * (1.f - r);
+    d_pre[row] = d_r;
+    d_rec[row] = d_r;
+    return direct + d_rh * r;
+}
+
+// Per step, one thread per (b, j): dh_rec (B, H) enters with the recurrent share of
+// ∂L/∂h_t and leaves with the direct share of ∂L/∂h_{t−1}; the caller then forms d_rh
+// (B, H) = d_pre[:, t, n] · W_hn, calls gru_before_reset_step and adds
+// d_rec[:, t, r and z] · W_hr,hz to dh_rec.
+extern "C" __global__ void gru_before_backward_step(int batch, int seq_len, int hidden,
+                                                    int t, const float* grad_out,
+                                                    const float* gates, const float* h_prev,
+                                                    long h_rs, float* dh_rec, float* d_pre,
+                                                    float* d_rec, float* dh_all) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    dh_rec[at] = gru_before_backward_update(batch, seq_len, hidden, t, grad_out, gates,
+                                            h_prev[b * h_rs + j], dh_rec[at], d_pre, d_rec,
+                                            dh_all, b, j);
+}
+
+extern "C" __global__ void gru_before_reset_step(int batch, int seq_len, int hidden, int t,
+                                                 const float* gates, const float* h_prev,
+                                                 long h_rs, const float* d_rh, float* dh_rec,
+                                                 float* d_pre, float* d_rec) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    dh_rec[at] = gru_before_reset_update(seq_len, hidden, t, gates, h_prev[b * h_rs + j],
+                                         d_rh[at], dh_rec[at], d_pre, d_rec, b, j);
+}
+
+// The whole backward in one launch: per step the first part, then (after a barrier)
+// d_rh from d_pre's n columns and W_hn (w_hh's last H rows) and the second part, then
+// (after another) ∂L/∂h_{t−1} = that share + d_rec[:, t, r and z] · W_hr,hz (w_hh's
+// first 2H rows). dh_rec (B, H) enters zero and leaves with ∂L/∂h0.
+extern "C" __global__ void gru_before_backward_persistent(
+    int batch, int seq_len, int hidden, const float* w_hh, const float* grad_out,
+    const float* gates, const float* h0, const float* out, float* dh_rec, float* d_pre,
+    float* d_rec, float* dh_all) {
+    const int j = threadIdx.x;
+    long b0;
+    const int rows = block_rows(batch, &b0);
+    const long gh = 3L * hidden;
+    float rec[SEQ_ROWS], direct[SEQ_ROWS], d_rh[SEQ_ROWS];
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) rec[r] = dh_rec[(b0 + r) * hidden + j];
+    }
+    for (int t = seq_len - 1; t >= 0; --t) {
+        float hp[SEQ_ROWS];
+        if (j < hidden) {
+            for (int r = 0; r < rows; ++r) {
+                const long b = b0 + r;
+                hp[r] = t == 0 ? h0[b * hidden + j] : out[(b * seq_len + t - 1) * hidden + j];
+                direct[r] = gru_before_backward_update(batch, seq_len, hidden, t, grad_out,
+                                                       gates, hp[r], rec[r], d_pre, d_rec,
+                                                       dh_all, b, j);
+            }
+        }
+        __syncthreads();
+        if (j < hidden) {
+            block_recurrent_grad(rows, seq_len, hidden, hidden, gh, t, d_pre + 2 * hidden,
+                                 w_hh + 2L * hidden * hidden, b0, j, d_rh);
+            for (int r = 0; r < rows; ++r) {
+                direct[r] = gru_before_reset_update(seq_len, hidden, t, gates, hp[r], d_rh[r],
+                                                    direct[r], d_pre, d_rec, b0 + r, j);
+            }
+        }
+        __syncthreads();
+        if (j < hidden) {
+            block_recurrent_grad(rows, seq_len, hidden, 2L * hidden, gh, t, d_rec, w_hh, b0, j,
+                                 rec);
+            // The per-step GEMM's accumulate: fmaf(1, direct, Σ) rounds as direct + Σ.
+            for (int r = 0; r < rows; ++r) rec[r] = direct[r] + rec[r];
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        if (j < hidden) dh_rec[(b0 + r) * hidden + j] = rec[r];
+    }
 }
 
 // The Elman-type cells, h_t = φ(pre_t + W h_{t−1}): the vanilla RNN (φ = tanh, or ReLU)

@@ -371,6 +371,7 @@ pub(crate) fn lstm_backward(
         (&x, &params),
         (&state0, 2 * hidden),
         (&out, out_rs),
+        None,
         dims,
     )?;
     // The peepholes: Σ over all rows of the gate's gradient times the cell state it reads

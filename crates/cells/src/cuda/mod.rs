@@ -100,7 +100,7 @@ pub(crate) const SCAN_MINLSTM: i32 = 1;
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 40] = [
+pub const KERNELS: [&str; 46] = [
     "gemm",
     "gemm_tiled",
     "add_bias",
@@ -128,6 +128,12 @@ pub const KERNELS: [&str; 40] = [
     "gru_backward_step",
     "gru_forward_persistent",
     "gru_backward_persistent",
+    "gru_before_rz_step",
+    "gru_before_n_step",
+    "gru_before_forward_persistent",
+    "gru_before_backward_step",
+    "gru_before_reset_step",
+    "gru_before_backward_persistent",
     "indrnn_forward",
     "indrnn_backward",
     "mingru_forward",

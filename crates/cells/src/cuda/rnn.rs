@@ -167,6 +167,7 @@ pub(crate) fn rnn_backward(
         (&x_dev, &params_dev),
         (&h0_dev, hidden),
         (&out_dev, seq_len * hidden),
+        None,
         dims,
     )?;
     Ok(Grads {
