@@ -355,7 +355,7 @@ impl CellSpec for LstmOptions {
     }
 
     fn has_cuda_kernel(&self) -> bool {
-        !self.full_gate_recurrence
+        true
     }
 
     fn validate(&self) -> Result<()> {

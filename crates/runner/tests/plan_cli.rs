@@ -169,19 +169,6 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &["`train.device` is `gpu`", "`cuda:N`"],
     );
     assert_config_error(
-        &BASE
-            .replace(
-                "cell: lstm",
-                "cell: lstm, ablation: { full_gate_recurrence: true }",
-            )
-            .replace("steps: 10", "steps: 10, device: cuda"),
-        &[
-            "`train.device: cuda`",
-            "`lstm (full gate recurrence)` has no CUDA kernel",
-            "`rnn`, `rnn_relu`, `lstm`, `gru`",
-        ],
-    );
-    assert_config_error(
         &BASE.replace("steps: 10", "steps: 10, clip: { norm: 1, value: 1 }"),
         &["`train.clip`: give `norm` or `value`, not both"],
     );

@@ -188,11 +188,14 @@ __device__ __forceinline__ void recurrent_product(int batch, int hidden, const f
 // bits each — i in bits 0–3, f in 4–7, g in 8–11, o in 12–15 — with 0xF for a removed
 // gate, and `flags`: LSTM_COUPLED (i = 1 − f), LSTM_INPUT_ACT (g = tanh(·)),
 // LSTM_OUTPUT_ACT (h = o · tanh(c)), LSTM_PEEPHOLES (p_i, p_f, p_o, each H floats, on the
-// gates that exist). The plain LSTM is cols 0x3210 with both activations.
+// gates that exist), LSTM_FGR (full gate recurrence: i, f and o also see G · [i; f; o]
+// of the step before, G = weight_gg (3H, 3H); the state is [h | c | i | f | o] and the
+// output's rows after the hidden states c_T, i_T, f_T, o_T). The plain LSTM is cols 0x3210 with both activations.
 #define LSTM_COUPLED 1
 #define LSTM_INPUT_ACT 2
 #define LSTM_OUTPUT_ACT 4
 #define LSTM_PEEPHOLES 8
+#define LSTM_FGR 16
 #define LSTM_ABSENT 0xF
 
 __device__ __forceinline__ int lstm_col(int cols, int gate) { return (cols >> (4 * gate)) & 0xF; }
@@ -201,7 +204,8 @@ __device__ __forceinline__ int lstm_col(int cols, int gate) { return (cols >> (4
 // of each gate block and c_{t−1} = cp. gates (B, T, G·H) holds the input projection with
 // both biases; the activated gates replace the pre-activations (the backward reads
 // them), c_t goes to cells (B, T, H), h_t to out at b·out_rs + t·H, and after the last
-// step c_T to out at b·out_rs + T·H. Returns h_t; c_t in *c_out.
+// step c_T to out at b·out_rs + T·H (and with LSTM_FGR i_T, f_T, o_T after it). Returns
+// h_t; c_t in *c_out.
 template <int G>
 __device__ __forceinline__ float lstm_update(int seq_len, int hidden, int t, int cols,
                                              int flags, const float* acc, float cp,
@@ -237,10 +241,106 @@ __device__ __forceinline__ float lstm_update(int seq_len, int hidden, int t, int
     cells[(b * seq_len + t) * hidden + j] = c;
     out[b * out_rs + (long)t * hidden + j] = h;
     if (t == seq_len - 1) {
-        out[b * out_rs + (long)seq_len * hidden + j] = c;
+        float* last = out + b * out_rs + (long)seq_len * hidden + j;
+        last[0] = c;
+        if (flags & LSTM_FGR) {
+            last[hidden] = i_t;
+            last[2 * hidden] = f_t;
+            last[3 * hidden] = o_t;
+        }
     }
     *c_out = c;
     return h;
+}
+
+// Full gate recurrence for row b, unit j, step t (all four gates, cols 0x3210): adds
+// Σ_k [i; f; o]_{t−1}(k) · G(q·H + j, k) to gate q's pre-activation (q: i, f, o), k in
+// order over [i | f | o]; w_gg_t = Gᵀ (3H, 3H), so that neighbouring units read
+// neighbouring weights. The gates before step 0 are the state's, at state0 + b·sw + 2H.
+__device__ __forceinline__ void lstm_gate_recurrence(int seq_len, int hidden, int t,
+                                                     const float* w_gg_t, const float* state0,
+                                                     long sw, float* gates, long b, int j) {
+    const long gh = 4L * hidden;
+    const float* prev[3];
+    if (t == 0) {
+        const float* s = state0 + b * sw + 2 * hidden;
+        prev[0] = s;
+        prev[1] = s + hidden;
+        prev[2] = s + 2 * hidden;
+    } else {
+        const float* row = gates + (b * seq_len + t - 1) * gh;
+        prev[0] = row;
+        prev[1] = row + hidden;
+        prev[2] = row + 3L * hidden;
+    }
+    float* g = gates + (b * seq_len + t) * gh + j;
+    const int col[3] = {0, 1, 3};
+    for (int q = 0; q < 3; ++q) {
+        float sum = 0.f;
+        for (int k = 0; k < 3 * hidden; ++k) {
+            sum = fmaf(prev[k / hidden][k % hidden], w_gg_t[(long)k * 3 * hidden + q * hidden + j],
+                       sum);
+        }
+        g[col[q] * (long)hidden] += sum;
+    }
+}
+
+// prev (B·T, 3H) = [i | f | o]_{t−1} of every step (the state's at t = 0), for G's
+// gradient; one thread per element, after the forward.
+extern "C" __global__ void lstm_previous_gates(int batch, int seq_len, int hidden,
+                                               const float* state0, long sw,
+                                               const float* gates, float* prev) {
+    const long n = 3L * hidden;
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * seq_len * n) return;
+    const long k = at % n, bt = at / n;
+    const int t = bt % seq_len;
+    const long b = bt / seq_len;
+    prev[at] = t == 0 ? state0[b * sw + 2 * hidden + k]
+                      : gates[(bt - 1) * 4 * hidden + (k < 2 * hidden ? k : k + hidden)];
+}
+
+// lstm_gate_recurrence for step t, one thread per (b, j), before lstm_forward_step_4.
+extern "C" __global__ void lstm_gate_recurrence_step(int batch, int seq_len, int hidden, int t,
+                                                     const float* w_gg_t, const float* state0,
+                                                     long sw, float* gates) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    lstm_gate_recurrence(seq_len, hidden, t, w_gg_t, state0, sw, gates, at / hidden,
+                         at % hidden);
+}
+
+// Backwards: what [i; f; o]_{t−1} receives through step t's gates, d_pre_t(i, f, o) · G,
+// for unit j: later[q] = Σ_c d_pre_t(c) · G(c, q·H + j), c in order over [i | f | o];
+// w_gg = G (3H, 3H) row-major.
+__device__ __forceinline__ void lstm_gate_recurrence_grad(int seq_len, int hidden, int t,
+                                                          const float* w_gg,
+                                                          const float* gates, long b, int j,
+                                                          float* later) {
+    const float* row = gates + (b * seq_len + t) * 4L * hidden;
+    const float* d[3] = {row, row + hidden, row + 3L * hidden};
+    for (int q = 0; q < 3; ++q) {
+        float sum = 0.f;
+        for (int c = 0; c < 3 * hidden; ++c) {
+            sum = fmaf(d[c / hidden][c % hidden], w_gg[(long)c * 3 * hidden + q * hidden + j],
+                       sum);
+        }
+        later[q] = sum;
+    }
+}
+
+// lstm_gate_recurrence_grad for step t, one thread per (b, j), after step t's pointwise
+// backward: d_later (B, 3H) = what step t − 1's i, f, o receive.
+extern "C" __global__ void lstm_gate_recurrence_grad_step(int batch, int seq_len, int hidden,
+                                                          int t, const float* w_gg,
+                                                          const float* gates, float* d_later) {
+    const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= (long)batch * hidden) return;
+    const int j = at % hidden;
+    const long b = at / hidden;
+    float later[3];
+    lstm_gate_recurrence_grad(seq_len, hidden, t, w_gg, gates, b, j, later);
+    for (int q = 0; q < 3; ++q) d_later[b * 3 * hidden + q * hidden + j] = later[q];
 }
 
 // One step t of an LSTM with G gate blocks: the recurrent term from recurrent_product,
@@ -281,7 +381,8 @@ LSTM_FORWARD_STEP(4)
 // and `flags` as forwards, G gate blocks): ∂L/∂h_t is the output's gradient plus the
 // recurrent one (dh_rec), kept in dh_all (T, B, H) for the gradient flow; the gradients
 // of the gates' pre-activations replace the activated gates in gates (B, T, G·H).
-// Takes ∂L/∂c_t and returns ∂L/∂c_{t−1}.
+// Takes ∂L/∂c_t and returns ∂L/∂c_{t−1}. With full gate recurrence `later` holds what
+// this step's i, f, o receive through the next step's gates (else null).
 __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, int hidden,
                                                       int t, int gate_blocks, int cols,
                                                       int flags, const float* grad_out,
@@ -289,7 +390,8 @@ __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, in
                                                       const float* cells, float cp,
                                                       const float* p_i, const float* p_f,
                                                       const float* p_o, float* gates,
-                                                      float* dh_all, long b, int j) {
+                                                      float* dh_all, const float* later,
+                                                      long b, int j) {
     const int ci = lstm_col(cols, 0), cf = lstm_col(cols, 1), cg = lstm_col(cols, 2),
               co = lstm_col(cols, 3);
     const bool peep = flags & LSTM_PEEPHOLES;
@@ -302,7 +404,8 @@ __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, in
     const float o_t = co != LSTM_ABSENT ? g[co * hidden] : 1.f;
     float dc = d_c + dh * o_t * squash;
     if (co != LSTM_ABSENT) {
-        const float d_pre = dh * tc * o_t * (1.f - o_t);
+        const float d_o = later ? dh * tc + later[2] : dh * tc;
+        const float d_pre = d_o * o_t * (1.f - o_t);
         g[co * hidden] = d_pre;
         if (peep) dc += d_pre * p_o[j];
     }
@@ -318,7 +421,7 @@ __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, in
     g[cg * hidden] = (flags & LSTM_INPUT_ACT) ? dc * input * (1.f - g_t * g_t) : dc * input;
     float dc_prev = dc;
     if (cf != LSTM_ABSENT) {
-        float d_f = dc * cp;
+        float d_f = later ? dc * cp + later[1] : dc * cp;
         if (flags & LSTM_COUPLED) d_f -= d_i;
         const float d_pre = d_f * f_t * (1.f - f_t);
         g[cf * hidden] = d_pre;
@@ -326,7 +429,7 @@ __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, in
         if (peep) dc_prev += d_pre * p_f[j];
     }
     if (ci != LSTM_ABSENT) {
-        const float d_pre = d_i * input * (1.f - input);
+        const float d_pre = (later ? d_i + later[0] : d_i) * input * (1.f - input);
         g[ci * hidden] = d_pre;
         if (peep) dc_prev += d_pre * p_i[j];
     }
@@ -335,7 +438,9 @@ __device__ __forceinline__ float lstm_backward_update(int batch, int seq_len, in
 
 // lstm_backward_update as one step's kernel, one thread per (b, j): dh_rec (B, H) holds
 // the recurrent share of ∂L/∂h_t, d_c (B, H) goes from ∂L/∂c_t to ∂L/∂c_{t−1}, and
-// c_{t−1}(b, j) = c_prev[b·c_rs + j]. The caller then sets dh_rec = d_pre[:, t] · W_hh.
+// c_{t−1}(b, j) = c_prev[b·c_rs + j], d_later (B, 3H) what i, f, o receive through the
+// next step (null without full gate recurrence). The caller then sets dh_rec =
+// d_pre[:, t] · W_hh (and d_later by lstm_gate_recurrence_grad_step).
 extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden, int t,
                                               int gate_blocks, int cols, int flags,
                                               const float* grad_out, long out_rs,
@@ -344,14 +449,20 @@ extern "C" __global__ void lstm_backward_step(int batch, int seq_len, int hidden
                                               const float* c_prev, long c_rs,
                                               const float* p_i, const float* p_f,
                                               const float* p_o,
-                                              float* gates, float* dh_all) {
+                                              float* gates, float* dh_all,
+                                              const float* d_later) {
     const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= (long)batch * hidden) return;
     const int j = at % hidden;
     const long b = at / hidden;
+    float later[3];
+    if (d_later) {
+        for (int q = 0; q < 3; ++q) later[q] = d_later[b * 3 * hidden + q * hidden + j];
+    }
     d_c[at] = lstm_backward_update(batch, seq_len, hidden, t, gate_blocks, cols, flags,
                                    grad_out, out_rs, dh_rec[at], d_c[at], cells,
-                                   c_prev[b * c_rs + j], p_i, p_f, p_o, gates, dh_all, b, j);
+                                   c_prev[b * c_rs + j], p_i, p_f, p_o, gates, dh_all,
+                                   d_later ? later : nullptr, b, j);
 }
 
 // out[j] = Σ_{b, t} d_pre(b, t, col·H + j) · c(b, t, j), the gradient of a peephole:
@@ -553,12 +664,13 @@ __device__ __forceinline__ void persistent_forward(int batch, int seq_len, int h
 // Direct); then ∂L/∂h_{t−1} = [that share +] d[:, t] · W_hh over the C = gate_blocks·H
 // columns of d (B, T, C), w_hh (C, H) row-major — the per-step GEMM's sums (its beta = 1
 // is fmaf(1, share, Σ), which rounds as share + Σ). dh_rec (B, H) enters with the
-// recurrent share of ∂L/∂h_T (zero) and leaves with that of ∂L/∂h0.
-template <bool Direct, class Pointwise>
+// recurrent share of ∂L/∂h_T (zero) and leaves with that of ∂L/∂h0. after(t, r, b, j)
+// runs after the barrier too, for what else reads step t's gradients of every unit.
+template <bool Direct, class Pointwise, class After>
 __device__ __forceinline__ void persistent_backward(int batch, int seq_len, int hidden,
                                                     int gate_blocks, const float* d,
                                                     const float* w_hh, float* dh_rec,
-                                                    Pointwise pointwise) {
+                                                    Pointwise pointwise, After after) {
     const int j = threadIdx.x;
     long b0;
     const int rows = block_rows(batch, &b0);
@@ -579,6 +691,7 @@ __device__ __forceinline__ void persistent_backward(int batch, int seq_len, int 
             if (Direct) {
                 for (int r = 0; r < rows; ++r) rec[r] = direct[r] + rec[r];
             }
+            for (int r = 0; r < rows; ++r) after(t, r, b0 + r, j);
         }
     }
     for (int r = 0; r < rows; ++r) {
@@ -591,9 +704,9 @@ __device__ __forceinline__ void persistent_backward(int batch, int seq_len, int 
 template <int G>
 __device__ __forceinline__ void lstm_forward_persistent(
     int batch, int seq_len, int hidden, int cols, int flags, const float* w_t,
-    const float* h0, long h0_rs, const float* c0, long c0_rs, const float* p_i,
-    const float* p_f, const float* p_o, float* gates, float* cells, float* out,
-    long out_rs) {
+    const float* w_gg_t, const float* h0, long h0_rs, const float* c0, long c0_rs,
+    const float* p_i, const float* p_f, const float* p_o, float* gates, float* cells,
+    float* out, long out_rs) {
     const int j = threadIdx.x;
     long b0;
     const int rows = block_rows(batch, &b0);
@@ -603,6 +716,10 @@ __device__ __forceinline__ void lstm_forward_persistent(
     }
     persistent_forward<G>(batch, seq_len, hidden, w_t, h0, h0_rs,
                           [&](int t, int r, long b, int u, const float* acc, float) {
+                              if (flags & LSTM_FGR) {
+                                  lstm_gate_recurrence(seq_len, hidden, t, w_gg_t, h0, h0_rs,
+                                                       gates, b, u);
+                              }
                               return lstm_update<G>(seq_len, hidden, t, cols, flags, acc, c[r],
                                                     p_i, p_f, p_o, gates, cells, out, out_rs,
                                                     b, u, &c[r]);
@@ -612,11 +729,12 @@ __device__ __forceinline__ void lstm_forward_persistent(
 #define LSTM_FORWARD_PERSISTENT(G)                                                        \
     extern "C" __global__ void lstm_forward_persistent_##G(                               \
         int batch, int seq_len, int hidden, int cols, int flags, const float* w_t,        \
-        const float* h0, long h0_rs, const float* c0, long c0_rs, const float* p_i,       \
-        const float* p_f, const float* p_o, float* gates, float* cells, float* out,       \
-        long out_rs) {                                                                    \
-        lstm_forward_persistent<G>(batch, seq_len, hidden, cols, flags, w_t, h0, h0_rs,   \
-                                   c0, c0_rs, p_i, p_f, p_o, gates, cells, out, out_rs);  \
+        const float* w_gg_t, const float* h0, long h0_rs, const float* c0, long c0_rs,    \
+        const float* p_i, const float* p_f, const float* p_o, float* gates, float* cells, \
+        float* out, long out_rs) {                                                        \
+        lstm_forward_persistent<G>(batch, seq_len, hidden, cols, flags, w_t, w_gg_t, h0,  \
+                                   h0_rs, c0, c0_rs, p_i, p_f, p_o, gates, cells, out,    \
+                                   out_rs);                                               \
     }
 LSTM_FORWARD_PERSISTENT(1)
 LSTM_FORWARD_PERSISTENT(2)
@@ -626,18 +744,26 @@ LSTM_FORWARD_PERSISTENT(4)
 // The LSTM's backward over the whole sequence: per step lstm_backward_update, then
 // ∂L/∂h_{t−1} = d_pre[:, t] · W_hh (w_hh (G·H, H)). dh_rec (B, H) enters zero and d_c
 // (B, H) with ∂L/∂c_T; they leave with the recurrent ∂L/∂h0 and ∂L/∂c0. cells holds
-// c_{t−1} (c0 at t = 0).
+// c_{t−1} (c0 at t = 0). With full gate recurrence d_later (B, 3H) enters with what
+// i_T, f_T, o_T receive from the output and leaves with the initial gates' gradient, and
+// w_gg is G (3H, 3H); both null otherwise.
 extern "C" __global__ void lstm_backward_persistent(
     int batch, int seq_len, int hidden, int gate_blocks, int cols, int flags,
-    const float* w_hh, const float* grad_out, long out_rs, float* dh_rec, float* d_c,
-    const float* cells, const float* c0, long c0_rs, const float* p_i, const float* p_f,
-    const float* p_o, float* gates, float* dh_all) {
+    const float* w_hh, const float* w_gg, const float* grad_out, long out_rs,
+    float* dh_rec, float* d_c, float* d_later, const float* cells, const float* c0,
+    long c0_rs, const float* p_i, const float* p_f, const float* p_o, float* gates,
+    float* dh_all) {
     const int j = threadIdx.x;
     long b0;
     const int rows = block_rows(batch, &b0);
-    float dc[SEQ_ROWS];
+    const bool fgr = flags & LSTM_FGR;
+    float dc[SEQ_ROWS], later[SEQ_ROWS][3];
     for (int r = 0; r < rows; ++r) {
-        if (j < hidden) dc[r] = d_c[(b0 + r) * hidden + j];
+        if (j >= hidden) continue;
+        dc[r] = d_c[(b0 + r) * hidden + j];
+        if (fgr) {
+            for (int q = 0; q < 3; ++q) later[r][q] = d_later[(b0 + r) * 3 * hidden + q * hidden + j];
+        }
     }
     persistent_backward<false>(
         batch, seq_len, hidden, gate_blocks, gates, w_hh, dh_rec,
@@ -646,11 +772,18 @@ extern "C" __global__ void lstm_backward_persistent(
                 t == 0 ? c0[b * c0_rs + u] : cells[(b * seq_len + t - 1) * hidden + u];
             dc[r] = lstm_backward_update(batch, seq_len, hidden, t, gate_blocks, cols, flags,
                                          grad_out, out_rs, dh, dc[r], cells, cp, p_i, p_f,
-                                         p_o, gates, dh_all, b, u);
+                                         p_o, gates, dh_all, fgr ? later[r] : nullptr, b, u);
             return 0.f;
+        },
+        [&](int t, int r, long b, int u) {
+            if (fgr) lstm_gate_recurrence_grad(seq_len, hidden, t, w_gg, gates, b, u, later[r]);
         });
     for (int r = 0; r < rows; ++r) {
-        if (j < hidden) d_c[(b0 + r) * hidden + j] = dc[r];
+        if (j >= hidden) continue;
+        d_c[(b0 + r) * hidden + j] = dc[r];
+        if (fgr) {
+            for (int q = 0; q < 3; ++q) d_later[(b0 + r) * 3 * hidden + q * hidden + j] = later[r][q];
+        }
     }
 }
 
@@ -683,7 +816,8 @@ extern "C" __global__ void gru_backward_persistent(int batch, int seq_len, int h
                 t == 0 ? h0[b * hidden + j] : out[(b * seq_len + t - 1) * hidden + j];
             return gru_backward_update(batch, seq_len, hidden, t, grad_out, gates, hn, hp, dh,
                                        d_pre, d_rec, dh_all, b, j);
-        });
+        },
+        [](int, int, long, int) {});
 }
 
 // The GRU with the reset gate before W_hn (Cho et al. 2014; src/gru.rs): per step
@@ -988,7 +1122,8 @@ extern "C" __global__ void elman_backward_persistent(int batch, int seq_len, int
                                                          out, grad_out, dh, d_pre,
                                                          d_bias_rows, dh_all, b, j);
                                    return 0.f;
-                               });
+                               },
+                               [](int, int, long, int) {});
 }
 
 // The IndRNN over the whole sequence, one thread per (b, j) (a unit sees only its own
@@ -1385,15 +1520,23 @@ extern "C" __global__ void lru_backward_scan(int batch, int seq_len, int hidden,
     u[2] = s_g;
 }
 
-// d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0]; one thread per (b, j).
+// d_state0 (B, 2H) = [∂L/∂h_0 | ∂L/∂c_0], or with full gate recurrence (d_later (B, 3H)
+// given) (B, 5H) = [∂L/∂h_0 | ∂L/∂c_0 | ∂L/∂[i | f | o]_0]; one thread per (b, j).
 extern "C" __global__ void lstm_state_grads(int batch, int hidden, const float* dh_rec,
-                                            const float* d_c, float* d_state0) {
+                                            const float* d_c, const float* d_later,
+                                            float* d_state0) {
     const long at = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (at >= (long)batch * hidden) return;
     const int j = at % hidden;
     const long b = at / hidden;
-    d_state0[b * 2 * hidden + j] = dh_rec[at];
-    d_state0[b * 2 * hidden + hidden + j] = d_c[at];
+    const long sw = d_later ? 5L * hidden : 2L * hidden;
+    d_state0[b * sw + j] = dh_rec[at];
+    d_state0[b * sw + hidden + j] = d_c[at];
+    if (d_later) {
+        for (int q = 0; q < 3; ++q) {
+            d_state0[b * sw + (2 + q) * hidden + j] = d_later[b * 3 * hidden + q * hidden + j];
+        }
+    }
 }
 
 // out (cols, rows) = inᵀ for in (rows, cols); one thread per element.

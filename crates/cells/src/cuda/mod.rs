@@ -100,7 +100,7 @@ pub(crate) const SCAN_MINLSTM: i32 = 1;
 
 /// Every `extern "C"` kernel of [`KERNEL_SOURCE`], by name: what [`Gpu::open`] loads and
 /// the emulator dispatches on.
-pub const KERNELS: [&str; 46] = [
+pub const KERNELS: [&str; 49] = [
     "gemm",
     "gemm_tiled",
     "add_bias",
@@ -115,6 +115,9 @@ pub const KERNELS: [&str; 46] = [
     "lstm_backward_step",
     "lstm_peephole_grad",
     "lstm_state_grads",
+    "lstm_gate_recurrence_step",
+    "lstm_gate_recurrence_grad_step",
+    "lstm_previous_gates",
     "lstm_forward_persistent_1",
     "lstm_forward_persistent_2",
     "lstm_forward_persistent_3",
