@@ -2,7 +2,9 @@
 //
 // Determinism: every output element is computed by one thread with its sums in a fixed
 // order (no atomics, no split reductions), so a run repeated on the same GPU gives the
-// same bits. Index arithmetic is in `long` so that B·T·G·H may pass 2^31.
+// same bits. Index arithmetic is in `long` so that B·T·G·H may pass 2^31. Weights that a
+// kernel only reads are `__restrict__` where they pass through the recurrent products,
+// so that their loads may take the read-only cache.
 
 #define TILE 16
 
@@ -159,7 +161,8 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)
 // and the block's rows of h_{t−1}(b, k) = h_prev[b·h_rs + k] staged in shared memory.
 // Every thread of the block must call it (it synchronises); k runs in order.
 template <int G>
-__device__ __forceinline__ void recurrent_product(int batch, int hidden, const float* w_t,
+__device__ __forceinline__ void recurrent_product(int batch, int hidden,
+                                                  const float* __restrict__ w_t,
                                                   const float* h_prev, long h_rs,
                                                   long b, int j, float* acc) {
     __shared__ float hs[STEP_ROWS][STEP_UNITS];
@@ -589,7 +592,8 @@ extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden,
 // acc[r][g] = Σ_k hs[r][k] · W_hhᵀ(k, g·H + j) for the block's `rows` rows, k in order
 // from 0 (recurrent_product's sums). Reads hs only.
 template <int G>
-__device__ __forceinline__ void block_product(int rows, int hidden, const float* w_t,
+__device__ __forceinline__ void block_product(int rows, int hidden,
+                                              const float* __restrict__ w_t,
                                               const float (*hs)[SEQ_MAX_UNITS], int j,
                                               float (*acc)[G]) {
     for (int r = 0; r < SEQ_ROWS; ++r)
@@ -615,7 +619,8 @@ __device__ __forceinline__ void block_product(int rows, int hidden, const float*
 // W (cols, H) row-major (neighbouring threads read neighbouring weights).
 __device__ __forceinline__ void block_recurrent_grad(int rows, int seq_len, int hidden,
                                                      long cols, long d_rs, int t,
-                                                     const float* d, const float* w, long b0,
+                                                     const float* d, const float* __restrict__ w,
+                                                     long b0,
                                                      int j, float* rec) {
     for (int r = 0; r < SEQ_ROWS; ++r) rec[r] = 0.f;
     for (long c = 0; c < cols; ++c) {
