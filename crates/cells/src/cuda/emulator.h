@@ -23,6 +23,7 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 // One block runs at a time, so a function's static array is its block's shared memory.
 #define __shared__ static
 using std::max;

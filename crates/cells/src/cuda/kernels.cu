@@ -588,6 +588,9 @@ extern "C" __global__ void gru_backward_step(int batch, int seq_len, int hidden,
 // term in the same order, so both paths give the same bits.
 #define SEQ_ROWS 4
 #define SEQ_MAX_UNITS 1024
+// A persistent kernel's block may have SEQ_MAX_UNITS threads: the compiler must fit
+// their registers (else the launch fails for want of resources at large H).
+#define PERSISTENT __launch_bounds__(SEQ_MAX_UNITS)
 
 // acc[r][g] = Σ_k hs[r][k] · W_hhᵀ(k, g·H + j) for the block's `rows` rows, k in order
 // from 0 (recurrent_product's sums). Reads hs only.
@@ -732,7 +735,7 @@ __device__ __forceinline__ void lstm_forward_persistent(
 }
 
 #define LSTM_FORWARD_PERSISTENT(G)                                                        \
-    extern "C" __global__ void lstm_forward_persistent_##G(                               \
+    extern "C" __global__ void PERSISTENT lstm_forward_persistent_##G(                    \
         int batch, int seq_len, int hidden, int cols, int flags, const float* w_t,        \
         const float* w_gg_t, const float* h0, long h0_rs, const float* c0, long c0_rs,    \
         const float* p_i, const float* p_f, const float* p_o, float* gates, float* cells, \
@@ -752,7 +755,7 @@ LSTM_FORWARD_PERSISTENT(4)
 // c_{t−1} (c0 at t = 0). With full gate recurrence d_later (B, 3H) enters with what
 // i_T, f_T, o_T receive from the output and leaves with the initial gates' gradient, and
 // w_gg is G (3H, 3H); both null otherwise.
-extern "C" __global__ void lstm_backward_persistent(
+extern "C" __global__ void PERSISTENT lstm_backward_persistent(
     int batch, int seq_len, int hidden, int gate_blocks, int cols, int flags,
     const float* w_hh, const float* w_gg, const float* grad_out, long out_rs,
     float* dh_rec, float* d_c, float* d_later, const float* cells, const float* c0,
@@ -794,7 +797,7 @@ extern "C" __global__ void lstm_backward_persistent(
 
 // The GRU's forward over the whole sequence (arguments as gru_forward_step's, with h0
 // (B, H) instead of step t's h_{t−1}).
-extern "C" __global__ void gru_forward_persistent(int batch, int seq_len, int hidden,
+extern "C" __global__ void PERSISTENT gru_forward_persistent(int batch, int seq_len, int hidden,
                                                   const float* w_t, const float* b_hn,
                                                   const float* h0, float* gates, float* hn,
                                                   float* out) {
@@ -808,7 +811,7 @@ extern "C" __global__ void gru_forward_persistent(int batch, int seq_len, int hi
 // The GRU's backward over the whole sequence: per step gru_backward_update, then
 // ∂L/∂h_{t−1} = its direct share + d_rec[:, t] · W_hh (w_hh (3H, H)); dh_rec (B, H)
 // enters zero and leaves with ∂L/∂h0.
-extern "C" __global__ void gru_backward_persistent(int batch, int seq_len, int hidden,
+extern "C" __global__ void PERSISTENT gru_backward_persistent(int batch, int seq_len, int hidden,
                                                    const float* w_hh, const float* grad_out,
                                                    const float* gates, const float* hn,
                                                    const float* h0, const float* out,
@@ -876,7 +879,7 @@ extern "C" __global__ void gru_before_n_step(int batch, int seq_len, int hidden,
 // The whole forward in one launch (see "Persistent kernels"): per step the product for
 // r and z over h_{t−1} (in shared memory), then, after a barrier, the one for n over
 // r ⊙ h_{t−1} (in shared memory too).
-extern "C" __global__ void gru_before_forward_persistent(int batch, int seq_len, int hidden,
+extern "C" __global__ void PERSISTENT gru_before_forward_persistent(int batch, int seq_len, int hidden,
                                                          const float* w_rz_t,
                                                          const float* w_n_t, const float* h0,
                                                          float* gates, float* extra,
@@ -988,7 +991,7 @@ extern "C" __global__ void gru_before_reset_step(int batch, int seq_len, int hid
 // d_rh from d_pre's n columns and W_hn (w_hh's last H rows) and the second part, then
 // (after another) ∂L/∂h_{t−1} = that share + d_rec[:, t, r and z] · W_hr,hz (w_hh's
 // first 2H rows). dh_rec (B, H) enters zero and leaves with ∂L/∂h0.
-extern "C" __global__ void gru_before_backward_persistent(
+extern "C" __global__ void PERSISTENT gru_before_backward_persistent(
     int batch, int seq_len, int hidden, const float* w_hh, const float* grad_out,
     const float* gates, const float* h0, const float* out, float* dh_rec, float* d_pre,
     float* d_rec, float* dh_all) {
@@ -1101,7 +1104,7 @@ extern "C" __global__ void elman_backward_step(int batch, int seq_len, int hidde
 
 // The Elman forward over the whole sequence, persistent (see "Persistent kernels"):
 // arguments as elman_forward_step's, with h0 (B, H) instead of step t's h_{t−1}.
-extern "C" __global__ void elman_forward_persistent(int batch, int seq_len, int hidden,
+extern "C" __global__ void PERSISTENT elman_forward_persistent(int batch, int seq_len, int hidden,
                                                     int activation, const float* w_t,
                                                     const float* bias, const float* h0,
                                                     float* out) {
@@ -1116,7 +1119,7 @@ extern "C" __global__ void elman_forward_persistent(int batch, int seq_len, int 
 // The Elman backward over the whole sequence, persistent: per step
 // elman_backward_update, then ∂L/∂h_{t−1} = d_pre[:, t] · W (w (H, H) row-major);
 // dh_rec (B, H) enters zero and leaves with ∂L/∂h0.
-extern "C" __global__ void elman_backward_persistent(int batch, int seq_len, int hidden,
+extern "C" __global__ void PERSISTENT elman_backward_persistent(int batch, int seq_len, int hidden,
                                                      int activation, const float* w,
                                                      const float* out, const float* grad_out,
                                                      float* dh_rec, float* d_pre,
