@@ -118,17 +118,7 @@ pub(crate) fn exprnn_backward(
     ];
     if gpu.persistent(hidden) {
         // W row-major, so that neighbouring threads read neighbouring weights.
-        let w = gpu.zeros::<f32>(hidden * hidden)?;
-        gpu.launch(
-            "transpose",
-            Gpu::elementwise(hidden * hidden),
-            &[
-                &int(hidden),
-                &int(hidden),
-                &gpu.at(&w_t_dev, 0, hidden * hidden)?,
-                &gpu.at(&w, 0, hidden * hidden)?,
-            ],
-        )?;
+        let w = gated::transposed(gpu, (&w_t_dev, 0), hidden, hidden)?;
         gpu.launch(
             "elman_backward_persistent",
             gated::persistent_launch(batch, hidden),
