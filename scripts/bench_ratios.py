@@ -10,7 +10,11 @@ cell's step time against CELL's at the same shape instead (below 1: faster than 
 With `--peak GFLOPS` (what `rnnlab bench --peak 2048` measured at the same thread count),
 the table adds rnnlab's achieved GFLOP/s (the `gflop_per_s` column: 6 flops per matrix
 weight, step and sequence) and its share of that peak. Where a shape was measured in
-several rounds, its median step time (and largest peak RSS) is used. Standard library only.
+several rounds, its median step time (and largest peak RSS) is used. Rows of
+`rnnlab bench --device cuda` (with `gpu_ms`) add a table of where the GPU step's time
+goes, over a few extra steps counted after the timed ones: their mean step, inside the
+fused kernels' calls (copies included), the host-device copies alone, and the rest on the
+CPU (head, loss, Adam, candle's tensors). Standard library only.
 """
 
 import csv
@@ -34,6 +38,18 @@ def read(paths):
                     memory[(row["impl"], key)] = peak
     times = {k: statistics.median(v) for k, v in samples.items()}
     return times, memory, {k: statistics.median(v) for k, v in rates.items()}
+
+
+def gpu_split(paths):
+    """Median counted_ms, gpu_ms, copy_ms, copy_bytes per rnnlab shape measured on a GPU."""
+    splits = {}
+    for path in paths:
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row["impl"] == "rnnlab" and row.get("gpu_ms"):
+                    key = (row["cell"], int(row["hidden"]), int(row["seq_len"]), int(row["batch"]), int(row["threads"]))
+                    splits.setdefault(key, []).append([float(row[c]) for c in ("counted_ms", "gpu_ms", "copy_ms", "copy_bytes")])
+    return {k: [statistics.median(column) for column in zip(*v)] for k, v in splits.items()}
 
 
 def versus(reference, paths):
@@ -73,6 +89,18 @@ def main(paths, peak=None):
             rate = rates.get(("rnnlab", key))
             line += " - | - |" if rate is None else f" {rate:.1f} | {100 * rate / peak:.0f} % |"
         print(line)
+    splits = gpu_split(paths)
+    if splits:
+        print()
+        print("Where rnnlab's GPU step goes (ms per step, over the extra steps that counted it):")
+        print()
+        print("| cell | H | T | B | step | in the fused kernels' calls | of which copies | MB copied | rest on the CPU |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for key in sorted(splits):
+            step, busy, copies, copied = splits[key]
+            mb = copied / 1e6
+            cell, hidden, seq_len, batch, _ = key
+            print(f"| {cell} | {hidden} | {seq_len} | {batch} | {step:.2f} | {busy:.2f} | {copies:.2f} | {mb:.1f} | {step - busy:.2f} |")
 
 
 if __name__ == "__main__":

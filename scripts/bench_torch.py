@@ -21,7 +21,9 @@ import subprocess
 import sys
 import time
 
-HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device"
+# rnnlab bench's header; the last four columns (where a GPU step's time goes inside
+# rnnlab) stay empty here.
+HEADER = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device,counted_ms,gpu_ms,copy_ms,copy_bytes"
 
 
 def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds, device):
@@ -84,7 +86,7 @@ def measure(cell, hidden, seq_len, batch, threads, warmup, repeats, max_seconds,
     # rnnlab bench's count: 6 flops (3 multiply-adds) per matrix weight, step and sequence.
     matrix_weights = sum(p.numel() for p in layer.parameters() if p.dim() == 2)
     gflops = 6 * batch * seq_len * matrix_weights / (ms / 1e3) / 1e9
-    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f},{gflops:.2f},{device}"
+    return f"torch,{cell},{hidden},{seq_len},{batch},{threads},{ms:.3f},{rate:.0f},{peak_mb:.1f},{gflops:.2f},{device},,,,"
 
 
 def main():

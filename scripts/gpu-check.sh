@@ -9,7 +9,9 @@
 #                                bits), and `rnnlab bench --device cuda` beside PyTorch
 #                                cuDNN, LSTM and GRU at B = 32, H = 128/256/512,
 #                                T = 100/1,000, with each time loop (per step,
-#                                persistent) as well
+#                                persistent) as well, and where rnnlab's GPU step goes
+#                                (kernels, host-device copies, the CPU's head, loss and
+#                                optimiser: bench_ratios.py's second table)
 #
 # Output: results/bench/gpu/ (log, CSVs, ratios), copied to $OUT when set. About 4–7
 # minutes of device time. CUDA's libraries are looked up in /usr/local/cuda/lib64.

@@ -544,12 +544,10 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
                 slice(s3, l3)?,
             )?),
             #[cfg(feature = "cuda")]
-            (Backend::Cuda(gpu), CpuStorage::F32(_)) => CpuStorage::F32(self.kernel.cuda_forward(
-                gpu,
-                slice(s1, l1)?,
-                slice(s2, l2)?,
-                slice(s3, l3)?,
-            )?),
+            (Backend::Cuda(gpu), CpuStorage::F32(_)) => {
+                let [x, state0, params] = [slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?];
+                CpuStorage::F32(gpu.busy(|| self.kernel.cuda_forward(gpu, x, state0, params))?)
+            }
             _ => bail!("{} runs in f32 or f64 on the CPU, f32 on a GPU", K::NAME),
         };
         Ok((storage, self.kernel.out_shape()))
@@ -598,7 +596,7 @@ impl<K: Kernel> CustomOp3 for FusedOp<K> {
             }),
             #[cfg(feature = "cuda")]
             (Backend::Cuda(gpu), DType::F32) => run::<f32>(K::NAME, args, |[x, s, p, o, g]| {
-                kernel.cuda_backward(gpu, x, s, p, o, g)
+                gpu.busy(|| kernel.cuda_backward(gpu, x, s, p, o, g))
             }),
             (_, other) => bail!("{} cannot run in {other:?} here", K::NAME),
         }

@@ -198,12 +198,46 @@ fn emulated_kernels_match_the_cpu_kernels() {
     let Some(gpus) = emulator("emulated_kernels_match_the_cpu_kernels") else {
         return;
     };
+    copies_move_each_input_and_output_once(&gpus[0]);
     // Partial tiles and blocks: H = 40 spans two blocks of 32 units, B = 9 two of 8 rows
     // (three persistent blocks of 4).
     matches_the_cpu(&gpus, &[(1, 1, 3, 1), (3, 7, 2, 5), (9, 6, 3, 40)]);
     for gpu in &gpus {
         reruns_give_the_same_bits(gpu, (3, 5, 2, 7));
     }
+}
+
+/// An LSTM layer's forward and backward on `gpu`, counted ([`Gpu::count_time`]): each
+/// copies its inputs up and its results down once, and what the forward keeps for the
+/// backward stays on the device. Up: `x (B·T·I)`, `[h0 | c0] (B·2H)`, the parameters
+/// `4H·(I + H + 2)`, the bias `b_ih + b_hh (4H)` summed on the host, then the output's
+/// gradient `(B·(T + 1)·H)` and its `c_T` row again `(B·H)`, which the kernel reads as
+/// a buffer of its own; down: the output, the gradients of `x`, the state and the
+/// parameters, and the traced gradient flow (`B·T` f64 norms).
+fn copies_move_each_input_and_output_once(gpu: &Arc<Gpu>) {
+    let (batch, seq_len, input, hidden) = (3, 5, 2, 7);
+    let lstm = registry::examples()
+        .into_iter()
+        .find(|cell| cell.label() == "lstm")
+        .expect("the plain LSTM is an example");
+    gpu.count_time();
+    run(
+        &lstm,
+        (batch, seq_len, input, hidden),
+        &Backend::Cuda(gpu.clone()),
+    );
+    let time = gpu.take_time().expect("counting");
+    let each_way = batch * seq_len * input
+        + batch * 2 * hidden
+        + 4 * hidden * (input + hidden + 2)
+        + batch * (seq_len + 1) * hidden;
+    // 3·5·2 + 3·14 + 28·11 + 3·6·7 = 30 + 42 + 308 + 126 = 506 floats.
+    assert_eq!(each_way, 506);
+    // 2·506 + 28 + 21 floats, and 15 f64.
+    assert_eq!(time.copied_bytes, 4 * (2 * 506 + 28 + 21) + 8 * 15);
+    assert_eq!(time.calls, 2, "one forward and one backward");
+    assert!(time.copies <= time.busy, "{time:?}");
+    assert_eq!(gpu.take_time().expect("still counting").calls, 0);
 }
 
 #[test]

@@ -5,7 +5,12 @@
 //! last step, MSE, backward, and an Adam update (rnnlab's cells: the runner's own
 //! `Trainer`; candle-nn's cells: candle-nn's `AdamW` with weight decay 0). The batch is generated once, outside the timing. Each shape is warmed up, then
 //! timed over repeated steps; the median is reported. Peak RSS is the process's
-//! high-water mark of a process that runs only that shape.
+//! high-water mark of a process that runs only that shape. On a GPU, a few more steps
+//! after the timed ones count where the time goes (`counted_ms`: their mean step;
+//! `gpu_ms`: inside the fused kernels' calls, copies included; `copy_ms`, `copy_bytes`: the
+//! host↔device copies alone; the rest is the CPU's), so the
+//! cost of the head, loss and optimiser on the CPU and of the copies is measured; those
+//! steps are not in `ms_per_step`, since timing each copy alone adds synchronisations.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,7 +22,7 @@ use candle_nn::{AdamW, Optimizer as _, ParamsAdamW, RNN, VarBuilder, VarMap};
 
 use crate::config::{DeviceName, Optimizer};
 use crate::optim::Trainer;
-use rnnlab_cells::{CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
+use rnnlab_cells::{Backend, CellKind, CellOptions, HeadKind, Init, Model, ModelConfig};
 use rnnlab_tasks::{Split, Targets, Task, TaskConfig};
 
 use crate::cli::{BenchArgs, BenchImpl, CudaLoop};
@@ -47,7 +52,25 @@ struct Measurement {
     matrix_weights: usize,
     /// Where rnnlab's kernels ran (`cpu` for candle-nn).
     device: DeviceName,
+    /// Where a GPU step's time went (`None` on the CPU).
+    gpu_split: Option<GpuSplit>,
 }
+
+/// Where one GPU training step's time went, averaged over the counted steps.
+#[derive(Debug, Clone, Copy)]
+struct GpuSplit {
+    /// The counted steps' mean wall time.
+    step_ms: f64,
+    /// Inside the fused kernels' forwards and backwards (copies, kernels, waiting).
+    busy_ms: f64,
+    /// Of which host↔device copies, each timed alone.
+    copy_ms: f64,
+    /// Bytes those copies moved, both ways (the same every step).
+    copy_bytes: u64,
+}
+
+/// Steps counted for a [`GpuSplit`] after the timed ones (fewer if `--repeats` is less).
+const SPLIT_STEPS: usize = 3;
 
 /// The arithmetic of one training step as the "6 per weight per token" rule counts it:
 /// every weight in a matrix takes part in one multiply-add in the forward and two in
@@ -60,7 +83,7 @@ fn step_flop(batch: usize, seq_len: usize, matrix_weights: usize) -> f64 {
 }
 
 /// The CSV header shared with `scripts/bench_torch.py`.
-const CSV_HEADER: &str = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device";
+const CSV_HEADER: &str = "impl,cell,hidden,seq_len,batch,threads,ms_per_step,seq_steps_per_s,peak_rss_mb,gflop_per_s,device,counted_ms,gpu_ms,copy_ms,copy_bytes";
 
 impl Measurement {
     fn csv(&self) -> String {
@@ -71,8 +94,14 @@ impl Measurement {
         let gflops = step_flop(self.batch, self.seq_len, self.matrix_weights)
             / (self.ms_per_step / 1e3)
             / 1e9;
+        let split = self.gpu_split.map_or(",,,".into(), |s| {
+            format!(
+                "{:.3},{:.3},{:.3},{}",
+                s.step_ms, s.busy_ms, s.copy_ms, s.copy_bytes
+            )
+        });
         format!(
-            "{},{},{},{},{},{},{:.3},{rate:.0},{rss},{gflops:.4},{}",
+            "{},{},{},{},{},{},{:.3},{rate:.0},{rss},{gflops:.4},{},{split}",
             self.implementation.as_str(),
             self.cell.name,
             self.hidden,
@@ -114,7 +143,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .build()
             .context("starting the benchmark's thread pool")?;
         let budget = Duration::from_secs_f64(args.max_seconds);
-        let (ms_per_step, peak_rss_mb) =
+        let (ms_per_step, peak_rss_mb, gpu_split) =
             pool.install(|| measure(shape, args.warmup, args.repeats.get(), budget))?;
         let row = Measurement {
             implementation: shape.implementation,
@@ -130,6 +159,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 BenchImpl::Rnnlab => shape.device,
                 BenchImpl::CandleNn => DeviceName::Cpu,
             },
+            gpu_split,
         };
         println!("{}", row.csv());
         return Ok(());
@@ -284,20 +314,21 @@ struct Shape {
     cuda_loop: CudaLoop,
 }
 
-/// A training step, ready to be called repeatedly.
-type Step = Box<dyn FnMut() -> candle_core::Result<()>>;
+/// A training step, ready to be called repeatedly, and where its fused kernels run.
+type Step = (Box<dyn FnMut() -> candle_core::Result<()>>, Backend);
 
 /// A candle-nn recurrent layer's forward to its last hidden state.
 type Layer = dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
 
-/// Median ms per step and the peak RSS for one shape.
+/// Median ms per step, the peak RSS and (on a GPU) where a step's time went, for one
+/// shape.
 fn measure(
     shape: Shape,
     warmup: usize,
     repeats: usize,
     budget: Duration,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let mut step = build(shape).with_context(|| format!("building {shape:?}"))?;
+) -> anyhow::Result<(f64, Option<f64>, Option<GpuSplit>)> {
+    let (mut step, backend) = build(shape).with_context(|| format!("building {shape:?}"))?;
     let started = Instant::now();
     for _ in 0..warmup {
         step()?;
@@ -318,7 +349,37 @@ fn measure(
         }
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], crate::resources::peak_rss_mb()))
+    let split = gpu_split(&backend, &mut step, repeats.min(SPLIT_STEPS))?;
+    Ok((
+        times[times.len() / 2],
+        crate::resources::peak_rss_mb(),
+        split,
+    ))
+}
+
+/// Runs `steps` more steps counting where their time goes on the GPU; `None` on the CPU.
+fn gpu_split(
+    backend: &Backend,
+    step: &mut dyn FnMut() -> candle_core::Result<()>,
+    steps: usize,
+) -> anyhow::Result<Option<GpuSplit>> {
+    #[cfg(feature = "cuda")]
+    if let Backend::Cuda(gpu) = backend {
+        gpu.count_time();
+        let started = Instant::now();
+        (0..steps).try_for_each(|_| step())?;
+        let wall = started.elapsed();
+        let time = gpu.take_time().context("the GPU stopped counting")?;
+        let per_step = |total: f64| total / steps as f64;
+        return Ok(Some(GpuSplit {
+            step_ms: per_step(wall.as_secs_f64() * 1e3),
+            busy_ms: per_step(time.busy.as_secs_f64() * 1e3),
+            copy_ms: per_step(time.copies.as_secs_f64() * 1e3),
+            copy_bytes: time.copied_bytes / steps as u64,
+        }));
+    }
+    let _ = (backend, step, steps); // only a GPU's time is split
+    Ok(None)
 }
 
 fn build(shape: Shape) -> anyhow::Result<Step> {
@@ -357,14 +418,16 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
             };
             let mut params = Init::default().params(&config, 0, DType::F32, &Device::Cpu)?;
             params.set_backend(crate::train::open_backend(device, cuda_loop)?);
+            let backend = params.backend().clone();
             let model = Model::new(&config, &params)?;
             // The runner's own Adam, so the benchmark times what `rnnlab run` trains with.
             let vars = params.iter().map(|(_, v)| v.clone()).collect();
             let mut trainer = Trainer::new(Optimizer::Adam { lr: 1e-3 }, vars)?;
-            Ok(Box::new(move || {
+            let step = move || {
                 let (y, _) = model.forward(&xs)?;
                 trainer.step(&candle_nn::loss::mse(&y, &ys)?.backward()?)
-            }))
+            };
+            Ok((Box::new(step), backend))
         }
         BenchImpl::CandleNn => {
             let varmap = VarMap::new();
@@ -382,10 +445,11 @@ fn build(shape: Shape) -> anyhow::Result<Step> {
                 other => bail!("candle-nn has no `{other}` cell"),
             };
             let mut optimizer = AdamW::new(varmap.all_vars(), adam)?;
-            Ok(Box::new(move || {
+            let step = move || {
                 let y = candle_core::Module::forward(&head, &layer(&xs)?)?;
                 optimizer.backward_step(&candle_nn::loss::mse(&y, &ys)?)
-            }))
+            };
+            Ok((Box::new(step), Backend::Cpu))
         }
     }
 }

@@ -483,13 +483,14 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
             "{name} missing from the benchmark:\n{bench}"
         );
     }
-    // Every row ends with the achieved GFLOP/s, positive for every cell (each has a
-    // matrix of weights), and the device.
+    // Every row has the achieved GFLOP/s, positive for every cell (each has a matrix of
+    // weights), the device, and on the CPU no split of a GPU step.
     for row in bench.lines().filter(|l| l.starts_with("rnnlab,")) {
         let fields: Vec<&str> = row.split(',').collect();
-        assert_eq!(fields.len(), 11, "{row}");
+        assert_eq!(fields.len(), 15, "{row}");
         assert!(fields[9].parse::<f64>().unwrap() > 0.0, "{row}");
         assert_eq!(fields[10], "cpu", "{row}");
+        assert_eq!(fields[11..], ["", "", "", ""], "{row}");
     }
     let peak = ok(&rnnlab(&[
         "bench",
@@ -581,6 +582,7 @@ fn a_sweep_on_the_cuda_emulator_trains_as_on_the_cpu_and_reruns_bit_for_bit() {
     };
     let first = emulated(&[]);
     assert!(first.contains("4 runs trained"), "{first}");
+    bench_splits_the_gpu_step(&library);
     let gpu = final_losses(&results.join("tiny"));
     emulated(&["--force"]);
     assert_eq!(
@@ -607,4 +609,40 @@ fn a_sweep_on_the_cuda_emulator_trains_as_on_the_cpu_and_reruns_bit_for_bit() {
             "{cell} seed {seed}: {on_gpu} on the emulated GPU, {on_cpu} on the CPU"
         );
     }
+}
+
+/// `rnnlab bench --device cuda` on the emulator: the row says where the step's time went,
+/// and the bytes copied are exactly the LSTM layer's inputs and outputs (B = 2, T = 5,
+/// I = 2, H = 4): `x` 20, `[h0 | c0]` 16, parameters 16·8 = 128, output 2·6·4 = 48
+/// floats up and down (212 each way), plus the summed bias (16) and the `c_T` gradient
+/// row (8) up: 448 floats, 1,792 bytes; and the gradient flow's `B·T` f64 norms down,
+/// 80 bytes.
+#[cfg(feature = "cuda")]
+fn bench_splits_the_gpu_step(library: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rnnlab"))
+        .args([
+            "bench", "--impl", "rnnlab", "--cells", "lstm", "--device", "cuda",
+        ])
+        .args(["--hidden", "4", "--seq-len", "5", "--batch", "2"])
+        .args(["--warmup", "0", "--repeats", "2"])
+        .env("RNNLAB_CUDA_EMULATOR", library)
+        .output()
+        .unwrap();
+    let table = ok(&output);
+    let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("rnnlab,lstm,4,5,2,"))
+        .unwrap_or_else(|| panic!("no LSTM row:\n{table}"))
+        .split(',')
+        .collect();
+    let column = |name: &str| -> f64 {
+        let at = header.iter().position(|h| *h == name).unwrap();
+        row[at]
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} = {:?}: {e}", row[at]))
+    };
+    assert_eq!(column("copy_bytes"), 1792.0 + 80.0);
+    let (step, busy, copies) = (column("counted_ms"), column("gpu_ms"), column("copy_ms"));
+    assert!(0.0 < copies && copies <= busy && busy <= step, "{table}");
 }

@@ -27,7 +27,8 @@ mod scan;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use candle_core::{Error, Result, bail};
 use cudarc::driver::{
@@ -252,12 +253,32 @@ pub const PERSISTENT_MAX_UNITS: usize = 1024;
 /// two cross, not yet measured (`scripts/gpu-check.sh` times both).
 pub const PERSISTENT_MAX_HIDDEN: usize = 128;
 
+/// Where a [`Gpu`]'s time went, counted once [`Gpu::count_time`] asked for it: what
+/// `rnnlab bench --device cuda` reports beside the step time, so that the cost of
+/// keeping the head, loss and optimiser on the CPU is measured, not guessed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuTime {
+    /// Wall time inside the fused kernels' forwards and backwards: uploads, kernels and
+    /// downloads (each call ends with a download, which waits for its kernels).
+    pub busy: Duration,
+    /// Of which copies between host and device, each timed alone: the stream is
+    /// synchronised before and after it (harmless here, since every download waits for
+    /// the stream anyway).
+    pub copies: Duration,
+    /// Bytes those copies moved, both ways.
+    pub copied_bytes: u64,
+    /// Forward and backward calls counted.
+    pub calls: u64,
+}
+
 /// One GPU with its own stream and the kernels loaded: what one training run holds.
 /// Several runs (`--jobs N`) each open their own and share the device.
 pub struct Gpu {
     device: Device,
     name: String,
     time_loop: TimeLoop,
+    /// The time counted so far, once counting ([`Gpu::count_time`]).
+    timing: Mutex<Option<GpuTime>>,
     /// The device's streaming multiprocessors: a GEMM whose 64 × 64 blocks fill them
     /// takes the tiled kernel. The emulator counts as 2, so that its tests run both.
     multiprocessors: usize,
@@ -340,6 +361,7 @@ impl Gpu {
             device: Device::Cuda { stream, kernels },
             name: format!("cuda:{ordinal} ({name})"),
             time_loop: TimeLoop::Auto,
+            timing: Mutex::new(None),
             multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
         })
     }
@@ -361,6 +383,7 @@ impl Gpu {
             device: Device::Emulated(library),
             name: "the CUDA emulator".into(),
             time_loop: TimeLoop::Auto,
+            timing: Mutex::new(None),
             multiprocessors: 2,
         })
     }
@@ -368,6 +391,75 @@ impl Gpu {
     /// This handle with the recurrent time loops run as `time_loop` says.
     pub fn with_time_loop(self, time_loop: TimeLoop) -> Self {
         Self { time_loop, ..self }
+    }
+
+    /// Starts counting where this handle's time goes, from zero ([`Gpu::take_time`]).
+    pub fn count_time(&self) {
+        *self.time() = Some(GpuTime::default());
+    }
+
+    /// The time counted since [`Gpu::count_time`] or the last call (`None` when not
+    /// counting), and the count restarted.
+    pub fn take_time(&self) -> Option<GpuTime> {
+        self.time().as_mut().map(std::mem::take)
+    }
+
+    fn time(&self) -> std::sync::MutexGuard<'_, Option<GpuTime>> {
+        self.timing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn counting(&self) -> bool {
+        self.time().is_some()
+    }
+
+    /// Adds `change` to the count, when counting.
+    fn count(&self, change: impl FnOnce(&mut GpuTime)) {
+        if let Some(time) = self.time().as_mut() {
+            change(time);
+        }
+    }
+
+    /// Runs one fused forward or backward, `call`, counting its wall time as busy.
+    pub(crate) fn busy<R>(&self, call: impl FnOnce() -> R) -> R {
+        if !self.counting() {
+            return call();
+        }
+        let started = Instant::now();
+        let result = call();
+        let elapsed = started.elapsed();
+        self.count(|time| {
+            time.busy += elapsed;
+            time.calls += 1;
+        });
+        result
+    }
+
+    /// Runs the copy `copy` of `bytes` bytes, timed alone when counting: after the
+    /// stream's earlier work and until the copy has landed.
+    fn copy<R>(&self, bytes: usize, copy: impl FnOnce() -> Result<R>) -> Result<R> {
+        if !self.counting() {
+            return copy();
+        }
+        self.synchronize()?;
+        let started = Instant::now();
+        let result = copy()?;
+        self.synchronize()?;
+        let elapsed = started.elapsed();
+        self.count(|time| {
+            time.copies += elapsed;
+            time.copied_bytes += bytes as u64;
+        });
+        Ok(result)
+    }
+
+    /// Waits for the stream's work (nothing to wait for on the emulator).
+    fn synchronize(&self) -> Result<()> {
+        match &self.device {
+            Device::Cuda { stream, .. } => driver(stream.synchronize(), "waiting for the device"),
+            Device::Emulated(_) => Ok(()),
+        }
     }
 
     /// Whether a layer of `hidden` units runs its time loop in a persistent kernel.
@@ -386,13 +478,13 @@ impl Gpu {
 
     /// Copies `data` to the device.
     fn upload<T: DeviceRepr + Copy>(&self, data: &[T]) -> Result<Buf<T>> {
-        match &self.device {
+        self.copy(size_of_val(data), || match &self.device {
             Device::Cuda { stream, .. } => Ok(Buf::Device(driver(
                 stream.clone_htod(data),
                 "copying to the device",
             )?)),
             Device::Emulated(_) => Ok(Buf::host(data.to_vec())),
-        }
+        })
     }
 
     /// Copies each of `data` to the device.
@@ -422,6 +514,11 @@ impl Gpu {
 
     /// Copies `buf` to the host (waits for the stream).
     fn download<T: DeviceRepr + Copy>(&self, buf: &Buf<T>) -> Result<Vec<T>> {
+        self.copy(buf.len() * size_of::<T>(), || self.download_now(buf))
+    }
+
+    /// [`Gpu::download`] without the count.
+    fn download_now<T: DeviceRepr + Copy>(&self, buf: &Buf<T>) -> Result<Vec<T>> {
         match (&self.device, buf) {
             (Device::Cuda { stream, .. }, Buf::Device(slice)) => {
                 let host = driver(stream.clone_dtoh(slice), "copying from the device")?;
