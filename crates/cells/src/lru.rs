@@ -211,6 +211,59 @@ struct LruOp {
     flow: FlowSink,
 }
 
+/// `Re λ`, `Im λ` and `γ` of every unit, each its own vector so that the loops over
+/// units vectorise.
+struct Units<T> {
+    re: Vec<T>,
+    im: Vec<T>,
+    gamma: Vec<T>,
+}
+
+/// Per unit, `∂L/∂(Re λ)`, `∂L/∂(Im λ)` and `∂L/∂γ` summed in f64 over steps and rows.
+struct RingSums {
+    re: Vec<f64>,
+    im: Vec<f64>,
+    gamma: Vec<f64>,
+}
+
+/// One step of the LRU's reverse recurrence for one batch row: with `d_x = ∂L/∂x_t`
+/// `[re | im]`, the previous state `prev` and `p = B x̃_t` `[re | im]`, adds each unit's
+/// `∂L/∂(Re λ, Im λ, γ)` to `sums`, turns `p` into its gradient `γ ∂L/∂x_t`, and `d_x`
+/// into `∂L/∂x_{t−1} = λ̄ ∂L/∂x_t` (without the readout's share). Each unit alone, so the
+/// loop vectorises; the sums in f64, added in the order of the steps.
+#[inline(always)]
+fn reverse_step<T: Real>(
+    units: &Units<T>,
+    sums: &mut RingSums,
+    d_x: &mut [T],
+    prev: &[T],
+    p: &mut [T],
+) {
+    let hidden = units.re.len();
+    let (d_re, d_im) = d_x.split_at_mut(hidden);
+    let (x_re, x_im) = prev.split_at(hidden);
+    let (p_re, p_im) = p.split_at_mut(hidden);
+    // Every slice exactly `hidden` long, so the loop has no bounds checks.
+    let (x_im, p_im, d_im) = (&x_im[..hidden], &mut p_im[..hidden], &mut d_im[..hidden]);
+    let (l_re, l_im, gamma) = (&units.re[..], &units.im[..hidden], &units.gamma[..hidden]);
+    let (s_re, s_im, s_gamma) = (
+        &mut sums.re[..hidden],
+        &mut sums.im[..hidden],
+        &mut sums.gamma[..hidden],
+    );
+    for j in 0..hidden {
+        let (dr, di) = (d_re[j], d_im[j]);
+        let (xr, xi) = (x_re[j], x_im[j]);
+        s_re[j] += (dr * xr + di * xi).to_f64();
+        s_im[j] += (di * xr - dr * xi).to_f64();
+        s_gamma[j] += (dr * p_re[j] + di * p_im[j]).to_f64();
+        p_re[j] = gamma[j] * dr;
+        p_im[j] = gamma[j] * di;
+        d_re[j] = l_re[j] * dr + l_im[j] * di;
+        d_im[j] = l_re[j] * di - l_im[j] * dr;
+    }
+}
+
 /// What the forward keeps for the backward.
 struct Activations<T> {
     projected: Vec<T>,
@@ -225,15 +278,20 @@ impl LruOp {
     }
 
     /// `(Re λ, Im λ, γ)` of every unit, computed in f64 and stored as `T`.
-    fn unit_constants<T: Real>(&self, params: &[T]) -> Vec<(T, T, T)> {
+    fn unit_constants<T: Real>(&self, params: &[T]) -> Units<T> {
         let ([nu, theta, ..], _) = self.ranges();
         let f = |range: std::ops::Range<usize>| -> Vec<f64> {
             params[range].iter().map(|v| v.to_f64()).collect()
         };
-        eigenvalues(&f(nu), &f(theta))
-            .into_iter()
-            .map(|(re, im, g)| (T::from_f64(re), T::from_f64(im), T::from_f64(g)))
-            .collect()
+        let values = eigenvalues(&f(nu), &f(theta));
+        let column = |pick: fn(&(f64, f64, f64)) -> f64| -> Vec<T> {
+            values.iter().map(|v| T::from_f64(pick(v))).collect()
+        };
+        Units {
+            re: column(|v| v.0),
+            im: column(|v| v.1),
+            gamma: column(|v| v.2),
+        }
     }
 }
 
@@ -287,7 +345,8 @@ impl Kernel for LruOp {
                             (s0[hidden..2 * hidden].to_vec(), s0[2 * hidden..].to_vec());
                         for t in 0..seq_len {
                             let (p, s) = (&p[t * 3 * hidden..], &mut row[t * 2 * hidden..]);
-                            for (j, &(l_re, l_im, g)) in units.iter().enumerate() {
+                            for j in 0..hidden {
+                                let (l_re, l_im, g) = (units.re[j], units.im[j], units.gamma[j]);
                                 let next_re = l_re * re[j] - l_im * im[j] + g * p[j];
                                 let next_im = l_re * im[j] + l_im * re[j] + g * p[hidden + j];
                                 (re[j], im[j]) = (next_re, next_im);
@@ -403,7 +462,7 @@ impl Kernel for LruOp {
         let mut d_state0 = vec![T::ZERO; batch * 3 * hidden];
         let (p_rs, s_rs) = (seq_len * 3 * hidden, seq_len * 2 * hidden);
         let rows = chunk_rows(batch);
-        let parts: Vec<(Vec<[f64; 3]>, FlowNorms)> = projected
+        let parts: Vec<(RingSums, FlowNorms)> = projected
             .par_chunks_mut(rows * p_rs)
             .zip(d_state0.par_chunks_mut(rows * 3 * hidden))
             .zip(states.par_chunks(rows * s_rs))
@@ -414,7 +473,11 @@ impl Kernel for LruOp {
             .map(
                 |((((((projected, d_state0), states), d_states), d_y), state0), grad)| {
                     wide(|| {
-                        let mut sums = vec![[0.0f64; 3]; hidden];
+                        let mut sums = RingSums {
+                            re: vec![0.0; hidden],
+                            im: vec![0.0; hidden],
+                            gamma: vec![0.0; hidden],
+                        };
                         let mut flow = FlowNorms::new(seq_len);
                         let chunk_batch = state0.len() / (3 * hidden);
                         for b in 0..chunk_batch {
@@ -437,20 +500,9 @@ impl Kernel for LruOp {
                                 }
                                 flow.add(t, squared_sum(&d_x));
                                 let p_t = &mut p[t * 3 * hidden..(t + 1) * 3 * hidden];
-                                for (j, &(l_re, l_im, g)) in units.iter().enumerate() {
-                                    let (dr, di) = (d_x[j], d_x[hidden + j]);
-                                    let (xr, xi) = (prev[j], prev[hidden + j]);
-                                    let sum = &mut sums[j];
-                                    sum[0] += (dr * xr + di * xi).to_f64();
-                                    sum[1] += (di * xr - dr * xi).to_f64();
-                                    sum[2] += (dr * p_t[j] + di * p_t[hidden + j]).to_f64();
-                                    p_t[j] = g * dr;
-                                    p_t[hidden + j] = g * di;
-                                    d_x[j] = l_re * dr + l_im * di;
-                                    d_x[hidden + j] = l_re * di - l_im * dr;
-                                }
-                                p_t[2 * hidden..]
-                                    .copy_from_slice(&d_y[t * hidden..(t + 1) * hidden]);
+                                let (p_x, p_d) = p_t.split_at_mut(2 * hidden);
+                                reverse_step(&units, &mut sums, &mut d_x, prev, p_x);
+                                p_d.copy_from_slice(&d_y[t * hidden..(t + 1) * hidden]);
                             }
                             d_state0[b * 3 * hidden + hidden..(b + 1) * 3 * hidden]
                                 .copy_from_slice(&d_x);
@@ -465,9 +517,9 @@ impl Kernel for LruOp {
             .map(|j| {
                 parts.iter().fold([0.0; 3], |acc, (sums, _)| {
                     [
-                        acc[0] + sums[j][0],
-                        acc[1] + sums[j][1],
-                        acc[2] + sums[j][2],
+                        acc[0] + sums.re[j],
+                        acc[1] + sums.im[j],
+                        acc[2] + sums.gamma[j],
                     ]
                 })
             })
@@ -497,10 +549,7 @@ impl Kernel for LruOp {
         }
         let units = self.unit_constants::<f32>(params);
         // [Re λ | Im λ | γ], H each.
-        let flat: Vec<f32> = [0, 1, 2]
-            .iter()
-            .flat_map(|&k| units.iter().map(move |u| [u.0, u.1, u.2][k]))
-            .collect();
+        let flat = [units.re, units.im, units.gamma].concat();
         let (out, saved) =
             crate::cuda::lru_forward(gpu, (self.dims, &ranges), &flat, (x, state0, params))?;
         *self.saved.lock().expect("saved activations") = Some(Box::new(saved));
