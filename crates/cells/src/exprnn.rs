@@ -81,6 +81,7 @@ pub static EXPRNN: CellKind = CellKind {
     summary: "expRNN (Lezcano-Casado & Martínez-Rubio 2019): h = modrelu(W_ih x + exp(A − Aᵀ) h), an orthogonal recurrence",
     configure: |options| {
         options.refuse_scan("exprnn")?;
+        options.refuse_indrnn_init("exprnn")?;
         options.refuse_ablation_and_reset("exprnn")?;
         Ok(CellConfig::new(ExpRnnSpec {
             init: options.skew_init,

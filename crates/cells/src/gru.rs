@@ -60,6 +60,7 @@ pub static GRU: CellKind = CellKind {
         }
         options.refuse_scan("gru")?;
         options.refuse_skew_init("gru")?;
+        options.refuse_indrnn_init("gru")?;
         Ok(CellConfig::new(reset))
     },
     colors: &[("gru", [213, 94, 0]), ("gru (reset before)", [230, 159, 0])],

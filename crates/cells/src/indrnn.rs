@@ -19,14 +19,22 @@ use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 /// ```
 ///
 /// so `∂h_t/∂h_{t−1}` is the diagonal `u ⊙ relu'(·)` and a unit's gradient over `T`
-/// steps is the product of its own `u`s: Li et al. keep `|u| ≤ 2^{1/T}` or so for long
+/// steps is the product of its own `u`s: Li et al. keep `|u| ≤ 2^{1/T}` for long
 /// memory. Parameters: `weight_ih_l{k}` `(H, I)`, `weight_hh_l{k}` `(H)` (the diagonal
-/// `u`), `bias_ih_l{k}` `(H)`.
+/// `u`), `bias_ih_l{k}` `(H)`. By default they are drawn as the run's `model.init`
+/// scheme draws any cell's (PyTorch's: every one from U(±1/√H), so `|u|` starts below
+/// 1/√H); with [`IndRnnSpec::li2018`], as Li et al.'s adding-task code draws them.
 pub type IndRnn = Layer<IndRnnSpec>;
 
-/// The IndRNN's options (none: ReLU, as in Li et al.'s experiments).
+/// The IndRNN's options (ReLU, as in Li et al.'s experiments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IndRnnSpec;
+pub struct IndRnnSpec {
+    /// `Some(T)`: Li et al. 2018's recipe for sequences of `T` steps
+    /// (`model.indrnn_init: li2018`): `u` from U(0, 2^{1/T}) in the first layer and from
+    /// U(2^{−1/T}, 2^{1/T}) above, kept within ±2^{1/T} after every update
+    /// ([`ParamRole::BoundedDiagonal`]), input weights from N(0, 0.001²), biases 0.
+    pub li2018: Option<usize>,
+}
 
 /// `model.cell: indrnn`.
 pub static INDRNN: CellKind = CellKind {
@@ -34,23 +42,51 @@ pub static INDRNN: CellKind = CellKind {
     display: "IndRNN",
     summary: "IndRNN (Li et al. 2018): h = relu(W x + b + u ⊙ h), a diagonal recurrence",
     configure: |options| {
-        options.only_defaults("indrnn")?;
-        Ok(CellConfig::new(IndRnnSpec))
+        let li2018 = options.indrnn_li2018;
+        let others = crate::CellOptions {
+            indrnn_li2018: None,
+            ..*options
+        };
+        others.only_defaults("indrnn")?;
+        Ok(CellConfig::new(IndRnnSpec { li2018 }))
     },
-    colors: &[("indrnn", [120, 94, 240])],
-    examples: || vec![CellConfig::new(IndRnnSpec)],
+    colors: &[
+        ("indrnn", [120, 94, 240]),
+        ("indrnn (li2018 init)", [60, 40, 150]),
+    ],
+    examples: || {
+        vec![
+            CellConfig::new(IndRnnSpec::default()),
+            CellConfig::new(IndRnnSpec { li2018: Some(10) }),
+        ]
+    },
 };
 
 impl CellSpec for IndRnnSpec {
     fn label(&self) -> String {
-        "indrnn".into()
+        match self.li2018 {
+            None => "indrnn".into(),
+            Some(_) => "indrnn (li2018 init)".into(),
+        }
     }
 
     fn layer_params(&self, input: usize, hidden: usize) -> Vec<ParamSpec> {
+        let (input_role, recurrent_role, bias_role) = match self.li2018 {
+            None => (
+                ParamRole::InputWeight,
+                ParamRole::RecurrentDiagonal,
+                ParamRole::Bias { forget_block: None },
+            ),
+            Some(seq_len) => (
+                ParamRole::SmallInputWeight,
+                ParamRole::BoundedDiagonal { seq_len },
+                ParamRole::ZeroBias,
+            ),
+        };
         vec![
-            ParamSpec::new("weight_ih", &[hidden, input], ParamRole::InputWeight),
-            ParamSpec::new("weight_hh", &[hidden], ParamRole::RecurrentDiagonal),
-            ParamSpec::new("bias_ih", &[hidden], ParamRole::Bias { forget_block: None }),
+            ParamSpec::new("weight_ih", &[hidden, input], input_role),
+            ParamSpec::new("weight_hh", &[hidden], recurrent_role),
+            ParamSpec::new("bias_ih", &[hidden], bias_role),
         ]
     }
 
@@ -93,7 +129,7 @@ struct IndRnnOp {
 impl IndRnnOp {
     /// `[weight_ih, u, bias]` ranges in the flat parameters, and their total length.
     fn ranges(&self) -> ([std::ops::Range<usize>; 3], usize) {
-        layer_ranges(&IndRnnSpec, self.dims.input, self.dims.hidden)
+        layer_ranges(&IndRnnSpec::default(), self.dims.input, self.dims.hidden)
     }
 
     /// The time loop for one chunk: `out` holds the pre-activations of its rows.
@@ -283,11 +319,69 @@ mod tests {
     use crate::{Cell, HeadKind, Init, ModelConfig, Params};
 
     #[test]
+    fn li2018_recipe_draws_as_their_code_and_bounds_u() {
+        // T = 100: the bound is 2^{1/100} = e^{0.00693147…} = 1.00695555005671881.
+        let spec = IndRnnSpec { li2018: Some(100) };
+        let config = ModelConfig {
+            cell: CellConfig::new(spec),
+            input_size: 2,
+            hidden: vec![500, 500],
+            output_size: 1,
+            head: HeadKind::LastStep,
+        };
+        assert_eq!(
+            config.bounded_params(),
+            [
+                ("weight_hh_l0".to_owned(), 1.006_955_550_056_718_9),
+                ("weight_hh_l1".to_owned(), 1.006_955_550_056_718_9),
+            ]
+        );
+        assert_eq!(config.recurrent_params(), ["weight_hh_l0", "weight_hh_l1"]);
+        let params = Init::default()
+            .params(&config, 3, DType::F64, &Device::Cpu)
+            .unwrap();
+        let values = |name: &str| -> Vec<f64> {
+            let tensor = params.get(name).unwrap().as_tensor().flatten_all().unwrap();
+            tensor.to_vec1().unwrap()
+        };
+        let bound = 1.006_955_550_056_718_9;
+        // The first layer's u in U(0, b), the second's in U(1/b, b) = U(0.99309, 1.00696):
+        // 500 draws each come within 1 % of the ends of their range.
+        for (name, low) in [("weight_hh_l0", 0.0), ("weight_hh_l1", 1.0 / bound)] {
+            let u = values(name);
+            let (min, max) = u
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(low <= min && max < bound, "{name}: {min}..{max}");
+            assert!(min - low < 0.01 * (bound - low) && bound - max < 0.01 * (bound - low));
+        }
+        // Input weights N(0, 0.001²): 1,000 and 250,000 draws, sample deviation within
+        // 10 % of 0.001; biases 0.
+        for name in ["weight_ih_l0", "weight_ih_l1"] {
+            let w = values(name);
+            let rms = (w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64).sqrt();
+            assert!((rms - 1e-3).abs() < 1e-4, "{name}: rms {rms}");
+        }
+        assert!(
+            values("bias_ih_l0")
+                .iter()
+                .chain(&values("bias_ih_l1"))
+                .all(|&b| b == 0.0)
+        );
+        // Without the recipe (PyTorch's scheme) nothing is bounded and u is U(±1/√H).
+        let plain = ModelConfig {
+            cell: CellConfig::new(IndRnnSpec::default()),
+            ..config
+        };
+        assert!(plain.bounded_params().is_empty());
+    }
+
+    #[test]
     fn parameter_count_by_hand() {
         // I = 3, H = 5: W_ih 15 + u 5 + b 5 = 25; a second layer of 4 units on 5 inputs
         // 20 + 4 + 4 = 28; the head (2 outputs on 4 units) 10. Total 63.
         let config = ModelConfig {
-            cell: CellConfig::new(IndRnnSpec),
+            cell: CellConfig::new(IndRnnSpec::default()),
             input_size: 3,
             hidden: vec![5, 4],
             output_size: 2,
@@ -320,7 +414,7 @@ mod tests {
                 Var::from_tensor(&Tensor::new(&[value], &dev).unwrap()).unwrap(),
             );
         }
-        let cell = IndRnn::new(IndRnnSpec, &params, 0, 1, 1).unwrap();
+        let cell = IndRnn::new(IndRnnSpec::default(), &params, 0, 1, 1).unwrap();
         let xs = Tensor::new(&[[[1.0f64], [1.0]]], &dev).unwrap();
         for (h0, want) in [(0.3, [0.0, 0.6]), (-0.3, [1.2, 0.0])] {
             let state = State {

@@ -104,7 +104,7 @@ impl Init {
         hidden_size: usize,
     ) -> Result<()> {
         for spec in cell.layer_params(input_size, hidden_size) {
-            let mut values = self.draw(draw, &spec, hidden_size);
+            let mut values = self.draw(draw, &spec, hidden_size, layer);
             if let ParamRole::RecurrentWeight { .. } | ParamRole::RecurrentDiagonal = spec.role {
                 values.iter_mut().for_each(|v| *v *= self.recurrent_gain);
             }
@@ -113,8 +113,8 @@ impl Init {
         Ok(())
     }
 
-    /// The values of one parameter of a layer with `hidden` units.
-    fn draw(&self, draw: &mut Draw, spec: &ParamSpec, hidden: usize) -> Vec<f64> {
+    /// The values of one parameter of layer `layer` (0 the first), with `hidden` units.
+    fn draw(&self, draw: &mut Draw, spec: &ParamSpec, hidden: usize, layer: usize) -> Vec<f64> {
         let bound = 1.0 / (hidden as f64).sqrt();
         let (len, rows) = (spec.len(), spec.shape[0]);
         match (spec.role, self.scheme) {
@@ -146,6 +146,16 @@ impl Init {
                 values
             }
             (ParamRole::ModReluBias, _) => draw.uniform(len, crate::exprnn::MODRELU_BIAS_BOUND),
+            // Li et al.'s IndRNN recipe, whatever the scheme.
+            (ParamRole::BoundedDiagonal { .. }, _) => {
+                let high = spec.role.bound().expect("a bounded diagonal has a bound");
+                let low = if layer == 0 { 0.0 } else { 1.0 / high };
+                (0..len)
+                    .map(|_| low + (high - low) * draw.rng.random::<f64>())
+                    .collect()
+            }
+            (ParamRole::SmallInputWeight, _) => draw.normal(len, 1e-3),
+            (ParamRole::ZeroBias, _) => vec![0.0; len],
             (_, InitScheme::Pytorch) => {
                 let mut values = draw.uniform(len, bound);
                 self.add_forget_bias(spec, hidden, &mut values);

@@ -209,6 +209,7 @@ impl LstmOptions {
         let name = if peepholes { "peephole_lstm" } else { "lstm" };
         options.refuse_scan(name)?;
         options.refuse_skew_init(name)?;
+        options.refuse_indrnn_init(name)?;
         let lstm = Self {
             input_gate: !options.no_input_gate,
             forget_gate: !options.no_forget_gate,

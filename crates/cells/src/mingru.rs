@@ -41,6 +41,7 @@ pub static MINGRU: CellKind = CellKind {
     summary: "minGRU (Feng et al. 2024): h = (1 − z) ⊙ h + z ⊙ (W_h x + b_h), z = σ(W_z x + b_z)",
     configure: |options| {
         options.refuse_skew_init("mingru")?;
+        options.refuse_indrnn_init("mingru")?;
         options.refuse_ablation_and_reset("mingru")?;
         Ok(CellConfig::new(MinGruSpec { form: options.scan }))
     },

@@ -43,6 +43,7 @@ pub static MINLSTM: CellKind = CellKind {
     summary: "minLSTM (Feng et al. 2024): h = f' ⊙ h + i' ⊙ (W_h x + b_h), f', i' = σ(W_f x + b_f), σ(W_i x + b_i) normalised to sum to 1",
     configure: |options| {
         options.refuse_skew_init("minlstm")?;
+        options.refuse_indrnn_init("minlstm")?;
         options.refuse_ablation_and_reset("minlstm")?;
         Ok(CellConfig::new(MinLstmSpec { form: options.scan }))
     },

@@ -53,17 +53,34 @@ impl ModelConfig {
     /// The full names (`weight_hh_l0`) of the parameters through which the state feeds
     /// back ([`crate::ParamRole::is_recurrent`]).
     pub fn recurrent_params(&self) -> Vec<String> {
+        self.layer_params()
+            .into_iter()
+            .filter(|(_, spec)| spec.role.is_recurrent())
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The parameters kept within a bound after every update
+    /// ([`ParamRole::bound`](crate::ParamRole::bound)),
+    /// by name, with their bound.
+    pub fn bounded_params(&self) -> Vec<(String, f64)> {
+        self.layer_params()
+            .into_iter()
+            .filter_map(|(name, spec)| Some((name, spec.role.bound()?)))
+            .collect()
+    }
+
+    /// Every layer parameter's spec with its full name, bottom layer first.
+    fn layer_params(&self) -> Vec<(String, crate::ParamSpec)> {
         let mut input = self.input_size;
-        let mut names = Vec::new();
+        let mut params = Vec::new();
         for (layer, &hidden) in self.hidden.iter().enumerate() {
             for spec in self.cell.layer_params(input, hidden) {
-                if spec.role.is_recurrent() {
-                    names.push(spec.name_in(layer));
-                }
+                params.push((spec.name_in(layer), spec));
             }
             input = hidden;
         }
-        names
+        params
     }
 
     /// Rejects empty stacks, zero sizes and contradictory cell options.

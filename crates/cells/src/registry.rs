@@ -91,4 +91,48 @@ mod tests {
             assert!(label_rank(&config.label()).is_some(), "{}", kind.name);
         }
     }
+
+    #[test]
+    fn every_cell_refuses_the_options_of_other_cells() {
+        // Each cell-specific option, with the cells that read it; every other cell must
+        // refuse it rather than train without it.
+        let options: [(&str, CellOptions, &[&str]); 3] = [
+            (
+                "scan",
+                CellOptions {
+                    scan: crate::ScanForm::LogSpace,
+                    ..CellOptions::default()
+                },
+                &["mingru", "minlstm"],
+            ),
+            (
+                "exprnn_init",
+                CellOptions {
+                    skew_init: crate::SkewInit::Cayley,
+                    ..CellOptions::default()
+                },
+                &["exprnn"],
+            ),
+            (
+                "indrnn_init",
+                CellOptions {
+                    indrnn_li2018: Some(7),
+                    ..CellOptions::default()
+                },
+                &["indrnn"],
+            ),
+        ];
+        for (option, value, readers) in options {
+            for kind in CELLS {
+                let configured = (kind.configure)(&value);
+                match configured {
+                    Ok(_) => assert!(readers.contains(&kind.name), "{} took {option}", kind.name),
+                    Err(e) => {
+                        assert!(!readers.contains(&kind.name), "{}: {e}", kind.name);
+                        assert!(e.contains(option), "{}: {e}", kind.name);
+                    }
+                }
+            }
+        }
+    }
 }

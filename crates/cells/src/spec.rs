@@ -121,6 +121,19 @@ pub enum ParamRole {
     /// The expRNN's modReLU bias: `U(−0.01, 0.01)` under every scheme, as
     /// Lezcano-Casado's code draws it.
     ModReluBias,
+    /// IndRNN's `u` under Li et al. 2018's recipe for sequences of `seq_len` steps (their
+    /// adding-task code): drawn from U(0, 2^{1/T}) in the first layer and from
+    /// U(2^{−1/T}, 2^{1/T}) in those above, whatever the scheme, and kept within
+    /// ±2^{1/T} after every update ([`ParamRole::bound`]).
+    BoundedDiagonal {
+        /// The sequence length `T` the bound is set for.
+        seq_len: usize,
+    },
+    /// Input weights drawn from N(0, 0.001²) whatever the scheme (Li et al.'s IndRNN
+    /// code).
+    SmallInputWeight,
+    /// A bias that starts at 0 whatever the scheme (Li et al.'s IndRNN code).
+    ZeroBias,
     /// Recurrent connections between gates (Greff et al.'s full gate recurrence): like
     /// a peephole, drawn as PyTorch draws weights under its scheme and zero otherwise,
     /// so that the other schemes start from the cell without them.
@@ -136,12 +149,26 @@ impl ParamRole {
         match self {
             Self::RecurrentWeight { .. }
             | Self::RecurrentDiagonal
+            | Self::BoundedDiagonal { .. }
             | Self::SkewGenerator(_)
             | Self::RingRadius
             | Self::RingPhase
             | Self::Peephole
             | Self::GateRecurrence => true,
-            Self::InputWeight | Self::Bias { .. } | Self::ModReluBias => false,
+            Self::InputWeight
+            | Self::SmallInputWeight
+            | Self::Bias { .. }
+            | Self::ZeroBias
+            | Self::ModReluBias => false,
+        }
+    }
+
+    /// The bound this parameter is kept within after every update (`|value| ≤ bound`),
+    /// if it has one: `2^{1/T}` for [`ParamRole::BoundedDiagonal`].
+    pub fn bound(self) -> Option<f64> {
+        match self {
+            Self::BoundedDiagonal { seq_len } => Some(2f64.powf(1.0 / seq_len as f64)),
+            _ => None,
         }
     }
 }
@@ -273,6 +300,9 @@ pub struct CellOptions {
     pub no_output_activation: bool,
     /// `ablation.full_gate_recurrence`.
     pub full_gate_recurrence: bool,
+    /// `indrnn_init: li2018` (IndRNN): Li et al. 2018's recipe for sequences of this
+    /// many steps (the runner fills in `task.seq_len`).
+    pub indrnn_li2018: Option<usize>,
     /// `scan` (minGRU and minLSTM): sequential or log-space.
     pub scan: crate::ScanForm,
     /// `exprnn_init` (expRNN): how `A` starts.
@@ -286,6 +316,7 @@ impl CellOptions {
             reset_before: false,
             scan: crate::ScanForm::default(),
             skew_init: crate::SkewInit::default(),
+            indrnn_li2018: None,
             ..*self
         } != Self::default()
     }
@@ -294,7 +325,18 @@ impl CellOptions {
     pub fn only_defaults(&self, cell: &str) -> std::result::Result<(), String> {
         self.refuse_scan(cell)?;
         self.refuse_skew_init(cell)?;
+        self.refuse_indrnn_init(cell)?;
         self.refuse_ablation_and_reset(cell)
+    }
+
+    /// Refuses `indrnn_init` for `cell`, which does not read it.
+    pub fn refuse_indrnn_init(&self, cell: &str) -> std::result::Result<(), String> {
+        if self.indrnn_li2018.is_some() {
+            return Err(format!(
+                "`model.indrnn_init` is only allowed with `cell: indrnn`, not `{cell}`"
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses `exprnn_init` for `cell`, which does not read it.

@@ -72,7 +72,7 @@ impl Fixture {
                 "before" => GruReset::Before,
                 other => panic!("{}: unknown gru_reset {other}", self.name),
             }),
-            "indrnn" => CellConfig::new(IndRnnSpec),
+            "indrnn" => CellConfig::new(IndRnnSpec::default()),
             "mingru" => CellConfig::new(MinGruSpec { form: self.scan() }),
             "minlstm" => CellConfig::new(MinLstmSpec { form: self.scan() }),
             "lru" => CellConfig::new(LruSpec),

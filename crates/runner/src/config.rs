@@ -204,6 +204,14 @@ pub struct RawModel {
     /// u ~ U(0, π/2)). Left out of the saved config when `henaff`.
     #[serde(default, skip_serializing_if = "is_henaff")]
     pub exprnn_init: SkewInitName,
+    /// IndRNN only: `scheme` (default: drawn by `model.init` like any cell's weights)
+    /// or `li2018` (Li et al. 2018's adding-task code: `u` from U(0, 2^{1/T}) in the
+    /// first layer and from U(2^{−1/T}, 2^{1/T}) above, kept within ±2^{1/T} after every
+    /// update, input weights from N(0, 0.001²), biases 0; `T` is the input's length,
+    /// `task.seq_len` or for copy `task.seq_len + 20`). Left out of the saved config when
+    /// `scheme`.
+    #[serde(default, skip_serializing_if = "is_scheme")]
+    pub indrnn_init: IndRnnInitName,
     /// LSTM only: the Greff et al. 2017 variants (all off by default).
     #[serde(default)]
     pub ablation: RawAblation,
@@ -310,6 +318,21 @@ pub enum SkewInitName {
 
 fn is_henaff(init: &SkewInitName) -> bool {
     *init == SkewInitName::Henaff
+}
+
+/// How the IndRNN's weights start (`model.indrnn_init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndRnnInitName {
+    /// As `model.init` draws every cell's weights.
+    #[default]
+    Scheme,
+    /// Li et al. 2018's recipe for the run's sequence length.
+    Li2018,
+}
+
+fn is_scheme(init: &IndRnnInitName) -> bool {
+    *init == IndRnnInitName::Scheme
 }
 
 /// `model.ablation:`
@@ -745,9 +768,10 @@ impl RawTask {
 }
 
 impl RawModel {
-    /// The options of `model.gru_reset`, `model.scan`, `model.exprnn_init` and
-    /// `model.ablation` for the cell.
-    fn cell_options(&self) -> CellOptions {
+    /// The options of `model.gru_reset`, `model.scan`, `model.exprnn_init`,
+    /// `model.indrnn_init` and `model.ablation` for the cell, on sequences of `seq_len`
+    /// steps.
+    fn cell_options(&self, seq_len: usize) -> CellOptions {
         let a = self.ablation;
         CellOptions {
             reset_before: self.gru_reset == ResetName::Before,
@@ -767,12 +791,14 @@ impl RawModel {
             no_input_activation: a.no_input_activation,
             no_output_activation: a.no_output_activation,
             full_gate_recurrence: a.full_gate_recurrence,
+            indrnn_li2018: (self.indrnn_init == IndRnnInitName::Li2018).then_some(seq_len),
         }
     }
 
-    /// The configured cell, or which option does not apply to it.
-    pub fn cell_config(&self) -> Result<CellConfig, String> {
-        registry::parse(self.cell.as_str(), &self.cell_options())
+    /// The configured cell on sequences of `seq_len` steps, or which option does not
+    /// apply to it.
+    pub fn cell_config(&self, seq_len: usize) -> Result<CellConfig, String> {
+        registry::parse(self.cell.as_str(), &self.cell_options(seq_len))
     }
 
     fn validate(&self, task: &Task) -> Result<(ModelConfig, rnnlab_cells::Init), Invalid> {
@@ -794,7 +820,12 @@ impl RawModel {
                 "`model.hidden`: every layer needs at least 1 unit".into(),
             ));
         }
-        let cell = self.cell_config().map_err(Invalid)?;
+        let cell = self.cell_config(task.input_len()).map_err(Invalid)?;
+        if self.indrnn_init == IndRnnInitName::Li2018 && self.recurrent_gain != 1.0 {
+            return Err(Invalid(
+                "`model.recurrent_gain` does not apply with `model.indrnn_init: li2018`, whose recipe sets u's range: leave one out".into(),
+            ));
+        }
         if !self.forget_bias.is_finite() {
             return Err(Invalid(
                 "`model.forget_bias` must be a finite number".into(),

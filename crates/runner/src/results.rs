@@ -224,7 +224,7 @@ impl Results {
                 id: id.clone(),
                 seed: saved.seed,
                 task: config.task,
-                cell: cell_label(&saved.run.model),
+                cell: cell_label(&saved.run.model, saved.run.task.seq_len),
                 series: String::new(),
                 values: BTreeMap::new(),
                 summary,
@@ -270,6 +270,7 @@ impl Results {
                 || name == "model.gru_reset"
                 || name == "model.scan"
                 || name == "model.exprnn_init"
+                || name == "model.indrnn_init"
                 || name.starts_with("model.ablation")
             {
                 Role::Cell
@@ -478,11 +479,12 @@ impl Panel<'_> {
     }
 }
 
-/// The cell label of a model config (see the module docs): the registry's label for
-/// the cell and its options, or the name as written if they do not validate.
-pub fn cell_label(model: &RawModel) -> String {
+/// The cell label of a model config on sequences of `seq_len` steps (see the module
+/// docs): the registry's label for the cell and its options, or the name as written if
+/// they do not validate.
+pub fn cell_label(model: &RawModel, seq_len: usize) -> String {
     model
-        .cell_config()
+        .cell_config(seq_len)
         .map_or_else(|_| model.cell.as_str().to_owned(), |cell| cell.label())
 }
 

@@ -417,6 +417,7 @@ fn schema_run() -> RawRun {
     run.model.recurrent_gain = 2.0;
     run.model.scan = crate::config::ScanName::LogSpace;
     run.model.exprnn_init = crate::config::SkewInitName::Cayley;
+    run.model.indrnn_init = crate::config::IndRnnInitName::Li2018;
     run.train.recurrent_lr_scale = 0.5;
     run.train.device = crate::config::DeviceName::Cuda(0);
     run

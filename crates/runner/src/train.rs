@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use candle_core::{DType, Device, Result};
+use candle_core::{DType, Device, Result, Var};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -162,6 +162,17 @@ pub fn train(
             }
         }
     }
+    // Parameters kept within a bound after every update (the IndRNN's u under
+    // `indrnn_init: li2018`), as Li et al. clip theirs.
+    let bounded: Vec<(Var, f64)> = config
+        .model
+        .bounded_params()
+        .into_iter()
+        .map(|(name, bound)| {
+            let var = params.get(&name).context("a bounded parameter")?;
+            Ok((var.clone(), bound))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let total = config.train.total_steps();
     let batch_size = config.train.batch_size;
 
@@ -206,6 +217,9 @@ pub fn train(
         let mut grads = loss.backward()?;
         let grad_norm = clip_gradients(&mut grads, &vars, config.train.clip)?;
         trainer.step(&grads)?;
+        for (var, bound) in &bounded {
+            var.set(&var.as_tensor().clamp(-bound, *bound)?)?;
+        }
         record.training_time += started.elapsed().as_secs_f64();
         steps = step;
         record.metrics.push(MetricRow {
@@ -505,6 +519,30 @@ mod tests {
                 assert_eq!(whole.steps_to_solve, resumed.steps_to_solve, "{what}");
             }
         }
+    }
+
+    #[test]
+    fn li2018_keeps_the_indrnn_u_within_its_bound() {
+        // T = 6: the bound is 2^{1/6} = 1.122462. Adam at lr 0.5 moves the u of every
+        // live unit by about 0.5 a step from U(0, 1.12), so in 5 steps those would leave
+        // ±1.12; they end at ±1.122462 exactly (the f32 nearest), none beyond.
+        let run = config(
+            "bounded",
+            "  task: { kind: adding, seq_len: 6 }\n  model: { cell: indrnn, hidden: 64, indrnn_init: li2018 }\n  train: { lr: 0.5, steps: 5, batch_size: 4, eval_every: 5, eval_samples: 8 }\n",
+        );
+        let outcome = train(&run, None, None, &|_, _| ()).unwrap();
+        let u: Vec<f32> = outcome
+            .params
+            .get("weight_hh_l0")
+            .unwrap()
+            .as_tensor()
+            .to_vec1()
+            .unwrap();
+        let bound = 2f64.powf(1.0 / 6.0) as f32;
+        assert!((f64::from(bound) - 1.122_462).abs() < 1e-6);
+        assert!(u.iter().all(|v| v.abs() <= bound), "{u:?}");
+        let at_bound = u.iter().filter(|v| v.abs() == bound).count();
+        assert!(at_bound >= 4, "only {at_bound} of 64 at the bound: {u:?}");
     }
 
     #[test]

@@ -189,6 +189,21 @@ fn bad_configs_name_the_file_the_key_and_what_is_allowed() {
         &["`model.exprnn_init` is only allowed with `cell: exprnn`, not `gru`"],
     );
     assert_config_error(
+        &BASE.replace("cell: lstm", "cell: lstm, indrnn_init: li2018"),
+        &["`model.indrnn_init` is only allowed with `cell: indrnn`, not `lstm`"],
+    );
+    assert_config_error(
+        &BASE.replace(
+            "cell: lstm",
+            "cell: indrnn, indrnn_init: li2018, recurrent_gain: 2",
+        ),
+        &["`model.recurrent_gain` does not apply with `model.indrnn_init: li2018`"],
+    );
+    assert_config_error(
+        &BASE.replace("cell: lstm", "cell: indrnn, indrnn_init: li"),
+        &["unknown variant `li`", "`scheme`", "`li2018`"],
+    );
+    assert_config_error(
         &BASE.replace("cell: lstm", "cell: mingru, scan: parallel"),
         &["unknown variant `parallel`", "`sequential`", "`log_space`"],
     );

@@ -413,9 +413,11 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
                 .iter()
                 .map(|name| format!("  - {{ model.cell: {name}, model.scan: log_space }}\n")),
         )
-        .chain(std::iter::once(
+        .chain([
             "  - { model.cell: exprnn, model.exprnn_init: cayley }\n".to_owned(),
-        ))
+            "  - { model.cell: indrnn, model.indrnn_init: li2018, model.hidden: [3, 3] }\n"
+                .to_owned(),
+        ])
         .collect();
     std::fs::write(
         &file,
@@ -434,7 +436,7 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
     assert!(
         printed.contains(&format!(
             "{} runs trained",
-            names.len() + log_space.len() + 1
+            names.len() + log_space.len() + 2
         )),
         "{printed}"
     );
@@ -452,6 +454,7 @@ fn every_registered_cell_trains_from_yaml_appears_in_the_report_and_benches() {
         "minGRU (log-space)",
         "minLSTM (log-space)",
         "expRNN (cayley init)",
+        "IndRNN (li2018 init)",
     ] {
         assert!(
             report.contains(&format!("| {label} |")),
