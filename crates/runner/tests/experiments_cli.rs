@@ -21,7 +21,7 @@ const GRIDS: [(&str, usize); 12] = [
     ("faq-units", 60),
     ("faq-units-copy", 50),
     ("faq-long-sequences", 50),
-    ("faq-long-memory", 175),
+    ("faq-long-memory", 200),
     ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
