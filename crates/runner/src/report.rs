@@ -437,20 +437,28 @@ fn tuning(results: &Results) -> String {
 /// A grid point as `tuning.yaml` names it (`task.kind=adding task.seq_len=100
 /// model.cell=lstm`) in the words of the figures (`adding, T = 100, LSTM`).
 fn point_in_words(point: &str) -> String {
-    let mut parts: Vec<String> = Vec::new();
+    // `key=value` pairs; a token without `=` continues the last value, which has spaces
+    // (`train.clip=norm 1.0`, `model.hidden=[64, 64]`).
+    let mut pairs: Vec<(&str, String)> = Vec::new();
     for token in point.split(' ') {
-        match (token.split_once('='), parts.last_mut()) {
-            (Some(("model.cell", cell)), _) => parts.push(display_label(cell)),
-            (Some((key, value)), _) => parts.push(key_value(key, value)),
-            // A value with spaces (`train.clip=norm 1.0`) continues the last part.
-            (None, Some(last)) => {
-                last.push(' ');
-                last.push_str(token);
+        match (token.split_once('='), pairs.last_mut()) {
+            (Some((key, value)), _) => pairs.push((key, value.to_owned())),
+            (None, Some((_, value))) => {
+                value.push(' ');
+                value.push_str(token);
             }
-            (None, None) => parts.push(token.to_owned()),
+            (None, None) => pairs.push(("", token.to_owned())),
         }
     }
-    parts.join(", ")
+    pairs
+        .iter()
+        .map(|(key, value)| match *key {
+            "model.cell" => display_label(value),
+            "" => value.clone(),
+            key => key_value(key, value),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `Some("smallest")` or `Some("largest")` when `point`'s chosen `value` of `key` is the
@@ -1389,6 +1397,15 @@ mod tests {
         assert_eq!(
             point_in_words("model.ablation.coupled_gates=true model.forget_bias=0.0"),
             "coupled gates, forget bias 0"
+        );
+        // Values with spaces are read whole: a stack of layers, a clipping rule.
+        assert_eq!(
+            point_in_words("task.kind=copy model.cell=lru model.hidden=[64, 64]"),
+            "copy, LRU, 2 layers of 64 units"
+        );
+        assert_eq!(
+            point_in_words("model.hidden=[128, 64] train.clip=norm 1.0"),
+            "128 + 64 units, clipping: norm 1"
         );
     }
 
