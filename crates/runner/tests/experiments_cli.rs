@@ -13,7 +13,7 @@ fn experiments() -> PathBuf {
 }
 
 /// Every shipped file and the size of its grid.
-const GRIDS: [(&str, usize); 12] = [
+const GRIDS: [(&str, usize); 13] = [
     ("quick", 16),
     ("lstm-vs-gru", 48),
     ("faq-lstm-vs-gru", 150),
@@ -22,6 +22,7 @@ const GRIDS: [(&str, usize); 12] = [
     ("faq-units-copy", 50),
     ("faq-long-sequences", 50),
     ("faq-long-memory", 200),
+    ("faq-indrnn-paper", 2),
     ("faq-exploding", 30),
     ("article-keras-lstm", 6),
     ("article-keras-gru", 6),
@@ -116,6 +117,7 @@ fn the_faq_experiments_run_end_to_end_with_a_tiny_budget() {
                 | "faq-exploding"
                 | "article-keras-budget"
                 | "faq-peephole"
+                | "faq-indrnn-paper"
         );
         for figure in [
             "learning_curves",
