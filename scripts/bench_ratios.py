@@ -22,20 +22,26 @@ import statistics
 import sys
 
 
-def read(paths):
-    samples = {}
-    memory = {}
-    rates = {}
+def rows(paths):
+    """Every row of the CSVs with its shape key (cell, hidden, seq_len, batch, threads)."""
     for path in paths:
         with open(path) as f:
             for row in csv.DictReader(f):
                 key = (row["cell"], int(row["hidden"]), int(row["seq_len"]), int(row["batch"]), int(row["threads"]))
-                samples.setdefault((row["impl"], key), []).append(float(row["ms_per_step"]))
-                if row.get("gflop_per_s"):
-                    rates.setdefault((row["impl"], key), []).append(float(row["gflop_per_s"]))
-                if row["peak_rss_mb"]:
-                    peak = max(float(row["peak_rss_mb"]), memory.get((row["impl"], key), 0.0))
-                    memory[(row["impl"], key)] = peak
+                yield row, key
+
+
+def read(paths):
+    samples = {}
+    memory = {}
+    rates = {}
+    for row, key in rows(paths):
+        samples.setdefault((row["impl"], key), []).append(float(row["ms_per_step"]))
+        if row.get("gflop_per_s"):
+            rates.setdefault((row["impl"], key), []).append(float(row["gflop_per_s"]))
+        if row["peak_rss_mb"]:
+            peak = max(float(row["peak_rss_mb"]), memory.get((row["impl"], key), 0.0))
+            memory[(row["impl"], key)] = peak
     times = {k: statistics.median(v) for k, v in samples.items()}
     return times, memory, {k: statistics.median(v) for k, v in rates.items()}
 
@@ -43,12 +49,9 @@ def read(paths):
 def gpu_split(paths):
     """Median counted_ms, gpu_ms, copy_ms, copy_bytes per rnnlab shape measured on a GPU."""
     splits = {}
-    for path in paths:
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row["impl"] == "rnnlab" and row.get("gpu_ms"):
-                    key = (row["cell"], int(row["hidden"]), int(row["seq_len"]), int(row["batch"]), int(row["threads"]))
-                    splits.setdefault(key, []).append([float(row[c]) for c in ("counted_ms", "gpu_ms", "copy_ms", "copy_bytes")])
+    for row, key in rows(paths):
+        if row["impl"] == "rnnlab" and row.get("gpu_ms"):
+            splits.setdefault(key, []).append([float(row[c]) for c in ("counted_ms", "gpu_ms", "copy_ms", "copy_bytes")])
     return {k: [statistics.median(column) for column in zip(*v)] for k, v in splits.items()}
 
 
