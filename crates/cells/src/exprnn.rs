@@ -6,9 +6,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, finish_chunks, input_grads,
-    input_projection, matmul, matmul_serial, previous_states, transpose, wide,
+    input_projection, matmul, previous_states, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
+use crate::packed::{Panels, par_product};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// The bound of the uniform draw of the modReLU bias, as Lezcano-Casado's code.
@@ -367,7 +368,7 @@ impl ExpRnnOp {
 
     /// The time loop for one chunk: `out` holds its rows' input projections.
     #[inline(always)]
-    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], w_t: &[T], bias: &[T]) {
+    fn forward_chunk<T: Real>(&self, out: &mut [T], h0: &[T], w_t: &Panels<T>, bias: &[T]) {
         let Dims {
             seq_len, hidden, ..
         } = self.dims;
@@ -375,12 +376,10 @@ impl ExpRnnOp {
         let out_rs = seq_len * hidden;
         let mut h_prev = h0.to_vec();
         for t in 0..seq_len {
-            matmul_serial(
-                (batch, hidden, hidden),
-                &mut out[t * hidden..],
-                out_rs,
+            w_t.mul(
+                (&mut out[t * hidden..], out_rs),
                 (&h_prev, hidden, 1),
-                (w_t, hidden, 1),
+                batch,
                 true,
             );
             for b in 0..batch {
@@ -409,7 +408,7 @@ impl ExpRnnOp {
         &self,
         [d_pre, d_h0]: [&mut [T]; 2],
         [out, grad_out]: [&[T]; 2],
-        w: &[T],
+        w: &Panels<T>,
     ) -> (Vec<T>, FlowNorms) {
         let Dims {
             seq_len, hidden, ..
@@ -441,12 +440,10 @@ impl ExpRnnOp {
                 }
                 flow.add(t, squared);
             }
-            matmul_serial(
-                (batch, hidden, hidden),
-                &mut d_rec,
-                hidden,
+            w.mul(
+                (&mut d_rec, hidden),
                 (&d_pre[t * hidden..], out_rs, 1),
-                (w, hidden, 1),
+                batch,
                 false,
             );
         }
@@ -474,10 +471,17 @@ impl Kernel for ExpRnnOp {
             bail!("fused expRNN: inputs do not match the layer's sizes");
         }
         let generator = orthogonal(&params[packed], hidden);
-        let w_t = cast::<T>(&transpose(&generator.2, hidden, hidden));
         let zero_bias = vec![T::ZERO; hidden];
         let mut out = input_projection(x, &params[w_ih], &zero_bias, batch * seq_len, input);
         let rows = chunk_rows(batch);
+        // Wᵀ, for h_{t−1} · Wᵀ: the panels read W by columns.
+        let w_t = Panels::pack(
+            &cast::<T>(&generator.2),
+            (1, hidden),
+            hidden,
+            (1, hidden),
+            rows,
+        );
         let bias = &params[bias];
         out.par_chunks_mut(rows * seq_len * hidden)
             .zip(h0.par_chunks(rows * hidden))
@@ -503,19 +507,19 @@ impl Kernel for ExpRnnOp {
         let ([w_ih, packed, bias], total) = self.ranges();
         let generator = fused::take_saved::<Orthogonal>(&self.saved, Self::NAME)?;
         let (s_matrix, squarings, w) = generator;
-        let w_cast = cast::<T>(&w);
         let out_rs = seq_len * hidden;
         let rows = batch * seq_len;
         let mut d_pre = vec![T::ZERO; rows * hidden];
         let mut d_h0 = vec![T::ZERO; batch * hidden];
         let chunk = chunk_rows(batch);
+        let recurrent = Panels::pack(&cast::<T>(&w), (hidden, 1), hidden, (1, hidden), chunk);
         let parts: Vec<(Vec<T>, FlowNorms)> = d_pre
             .par_chunks_mut(chunk * out_rs)
             .zip(d_h0.par_chunks_mut(chunk * hidden))
             .zip(out.par_chunks(chunk * out_rs))
             .zip(grad_out.par_chunks(chunk * out_rs))
             .map(|(((d_pre, d_h0), out), grad_out)| {
-                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], &w_cast))
+                wide(|| self.backward_chunk([d_pre, d_h0], [out, grad_out], &recurrent))
             })
             .collect();
         let mut d_params = vec![T::ZERO; total];
@@ -531,14 +535,7 @@ impl Kernel for ExpRnnOp {
         let mut h_prev = vec![T::ZERO; rows * hidden];
         previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
         let mut d_w = vec![T::ZERO; hidden * hidden];
-        matmul(
-            (hidden, hidden, rows),
-            &mut d_w,
-            hidden,
-            (&d_pre, 1, hidden),
-            (&h_prev, hidden, 1),
-            false,
-        );
+        par_product(&mut d_w, (&d_pre, 1, hidden), &h_prev, rows, hidden);
         packed_grad(&d_w, (&s_matrix, squarings), hidden, &mut d_params[packed]);
         Ok((d_x, d_h0, d_params))
     }

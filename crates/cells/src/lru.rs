@@ -6,9 +6,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, matmul, squared_sum, wide,
+    input_projection, squared_sum, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, block};
+use crate::packed::{par_product, par_product_strided};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// The ring the eigenvalues are drawn from at initialisation: `|λ| ∈ [R_MIN, R_MAX]`
@@ -369,12 +370,11 @@ impl Kernel for LruOp {
                 .zip(&params[bias.clone()])
                 .for_each(|((y, &d), &b)| *y = d + b);
         }
-        matmul(
-            (steps, hidden, 2 * hidden),
+        par_product_strided(
             &mut y,
-            hidden,
             (&states, 2 * hidden, 1),
             (&params[w_c], 1, 2 * hidden),
+            (2 * hidden, hidden),
             true,
         );
         let mut out = vec![T::ZERO; batch * (seq_len + 2) * hidden];
@@ -438,22 +438,20 @@ impl Kernel for LruOp {
             });
         let mut d_params = vec![T::ZERO; total];
         // ∂L/∂weight_c = d_yᵀ · states; ∂L/∂states = d_y · weight_c.
-        matmul(
-            (hidden, 2 * hidden, steps),
+        par_product(
             &mut d_params[w_c.clone()],
-            2 * hidden,
             (&d_y, 1, hidden),
-            (&states, 2 * hidden, 1),
-            false,
+            &states,
+            steps,
+            2 * hidden,
         );
         let mut d_states = vec![T::ZERO; steps * 2 * hidden];
-        matmul(
-            (steps, 2 * hidden, hidden),
+        par_product(
             &mut d_states,
-            2 * hidden,
             (&d_y, hidden, 1),
-            (&params[w_c.clone()], 2 * hidden, 1),
-            false,
+            &params[w_c.clone()],
+            hidden,
+            2 * hidden,
         );
         add_column_sums(&mut d_params[bias], &d_y, hidden);
         // The reverse recurrence per batch row, in f64 for the per-unit sums: turns the

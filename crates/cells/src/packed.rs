@@ -7,8 +7,8 @@
 //! operand is copied per block of terms with each register tile's rows side by side (with
 //! AVX-512, 16 × 16 blocks transposed in registers), and a tile of up to 4 (AVX2,
 //! portable) or 16 (AVX-512) rows × `PANEL` accumulators streams down a panel.
-//! [`par_product`] does the same for the weight gradients, one part of the rows per
-//! thread. Measured on the project's Xeon, one thread,
+//! [`par_product`] does the same for the weight gradients and the LRU's readout over
+//! all `B·T` steps, one part of the rows per thread. Measured on the project's Xeon, one thread,
 //! 16 × 1,024 × 256 (the LSTM's forward step at H = 256): 120–129 GFLOP/s with AVX-512
 //! and 91–96 with AVX2, against the crate's 67–81 (three runs, FAQ sweep paused).
 //!
@@ -82,9 +82,15 @@ impl<T: Real> Panels<T> {
             let (block, p) = (index / per_block, index % per_block);
             let first = p * PANEL;
             let cols = PANEL.min(width - first);
+            let column = block * width + first;
             for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (j, value) in row[..cols].iter_mut().enumerate() {
-                    *value = w[kk * rs + (block * width + first + j) * cs];
+                if cs == 1 {
+                    // Row-major (the weight gradients' `h`, B·T rows): a slice copy.
+                    row[..cols].copy_from_slice(&w[kk * rs + column..][..cols]);
+                } else {
+                    for (j, value) in row[..cols].iter_mut().enumerate() {
+                        *value = w[kk * rs + (column + j) * cs];
+                    }
                 }
             }
         }
@@ -150,13 +156,26 @@ impl<T: Real> Panels<T> {
 /// `B·T` steps use it (`a_rs = 1`).
 pub(crate) fn par_product<T: Real>(
     dst: &mut [T],
-    (a, a_rs, a_cs): (&[T], usize, usize),
+    a: (&[T], usize, usize),
     w: &[T],
     k: usize,
     n: usize,
 ) {
+    par_product_strided(dst, a, (w, n, 1), (k, n), false);
+}
+
+/// [`par_product`] for a `w` whose element `(kk, c)` is `w[kk·w_rs + c·w_cs]` (a PyTorch
+/// `(n, k)` weight read transposed has `w_rs = 1`), adding to `dst` when `accumulate`:
+/// `dst (+)= a · w`, still the `gemm` crate's sums for the same product.
+pub(crate) fn par_product_strided<T: Real>(
+    dst: &mut [T],
+    (a, a_rs, a_cs): (&[T], usize, usize),
+    (w, w_rs, w_cs): (&[T], usize, usize),
+    (k, n): (usize, usize),
+    accumulate: bool,
+) {
     let rows = dst.len() / n;
-    let panels = Panels::pack(w, (n, 1), k, (1, n), rows);
+    let panels = Panels::pack(w, (w_rs, w_cs), k, (1, n), rows);
     // One part per thread, of at most `MAX_PART` rows: each part streams every panel
     // once per group of rows, so larger parts read the packed `h` (B·T × H, tens of MiB
     // at T = 1,000) fewer times.
@@ -170,7 +189,12 @@ pub(crate) fn par_product<T: Real>(
         .enumerate()
         .for_each(|(part, dst)| {
             let (first, part_rows) = (part * part_rows, dst.len() / n);
-            panels.mul((dst, n), (&a[first * a_rs..], a_rs, a_cs), part_rows, false);
+            panels.mul(
+                (dst, n),
+                (&a[first * a_rs..], a_rs, a_cs),
+                part_rows,
+                accumulate,
+            );
         });
 }
 
@@ -746,6 +770,48 @@ mod tests {
                 .filter(|(e, g)| e.to_bits() != g.to_bits())
                 .count();
             assert_eq!(differ, 0, "{differ} differ at {rows} × {hidden}, k {k}");
+        }
+    }
+
+    /// The LRU's readout products and the expRNN's recurrent ones against the `gemm`
+    /// crate, bit for bit, where those kernels called it before: `y += s · Cᵀ` (C read
+    /// transposed, added to `D x̃ + b`), `∂L/∂C = ∂L/∂yᵀ · s` over every step (several
+    /// k-blocks) and `∂L/∂s = ∂L/∂y · C` at H = 64 and 128 with B·T = 3,200 and 64; and
+    /// the expRNN's `h · W` per 16-row chunk. (Below about 64 rows the crate reads a
+    /// transposed right-hand side through another path whose sums differ in the last
+    /// bit, and one row through a matrix-vector path; the packed kernels' sums are the
+    /// rule there: no result in the repository was computed at such a shape.)
+    #[test]
+    fn readout_products_have_the_gemm_crates_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        type Operand<'a> = (&'a [f32], usize, usize);
+        let check = |(rows, n, k): (usize, usize, usize), a: Operand, w: Operand, add: bool| {
+            let mut expected = values(rows * n, 4);
+            let mut got = expected.clone();
+            crate::fused::matmul((rows, n, k), &mut expected, n, a, w, add);
+            par_product_strided(&mut got, a, w, (k, n), add);
+            assert_eq!(bits(&got), bits(&expected), "{rows} × {n}, k {k}");
+        };
+        for &(steps, hidden) in &[(3200, 64), (3200, 128), (64, 64), (64, 37)] {
+            let two = 2 * hidden;
+            let states = values(steps * two, 1);
+            let c = values(hidden * two, 2);
+            let d_y = values(steps * hidden, 3);
+            check((steps, hidden, two), (&states, two, 1), (&c, 1, two), true);
+            check(
+                (hidden, two, steps),
+                (&d_y, 1, hidden),
+                (&states, two, 1),
+                false,
+            );
+            check((steps, two, hidden), (&d_y, hidden, 1), (&c, two, 1), false);
+        }
+        for &hidden in &[64, 128, 256, 37] {
+            let h = values(16 * hidden, 5);
+            let w = values(hidden * hidden, 6);
+            for add in [false, true] {
+                check((16, hidden, hidden), (&h, hidden, 1), (&w, hidden, 1), add);
+            }
         }
     }
 
