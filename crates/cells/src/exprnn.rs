@@ -465,6 +465,7 @@ impl Kernel for ExpRnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([w_ih, packed, bias], total) = self.ranges();
         if params.len() != total || x.len() != batch * seq_len * input {
@@ -503,6 +504,7 @@ impl Kernel for ExpRnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([w_ih, packed, bias], total) = self.ranges();
         let generator = fused::take_saved::<Orthogonal>(&self.saved, Self::NAME)?;
@@ -530,6 +532,7 @@ impl Kernel for ExpRnnOp {
             &params[w_ih.clone()],
             &mut d_params[w_ih],
             (rows, hidden, input),
+            self.dims.input_grad,
         );
         // ∂L/∂W = Σ_t ∂L/∂z_tᵀ · h_{t−1} over all B·T rows, then through the exponential.
         let mut h_prev = vec![T::ZERO; rows * hidden];

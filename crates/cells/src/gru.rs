@@ -414,6 +414,7 @@ impl Kernel for GruOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let reset = self.reset;
         let gh = 3 * hidden;
@@ -460,6 +461,7 @@ impl Kernel for GruOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let reset = self.reset;
         let gh = 3 * hidden;
@@ -511,6 +513,7 @@ impl Kernel for GruOp {
             weight_ih,
             &mut d_params[o_wih..o_whh],
             (rows, gh, input),
+            self.dims.input_grad,
         );
         let mut h_prev = vec![T::ZERO; rows * hidden];
         previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);

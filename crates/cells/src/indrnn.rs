@@ -215,6 +215,7 @@ impl Kernel for IndRnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([w_ih, u, bias], total) = self.ranges();
         if params.len() != total || x.len() != batch * seq_len * input {
@@ -243,6 +244,7 @@ impl Kernel for IndRnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([w_ih, u, bias], total) = self.ranges();
         let out_rs = seq_len * hidden;
@@ -268,6 +270,7 @@ impl Kernel for IndRnnOp {
             &params[w_ih.clone()],
             &mut d_params[w_ih],
             (rows, hidden, input),
+            self.dims.input_grad,
         );
         add_column_sums(&mut d_params[bias], &d_pre, hidden);
         Ok((d_x, d_h0, d_params))

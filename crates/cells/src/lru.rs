@@ -319,6 +319,7 @@ impl Kernel for LruOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([_, _, w_ih, bias, w_c], total) = self.ranges();
         if params.len() != total || x.len() != batch * seq_len * input {
@@ -413,6 +414,7 @@ impl Kernel for LruOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let ([nu, theta, w_ih, bias, w_c], total) = self.ranges();
         let act = fused::take_saved::<Activations<T>>(&self.saved, Self::NAME)?;
@@ -529,6 +531,7 @@ impl Kernel for LruOp {
             &params[w_ih.clone()],
             &mut d_params[w_ih],
             (steps, 3 * hidden, input),
+            self.dims.input_grad,
         );
         Ok((d_x, d_state0, d_params))
     }

@@ -951,6 +951,7 @@ impl Kernel for LstmOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let layout = Layout4::new(&self.options);
         let gh = layout.count * hidden;
@@ -1001,8 +1002,8 @@ impl Kernel for LstmOp {
         let Dims {
             batch,
             seq_len,
-            input,
             hidden,
+            ..
         } = self.dims;
         let layout = Layout4::new(&self.options);
         let gh = layout.count * hidden;
@@ -1070,7 +1071,7 @@ impl Kernel for LstmOp {
             Some(cells),
             (state0, sw),
             (out, out_rs),
-            (batch, seq_len, input, hidden),
+            self.dims,
         );
         for gate in [Gate::Input, Gate::Forget, Gate::Output] {
             if let Some(o) = offsets.peephole[gate as usize] {

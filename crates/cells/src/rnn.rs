@@ -202,6 +202,7 @@ impl Kernel for RnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
         // The pre-activations become the outputs in place: (B, T, H) is the same layout.
@@ -231,6 +232,7 @@ impl Kernel for RnnOp {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let offsets = GatedOffsets::new(&self.nonlinearity, input, hidden);
         let weight_hh = &params[offsets.weight_hh..offsets.bias_ih];
@@ -259,7 +261,7 @@ impl Kernel for RnnOp {
             None,
             (h0, hidden),
             (out, out_rs),
-            (batch, seq_len, input, hidden),
+            self.dims,
         );
         Ok((d_x, d_h0, d_params))
     }

@@ -197,6 +197,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let width = C::GATES * hidden;
         let (ranges, total) = param_ranges(&self.cell.layer_params(input, hidden));
@@ -234,6 +235,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
             seq_len,
             input,
             hidden,
+            ..
         } = self.dims;
         let width = C::GATES * hidden;
         let (ranges, total) = param_ranges(&self.cell.layer_params(input, hidden));
@@ -265,6 +267,7 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
             &params[ranges[0].clone()],
             &mut d_params[ranges[0].clone()],
             (batch * seq_len, width, input),
+            self.dims.input_grad,
         );
         add_column_sums(&mut d_params[ranges[1].clone()], &d_gates, width);
         Ok((d_x, d_h0, d_params))

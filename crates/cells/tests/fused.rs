@@ -228,3 +228,64 @@ fn the_thread_count_does_not_change_a_bit() {
         }
     }
 }
+
+/// A first layer's input is data, of which no gradient is asked: the kernels then skip
+/// `∂L/∂x` (a `B·T × G·H × I` product), and every other gradient keeps its bits.
+#[test]
+fn an_input_without_a_gradient_gets_none_and_changes_no_other() {
+    let (batch, seq_len, input, hidden) = (5, 7, 3, 8);
+    for cell in every_cell() {
+        let config = ModelConfig {
+            cell: cell.clone(),
+            input_size: input,
+            hidden: vec![hidden],
+            output_size: 1,
+            head: HeadKind::LastStep,
+        };
+        let params = Init::default()
+            .params(&config, 5, DType::F32, &Device::Cpu)
+            .unwrap();
+        let layer = cell.build(&params, 0, input, hidden).unwrap();
+        let data = wave(&[batch, seq_len, input], 1.0, DType::F32);
+        let state = layer.zero_state(batch).unwrap();
+        let run = |x_has_grad: bool| {
+            let x = Var::from_tensor(&data).unwrap();
+            let input = if x_has_grad {
+                x.as_tensor().clone()
+            } else {
+                data.clone()
+            };
+            let (out, _) = layer.sequence(&input, &state).unwrap();
+            let loss = (&out * wave(out.dims(), 4.0, DType::F32))
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let weights: Vec<Vec<f64>> = params
+                .iter()
+                .filter(|(name, _)| !name.starts_with("head."))
+                .map(|(name, var)| {
+                    flat(grads.get(var).unwrap_or_else(|| panic!("{cell:?}: {name}")))
+                })
+                .collect();
+            // candle stores whatever gradient an op returns, asked for or not.
+            (grads.get(&input).is_some(), weights)
+        };
+        let (with_grad, expected) = run(true);
+        let (without_grad, got) = run(false);
+        assert!(with_grad, "{cell:?}: the input's gradient when asked for");
+        assert!(!without_grad, "{cell:?}: a gradient for data");
+        assert_eq!(
+            expected
+                .iter()
+                .flatten()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            got.iter()
+                .flatten()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            "{cell:?}: weight gradients"
+        );
+    }
+}

@@ -27,6 +27,7 @@ pub(crate) fn exprnn_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if x.len() != rows * input || w_t.len() != hidden * hidden || bias.end > params.len() {
@@ -97,6 +98,7 @@ pub(crate) fn exprnn_backward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if out.len() != rows * hidden || grad_out.len() != out.len() {
@@ -172,6 +174,7 @@ pub(crate) fn exprnn_backward(
         (&d_pre, &x_dev, &params_dev),
         (&d_params, w_ih.start),
         (rows, hidden, input),
+        dims.input_grad,
     )?;
     gated::column_sums(gpu, (&d_bias_rows, rows, hidden), (&d_params, bias.start))?;
     let h_prev =
@@ -186,7 +189,7 @@ pub(crate) fn exprnn_backward(
     )?;
     Ok((
         Grads {
-            d_x: gpu.download(&d_x)?,
+            d_x: gated::download_input_grad(gpu, d_x)?,
             d_state0: gpu.download(&dh_rec)?,
             d_params: gpu.download(&d_params)?,
             flow,

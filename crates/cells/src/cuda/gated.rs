@@ -108,7 +108,8 @@ pub(super) fn input_grads(
     (d_pre, x, params_dev): (&Buf<f32>, &Buf<f32>, &Buf<f32>),
     (d_params, weight_ih): (&Buf<f32>, usize),
     (rows, cols, input): (usize, usize, usize),
-) -> Result<Buf<f32>> {
+    input_grad: bool,
+) -> Result<Option<Buf<f32>>> {
     gpu.gemm(
         (cols, input, rows),
         Strided::new(d_pre, 0, 1, cols),
@@ -116,6 +117,9 @@ pub(super) fn input_grads(
         Strided::new(d_params, weight_ih, input, 1),
         0.0,
     )?;
+    if !input_grad {
+        return Ok(None);
+    }
     let d_x = gpu.zeros::<f32>(rows * input)?;
     gpu.gemm(
         (rows, input, cols),
@@ -124,7 +128,12 @@ pub(super) fn input_grads(
         Strided::new(&d_x, 0, input, 1),
         0.0,
     )?;
-    Ok(d_x)
+    Ok(Some(d_x))
+}
+
+/// [`input_grads`]' `∂L/∂X` on the host; empty when it was not computed.
+pub(super) fn download_input_grad(gpu: &Gpu, d_x: Option<Buf<f32>>) -> Result<Vec<f32>> {
+    d_x.map_or(Ok(Vec::new()), |d_x| gpu.download(&d_x))
 }
 
 /// `out[j] = Σ_r m[r·C + j]` for `rows` rows, the rows in order, into `C` floats of
@@ -226,6 +235,7 @@ pub(super) fn weight_grads(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let gh = offsets.gate_rows();
     let rows = batch * seq_len;
@@ -235,6 +245,7 @@ pub(super) fn weight_grads(
         (d_pre, x, params_dev),
         (&d_params, offsets.weight_ih),
         (rows, gh, input),
+        dims.input_grad,
     )?;
     let h_prev = previous_states(gpu, (h0, h0_rs), (out, out_rs), dims)?;
     let d_out = d_rec.unwrap_or(d_pre);
@@ -264,7 +275,7 @@ pub(super) fn weight_grads(
         let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
         tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
     }
-    Ok((gpu.download(&d_x)?, d_params))
+    Ok((download_input_grad(gpu, d_x)?, d_params))
 }
 
 /// The address and row stride of `h_{t−1}` for a layer whose output is its hidden

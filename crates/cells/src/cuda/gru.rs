@@ -42,6 +42,7 @@ pub(crate) fn gru_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let gh = 3 * hidden;
     let rows = batch * seq_len;

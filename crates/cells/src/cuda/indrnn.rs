@@ -24,6 +24,7 @@ pub(crate) fn indrnn_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if x.len() != rows * input || h0.len() != batch * hidden || bias.end > params.len() {
@@ -65,6 +66,7 @@ pub(crate) fn indrnn_backward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if out.len() != rows * hidden || grad_out.len() != out.len() {
@@ -100,11 +102,12 @@ pub(crate) fn indrnn_backward(
         (&d_pre, &x_dev, &params_dev),
         (&d_params, w_ih.start),
         (rows, hidden, input),
+        dims.input_grad,
     )?;
     gated::column_sums(gpu, (&d_u_rows, batch, hidden), (&d_params, u.start))?;
     gated::column_sums(gpu, (&d_pre, rows, hidden), (&d_params, bias.start))?;
     Ok(Grads {
-        d_x: gpu.download(&d_x)?,
+        d_x: gated::download_input_grad(gpu, d_x)?,
         d_state0: gpu.download(&d_h0)?,
         d_params: gpu.download(&d_params)?,
         flow,

@@ -41,6 +41,7 @@ pub(crate) fn lru_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if x.len() != rows * input || state0.len() != batch * 3 * hidden || w_c.end > params.len() {
@@ -130,6 +131,7 @@ pub(crate) fn lru_backward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if grad_out.len() != batch * (seq_len + 2) * hidden {
@@ -207,6 +209,7 @@ pub(crate) fn lru_backward(
         (&projected, &x, &params),
         (&d_params, w_ih.start),
         (rows, 3 * hidden, input),
+        dims.input_grad,
     )?;
     let per_row = gpu.download(&unit_sums)?;
     let mut sums = vec![[0.0; 3]; hidden];
@@ -217,7 +220,7 @@ pub(crate) fn lru_backward(
     }
     Ok((
         Grads {
-            d_x: gpu.download(&d_x)?,
+            d_x: gated::download_input_grad(gpu, d_x)?,
             d_state0: gpu.download(&d_state0)?,
             d_params: gpu.download(&d_params)?,
             flow,

@@ -135,6 +135,7 @@ pub(crate) fn lstm_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let variant = Variant::new(options, offsets)?;
     let gh = variant.blocks * hidden;

@@ -23,6 +23,7 @@ pub(crate) fn rnn_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let rows = batch * seq_len;
     if offsets.gate_rows() != hidden || params.len() != offsets.end || x.len() != rows * input {

@@ -61,6 +61,7 @@ pub(crate) fn scan_forward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let width = kernels.gates * hidden;
     let rows = batch * seq_len;
@@ -131,6 +132,7 @@ pub(crate) fn scan_backward(
         seq_len,
         input,
         hidden,
+        ..
     } = dims;
     let width = kernels.gates * hidden;
     let rows = batch * seq_len;
@@ -209,10 +211,11 @@ pub(crate) fn scan_backward(
         (&gates, &x, &params),
         (&d_params, 0),
         (rows, width, input),
+        dims.input_grad,
     )?;
     gated::column_sums(gpu, (&gates, rows, width), (&d_params, width * input))?;
     Ok(Grads {
-        d_x: gpu.download(&d_x)?,
+        d_x: gated::download_input_grad(gpu, d_x)?,
         d_state0: gpu.download(&d_h0)?,
         d_params: gpu.download(&d_params)?,
         flow,
