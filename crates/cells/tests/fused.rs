@@ -16,6 +16,17 @@ fn every_cell() -> Vec<CellConfig> {
     registry::examples()
 }
 
+/// A model of one `hidden`-unit layer of `cell` over `input` features.
+fn one_layer(cell: &CellConfig, input: usize, hidden: usize) -> ModelConfig {
+    ModelConfig {
+        cell: cell.clone(),
+        input_size: input,
+        hidden: vec![hidden],
+        output_size: 1,
+        head: HeadKind::LastStep,
+    }
+}
+
 /// Runs `run` for a layer and returns every value and gradient it produces, by name.
 fn measure(
     cell: &CellConfig,
@@ -23,13 +34,7 @@ fn measure(
     dtype: DType,
     run: impl Fn(&dyn Cell, &Tensor, &State) -> (Tensor, State),
 ) -> Vec<(String, Vec<f64>)> {
-    let config = ModelConfig {
-        cell: cell.clone(),
-        input_size: input,
-        hidden: vec![hidden],
-        output_size: 1,
-        head: HeadKind::LastStep,
-    };
+    let config = one_layer(cell, input, hidden);
     let init = Init {
         scheme: InitScheme::Pytorch,
         forget_bias: 0.7,
@@ -235,13 +240,7 @@ fn the_thread_count_does_not_change_a_bit() {
 fn an_input_without_a_gradient_gets_none_and_changes_no_other() {
     let (batch, seq_len, input, hidden) = (5, 7, 3, 8);
     for cell in every_cell() {
-        let config = ModelConfig {
-            cell: cell.clone(),
-            input_size: input,
-            hidden: vec![hidden],
-            output_size: 1,
-            head: HeadKind::LastStep,
-        };
+        let config = one_layer(&cell, input, hidden);
         let params = Init::default()
             .params(&config, 5, DType::F32, &Device::Cpu)
             .unwrap();
