@@ -114,12 +114,7 @@ impl ScanStep for MinLstmSpec {
         let n = h.len();
         let (f, rest) = gates.split_at_mut(n);
         let (i, candidate) = rest.split_at_mut(n);
-        for j in 0..n {
-            f[j] = f[j].sigmoid_();
-            i[j] = i[j].sigmoid_();
-            let share = i[j] / (f[j] + i[j]);
-            h[j] = h_prev[j] + share * (candidate[j] - h_prev[j]);
-        }
+        forward_units(f, i, candidate, h_prev, h);
     }
 
     /// With `s = f + i` and `p = i / s`: `∂p/∂i = f / s²`, `∂p/∂f = −i / s²`.
@@ -128,20 +123,8 @@ impl ScanStep for MinLstmSpec {
         let n = d_h.len();
         let (f, rest) = gates.split_at_mut(n);
         let (i, candidate) = rest.split_at_mut(n);
-        for j in 0..n {
-            let (fj, ij) = (f[j], i[j]);
-            // One division: 1 / s, then p = i / s and the 1 / s² of both derivatives.
-            let inv = T::ONE / (fj + ij);
-            let share = ij * inv;
-            let d_share = d_h[j] * (candidate[j] - h_prev[j]);
-            let d_over = d_share * inv * inv;
-            d_prev[j] = d_h[j] * (T::ONE - share);
-            candidate[j] = d_h[j] * share;
-            i[j] = d_over * fj * ij * (T::ONE - ij);
-            f[j] = -(d_over * ij) * fj * (T::ONE - fj);
-        }
+        backward_units((f, i, candidate), d_prev, h_prev, d_h);
     }
-
     fn form(&self) -> ScanForm {
         self.form
     }
@@ -177,6 +160,48 @@ impl ScanStep for MinLstmSpec {
             i[j] = d_d * si;
             p[j] = d_log_b[j] * log_g(p[j]).1;
         }
+    }
+}
+
+/// minLSTM's forward for one step of one row: `f` and `i` activated in place, `h` from
+/// `h_prev` and the candidate. Each slice is its own argument so that, inlined, the
+/// compiler knows they do not overlap and vectorises the loop (split from one `gates`
+/// slice, the checks it would need were too many and the loop ran one unit at a time).
+#[inline(always)]
+fn forward_units<T: Real>(f: &mut [T], i: &mut [T], candidate: &[T], h_prev: &[T], h: &mut [T]) {
+    let n = h.len();
+    let (f, i, candidate, h_prev) = (&mut f[..n], &mut i[..n], &candidate[..n], &h_prev[..n]);
+    for j in 0..n {
+        f[j] = f[j].sigmoid_();
+        i[j] = i[j].sigmoid_();
+        let share = i[j] / (f[j] + i[j]);
+        h[j] = h_prev[j] + share * (candidate[j] - h_prev[j]);
+    }
+}
+
+/// minLSTM's backward for one step of one row, as [`forward_units`]: `f`, `i` and the
+/// candidate become their pre-activations' gradients, `d_prev` gets `∂L/∂h_{t−1}`.
+#[inline(always)]
+fn backward_units<T: Real>(
+    (f, i, candidate): (&mut [T], &mut [T], &mut [T]),
+    d_prev: &mut [T],
+    h_prev: &[T],
+    d_h: &[T],
+) {
+    let n = d_h.len();
+    let (f, i, candidate) = (&mut f[..n], &mut i[..n], &mut candidate[..n]);
+    let (d_prev, h_prev) = (&mut d_prev[..n], &h_prev[..n]);
+    for j in 0..n {
+        let (fj, ij) = (f[j], i[j]);
+        // One division: 1 / s, then p = i / s and the 1 / s² of both derivatives.
+        let inv = T::ONE / (fj + ij);
+        let share = ij * inv;
+        let d_share = d_h[j] * (candidate[j] - h_prev[j]);
+        let d_over = d_share * inv * inv;
+        d_prev[j] = d_h[j] * (T::ONE - share);
+        candidate[j] = d_h[j] * share;
+        i[j] = d_over * fj * ij * (T::ONE - ij);
+        f[j] = -(d_over * ij) * fj * (T::ONE - fj);
     }
 }
 
