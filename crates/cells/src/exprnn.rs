@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, finish_chunks, input_grads,
-    input_projection, matmul, previous_states, transpose, wide,
+    input_projection, matmul, previous_states, squared_sum, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
 use crate::packed::{Panels, par_product};
@@ -424,21 +424,22 @@ impl ExpRnnOp {
                 let (h, g) = (&out[at..at + hidden], &grad_out[at..at + hidden]);
                 let rec = &d_rec[b * hidden..(b + 1) * hidden];
                 let d = &mut d_pre[at..at + hidden];
-                let mut squared = 0.0;
-                for j in 0..hidden {
-                    let d_h = g[j] + rec[j];
-                    squared += d_h.to_f64() * d_h.to_f64();
-                    if h[j] > T::ZERO {
-                        d[j] = d_h;
-                        d_bias[j] += d_h;
-                    } else if h[j] < T::ZERO {
-                        d[j] = d_h;
-                        d_bias[j] -= d_h;
+                // ∂L/∂h_t first, its squared norm summed apart (in order: a running f64
+                // sum would keep the elementwise loop scalar), then through modReLU.
+                d.iter_mut()
+                    .zip(g.iter().zip(rec))
+                    .for_each(|(d, (&g, &r))| *d = g + r);
+                flow.add(t, squared_sum(d));
+                for ((d, bias), &h) in d.iter_mut().zip(d_bias.iter_mut()).zip(h) {
+                    let d_h = *d;
+                    (*d, *bias) = if h > T::ZERO {
+                        (d_h, *bias + d_h)
+                    } else if h < T::ZERO {
+                        (d_h, *bias - d_h)
                     } else {
-                        d[j] = T::ZERO;
-                    }
+                        (T::ZERO, *bias)
+                    };
                 }
-                flow.add(t, squared);
             }
             w.mul(
                 (&mut d_rec, hidden),

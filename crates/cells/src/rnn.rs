@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, squared_sum,
+    wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
 use crate::packed::Panels;
@@ -164,18 +165,20 @@ impl RnnOp {
                 let (h, g) = (&out[at..at + hidden], &grad_out[at..at + hidden]);
                 let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
                 let d = &mut d_pre[at..at + hidden];
-                let mut squared = 0.0;
-                for j in 0..hidden {
-                    let d_h = g[j] + rec[j];
-                    squared += d_h.to_f64() * d_h.to_f64();
+                // ∂L/∂h_t first, its squared norm summed apart (in order: a running f64
+                // sum would keep the elementwise loops scalar), then through φ.
+                d.iter_mut()
+                    .zip(g.iter().zip(rec))
+                    .for_each(|(d, (&g, &r))| *d = g + r);
+                flow.add(t, squared_sum(d));
+                d.iter_mut().zip(h).for_each(|(d, &h)| {
                     let slope = match nonlinearity {
-                        Nonlinearity::Tanh => T::ONE - h[j] * h[j],
-                        Nonlinearity::Relu if h[j] > T::ZERO => T::ONE,
+                        Nonlinearity::Tanh => T::ONE - h * h,
+                        Nonlinearity::Relu if h > T::ZERO => T::ONE,
                         Nonlinearity::Relu => T::ZERO,
                     };
-                    d[j] = d_h * slope;
-                }
-                flow.add(t, squared);
+                    *d = *d * slope;
+                });
             }
             recurrent.mul(
                 (&mut d_h_rec, hidden),
