@@ -177,7 +177,7 @@ impl RnnOp {
                         Nonlinearity::Relu if h > T::ZERO => T::ONE,
                         Nonlinearity::Relu => T::ZERO,
                     };
-                    *d = *d * slope;
+                    *d *= slope;
                 });
             }
             recurrent.mul(
