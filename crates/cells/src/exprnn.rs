@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, finish_chunks, input_grads,
-    input_projection, matmul, previous_states, squared_sum, transpose, wide,
+    input_projection, matmul, previous_states, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
 use crate::packed::{Panels, par_product};
@@ -417,7 +417,7 @@ impl ExpRnnOp {
         let out_rs = seq_len * hidden;
         let mut d_rec = vec![T::ZERO; batch * hidden];
         let mut d_bias = vec![T::ZERO; hidden];
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let at = b * out_rs + t * hidden;
@@ -429,7 +429,7 @@ impl ExpRnnOp {
                 d.iter_mut()
                     .zip(g.iter().zip(rec))
                     .for_each(|(d, (&g, &r))| *d = g + r);
-                flow.add(t, squared_sum(d));
+                flow.add(t, d);
                 for ((d, bias), &h) in d.iter_mut().zip(d_bias.iter_mut()).zip(h) {
                     let d_h = *d;
                     (*d, *bias) = if h > T::ZERO {

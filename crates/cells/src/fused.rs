@@ -824,18 +824,27 @@ pub(crate) fn input_grads<T: Real>(
 /// [`Self::finish`] averages the chunks over the batch.
 pub(crate) struct FlowNorms {
     per_step: Vec<f64>,
+    wanted: bool,
 }
 
 impl FlowNorms {
-    pub(crate) fn new(seq_len: usize) -> Self {
+    /// Norms for `seq_len` steps, to be stored in `sink`. They are computed only while
+    /// somebody holds the layer's [`GradFlow`](crate::cell::GradFlow) as well as the
+    /// kernel (training keeps it on the steps whose flow it records): otherwise each
+    /// step's in-order f64 sum would cost a few percent of a small step for nothing.
+    pub(crate) fn new(seq_len: usize, sink: &FlowSink) -> Self {
         Self {
             per_step: vec![0.0; seq_len],
+            wanted: std::sync::Arc::strong_count(sink) > 1,
         }
     }
 
-    /// Adds one batch row's `∂L/∂h_t` (given as its squared sum).
-    pub(crate) fn add(&mut self, t: usize, squared_sum: f64) {
-        self.per_step[t] += squared_sum.sqrt();
+    /// Adds one batch row's `‖∂L/∂h_t‖` (`d_h` its values), if the flow is wanted.
+    #[inline(always)]
+    pub(crate) fn add<T: Real>(&mut self, t: usize, d_h: &[T]) {
+        if self.wanted {
+            self.per_step[t] += squared_sum(d_h).sqrt();
+        }
     }
 
     /// Stores in `sink` the batch-averaged norms of the batch chunks' `parts`, added up
@@ -846,11 +855,16 @@ impl FlowNorms {
         sink: &FlowSink,
     ) {
         let mut per_step = vec![0.0; dims.seq_len];
+        let mut wanted = false;
         for part in parts {
+            wanted |= part.wanted;
             per_step
                 .iter_mut()
                 .zip(&part.per_step)
                 .for_each(|(a, b)| *a += b);
+        }
+        if !wanted {
+            return;
         }
         let batch = dims.batch as f64;
         let norms = per_step.into_iter().map(|n| n / batch).collect();
@@ -877,7 +891,7 @@ pub(crate) fn finish_chunks<T: Real>(
 }
 
 /// `Σ v²` in f64.
-pub(crate) fn squared_sum<T: Real>(values: &[T]) -> f64 {
+fn squared_sum<T: Real>(values: &[T]) -> f64 {
     values.iter().map(|v| v.to_f64() * v.to_f64()).sum()
 }
 

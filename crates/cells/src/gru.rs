@@ -319,7 +319,7 @@ impl GruOp {
         let mut d_h_direct = vec![T::ZERO; batch * hidden];
         let mut d_rh = vec![T::ZERO; batch * hidden];
         let mut d_h = vec![T::ZERO; hidden];
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         for t in (0..seq_len).rev() {
             let (h_prev, h_rs) = if t == 0 {
                 (h0, hidden)
@@ -343,11 +343,7 @@ impl GruOp {
                     .zip(&d_h_rec[b * hidden..(b + 1) * hidden])
                     .for_each(|((d, &g), &r)| *d = g + r);
                 // Summed apart, in order: a running f64 sum kept the loop below scalar.
-                let mut squared = 0.0;
-                for &d in &d_h {
-                    squared += d.to_f64() * d.to_f64();
-                }
-                flow.add(t, squared);
+                flow.add(t, &d_h);
                 z_and_n_grads(&d_h, z, n, h_prev, direct, d_pre_z, d_pre_n);
                 d_rec_z.copy_from_slice(d_pre_z);
                 if reset == GruReset::After {

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, add_column_sums, chunk_rows, finish_chunks, input_grads,
-    input_projection, squared_sum, wide,
+    input_projection, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
@@ -169,7 +169,7 @@ impl IndRnnOp {
         let out_rs = seq_len * hidden;
         let batch = h0.len() / hidden;
         let mut d_u = vec![T::ZERO; hidden];
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         let mut d_h = vec![T::ZERO; hidden];
         for b in 0..batch {
             let (out, grad_out) = (&out[b * out_rs..], &grad_out[b * out_rs..]);
@@ -194,7 +194,7 @@ impl IndRnnOp {
                     d_u[j] += d * h_prev[j];
                     d_rec[j] = d * u[j];
                 }
-                flow.add(t, squared_sum(&d_h));
+                flow.add(t, &d_h);
             }
             d_h0[b * hidden..(b + 1) * hidden].copy_from_slice(&d_rec);
         }

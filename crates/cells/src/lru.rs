@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, squared_sum, wide,
+    input_projection, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, block};
 use crate::packed::{par_product, par_product_strided};
@@ -478,7 +478,7 @@ impl Kernel for LruOp {
                             im: vec![0.0; hidden],
                             gamma: vec![0.0; hidden],
                         };
-                        let mut flow = FlowNorms::new(seq_len);
+                        let mut flow = FlowNorms::new(seq_len, &self.flow);
                         let chunk_batch = state0.len() / (3 * hidden);
                         for b in 0..chunk_batch {
                             let p = &mut projected[b * p_rs..(b + 1) * p_rs];
@@ -498,7 +498,7 @@ impl Kernel for LruOp {
                                 for j in 0..2 * hidden {
                                     d_x[j] += ds[now + j];
                                 }
-                                flow.add(t, squared_sum(&d_x));
+                                flow.add(t, &d_x);
                                 let p_t = &mut p[t * 3 * hidden..(t + 1) * 3 * hidden];
                                 let (p_x, p_d) = p_t.split_at_mut(2 * hidden);
                                 reverse_step(&units, &mut sums, &mut d_x, prev, p_x);

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, chunk_rows, gated_weight_grads,
-    matmul_serial, squared_sum, wide,
+    matmul_serial, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
 use crate::packed::Panels;
@@ -846,7 +846,7 @@ impl LstmOp {
         let mut d_peep = [(); 4].map(|_| vec![T::ZERO; hidden]);
         let mut d_h = vec![T::ZERO; hidden];
         let mut tanh_cell = vec![T::ZERO; hidden];
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
@@ -861,7 +861,7 @@ impl LstmOp {
                 d_h.iter_mut()
                     .zip(g_out.iter().zip(rec))
                     .for_each(|(d, (&a, &r))| *d = a + r);
-                flow.add(t, squared_sum(&d_h));
+                flow.add(t, &d_h);
                 let c = &cells[cell..cell + hidden];
                 if self.options.output_activation {
                     tanh_cell

@@ -5,8 +5,7 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, squared_sum,
-    wide,
+    self, Dims, FlowNorms, GatedOffsets, Kernel, Real, chunk_rows, gated_weight_grads, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
 use crate::packed::Panels;
@@ -158,7 +157,7 @@ impl RnnOp {
         let batch = d_h0.len() / hidden;
         let out_rs = seq_len * hidden;
         let mut d_h_rec = vec![T::ZERO; batch * hidden];
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         for t in (0..seq_len).rev() {
             for b in 0..batch {
                 let at = b * out_rs + t * hidden;
@@ -170,7 +169,7 @@ impl RnnOp {
                 d.iter_mut()
                     .zip(g.iter().zip(rec))
                     .for_each(|(d, (&g, &r))| *d = g + r);
-                flow.add(t, squared_sum(d));
+                flow.add(t, d);
                 d.iter_mut().zip(h).for_each(|(d, &h)| {
                     let slope = match nonlinearity {
                         Nonlinearity::Tanh => T::ONE - h * h,

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, squared_sum, wide,
+    input_projection, wide,
 };
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
 
@@ -156,7 +156,7 @@ impl<C: ScanStep> ScanOp<C> {
         } = self.dims;
         let width = C::GATES * hidden;
         let (g_rs, out_rs) = (seq_len * width, seq_len * hidden);
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         let mut d_h = vec![T::ZERO; hidden];
         for (b, h0) in h0.chunks_exact(hidden).enumerate() {
             let gates = &mut gates[b * g_rs..(b + 1) * g_rs];
@@ -176,7 +176,7 @@ impl<C: ScanStep> ScanOp<C> {
                     &d_h,
                     &mut d_rec,
                 );
-                flow.add(t, squared_sum(&d_h));
+                flow.add(t, &d_h);
             }
             d_h0[b * hidden..(b + 1) * hidden].copy_from_slice(&d_rec);
         }
@@ -471,7 +471,7 @@ impl<C: ScanStep> ScanOp<C> {
         } = self.dims;
         let width = C::GATES * hidden;
         let (g_rs, out_rs) = (seq_len * width, seq_len * hidden);
-        let mut flow = FlowNorms::new(seq_len);
+        let mut flow = FlowNorms::new(seq_len, &self.flow);
         let mut scratch = vec![T::ZERO; 4 * out_rs];
         let mut d_log_b = vec![T::ZERO; hidden];
         for (b, h0) in h0.chunks_exact(hidden).enumerate() {
@@ -491,7 +491,6 @@ impl<C: ScanStep> ScanOp<C> {
             for t in (0..seq_len).rev() {
                 let at = t * hidden;
                 let step_gates = &mut gates[t * width..(t + 1) * width];
-                let mut squared = 0.0;
                 for j in 0..hidden {
                     let g = grad_out[at + j];
                     let (a_star, s) = (cum[at + j], sums[at + j]);
@@ -505,9 +504,8 @@ impl<C: ScanStep> ScanOp<C> {
                     alpha[j] += g * out[at + j] - d_b;
                     d_log_b[j] = d_b;
                     d_state[j] += g;
-                    squared += d_state[j].to_f64() * d_state[j].to_f64();
                 }
-                flow.add(t, squared);
+                flow.add(t, &d_state);
                 for j in 0..hidden {
                     d_state[j] *= log_a[at + j].exp_();
                 }

@@ -202,6 +202,12 @@ pub fn train(
         let started = Instant::now();
         let batch = task.batch_of(config.seed, Split::Train, training_indices(config, step));
         let (outputs, _, flows) = model.forward_traced(&inputs(&batch, &device)?)?;
+        // The first layer's flow on the steps that record it; dropping the others before
+        // the backward lets the kernels skip computing them.
+        let flow = flows
+            .into_iter()
+            .next()
+            .filter(|_| records_flow(step, total));
         let loss = task_loss(task, &outputs, &batch)?;
         let loss_value = f64::from(loss.to_scalar::<f32>()?);
         if !loss_value.is_finite() {
@@ -235,8 +241,7 @@ pub fn train(
             value: grad_norm,
         });
         on_step(step, loss_value);
-        let flow = flows.first().and_then(|flow| flow.norms());
-        if let (true, Some(norms)) = (records_flow(step, total), flow) {
+        if let Some(norms) = flow.and_then(|flow| flow.norms()) {
             record.gradflow.push(FlowRow { step, norms });
         }
         if step % config.train.eval_every == 0 || step == total {
