@@ -285,18 +285,20 @@ fn forward_rows<T: Real>(units: &Units<T>, states: &mut [T], projected: &[T], st
             .zip(row.chunks_exact_mut(2 * hidden))
         {
             let (s_re, s_im) = s.split_at_mut(hidden);
-            forward_step(units, [&mut re, &mut im], [s_re, s_im], p);
+            forward_step(units, &mut re, &mut im, s_re, s_im, p);
         }
     }
 }
 
-/// One step of [`forward_rows`] for one row, every slice cut to `H` so that the loop has
-/// no bounds checks.
+/// One step of [`forward_rows`] for one row, every slice an argument of its own (so the
+/// compiler knows they do not overlap) and cut to `H` (no bounds checks).
 #[inline(always)]
 fn forward_step<T: Real>(
     units: &Units<T>,
-    [re, im]: [&mut [T]; 2],
-    [s_re, s_im]: [&mut [T]; 2],
+    re: &mut [T],
+    im: &mut [T],
+    s_re: &mut [T],
+    s_im: &mut [T],
     projected: &[T],
 ) {
     let hidden = units.re.len();

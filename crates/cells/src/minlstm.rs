@@ -123,7 +123,7 @@ impl ScanStep for MinLstmSpec {
         let n = d_h.len();
         let (f, rest) = gates.split_at_mut(n);
         let (i, candidate) = rest.split_at_mut(n);
-        backward_units((f, i, candidate), d_prev, h_prev, d_h);
+        backward_units(f, i, candidate, d_prev, h_prev, d_h);
     }
     fn form(&self) -> ScanForm {
         self.form
@@ -181,9 +181,13 @@ fn forward_units<T: Real>(f: &mut [T], i: &mut [T], candidate: &[T], h_prev: &[T
 
 /// minLSTM's backward for one step of one row, as [`forward_units`]: `f`, `i` and the
 /// candidate become their pre-activations' gradients, `d_prev` gets `∂L/∂h_{t−1}`.
+/// (Passed as one tuple the three gates lost what tells the compiler they do not
+/// overlap, and this loop stayed scalar.)
 #[inline(always)]
 fn backward_units<T: Real>(
-    (f, i, candidate): (&mut [T], &mut [T], &mut [T]),
+    f: &mut [T],
+    i: &mut [T],
+    candidate: &mut [T],
     d_prev: &mut [T],
     h_prev: &[T],
     d_h: &[T],

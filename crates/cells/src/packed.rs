@@ -8,9 +8,10 @@
 //! AVX-512, 16 × 16 blocks transposed in registers), and a tile of up to 4 (AVX2,
 //! portable) or 16 (AVX-512) rows × `PANEL` accumulators streams down a panel.
 //! [`par_product`] does the same for the weight gradients and the LRU's readout over
-//! all `B·T` steps, one part of the rows per thread. Measured on the project's Xeon, one thread,
-//! 16 × 1,024 × 256 (the LSTM's forward step at H = 256): 120–129 GFLOP/s with AVX-512
-//! and 91–96 with AVX2, against the crate's 67–81 (three runs, FAQ sweep paused).
+//! all `B·T` steps, one part of the rows per thread. Measured on the project's Xeon,
+//! one thread, 16 × 1,024 × 256 (the LSTM's forward step at H = 256): 120–129 GFLOP/s
+//! with AVX-512 and 91–96 with AVX2, against the crate's 67–81 (three runs, FAQ sweep
+//! paused).
 //!
 //! **The sums are the `gemm` crate's, bit for bit.** The kernels called it per step
 //! before; each output element there is a chain of fused multiply-adds from zero in `k`
