@@ -641,14 +641,19 @@ pub(crate) fn input_projection<T: Real>(
 /// as `x₁·w₁ + x₀·w₀`, each product and the sum rounded on their own (no fused
 /// multiply-add: its small-`k` path, taken above 256 output elements), and the bias was
 /// added after it; the same operations in the same order give the same bits.
+/// The weights' columns are split apart first, so that each row is one pass over
+/// contiguous slices (it vectorises; reading `(G·H, 2)` weights pairwise did not).
 fn short_projection<T: Real>(x: &[T], weight_ih: &[T], bias: &[T], input: usize) -> Vec<T> {
+    let column =
+        |i: usize| -> Vec<T> { weight_ih.iter().skip(i).step_by(input).copied().collect() };
+    let (w0, w1) = (column(0), column(input - 1));
     let mut pre = Vec::with_capacity(x.len() / input * bias.len());
     for features in x.chunks_exact(input) {
-        let weights = weight_ih.chunks_exact(input).zip(bias);
+        let weights = w0.iter().zip(&w1).zip(bias);
         if let [x0, x1] = *features {
-            pre.extend(weights.map(|(w, &b)| (x1 * w[1] + x0 * w[0]) + b));
+            pre.extend(weights.map(|((&w0, &w1), &b)| (x1 * w1 + x0 * w0) + b));
         } else {
-            pre.extend(weights.map(|(w, &b)| features[0] * w[0] + b));
+            pre.extend(weights.map(|((&w0, _), &b)| features[0] * w0 + b));
         }
     }
     pre

@@ -862,20 +862,11 @@ impl LstmOp {
                     .zip(g_out.iter().zip(rec))
                     .for_each(|(d, (&a, &r))| *d = a + r);
                 flow.add(t, &d_h);
-                let c = &cells[cell..cell + hidden];
-                if self.options.output_activation {
-                    tanh_cell
-                        .iter_mut()
-                        .zip(c)
-                        .for_each(|(tc, &c)| *tc = c.tanh_());
-                } else {
-                    tanh_cell.copy_from_slice(c);
-                }
                 let step = StepBackward {
                     gates: split_gates(&mut gates[row..row + gh], hidden, layout),
                     c_prev,
-                    c,
-                    tc: &tanh_cell,
+                    c: &cells[cell..cell + hidden],
+                    tc: &mut tanh_cell,
                     d_h: &d_h,
                     d_c: &mut d_c[b * hidden..(b + 1) * hidden],
                     peephole,
@@ -1140,14 +1131,31 @@ fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
     let StepForward {
         mut i,
         mut f,
-        g,
-        o,
+        mut g,
+        mut o,
         c_prev,
         c,
         tc,
         h,
         peephole,
     } = s;
+    if let (Some(i), Some(f), Some(g), Some(o), true, true, [None, None, None, None]) = (
+        i.as_deref_mut(),
+        f.as_deref_mut(),
+        g.as_deref_mut(),
+        o.as_deref_mut(),
+        options.input_activation,
+        options.output_activation,
+        peephole,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features `avx512` is compiled for.
+            #[allow(unsafe_code)]
+            return unsafe { avx512::plain_step_forward(i, f, g, o, c_prev, c, h) };
+        }
+        return plain_step_forward(i, f, g, o, c_prev, c, h);
+    }
     let activate = |gate: &mut [T], peep: Option<&[T]>, state: &[T]| match peep {
         Some(p) => gate
             .iter_mut()
@@ -1211,13 +1219,113 @@ fn step_forward<T: Real>(s: StepForward<'_, T>, options: LstmOptions) {
     }
 }
 
+/// [`step_forward`] for the plain LSTM (every gate, both activations, no peepholes) in
+/// one pass over the units: the same operations on each unit as the general path, so
+/// the same bits, with each slice its own argument so that the loop vectorises.
+#[inline(always)]
+fn plain_step_forward<T: Real>(
+    i: &mut [T],
+    f: &mut [T],
+    g: &mut [T],
+    o: &mut [T],
+    c_prev: &[T],
+    c: &mut [T],
+    h: &mut [T],
+) {
+    let n = c.len();
+    let (i, f, g, o, c_prev, h) = (
+        &mut i[..n],
+        &mut f[..n],
+        &mut g[..n],
+        &mut o[..n],
+        &c_prev[..n],
+        &mut h[..n],
+    );
+    for j in 0..n {
+        let gv = g[j].tanh_();
+        let fv = f[j].sigmoid_();
+        let iv = i[j].sigmoid_();
+        let cv = fv * c_prev[j] + iv * gv;
+        let ov = o[j].sigmoid_();
+        (i[j], f[j], g[j], o[j], c[j]) = (iv, fv, gv, ov, cv);
+        h[j] = ov * cv.tanh_();
+    }
+}
+
+/// [`step_backward`] for the plain LSTM in one pass over the units, `tanh(c)` included:
+/// the same operations on each unit as before, with each slice its own argument so that
+/// the loop vectorises.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn plain_step_backward<T: Real>(
+    i: &mut [T],
+    f: &mut [T],
+    g: &mut [T],
+    o: &mut [T],
+    c_prev: &[T],
+    c: &[T],
+    d_h: &[T],
+    d_c: &mut [T],
+) {
+    let n = d_h.len();
+    let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
+    let (c_prev, c, d_c) = (&c_prev[..n], &c[..n], &mut d_c[..n]);
+    for j in 0..n {
+        let (iv, fv, gv, ov) = (i[j], f[j], g[j], o[j]);
+        let tc = c[j].tanh_();
+        let dc = d_c[j] + d_h[j] * ov * (T::ONE - tc * tc);
+        o[j] = d_h[j] * tc * ov * (T::ONE - ov);
+        i[j] = dc * gv * iv * (T::ONE - iv);
+        g[j] = dc * iv * (T::ONE - gv * gv);
+        f[j] = dc * c_prev[j] * fv * (T::ONE - fv);
+        d_c[j] = dc * fv;
+    }
+}
+
+/// The plain LSTM's pointwise passes compiled for AVX-512: 16 units per vector halve
+/// the instructions of the rational `tanh` (5 per unit forward, 1 backward) against
+/// AVX2, with the same operations on each unit, so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Real;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn plain_step_forward<T: Real>(
+        i: &mut [T],
+        f: &mut [T],
+        g: &mut [T],
+        o: &mut [T],
+        c_prev: &[T],
+        c: &mut [T],
+        h: &mut [T],
+    ) {
+        super::plain_step_forward(i, f, g, o, c_prev, c, h);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn plain_step_backward<T: Real>(
+        i: &mut [T],
+        f: &mut [T],
+        g: &mut [T],
+        o: &mut [T],
+        c_prev: &[T],
+        c: &[T],
+        d_h: &[T],
+        d_c: &mut [T],
+    ) {
+        super::plain_step_backward(i, f, g, o, c_prev, c, d_h, d_c);
+    }
+}
+
 struct StepBackward<'a, T> {
     /// In: the activated gates `i, f, g, o` of the step (indexed by [`Gate`]); out: the
     /// gradients of their pre-activations. Reusing the buffer saves `B·T·G·H` floats.
     gates: [Option<&'a mut [T]>; 4],
     c_prev: &'a [T],
     c: &'a [T],
-    tc: &'a [T],
+    /// Scratch for `tanh(c)` (or `c` without the output activation).
+    tc: &'a mut [T],
     d_h: &'a [T],
     /// In: ∂L/∂c_t from later steps; out: ∂L/∂c_{t−1}.
     d_c: &'a mut [T],
@@ -1256,18 +1364,19 @@ fn step_backward<T: Real>(s: StepBackward<'_, T>, options: LstmOptions) {
         peephole,
         d_gates_later,
     ) {
-        let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
-        let (c_prev, tc, d_c) = (&c_prev[..n], &tc[..n], &mut d_c[..n]);
-        for j in 0..n {
-            let (iv, fv, gv, ov) = (i[j], f[j], g[j], o[j]);
-            let dc = d_c[j] + d_h[j] * ov * (T::ONE - tc[j] * tc[j]);
-            o[j] = d_h[j] * tc[j] * ov * (T::ONE - ov);
-            i[j] = dc * gv * iv * (T::ONE - iv);
-            g[j] = dc * iv * (T::ONE - gv * gv);
-            f[j] = dc * c_prev[j] * fv * (T::ONE - fv);
-            d_c[j] = dc * fv;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features `avx512` is compiled for.
+            #[allow(unsafe_code)]
+            return unsafe { avx512::plain_step_backward(i, f, g, o, c_prev, c, d_h, d_c) };
         }
-        return;
+        return plain_step_backward(i, f, g, o, c_prev, c, d_h, d_c);
+    }
+    let tc = &mut tc[..n];
+    if options.output_activation {
+        tc.iter_mut().zip(c).for_each(|(tc, &c)| *tc = c.tanh_());
+    } else {
+        tc.copy_from_slice(&c[..n]);
     }
     let p = |gate: Gate| peephole[gate as usize];
     // What a gate's activation receives through the next step's gates: [i | f | o].

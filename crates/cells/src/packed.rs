@@ -176,6 +176,9 @@ pub(crate) fn par_product_strided<T: Real>(
     accumulate: bool,
 ) {
     let rows = dst.len() / n;
+    if a_rs == 1 && w_cs == 1 && n <= NARROW {
+        return narrow_product(dst, (a, a_cs), (w, w_rs), (k, n), accumulate);
+    }
     let panels = Panels::pack(w, (w_rs, w_cs), k, (1, n), rows);
     // One part per thread, of at most `MAX_PART` rows: each part streams every panel
     // once per group of rows, so larger parts read the packed `h` (B·T × H, tens of MiB
@@ -197,6 +200,127 @@ pub(crate) fn par_product_strided<T: Real>(
                 accumulate,
             );
         });
+}
+
+/// Columns up to which [`par_product_strided`] takes [`narrow_product`]: a panel of
+/// [`PANEL`] columns would be mostly zeros (the input weights' gradient has as many
+/// columns as the task has input features, 2 for the adding problem).
+const NARROW: usize = 4;
+
+/// `dst (+)= a · w` for `a[r + kk·a_cs]` (rows contiguous per term: the pre-activation
+/// gradients read transposed) and a row-major `w` of at most [`NARROW`] columns, without
+/// panels or copies: a tile of consecutive rows of `dst` is one set of vectors per
+/// column, fed by each term's contiguous rows of `a` and a broadcast of `w`. The sums are
+/// the panels' (and so the `gemm` crate's): a chain of fused multiply-adds from zero in
+/// `k` order per block of `kc` terms, each block's sum stored or added.
+fn narrow_product<T: Real>(
+    dst: &mut [T],
+    a: (&[T], usize),
+    w: (&[T], usize),
+    (k, n): (usize, usize),
+    accumulate: bool,
+) {
+    let rows = dst.len() / n;
+    let kc = block_depth(k, n, rows, size_of::<T>());
+    let threads = rayon::current_num_threads().max(1);
+    // Whole parts of 32 rows, the widest tile.
+    let part_rows = rows.div_ceil(threads).next_multiple_of(32);
+    dst.par_chunks_mut(part_rows * n)
+        .enumerate()
+        .for_each(|(part, dst)| {
+            let part = NarrowPart {
+                dst,
+                first: part * part_rows,
+                a,
+                w,
+                k,
+                kc,
+                accumulate,
+            };
+            match n {
+                1 => part.columns::<1, 4>(),
+                2 => part.columns::<2, 4>(),
+                3 => part.columns::<3, 2>(),
+                _ => part.columns::<NARROW, 2>(),
+            }
+        });
+}
+
+/// One thread's rows `first..` of a [`narrow_product`], whose sums go to `dst`.
+struct NarrowPart<'a, T> {
+    dst: &'a mut [T],
+    first: usize,
+    a: (&'a [T], usize),
+    w: (&'a [T], usize),
+    k: usize,
+    kc: usize,
+    accumulate: bool,
+}
+
+impl<T: Real> NarrowPart<'_, T> {
+    /// `N` columns: tiles of `8·V` rows (`N·V` AVX2 vectors of sums) in f32 with AVX2
+    /// and FMA, then the rest one row at a time.
+    fn columns<const N: usize, const V: usize>(mut self) {
+        let rows = self.dst.len() / N;
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && let (Some(dst), Some(a), Some(w)) =
+                (T::f32s_mut(self.dst), T::f32s(self.a.0), T::f32s(self.w.0))
+        {
+            done = rows / (8 * V) * (8 * V);
+            let part = NarrowPart {
+                dst: &mut dst[..done * N],
+                first: self.first,
+                a: (a, self.a.1),
+                w: (w, self.w.1),
+                k: self.k,
+                kc: self.kc,
+                accumulate: self.accumulate,
+            };
+            // SAFETY: the CPU has the features the kernel is compiled for.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::narrow::<N, V>(part)
+            };
+        }
+        for r in done..rows {
+            self.row::<N>(r);
+        }
+    }
+
+    /// Row `r` of the part, in plain Rust.
+    fn row<const N: usize>(&mut self, r: usize) {
+        let ((a, a_cs), (w, w_rs)) = (self.a, self.w);
+        let row = self.first + r;
+        for k0 in (0..self.k).step_by(self.kc) {
+            let mut sums = [T::ZERO; N];
+            for kk in k0..self.k.min(k0 + self.kc) {
+                let x = a[kk * a_cs + row];
+                for (sum, &w) in sums.iter_mut().zip(&w[kk * w_rs..kk * w_rs + N]) {
+                    *sum = x.mul_add_(w, *sum);
+                }
+            }
+            store_sums(
+                &mut self.dst[r * N..(r + 1) * N],
+                &sums,
+                self.accumulate || k0 > 0,
+            );
+        }
+    }
+}
+
+/// Stores (or adds, with `add`) one row's block sums.
+#[inline(always)]
+fn store_sums<T: Real>(out: &mut [T], sums: &[T], add: bool) {
+    for (out, &sum) in out.iter_mut().zip(sums) {
+        if add {
+            *out += sum;
+        } else {
+            *out = sum;
+        }
+    }
 }
 
 /// The widest SIMD kernel this CPU runs, chosen once.
@@ -434,7 +558,69 @@ mod avx2 {
         _mm256_storeu_ps,
     };
 
-    use super::{PANEL, ROWS, Shape, Tile, copy_rows, tiles};
+    use super::{NarrowPart, PANEL, ROWS, Shape, Tile, copy_rows, store_sums, tiles};
+
+    /// [`NarrowPart::columns`]' tiles: `8·V` rows × `N` columns of sums in registers per
+    /// k-block; the part's rows are a whole number of tiles.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn narrow<const N: usize, const V: usize>(part: NarrowPart<'_, f32>) {
+        let NarrowPart {
+            dst,
+            first,
+            a: (a, a_cs),
+            w: (w, w_rs),
+            k,
+            kc,
+            accumulate,
+        } = part;
+        let rows = dst.len() / N;
+        if rows == 0 || k == 0 {
+            return;
+        }
+        assert!(
+            (k - 1) * a_cs + first + rows <= a.len() && (k - 1) * w_rs + N <= w.len(),
+            "narrow product: operands too short"
+        );
+        for r0 in (0..rows).step_by(8 * V) {
+            for k0 in (0..k).step_by(kc) {
+                let mut acc = [[_mm256_setzero_ps(); V]; N];
+                for kk in k0..k.min(k0 + kc) {
+                    // SAFETY: term kk's rows first + r0 .. + 8·V of `a` and its N
+                    // columns of `w` are in bounds (asserted above, r0 + 8·V ≤ rows).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        let rows = a.as_ptr().add(kk * a_cs + first + r0);
+                        let x: [__m256; V] =
+                            std::array::from_fn(|v| _mm256_loadu_ps(rows.add(8 * v)));
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let w = _mm256_set1_ps(*w.as_ptr().add(kk * w_rs + c));
+                            for (acc, &x) in acc.iter_mut().zip(&x) {
+                                *acc = _mm256_fmadd_ps(x, w, *acc);
+                            }
+                        }
+                    }
+                }
+                let mut sums = [[0.0f32; N]; 32];
+                for (c, acc) in acc.iter().enumerate() {
+                    for (v, acc) in acc.iter().enumerate() {
+                        let mut lanes = [0.0f32; 8];
+                        // SAFETY: `lanes` holds the 8 floats the store writes.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            _mm256_storeu_ps(lanes.as_mut_ptr(), *acc);
+                        }
+                        for (l, &lane) in lanes.iter().enumerate() {
+                            sums[8 * v + l][c] = lane;
+                        }
+                    }
+                }
+                for (r, sums) in sums.iter().take(8 * V).enumerate() {
+                    let out = &mut dst[(r0 + r) * N..(r0 + r + 1) * N];
+                    store_sums(out, sums, accumulate || k0 > 0);
+                }
+            }
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn mul(
@@ -812,6 +998,53 @@ mod tests {
             let w = values(hidden * hidden, 6);
             for add in [false, true] {
                 check((16, hidden, hidden), (&h, hidden, 1), (&w, hidden, 1), add);
+            }
+        }
+    }
+
+    /// The input weights' gradient `dᵀ · X` for a few input features: the narrow path
+    /// against the panels (every column count it takes, partial tiles, several
+    /// k-blocks, rows split between 1 and 3 threads) and, where `input_grads` calls it (2 or
+    /// more features), against the `gemm` crate, bit for bit.
+    #[test]
+    fn narrow_products_have_the_panels_and_the_crates_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for &(rows, k) in &[(256, 3200), (300, 3200), (1024, 100), (37, 5000), (512, 3)] {
+            for n in 1..=NARROW {
+                let d = values(k * rows, 9);
+                let x = values(k * (n + 1), 10);
+                for (accumulate, threads) in [(false, 1), (true, 1), (false, 3)] {
+                    let start = values(rows * n, 11);
+                    let mut narrow = start.clone();
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("a pool")
+                        .install(|| {
+                            narrow_product(&mut narrow, (&d, rows), (&x, n + 1), (k, n), accumulate)
+                        });
+                    let mut panels = start.clone();
+                    Panels::pack(&x, (n + 1, 1), k, (1, n), rows).mul(
+                        (&mut panels, n),
+                        (&d, 1, rows),
+                        rows,
+                        accumulate,
+                    );
+                    let at = format!("{rows} × {n}, k {k}, {threads} threads, add {accumulate}");
+                    assert_eq!(bits(&narrow), bits(&panels), "panels: {at}");
+                    if n >= 2 {
+                        let mut crate_sums = start.clone();
+                        crate::fused::matmul(
+                            (rows, n, k),
+                            &mut crate_sums,
+                            n,
+                            (&d, 1, rows),
+                            (&x, n + 1, 1),
+                            accumulate,
+                        );
+                        assert_eq!(bits(&narrow), bits(&crate_sums), "crate: {at}");
+                    }
+                }
             }
         }
     }
