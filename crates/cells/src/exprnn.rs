@@ -6,10 +6,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, finish_chunks, input_grads,
-    input_projection, matmul, previous_states, transpose, wide,
+    input_projection, matmul, previous_state, transpose, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer};
-use crate::packed::{Panels, par_product};
+use crate::packed::{Panels, par_product_rows};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
 
 /// The bound of the uniform draw of the modReLU bias, as Lezcano-Casado's code.
@@ -536,10 +536,9 @@ impl Kernel for ExpRnnOp {
             self.dims.input_grad,
         );
         // ∂L/∂W = Σ_t ∂L/∂z_tᵀ · h_{t−1} over all B·T rows, then through the exponential.
-        let mut h_prev = vec![T::ZERO; rows * hidden];
-        previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
+        let h_prev = previous_state((h0, hidden), (out, out_rs), seq_len, hidden);
         let mut d_w = vec![T::ZERO; hidden * hidden];
-        par_product(&mut d_w, (&d_pre, 1, hidden), &h_prev, rows, hidden);
+        par_product_rows(&mut d_w, (&d_pre, 1, hidden), h_prev, (rows, hidden));
         packed_grad(&d_w, (&s_matrix, squarings), hidden, &mut d_params[packed]);
         Ok((d_x, d_h0, d_params))
     }

@@ -7,10 +7,10 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
-    input_grads, previous_states, wide,
+    input_grads, previous_state, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
-use crate::packed::{Panels, par_product};
+use crate::packed::{Panels, par_product, par_product_rows};
 use crate::spec::{CellSpec, LayerWeights, ParamSpec, gated_layer};
 
 /// GRU layer, `torch.nn.GRU` with [`GruReset::After`] (gate order r, z, n):
@@ -505,14 +505,15 @@ impl Kernel for GruOp {
             (rows, gh, input),
             self.dims.input_grad,
         );
-        let mut h_prev = vec![T::ZERO; rows * hidden];
-        previous_states(&mut h_prev, (h0, hidden), (out, out_rs), seq_len, hidden);
+        let h_prev = || previous_state((h0, hidden), (out, out_rs), seq_len, hidden);
         let d_weight_hh = &mut d_params[o_whh..o_bih];
         match reset {
-            GruReset::After => par_product(d_weight_hh, (&d_rec, 1, gh), &h_prev, rows, hidden),
+            GruReset::After => {
+                par_product_rows(d_weight_hh, (&d_rec, 1, gh), h_prev(), (rows, hidden));
+            }
             GruReset::Before => {
                 let (d_rz, d_n) = d_weight_hh.split_at_mut(2 * hidden * hidden);
-                par_product(d_rz, (&d_rec, 1, gh), &h_prev, rows, hidden);
+                par_product_rows(d_rz, (&d_rec, 1, gh), h_prev(), (rows, hidden));
                 par_product(
                     d_n,
                     (&d_rec[2 * hidden..], 1, gh),

@@ -857,6 +857,10 @@ impl LstmOp {
                     &cells[cell - hidden..cell]
                 };
                 let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
+                if t > 0 {
+                    // The next step's rows are a jump away, against the hardware's streams.
+                    fused::prefetch(grad_out, b * out_rs + (t - 1) * hidden, hidden);
+                }
                 let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
                 d_h.iter_mut()
                     .zip(g_out.iter().zip(rec))
@@ -1052,14 +1056,13 @@ impl Kernel for LstmOp {
         }
         FlowNorms::finish(chunks.iter().map(|part| &part.flow), self.dims, &self.flow);
 
-        // Weight gradients over all B·T rows at once; the cell states are no longer
-        // needed, so their buffer holds the shifted hidden states.
+        // Weight gradients over all B·T rows at once (the cell states no longer needed).
+        drop(cells);
         let (d_x, mut d_params) = gated_weight_grads(
             &offsets.gated,
             &d_gates,
             x,
             params,
-            Some(cells),
             (state0, sw),
             (out, out_rs),
             self.dims,

@@ -260,7 +260,6 @@ impl Kernel for RnnOp {
             &d_pre,
             x,
             params,
-            None,
             (h0, hidden),
             (out, out_rs),
             self.dims,
