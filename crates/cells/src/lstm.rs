@@ -754,6 +754,10 @@ impl LstmOp {
             for b in 0..batch {
                 let row = (b * seq_len + t) * gh;
                 let cell = (b * seq_len + t) * hidden;
+                if t + 1 < seq_len {
+                    // The next step's input projections, written long before.
+                    fused::prefetch(gates, row + gh, gh);
+                }
                 let (before, rest) = cells.split_at_mut(cell);
                 let c_prev = if t == 0 {
                     &state0[b * sw + hidden..b * sw + 2 * hidden]
@@ -858,8 +862,13 @@ impl LstmOp {
                 };
                 let g_out = &grad_out[b * out_rs + t * hidden..b * out_rs + (t + 1) * hidden];
                 if t > 0 {
-                    // The next step's rows are a jump away, against the hardware's streams.
+                    // The next step's rows, read backwards a jump apart per batch row,
+                    // are more streams than the hardware follows: asked for ahead.
                     fused::prefetch(grad_out, b * out_rs + (t - 1) * hidden, hidden);
+                    fused::prefetch(gates, row - gh, gh);
+                }
+                if t > 1 {
+                    fused::prefetch(cells, cell - 2 * hidden, hidden);
                 }
                 let rec = &d_h_rec[b * hidden..(b + 1) * hidden];
                 d_h.iter_mut()

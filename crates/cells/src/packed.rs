@@ -93,7 +93,13 @@ impl<T: Real> Panels<T> {
         T: 'w,
     {
         Self::build(k, (blocks, width), rows, |storage, kk, column, cols| {
-            storage.extend_from_slice(&row(kk)[column..column + cols]);
+            let values = &row(kk)[column..column + cols];
+            // A whole panel row as an array of known length: a `memcpy` call per row was
+            // 1.7 % of an LSTM step at H = 128, T = 100.
+            match <&[T; PANEL]>::try_from(values) {
+                Ok(whole) => storage.extend_from_slice(whole),
+                Err(_) => storage.extend_from_slice(values),
+            }
         })
     }
 

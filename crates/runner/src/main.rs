@@ -7,6 +7,7 @@ use rnnlab::cli::Cli;
 
 fn main() -> ExitCode {
     rnnlab::resources::run_candle_elementwise_inline();
+    rnnlab::resources::count_cores_for_candle_once();
     rnnlab::resources::keep_freed_memory();
     let cli = Cli::parse();
     rnnlab::init_logging(cli.verbose);
