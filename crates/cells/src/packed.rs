@@ -93,10 +93,6 @@ impl<T: Real> Panels<T> {
         T: 'w,
     {
         Self::build(k, (blocks, width), rows, |storage, kk, column, cols| {
-            if kk + AHEAD < k {
-                // Each pass over the rows reads one panel's columns, a row's length apart.
-                prefetch(row(kk + AHEAD), column, cols);
-            }
             let values = &row(kk)[column..column + cols];
             // A whole panel row as an array of known length: a `memcpy` call per row was
             // 1.7 % of an LSTM step at H = 128, T = 100.
@@ -551,10 +547,8 @@ fn tiles<T: Real, const TILE: usize>(
     }
 }
 
-/// Terms ahead of the one being read that [`tiles`] (copying `dᵀ` term by term) and
-/// [`Panels::pack_rows`] (one panel's columns of every row per pass) ask the caches
-/// for: both stalled on memory without (pack_rows 2.6 % of an LSTM step at H = 128,
-/// T = 100, 1 thread; 0.8 % with).
+/// Terms ahead of the one being copied that [`tiles`] asks the caches for: reading
+/// `dᵀ` term by term stalled on memory.
 const AHEAD: usize = 8;
 
 /// Copies `rows` rows of `a` (`len` terms each, rows `a_rs` apart) into a tile's share
