@@ -531,7 +531,7 @@ impl Kernel for ExpRnnOp {
             &d_pre,
             x,
             &params[w_ih.clone()],
-            &mut d_params[w_ih],
+            (&mut d_params[w_ih], None),
             (rows, hidden, input),
             self.dims.input_grad,
         );

@@ -26,7 +26,7 @@ use crate::backend::Backend;
 use crate::cell::{FlowSink, GradFlow};
 #[cfg(feature = "cuda")]
 use crate::cuda::Gpu;
-use crate::packed::{par_product, par_product_rows};
+use crate::packed::{par_product, par_product_and_column_sums, par_product_rows};
 use crate::spec::{CellSpec, LayerWeights, param_ranges};
 
 /// The float types the kernels run in.
@@ -752,11 +752,16 @@ pub(crate) fn gated_weight_grads<T: Real>(
     let rows = batch * seq_len;
     let gh = offsets.gate_rows();
     let mut d_params = vec![T::ZERO; offsets.end];
+    let (d_weight_ih, d_bias_ih) = two_mut(
+        &mut d_params,
+        offsets.weight_ih..offsets.weight_hh,
+        offsets.bias_ih..offsets.bias_hh,
+    );
     let d_x = input_grads(
         d_pre,
         x,
         &params[offsets.weight_ih..offsets.weight_hh],
-        &mut d_params[offsets.weight_ih..offsets.weight_hh],
+        (d_weight_ih, Some(d_bias_ih)),
         (rows, gh, input),
         input_grad,
     );
@@ -766,10 +771,20 @@ pub(crate) fn gated_weight_grads<T: Real>(
         previous_state(h0, out, seq_len, hidden),
         (rows, hidden),
     );
-    add_column_sums(&mut d_params[offsets.bias_ih..offsets.bias_hh], d_pre, gh);
     let (head, tail) = d_params.split_at_mut(offsets.bias_hh);
     tail[..gh].copy_from_slice(&head[offsets.bias_ih..]);
     (d_x, d_params)
+}
+
+/// Two disjoint ranges of `values`, the first before the second, both writable.
+pub(crate) fn two_mut<T>(
+    values: &mut [T],
+    first: std::ops::Range<usize>,
+    second: std::ops::Range<usize>,
+) -> (&mut [T], &mut [T]) {
+    assert!(first.end <= second.start, "two_mut: ranges out of order");
+    let (head, tail) = values.split_at_mut(second.start);
+    (&mut head[first], &mut tail[..second.len()])
 }
 
 /// Row `b·T + t` of the `(B·T, H)` matrix of `h_{t−1}`, where it lies: `h0` row `b`
@@ -806,12 +821,17 @@ pub(crate) fn input_grads<T: Real>(
     d_pre: &[T],
     x: &[T],
     weight_ih: &[T],
-    d_weight_ih: &mut [T],
+    (d_weight_ih, d_bias): (&mut [T], Option<&mut [T]>),
     (rows, cols, input): (usize, usize, usize),
     input_grad: bool,
 ) -> Vec<T> {
     if input >= 2 && rows >= 3 && cols * input > 256 {
-        par_product(d_weight_ih, (d_pre, 1, cols), x, rows, input);
+        match d_bias {
+            Some(d_bias) => {
+                par_product_and_column_sums(d_weight_ih, (d_pre, cols), x, (rows, input), d_bias);
+            }
+            None => par_product(d_weight_ih, (d_pre, 1, cols), x, rows, input),
+        }
     } else {
         matmul(
             (cols, input, rows),
@@ -821,6 +841,9 @@ pub(crate) fn input_grads<T: Real>(
             (x, input, 1),
             false,
         );
+        if let Some(d_bias) = d_bias {
+            add_column_sums(d_bias, d_pre, cols);
+        }
     }
     if !input_grad {
         return Vec::new();
@@ -991,7 +1014,8 @@ mod tests {
     }
 
     /// `input_grads`' `∂L/∂W_ih` through the packed kernels has the `gemm` crate's bits
-    /// (what it computed before), on shapes of the adding task (2 inputs), the copy
+    /// (what it computed before), and its bias gradient `add_column_sums`' (the narrow
+    /// product's fused sums, 2–4 inputs, tiles and leftover rows), on shapes of the adding task (2 inputs), the copy
     /// task's one-hot inputs and odd sizes, with several of the crate's k-blocks (`B·T`
     /// up to 6,400 terms); and `∂L/∂X` too.
     #[test]
@@ -1007,11 +1031,15 @@ mod tests {
             let x = mixed_values(rows * input, 2);
             let weight_ih = mixed_values(cols * input, 3);
             let mut d_weight_ih = mixed_values(cols * input, 4);
+            // Sums added to values already there, as to a bias gradient in progress.
+            let mut d_bias = mixed_values(cols, 5);
+            let mut expected_bias = d_bias.clone();
+            add_column_sums(&mut expected_bias, &d_pre, cols);
             let d_x = input_grads(
                 &d_pre,
                 &x,
                 &weight_ih,
-                &mut d_weight_ih,
+                (&mut d_weight_ih, Some(&mut d_bias)),
                 (rows, cols, input),
                 true,
             );
@@ -1038,6 +1066,11 @@ mod tests {
                 bits(&d_weight_ih),
                 bits(&expected_dw),
                 "dW_ih at {rows} × {cols} × {input}"
+            );
+            assert_eq!(
+                bits(&d_bias),
+                bits(&expected_bias),
+                "column sums at {rows} × {cols} × {input}"
             );
             assert_eq!(
                 bits(&d_x),

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
     self, Dims, FlowNorms, GatedOffsets, Kernel, Real, Saved, add_column_sums, chunk_rows,
-    input_grads, previous_state, wide,
+    input_grads, previous_state, two_mut, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine, block};
 use crate::packed::{Panels, par_product, par_product_rows};
@@ -497,11 +497,12 @@ impl Kernel for GruOp {
             .collect();
         FlowNorms::finish(&flows, self.dims, &self.flow);
         let mut d_params = vec![T::ZERO; end];
+        let (d_weight_ih, d_bias_ih) = two_mut(&mut d_params, o_wih..o_whh, o_bih..o_bhh);
         let d_x = input_grads(
             &d_pre,
             x,
             weight_ih,
-            &mut d_params[o_wih..o_whh],
+            (d_weight_ih, Some(d_bias_ih)),
             (rows, gh, input),
             self.dims.input_grad,
         );
@@ -523,7 +524,6 @@ impl Kernel for GruOp {
                 );
             }
         }
-        add_column_sums(&mut d_params[o_bih..o_bhh], &d_pre, gh);
         add_column_sums(&mut d_params[o_bhh..end], &d_rec, gh);
         Ok((d_x, d_h0, d_params))
     }

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, Kernel, Real, add_column_sums, chunk_rows, finish_chunks, input_grads,
-    input_projection, wide,
+    self, Dims, FlowNorms, Kernel, Real, chunk_rows, finish_chunks, input_grads, input_projection,
+    two_mut, wide,
 };
 use crate::layer::{CellConfig, CellKind, CellMath, Layer, affine};
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, layer_ranges};
@@ -264,15 +264,16 @@ impl Kernel for IndRnnOp {
             .collect();
         let mut d_params = vec![T::ZERO; total];
         finish_chunks(&parts, &mut d_params[u], self.dims, &self.flow);
+        let weight_ih = &params[w_ih.clone()];
+        let (d_weight_ih, d_bias) = two_mut(&mut d_params, w_ih, bias);
         let d_x = input_grads(
             &d_pre,
             x,
-            &params[w_ih.clone()],
-            &mut d_params[w_ih],
+            weight_ih,
+            (d_weight_ih, Some(d_bias)),
             (rows, hidden, input),
             self.dims.input_grad,
         );
-        add_column_sums(&mut d_params[bias], &d_pre, hidden);
         Ok((d_x, d_h0, d_params))
     }
 

@@ -563,7 +563,7 @@ impl Kernel for LruOp {
             &projected,
             x,
             &params[w_ih.clone()],
-            &mut d_params[w_ih],
+            (&mut d_params[w_ih], None),
             (steps, 3 * hidden, input),
             self.dims.input_grad,
         );

@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::fused::{Real, prefetch};
+use super::fused::{Real, add_column_sums, prefetch};
 
 /// Columns per packed panel: two AVX2 vectors of f32.
 pub(crate) const PANEL: usize = 16;
@@ -210,10 +210,28 @@ pub(crate) fn par_product_strided<T: Real>(
 ) {
     let rows = dst.len() / n;
     if a_rs == 1 && w_cs == 1 && n <= NARROW {
-        return narrow_product(dst, (a, a_cs), (w, w_rs), (k, n), accumulate);
+        return narrow_product(dst, (a, a_cs), (w, w_rs), (k, n), accumulate, None);
     }
     let panels = Panels::pack(w, (w_rs, w_cs), k, (1, n), rows);
     par_mul(dst, (a, a_rs, a_cs), &panels, n, accumulate);
+}
+
+/// [`par_product`] of `dᵀ` (`a = (d, 1, a_cs)`, `k` rows of `d`) and `w`, adding each
+/// column sum of `d` (`Σ_kk d[kk, r]`, in `kk` order) to `column_sums[r]`: the input
+/// weights' and input bias's gradients from the pre-activation gradients. Where the
+/// product is narrow, the sums ride along its single pass over `d`.
+pub(crate) fn par_product_and_column_sums<T: Real>(
+    dst: &mut [T],
+    (d, a_cs): (&[T], usize),
+    w: &[T],
+    (k, n): (usize, usize),
+    column_sums: &mut [T],
+) {
+    if n <= NARROW {
+        return narrow_product(dst, (d, a_cs), (w, n), (k, n), false, Some(column_sums));
+    }
+    par_product(dst, (d, 1, a_cs), w, k, n);
+    add_column_sums(column_sums, &d[..k * a_cs], a_cs);
 }
 
 /// [`par_product`] for a `w` given row by row (`row(kk)`, at least `n` values): the
@@ -278,17 +296,25 @@ fn narrow_product<T: Real>(
     w: (&[T], usize),
     (k, n): (usize, usize),
     accumulate: bool,
+    column_sums: Option<&mut [T]>,
 ) {
     let rows = dst.len() / n;
     let kc = block_depth(k, n, rows, size_of::<T>());
     let threads = rayon::current_num_threads().max(1);
     // Whole parts of 32 rows, the widest tile.
     let part_rows = rows.div_ceil(threads).next_multiple_of(32);
+    let sums = column_sums.map(|sums| sums.par_chunks_mut(part_rows).map(Some));
+    let sums: Vec<Option<&mut [T]>> = match sums {
+        Some(parts) => parts.collect(),
+        None => (0..rows.div_ceil(part_rows)).map(|_| None).collect(),
+    };
     dst.par_chunks_mut(part_rows * n)
+        .zip(sums)
         .enumerate()
-        .for_each(|(part, dst)| {
+        .for_each(|(part, (dst, column_sums))| {
             let part = NarrowPart {
                 dst,
+                column_sums,
                 first: part * part_rows,
                 a,
                 w,
@@ -308,6 +334,10 @@ fn narrow_product<T: Real>(
 /// One thread's rows `first..` of a [`narrow_product`], whose sums go to `dst`.
 struct NarrowPart<'a, T> {
     dst: &'a mut [T],
+    /// `Σ_kk a[kk, r]` for each row `r` of the part is added here, if given: the same
+    /// sums, in the same order, as `fused::add_column_sums` over `a`'s rows, made while
+    /// `a` passes by anyway (a pass of its own was 1.8 % of an LSTM step at H = 128).
+    column_sums: Option<&'a mut [T]>,
     first: usize,
     a: (&'a [T], usize),
     w: (&'a [T], usize),
@@ -329,8 +359,13 @@ impl<T: Real> NarrowPart<'_, T> {
                 (T::f32s_mut(self.dst), T::f32s(self.a.0), T::f32s(self.w.0))
         {
             done = rows / (8 * V) * (8 * V);
+            let column_sums = self
+                .column_sums
+                .as_deref_mut()
+                .map(|sums| T::f32s_mut(&mut sums[..done]).expect("f32 like `a`"));
             let part = NarrowPart {
                 dst: &mut dst[..done * N],
+                column_sums,
                 first: self.first,
                 a: (a, self.a.1),
                 w: (w, self.w.1),
@@ -353,6 +388,9 @@ impl<T: Real> NarrowPart<'_, T> {
     fn row<const N: usize>(&mut self, r: usize) {
         let ((a, a_cs), (w, w_rs)) = (self.a, self.w);
         let row = self.first + r;
+        if let Some(sums) = self.column_sums.as_deref_mut() {
+            sums[r] = (0..self.k).fold(sums[r], |sum, kk| sum + a[kk * a_cs + row]);
+        }
         for k0 in (0..self.k).step_by(self.kc) {
             let mut sums = [T::ZERO; N];
             for kk in k0..self.k.min(k0 + self.kc) {
@@ -618,7 +656,7 @@ fn portable_tile<T: Real, const R: usize>(mut tile: Tile<'_, T>) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
         _mm256_storeu_ps,
     };
 
@@ -633,6 +671,7 @@ mod avx2 {
     pub(super) fn narrow<const N: usize, const V: usize>(part: NarrowPart<'_, f32>) {
         let NarrowPart {
             dst,
+            column_sums,
             first,
             a: (a, a_cs),
             w: (w, w_rs),
@@ -655,11 +694,24 @@ mod avx2 {
         // product waiting on memory (3.5 % of an LSTM step at H = 128, T = 100; 1.6 %
         // now, perf).
         let mut held = vec![[[_mm256_setzero_ps(); V]; N]; tiles];
+        // The column sums' running totals, per tile, from the values they add to.
+        let mut totals: Vec<[__m256; V]> = match &column_sums {
+            Some(sums) => sums
+                .chunks_exact(8 * V)
+                .map(|sums| {
+                    // SAFETY: the chunk holds the 8·V floats the V loads read.
+                    #[allow(unsafe_code)]
+                    std::array::from_fn(|v| unsafe { _mm256_loadu_ps(sums.as_ptr().add(8 * v)) })
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         for k0 in (0..k).step_by(kc) {
             let end = k.min(k0 + kc);
             for c0 in (k0..end).step_by(CHUNK) {
                 let c_end = end.min(c0 + CHUNK);
                 for (tile, held) in held.iter_mut().enumerate() {
+                    let mut total = totals.get_mut(tile);
                     let mut acc = if c0 == k0 {
                         [[_mm256_setzero_ps(); V]; N]
                     } else {
@@ -675,6 +727,11 @@ mod avx2 {
                             let rows = a.as_ptr().add(start);
                             let x: [__m256; V] =
                                 std::array::from_fn(|v| _mm256_loadu_ps(rows.add(8 * v)));
+                            if let Some(total) = total.as_deref_mut() {
+                                for (total, &x) in total.iter_mut().zip(&x) {
+                                    *total = _mm256_add_ps(*total, x);
+                                }
+                            }
                             for (c, acc) in acc.iter_mut().enumerate() {
                                 let w = _mm256_set1_ps(*w.as_ptr().add(kk * w_rs + c));
                                 for (acc, &x) in acc.iter_mut().zip(&x) {
@@ -705,6 +762,17 @@ mod avx2 {
                 for (r, sums) in sums.iter().take(8 * V).enumerate() {
                     let out = &mut dst[(r0 + r) * N..(r0 + r + 1) * N];
                     store_sums(out, sums, accumulate || k0 > 0);
+                }
+            }
+        }
+        if let Some(sums) = column_sums {
+            for (sums, total) in sums.chunks_exact_mut(8 * V).zip(&totals) {
+                for (v, total) in total.iter().enumerate() {
+                    // SAFETY: the chunk holds the 8·V floats the V stores write.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        _mm256_storeu_ps(sums.as_mut_ptr().add(8 * v), *total);
+                    }
                 }
             }
         }
@@ -1109,7 +1177,14 @@ mod tests {
                         .build()
                         .expect("a pool")
                         .install(|| {
-                            narrow_product(&mut narrow, (&d, rows), (&x, n + 1), (k, n), accumulate)
+                            narrow_product(
+                                &mut narrow,
+                                (&d, rows),
+                                (&x, n + 1),
+                                (k, n),
+                                accumulate,
+                                None,
+                            )
                         });
                     let mut panels = start.clone();
                     Panels::pack(&x, (n + 1, 1), k, (1, n), rows).mul(

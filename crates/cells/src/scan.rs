@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 use crate::cell::{FlowSink, GradFlow, State};
 use crate::fused::{
-    self, Dims, FlowNorms, Kernel, Real, Saved, add_column_sums, chunk_rows, input_grads,
-    input_projection, wide,
+    self, Dims, FlowNorms, Kernel, Real, Saved, chunk_rows, input_grads, input_projection, two_mut,
+    wide,
 };
 use crate::spec::{CellSpec, LayerWeights, ParamRole, ParamSpec, param_ranges};
 
@@ -261,15 +261,15 @@ impl<C: ScanStep> Kernel for ScanOp<C> {
             .collect();
         FlowNorms::finish(&flows, self.dims, &self.flow);
         let mut d_params = vec![T::ZERO; total];
+        let (d_weight_ih, d_bias) = two_mut(&mut d_params, ranges[0].clone(), ranges[1].clone());
         let d_x = input_grads(
             &d_gates,
             x,
             &params[ranges[0].clone()],
-            &mut d_params[ranges[0].clone()],
+            (d_weight_ih, Some(d_bias)),
             (batch * seq_len, width, input),
             self.dims.input_grad,
         );
-        add_column_sums(&mut d_params[ranges[1].clone()], &d_gates, width);
         Ok((d_x, d_h0, d_params))
     }
 
