@@ -808,7 +808,9 @@ pub(crate) fn previous_state<'a, T>(
 }
 
 /// Given `d_pre (B·T, G·H)`, the gradient of the input projection's output: writes
-/// `∂L/∂W_ih = d_preᵀ · X` into `d_weight_ih` and returns `∂L/∂X = d_pre · W_ih`.
+/// `∂L/∂W_ih = d_preᵀ · X` into `d_weight_ih`, adds the column sums of `d_pre` (the
+/// gradient of a bias added to the projection, in row order as [`add_column_sums`]) to
+/// `d_bias` if given, and returns `∂L/∂X = d_pre · W_ih`.
 ///
 /// `∂L/∂W_ih` reads `d_pre` by columns and has only `input` columns (a few to tens):
 /// the `gemm` crate took 36 ms for it at B·T = 32,000, G·H = 1,024, 2 inputs (2
