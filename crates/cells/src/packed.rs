@@ -303,9 +303,9 @@ fn narrow_product<T: Real>(
     let threads = rayon::current_num_threads().max(1);
     // Whole parts of 32 rows, the widest tile.
     let part_rows = rows.div_ceil(threads).next_multiple_of(32);
-    let sums = column_sums.map(|sums| sums.par_chunks_mut(part_rows).map(Some));
-    let sums: Vec<Option<&mut [T]>> = match sums {
-        Some(parts) => parts.collect(),
+    // Each part's share of the column sums, if any.
+    let sums: Vec<Option<&mut [T]>> = match column_sums {
+        Some(sums) => sums.chunks_mut(part_rows).map(Some).collect(),
         None => (0..rows.div_ceil(part_rows)).map(|_| None).collect(),
     };
     dst.par_chunks_mut(part_rows * n)
